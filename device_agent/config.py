@@ -1,0 +1,190 @@
+"""The agent's configuration: one pydantic model, loaded from TOML, environment and CLI flags.
+
+Precedence, lowest first: defaults < TOML file < environment (``BATTWIN_`` prefix, ``__`` between nested
+names, e.g. ``BATTWIN_MQTT__URL``) < CLI flags. The same model validates the device shadow's desired
+state later, so a field is checked the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hardware.simulator.settings import SimulatorSettings
+
+PosFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+ThingName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_\-]+$")]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid. ``str()`` names every bad field and why."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSettings(Section):
+    url: Annotated[str, Field(min_length=1, max_length=1024)] = "simulator"
+    sample_interval_s: Annotated[float, Field(gt=0.0, le=3600.0, allow_inf_nan=False)] = 1.0
+    #: consecutive failed polls after which the source is declared offline (alarm, data stale)
+    offline_after_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    #: retries inside one poll before it counts as failed
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    #: what to do when a real source is offline; "simulator" only if explicitly set, and tagged
+    fallback: Literal["none", "simulator"] = "none"
+    #: replay: Unix time that the log's t_s = 0 maps to
+    replay_start_ts: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+
+
+class MqttSettings(Section):
+    url: Annotated[str, Field(pattern=r"^(mqtt|mqtts)://[^/\s]+$")] = "mqtt://127.0.0.1:1883"
+    client_id: ThingName | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=1200)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 5.0
+    publish_timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 10.0
+    reconnect_min_s: Annotated[float, Field(gt=0.0, le=60.0)] = 0.2
+    reconnect_max_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    #: publishes awaiting PUBACK at once
+    inflight: Annotated[int, Field(ge=1, le=1000)] = 50
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "battwin"
+
+
+class TelemetrySettings(Section):
+    #: a batch is published when it holds this many samples ...
+    batch_max_samples: Annotated[int, Field(ge=1, le=1000)] = 60
+    #: ... or when its oldest sample is this old (sample time, seconds)
+    batch_max_age_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 60.0
+    #: publish every n-th sample only (1 = all); the cycle tracker always sees all
+    decimation: Annotated[int, Field(ge=1, le=10_000)] = 1
+
+
+class TrackerSettings(Section):
+    cells_series: Annotated[int, Field(ge=1, le=256)] = 1
+    #: discharge capacity is counted down to the first crossing of this voltage (per cell)
+    cutoff_voltage_per_cell_v: Annotated[float, Field(ge=1.5, le=4.0)] = 2.7
+    #: |current| below this is rest (A)
+    rest_current_a: Annotated[float, Field(gt=0.0, le=1000.0)] = 0.05
+    #: a segment shorter than this is noise, not a cycle (s)
+    min_segment_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 60.0
+    #: a gap in samples longer than this closes the open segment (s)
+    max_gap_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 600.0
+    #: consecutive samples that must agree before the state changes (debounce)
+    debounce_samples: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class HealthSettings(Section):
+    eol_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    #: rated capacity; if unset, C0 is the median of the first measured capacities
+    rated_capacity_ah: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
+    #: number of first capacities whose median is C0 when no rated capacity is set
+    c0_from_first: Annotated[int, Field(ge=1, le=50)] = 5
+    min_cycles_for_fit: Annotated[int, Field(ge=2, le=1000)] = 3
+    #: directory with model.tflite + model.json; None = physics only
+    model_dir: Path | None = None
+    model_version_pin: Annotated[str, Field(max_length=64)] | None = None
+    forecast_max_cycles: Annotated[int, Field(ge=10, le=1_000_000)] = 5000
+
+
+class SpoolSettings(Section):
+    path: Path = Path("battwin-spool.db")
+    max_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024**3)] = 64 * 1024 * 1024
+    #: when full: drop the oldest messages (counted and reported) or refuse new ones
+    policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+
+
+class AgentConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BATTWIN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    thing_name: ThingName = "battwin-sim-1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    tracker: TrackerSettings = Field(default_factory=TrackerSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _TOML_PATH.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+_TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("battwin_toml", default=None)
+
+
+def format_validation_error(exc: ValidationError, origin: str = "config") -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = err.get("input")
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{origin}: {loc}: {err['msg']} (got {shown})")
+    return lines
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Load and validate; raise ConfigError naming each bad field."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist or is not a file")
+        try:
+            with path.open("rb") as fh:
+                tomllib.load(fh)  # syntax check with a clear message before pydantic-settings reads it
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read: {exc}") from None
+    token = _TOML_PATH.set(path)
+    try:
+        return AgentConfig(**(overrides or {}))
+    except ValidationError as exc:
+        lines = format_validation_error(exc, str(path) if path else "config")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None
+    finally:
+        _TOML_PATH.reset(token)
+
+
+def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_nested(d, "mqtt.url", v)`` → ``d["mqtt"]["url"] = v`` (for CLI flags)."""
+    keys = dotted.split(".")
+    node = target
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value

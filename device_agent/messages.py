@@ -1,0 +1,187 @@
+"""Wire messages of battwin (pydantic v2, JSON, versioned).
+
+Every message the device publishes is wrapped in an :class:`Envelope` that carries a unique ``id`` (the
+cloud drops duplicates by it), the thing name, the message kind, the schema version and whether the data
+is simulated. Conventions, stated once:
+
+* time stamps are Unix seconds (float, UTC);
+* current is positive while **charging**, negative while discharging;
+* every unit is in the field name (``voltage_v``, ``current_a``, ``temperatures_c`` ...).
+
+Floats must be finite: NaN and infinity are rejected at the boundary, never stored or sent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=32_503_680_000.0)]  # < year 3000
+Voltage = Annotated[float, Field(allow_inf_nan=False, ge=-1.0, le=2000.0)]
+Current = Annotated[float, Field(allow_inf_nan=False, ge=-10_000.0, le=10_000.0)]
+Temperature = Annotated[float, Field(allow_inf_nan=False, ge=-80.0, le=200.0)]
+Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+class Message(BaseModel):
+    """Base of every battwin message: strict about unknown fields and non-finite numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Sample(Message):
+    """One reading of a battery (pack level, optionally per cell)."""
+
+    ts: Timestamp
+    voltage_v: Voltage
+    current_a: Current = Field(description="positive = charging")
+    temperatures_c: tuple[Temperature, ...] = ()
+    soc_pct: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=100.0)] | None = None
+    cell_voltages_v: tuple[Annotated[float, Field(allow_inf_nan=False, ge=-1.0, le=10.0)], ...] | None = (
+        None
+    )
+    source_id: Ident
+    simulated: bool = False
+
+    @property
+    def temperature_c(self) -> float | None:
+        """Mean of the reported temperatures, or None when the source has no sensor."""
+        if not self.temperatures_c:
+            return None
+        return sum(self.temperatures_c) / len(self.temperatures_c)
+
+
+CycleKind = Literal["charge", "discharge"]
+
+
+class CycleRecord(Message):
+    """One charge or discharge segment found by the cycle tracker from samples alone.
+
+    ``capacity_ah`` is set on discharges that reached the cut-off voltage: the charge delivered from the
+    start of the discharge down to the first crossing of ``cutoff_voltage_v``. A discharge that ended
+    before the cut-off (partial) has ``complete = False`` and no capacity.
+    """
+
+    index: Annotated[int, Field(ge=0)]
+    kind: CycleKind
+    start_ts: Timestamp
+    end_ts: Timestamp
+    duration_s: Annotated[float, Field(allow_inf_nan=False, ge=0.0)]
+    charge_ah: Annotated[float, Field(allow_inf_nan=False, ge=0.0)] = Field(
+        description="charge moved in the segment (absolute value)"
+    )
+    energy_wh: Annotated[float, Field(allow_inf_nan=False, ge=0.0)]
+    capacity_ah: Annotated[float, Field(allow_inf_nan=False, ge=0.0)] | None = None
+    complete: bool
+    cutoff_voltage_v: Voltage | None = None
+    start_voltage_v: Voltage
+    end_voltage_v: Voltage
+    min_voltage_v: Voltage
+    max_voltage_v: Voltage
+    mean_current_a: Current
+    mean_temperature_c: Temperature | None = None
+    max_temperature_c: Temperature | None = None
+    resistance_ohm: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=100.0)] | None = None
+    n_samples: Annotated[int, Field(ge=1)]
+    gaps: Annotated[int, Field(ge=0)] = 0
+    source_id: Ident
+    simulated: bool = False
+
+
+HealthMethod = Literal["physics", "hybrid", "persistence"]
+
+
+class ForecastPoint(Message):
+    cycle: FiniteFloat
+    soh: FiniteFloat
+
+
+class Health(Message):
+    """State of health and remaining useful life after a discharge cycle."""
+
+    ts: Timestamp
+    cycle_index: Annotated[int, Field(ge=0)]
+    equivalent_cycles: Annotated[float, Field(allow_inf_nan=False, ge=0.0)]
+    capacity_ah: Annotated[float, Field(allow_inf_nan=False, ge=0.0)]
+    initial_capacity_ah: Annotated[float, Field(allow_inf_nan=False, gt=0.0)]
+    soh: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=2.0)]
+    eol_threshold: Annotated[float, Field(allow_inf_nan=False, gt=0.0, lt=1.0)]
+    eol_cycle: FiniteFloat | None = Field(None, description="forecast cycle count at which SoH crosses EOL")
+    rul_cycles: Annotated[float, Field(allow_inf_nan=False, ge=0.0)] | None = None
+    forecast: tuple[ForecastPoint, ...] = ()
+    method: HealthMethod
+    model_version: str = Field(max_length=64)
+    fit_params: dict[str, FiniteFloat] = Field(default_factory=dict)
+    source_id: Ident
+    simulated: bool = False
+
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class Alarm(Message):
+    """A condition an operator should know about. ``active = False`` clears an earlier alarm."""
+
+    ts: Timestamp
+    code: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+    severity: Severity
+    active: bool = True
+    message: Annotated[str, Field(max_length=1024)]
+    details: dict[str, FiniteFloat | int | str | bool | None] = Field(default_factory=dict)
+    source_id: Ident
+    simulated: bool = False
+
+
+class Telemetry(Message):
+    """A batch of samples (telemetry is batched by time or count to save messages)."""
+
+    samples: tuple[Sample, ...] = Field(min_length=1, max_length=10_000)
+
+
+MessageKind = Literal["telemetry", "cycles", "health", "alarms"]
+
+BODY_TYPES: dict[str, type[Message]] = {
+    "telemetry": Telemetry,
+    "cycles": CycleRecord,
+    "health": Health,
+    "alarms": Alarm,
+}
+
+
+class Envelope(Message):
+    """What travels on MQTT: one message of one kind, with an id for de-duplication."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    thing: Ident
+    kind: MessageKind
+    ts: Timestamp
+    simulated: bool
+    body: dict[str, Any]
+
+    def parsed_body(self) -> Message:
+        """Validate ``body`` against the model of ``kind`` (raises pydantic.ValidationError)."""
+        return BODY_TYPES[self.kind].model_validate(self.body)
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def envelope(thing: str, kind: MessageKind, body: Message, ts: float, msg_id: str | None = None) -> Envelope:
+    simulated = bool(getattr(body, "simulated", False))
+    if isinstance(body, Telemetry):
+        simulated = any(s.simulated for s in body.samples)
+    return Envelope(
+        id=msg_id or new_message_id(),
+        thing=thing,
+        kind=kind,
+        ts=ts,
+        simulated=simulated,
+        body=body.model_dump(mode="json"),
+    )

@@ -1,0 +1,43 @@
+"""Typed errors every battery source raises. Nothing else may escape a driver's ``poll``."""
+
+from __future__ import annotations
+
+
+class SourceError(Exception):
+    """Base class: reading the battery failed; no sample was produced."""
+
+
+class SourceConfigError(SourceError, ValueError):
+    """The source URL or its options are wrong (unknown scheme, bad address, missing file ...)."""
+
+
+class SourceUnavailable(SourceError):
+    """The device or file cannot be opened (port missing, permission denied, connection refused)."""
+
+
+class SourceTimeout(SourceError):
+    """The device did not answer in time."""
+
+
+class ProtocolError(SourceError):
+    """Bytes on the wire do not form a valid frame or reply."""
+
+
+class FramingError(ProtocolError):
+    """Missing start/end marker, wrong length, truncated frame, garbage."""
+
+
+class ChecksumError(ProtocolError):
+    """The frame is complete but its checksum / CRC does not match."""
+
+
+class DecodeError(ProtocolError):
+    """The frame is well formed but its content cannot be decoded (unknown register, bad field)."""
+
+
+class ImplausibleValueError(SourceError):
+    """A frame decoded to a value outside physical limits (e.g. 400 V on a 4S pack)."""
+
+
+class SourceExhausted(SourceError):  # noqa: N818 - an end-of-data signal, not a failure
+    """A finite source (a replayed log) has no more samples."""

@@ -1,0 +1,44 @@
+"""The one interface every battery source implements.
+
+A source is polled by the agent's coordinator: ``poll()`` returns one :class:`~device_agent.messages.Sample`
+or raises a :class:`~hardware.errors.SourceError`. Sources never invent data: when a read fails they
+raise, and the coordinator decides about retries, staleness and alarms.
+
+``paced`` tells the coordinator whether to wait ``sample_interval_s`` between polls (hardware, the
+simulator) or to go as fast as the pipeline can (a replayed log).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+from device_agent.messages import Sample
+
+
+class Source(ABC):
+    #: identifier that goes into every sample (``jbd:ttyUSB0``, ``simulator:cell-1`` ...)
+    source_id: str
+    #: True for the physics simulator and anything derived from it
+    simulated: bool = False
+    #: False for replayed logs: poll as fast as the pipeline goes
+    paced: bool = True
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire the port / file / connection. Raise SourceUnavailable on failure."""
+
+    @abstractmethod
+    def poll(self) -> Sample:
+        """Read one sample. Raise SourceError (SourceExhausted at the end of a finite source)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; must be safe to call twice."""
+
+    def __enter__(self) -> Source:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
