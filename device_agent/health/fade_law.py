@@ -1,0 +1,209 @@
+"""The physics fade law, fitted per cell from its own history (numpy only: runs on the device).
+
+Model
+-----
+    C(N) = C0 · exp(f_d)
+    f_d  = −( k_c · X_N^z  +  k_t · X_t )
+
+    X_N = Σ_j A(T_j) · ΔN_j            Arrhenius-weighted cycle count (cycle ageing)
+    X_t = Σ_j A(T_j) · Δ√(t_j / 1 day)  Arrhenius-weighted square root of time (calendar ageing)
+    A(T) = exp( Ea/R · (1/T_ref − 1/T) ),  Ea = 31.7 kJ/mol, T_ref = 298.15 K
+
+N is the cycle number, t the elapsed time, T the cell temperature of each cycle (ambient when the cell
+has no sensor). ``z`` (the shape: < 1 decelerating, > 1 accelerating "knee" fade) is chosen on a grid;
+for each ``z`` the parameters ``ln C0, k_c ≥ 0, k_t ≥ 0`` are a non-negative linear least-squares
+problem in log space, solved by enumerating active sets (three unknowns). Capacity regeneration jumps
+and failed-run outliers are down-weighted by iteratively re-weighted least squares with Huber weights.
+
+Forecast: future cycles are assumed to run at the recent temperature and cycles-per-day of the cell.
+End of life is the first cycle at which C/C0_ref falls below the threshold; RUL = EOL − last cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+EA_J_PER_MOL = 31_700.0
+R_J_PER_MOL_K = 8.314462618
+T_REF_K = 298.15
+Z_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.5 .. 3.0
+HUBER_K = 1.5
+IRLS_ITERATIONS = 3
+
+
+def arrhenius(temperature_c: float | None) -> float:
+    """A(T): ageing rate relative to 25 °C. Unknown temperature counts as 25 °C."""
+    if temperature_c is None or not math.isfinite(temperature_c):
+        return 1.0
+    t_k = min(max(temperature_c, -40.0), 90.0) + 273.15
+    return math.exp(EA_J_PER_MOL / R_J_PER_MOL_K * (1.0 / T_REF_K - 1.0 / t_k))
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPoint:
+    """One measured capacity of a cell (a lab CSV row or a device discharge)."""
+
+    cycle: float
+    capacity_ah: float
+    elapsed_h: float | None = None
+    temperature_c: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StressAxes:
+    """Cumulative Arrhenius-weighted stress at each point, plus the recent rates used to extrapolate."""
+
+    x_n: np.ndarray
+    x_t: np.ndarray
+    a_recent: float
+    hours_per_cycle: float | None
+    last_cycle: float
+    last_hours: float | None
+
+
+def stress_axes(points: Sequence[CapacityPoint], recent: int = 10) -> StressAxes:
+    n = len(points)
+    cycles = np.array([p.cycle for p in points], dtype=float)
+    a = np.array([arrhenius(p.temperature_c) for p in points], dtype=float)
+    d_n = np.diff(cycles, prepend=cycles[0])
+    d_n[0] = max(cycles[0], 0.0)
+    x_n = np.cumsum(a * np.maximum(d_n, 0.0))
+    has_time = all(p.elapsed_h is not None and math.isfinite(p.elapsed_h) for p in points)
+    if has_time:
+        hours = np.maximum.accumulate(np.array([max(p.elapsed_h or 0.0, 0.0) for p in points]))
+        sq = np.sqrt(hours / 24.0)
+        d_sq = np.diff(sq, prepend=0.0)
+        x_t = np.cumsum(a * d_sq)
+        span_c = cycles[-1] - cycles[max(0, n - recent)]
+        span_h = hours[-1] - hours[max(0, n - recent)]
+        hours_per_cycle = float(span_h / span_c) if span_c > 0 and span_h >= 0 else None
+        last_hours: float | None = float(hours[-1])
+    else:
+        x_t = np.zeros(n)
+        hours_per_cycle = None
+        last_hours = None
+    return StressAxes(
+        x_n=x_n,
+        x_t=x_t,
+        a_recent=float(np.mean(a[-recent:])),
+        hours_per_cycle=hours_per_cycle,
+        last_cycle=float(cycles[-1]),
+        last_hours=last_hours,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FadeFit:
+    ln_c0: float
+    k_c: float
+    k_t: float
+    z: float
+    rmse_log: float
+    axes: StressAxes
+
+    @property
+    def c0_ah(self) -> float:
+        return math.exp(self.ln_c0)
+
+    def capacity_at(self, x_n: np.ndarray | float, x_t: np.ndarray | float) -> np.ndarray:
+        xn = np.maximum(np.asarray(x_n, dtype=float), 0.0)
+        return np.asarray(np.exp(self.ln_c0 - self.k_c * xn**self.z - self.k_t * np.asarray(x_t)))
+
+    def fitted(self) -> np.ndarray:
+        return self.capacity_at(self.axes.x_n, self.axes.x_t)
+
+    def project(self, future_cycles: np.ndarray) -> np.ndarray:
+        """Capacity at absolute cycle numbers beyond the last one, at the recent stress rates."""
+        ax = self.axes
+        d_n = np.maximum(np.asarray(future_cycles, dtype=float) - ax.last_cycle, 0.0)
+        x_n = ax.x_n[-1] + ax.a_recent * d_n
+        if ax.hours_per_cycle is not None and ax.last_hours is not None:
+            hours = ax.last_hours + ax.hours_per_cycle * d_n
+            x_t = ax.x_t[-1] + ax.a_recent * (np.sqrt(hours / 24.0) - math.sqrt(ax.last_hours / 24.0))
+        else:
+            x_t = np.full_like(d_n, ax.x_t[-1] if len(ax.x_t) else 0.0)
+        return self.capacity_at(x_n, x_t)
+
+    def params(self) -> dict[str, float]:
+        return {"c0_ah": self.c0_ah, "k_c": self.k_c, "k_t": self.k_t, "z": self.z, "rmse_log": self.rmse_log}
+
+
+def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weighted least squares with columns 1.. constrained ≥ 0 (column 0, the intercept, is free)."""
+    sw = np.sqrt(w)
+    best: tuple[np.ndarray, float] | None = None
+    ncols = design.shape[1]
+    for mask in range(1 << (ncols - 1)):
+        cols = [0] + [c for c in range(1, ncols) if mask >> (c - 1) & 1]
+        sub = design[:, cols] * sw[:, None]
+        coef_sub, *_ = np.linalg.lstsq(sub, y * sw, rcond=None)
+        if any(coef_sub[1:] < 0):
+            continue
+        coef = np.zeros(ncols)
+        coef[cols] = coef_sub
+        sse = float(np.sum(w * (y - design @ coef) ** 2))
+        if best is None or sse < best[1]:
+            best = (coef, sse)
+    assert best is not None  # the intercept-only subset is always feasible
+    return best
+
+
+def fit_fade(points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID) -> FadeFit | None:
+    """Fit the fade law to measured capacities (≥ 3 valid points), or None if it cannot be fitted."""
+    valid = [p for p in points if math.isfinite(p.capacity_ah) and p.capacity_ah > 0 and math.isfinite(p.cycle)]
+    if len(valid) < 3:
+        return None
+    axes = stress_axes(valid)
+    y = np.log(np.array([p.capacity_ah for p in valid]))
+    use_time = bool(np.any(axes.x_t > 0))
+    best: FadeFit | None = None
+    best_sse = math.inf
+    for z in z_grid:
+        cols = [np.ones_like(y), -(axes.x_n**z)]
+        if use_time:
+            cols.append(-axes.x_t)
+        design = np.column_stack(cols)
+        w = np.ones_like(y)
+        coef = np.zeros(design.shape[1])
+        for _ in range(IRLS_ITERATIONS):
+            coef, _sse = _nn_lstsq(design, y, w)
+            resid = y - design @ coef
+            scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-6
+            u = np.abs(resid) / (HUBER_K * scale)
+            w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+        resid = y - design @ coef
+        sse = float(np.sum(w * resid**2))
+        if sse < best_sse - 1e-15:
+            best_sse = sse
+            best = FadeFit(
+                ln_c0=float(coef[0]),
+                k_c=float(coef[1]),
+                k_t=float(coef[2]) if use_time else 0.0,
+                z=float(z),
+                rmse_log=float(np.sqrt(np.mean(resid**2))),
+                axes=axes,
+            )
+    return best
+
+
+def forecast_eol(
+    fit: FadeFit, c0_ref: float, threshold: float, max_cycles: float, step: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Project SoH = C/c0_ref ahead; return (cycles, soh, eol_cycle or None if not reached)."""
+    last = fit.axes.last_cycle
+    horizon = np.arange(last + step, last + max_cycles + step, step)
+    soh = fit.project(horizon) / c0_ref
+    below = np.nonzero(soh < threshold)[0]
+    if len(below) == 0:
+        return horizon, soh, None
+    i = int(below[0])
+    if i == 0:
+        return horizon[:1], soh[:1], float(horizon[0])
+    # linear interpolation between the last point above and the first below the threshold
+    c1, c2, s1, s2 = horizon[i - 1], horizon[i], soh[i - 1], soh[i]
+    eol = float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)
+    return horizon[: i + 1], soh[: i + 1], eol
