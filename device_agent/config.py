@@ -104,6 +104,12 @@ class HealthSettings(Section):
     forecast_max_cycles: Annotated[int, Field(ge=10, le=1_000_000)] = 5000
 
 
+class AlarmSettings(Section):
+    max_temperature_c: Annotated[float, Field(ge=-40.0, le=150.0)] = 60.0
+    hysteresis_c: Annotated[float, Field(ge=0.0, le=50.0)] = 5.0
+    max_cell_spread_v: Annotated[float, Field(gt=0.0, le=5.0)] = 0.15
+
+
 class SpoolSettings(Section):
     path: Path = Path("battwin-spool.db")
     max_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024**3)] = 64 * 1024 * 1024
@@ -127,6 +133,7 @@ class AgentConfig(BaseSettings):
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -133,61 +133,88 @@ class FadeFit:
 
 
 def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weighted least squares with columns 1.. constrained ≥ 0 (column 0, the intercept, is free)."""
-    sw = np.sqrt(w)
-    best: tuple[np.ndarray, float] | None = None
+    """Weighted least squares with columns 1.. constrained ≥ 0 (column 0, the intercept, is free).
+
+    Solved on the normal equations (at most 3×3) for every active set; the feasible one with the
+    smallest weighted error wins.
+    """
+    xw = design * w[:, None]
+    gram = design.T @ xw
+    rhs = xw.T @ y
+    yy = float(y @ (w * y))
     ncols = design.shape[1]
+    best: tuple[np.ndarray, float] | None = None
     for mask in range(1 << (ncols - 1)):
         cols = [0] + [c for c in range(1, ncols) if mask >> (c - 1) & 1]
-        sub = design[:, cols] * sw[:, None]
-        coef_sub, *_ = np.linalg.lstsq(sub, y * sw, rcond=None)
+        g = gram[np.ix_(cols, cols)]
+        try:
+            coef_sub = np.linalg.solve(g + 1e-12 * np.eye(len(cols)), rhs[cols])
+        except np.linalg.LinAlgError:
+            continue
         if any(coef_sub[1:] < 0):
             continue
         coef = np.zeros(ncols)
         coef[cols] = coef_sub
-        sse = float(np.sum(w * (y - design @ coef) ** 2))
+        sse = yy - 2.0 * float(coef @ rhs) + float(coef @ gram @ coef)
         if best is None or sse < best[1]:
             best = (coef, sse)
-    assert best is not None  # the intercept-only subset is always feasible
+    if best is None:  # only if even the intercept-only system was singular (all weights zero)
+        return np.zeros(ncols), math.inf
     return best
 
 
+def _fit_for_z(axes: StressAxes, y: np.ndarray, z: float, use_time: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    cols = [np.ones_like(y), -(axes.x_n**z)]
+    if use_time:
+        cols.append(-axes.x_t)
+    design = np.column_stack(cols)
+    w = np.ones_like(y)
+    coef = np.zeros(design.shape[1])
+    for _ in range(IRLS_ITERATIONS):
+        coef, _sse = _nn_lstsq(design, y, w)
+        resid = y - design @ coef
+        scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-6
+        u = np.abs(resid) / (HUBER_K * scale)
+        w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+    resid = y - design @ coef
+    return coef, resid, float(np.sum(w * resid**2))
+
+
 def fit_fade(points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID) -> FadeFit | None:
-    """Fit the fade law to measured capacities (≥ 3 valid points), or None if it cannot be fitted."""
+    """Fit the fade law to measured capacities (≥ 3 valid points), or None if it cannot be fitted.
+
+    ``z`` is searched on a coarse grid (every 5th value of ``z_grid``), then refined around the best.
+    """
     valid = [p for p in points if math.isfinite(p.capacity_ah) and p.capacity_ah > 0 and math.isfinite(p.cycle)]
     if len(valid) < 3:
         return None
     axes = stress_axes(valid)
     y = np.log(np.array([p.capacity_ah for p in valid]))
     use_time = bool(np.any(axes.x_t > 0))
-    best: FadeFit | None = None
-    best_sse = math.inf
-    for z in z_grid:
-        cols = [np.ones_like(y), -(axes.x_n**z)]
-        if use_time:
-            cols.append(-axes.x_t)
-        design = np.column_stack(cols)
-        w = np.ones_like(y)
-        coef = np.zeros(design.shape[1])
-        for _ in range(IRLS_ITERATIONS):
-            coef, _sse = _nn_lstsq(design, y, w)
-            resid = y - design @ coef
-            scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-6
-            u = np.abs(resid) / (HUBER_K * scale)
-            w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
-        resid = y - design @ coef
-        sse = float(np.sum(w * resid**2))
-        if sse < best_sse - 1e-15:
-            best_sse = sse
-            best = FadeFit(
-                ln_c0=float(coef[0]),
-                k_c=float(coef[1]),
-                k_t=float(coef[2]) if use_time else 0.0,
-                z=float(z),
-                rmse_log=float(np.sqrt(np.mean(resid**2))),
-                axes=axes,
-            )
-    return best
+    grid = list(z_grid)
+    results: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def evaluate(k: int) -> float:
+        if k not in results:
+            results[k] = _fit_for_z(axes, y, grid[k], use_time)
+        return results[k][2]
+
+    coarse = list(range(0, len(grid), 5))
+    if coarse[-1] != len(grid) - 1:
+        coarse.append(len(grid) - 1)
+    k_best = min(coarse, key=evaluate)
+    for k in range(max(0, k_best - 4), min(len(grid), k_best + 5)):
+        evaluate(k)
+    k_best = min(results, key=lambda k: results[k][2])
+    coef, resid, _ = results[k_best]
+    return FadeFit(
+        ln_c0=float(coef[0]),
+        k_c=float(coef[1]),
+        k_t=float(coef[2]) if use_time else 0.0,
+        z=float(grid[k_best]),
+        rmse_log=float(np.sqrt(np.mean(resid**2))),
+        axes=axes,
+    )
 
 
 def forecast_eol(

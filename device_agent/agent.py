@@ -1,0 +1,355 @@
+"""The edge agent's coordinator: poll the source, track cycles, estimate health, spool, publish.
+
+Data path (one thread polls, one publishes)::
+
+    Source.poll() ─► Sample ─┬─► TelemetryBatcher ─────────────► Spool (SQLite) ─► Publisher ─► Transport
+                             └─► CycleTracker ─► CycleRecord ─┬─► Spool                            (MQTT/IPC)
+                                                              └─► HealthEstimator ─► Health ─► Spool
+    failures / thresholds ─► AlarmBook ─► Alarm ─► Spool
+
+Everything that leaves the device is written to the spool first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from device_agent.alarms import AlarmBook
+from device_agent.config import AgentConfig
+from device_agent.health.estimator import HealthEstimator, HealthModel
+from device_agent.health.fade_law import CapacityPoint
+from device_agent.messages import (
+    Alarm,
+    CycleRecord,
+    Health,
+    Message,
+    MessageKind,
+    Sample,
+    Telemetry,
+    new_message_id,
+)
+from device_agent.tracking.cycle_tracker import CycleTracker
+from device_agent.uplink.publisher import Publisher
+from device_agent.uplink.spool import Spool
+from device_agent.uplink.transport import Transport
+from hardware.errors import SourceError, SourceExhausted, SourceUnavailable
+from hardware.source import Source
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "agent.state"
+EOL_HYSTERESIS = 0.02  # SoH must recover this much above the threshold to clear the EOL alarm
+
+
+@dataclass
+class AgentStats:
+    samples: int = 0
+    poll_failures: int = 0
+    telemetry_batches: int = 0
+    cycles: int = 0
+    health: int = 0
+    alarms: int = 0
+    spool_dropped: int = 0
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+
+class TelemetryBatcher:
+    """Collects samples into batches by count or by age (sample time)."""
+
+    def __init__(self, max_samples: int, max_age_s: float, decimation: int = 1) -> None:
+        self.max_samples = max_samples
+        self.max_age_s = max_age_s
+        self.decimation = decimation
+        self._buf: list[Sample] = []
+        self._n = 0
+
+    def add(self, sample: Sample) -> list[Sample] | None:
+        self._n += 1
+        if (self._n - 1) % self.decimation:
+            return None
+        self._buf.append(sample)
+        if len(self._buf) >= self.max_samples or sample.ts - self._buf[0].ts >= self.max_age_s:
+            return self.take()
+        return None
+
+    def take(self) -> list[Sample] | None:
+        if not self._buf:
+            return None
+        out, self._buf = self._buf, []
+        return out
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        source: Source,
+        transport: Transport,
+        spool: Spool | None = None,
+        *,
+        health_model: HealthModel | None = None,
+        on_message: Callable[[MessageKind, Message], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.transport = transport
+        self.spool = spool or Spool(config.spool.path, config.spool.max_bytes, config.spool.policy)
+        self.publisher = Publisher(
+            self.spool, transport, inflight=config.mqtt.inflight, ack_timeout_s=config.mqtt.publish_timeout_s
+        )
+        self.stats = AgentStats()
+        self.on_message = on_message
+        simulated = source.simulated
+        self.alarms = AlarmBook(source.source_id, self._emit_alarm, simulated=simulated)
+        self.tracker = CycleTracker(config.tracker, source.source_id, simulated=simulated)
+        self.estimator = HealthEstimator(config.health, source.source_id, model=health_model, simulated=simulated)
+        self.batcher = TelemetryBatcher(
+            config.telemetry.batch_max_samples, config.telemetry.batch_max_age_s, config.telemetry.decimation
+        )
+        self._failures = 0
+        self._offline = False
+        self._last_ts = 0.0
+        self._dropped_reported = self.spool.dropped_total
+        self._restore_state()
+
+    # -- public -----------------------------------------------------------------------------------
+    def topic(self, kind: MessageKind) -> str:
+        return f"{self.config.mqtt.topic_prefix}/{self.config.thing_name}/{kind}"
+
+    def run(self, stop: threading.Event, max_samples: int | None = None) -> AgentStats:
+        """Poll until ``stop`` is set, the source is exhausted, or ``max_samples`` were read."""
+        self.transport.start()
+        self.publisher.start()
+        self._open_source(stop)
+        interval = self.config.source.sample_interval_s
+        accel = float(getattr(self.source, "time_acceleration", 1.0) or 1.0)
+        next_t = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    sample = self._poll_once()
+                except SourceExhausted:
+                    log.info("source exhausted", extra={"source": self.source.source_id})
+                    self.finish_source()
+                    break
+                if sample is not None:
+                    self.process(sample)
+                    if max_samples is not None and self.stats.samples >= max_samples:
+                        break
+                if self.source.paced or sample is None:
+                    next_t += interval / accel
+                    delay = next_t - time.monotonic()
+                    if delay > 0:
+                        stop.wait(delay)
+                    elif delay < -1.0:
+                        next_t = time.monotonic()  # fell behind: do not try to catch up in a burst
+        finally:
+            self.shutdown()
+        return self.stats
+
+    def process(self, sample: Sample) -> None:
+        """Feed one sample through the pipeline (the polling loop calls this; so can tests)."""
+        self.stats.samples += 1
+        self._last_ts = sample.ts
+        batch = self.batcher.add(sample)
+        if batch is not None:
+            self._emit_telemetry(batch)
+        for record in self.tracker.push(sample):
+            self._on_record(record)
+        self._check_thresholds(sample)
+
+    def finish_source(self) -> None:
+        """The source ended (a replayed log): close the open segment and send what is batched."""
+        for record in self.tracker.flush():
+            self._on_record(record)
+        batch = self.batcher.take()
+        if batch:
+            self._emit_telemetry(batch)
+
+    def shutdown(self, drain_timeout_s: float = 5.0) -> None:
+        batch = self.batcher.take()
+        if batch:
+            self._emit_telemetry(batch)
+        self._save_state()
+        self.publisher.stop(drain_timeout_s=drain_timeout_s)
+        self.transport.stop()
+        try:
+            self.source.close()
+        except Exception as exc:
+            log.warning("source close failed", extra={"error": str(exc)})
+
+    def set_health_model(self, model: HealthModel | None, reason: str | None = None) -> None:
+        self.estimator.set_model(model)
+        ts = self._last_ts or time.time()
+        if model is None and reason:
+            self.alarms.raise_("model_unavailable", ts, f"health model unavailable: {reason}"[:1024])
+        elif model is not None:
+            self.alarms.clear("model_unavailable", ts)
+
+    # -- polling ----------------------------------------------------------------------------------
+    def _open_source(self, stop: threading.Event) -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.source.open()
+                return
+            except SourceUnavailable as exc:
+                self._count_failure(exc)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _poll_once(self) -> Sample | None:
+        retries = self.config.source.retries
+        last_exc: SourceError | None = None
+        for _attempt in range(retries + 1):
+            try:
+                sample = self.source.poll()
+            except SourceExhausted:
+                raise
+            except SourceError as exc:
+                last_exc = exc
+                continue
+            if self._offline:
+                self._offline = False
+                self.alarms.clear("source_offline", sample.ts)
+            self._failures = 0
+            return sample
+        assert last_exc is not None
+        self._count_failure(last_exc)
+        if isinstance(last_exc, SourceUnavailable):
+            try:
+                self.source.close()
+                self.source.open()
+            except SourceError as exc:
+                log.info("source reopen failed", extra={"error": str(exc)[:200]})
+        return None
+
+    def _count_failure(self, exc: Exception) -> None:
+        self._failures += 1
+        self.stats.poll_failures += 1
+        log.warning(
+            "source poll failed",
+            extra={"source": self.source.source_id, "error": type(exc).__name__, "detail": str(exc)[:200]},
+        )
+        if not self._offline and self._failures >= self.config.source.offline_after_failures:
+            self._offline = True
+            self.alarms.raise_(
+                "source_offline",
+                time.time(),
+                f"no valid reading after {self._failures} polls: {type(exc).__name__}: {exc}"[:1024],
+                failures=self._failures,
+                last_sample_ts=self._last_ts or None,
+            )
+
+    # -- records ----------------------------------------------------------------------------------
+    def _on_record(self, record: CycleRecord) -> None:
+        self.stats.cycles += 1
+        self._enqueue("cycles", record, record.end_ts)
+        point = self.estimator.observe(record)
+        if point is None:
+            return
+        health = self.estimator.estimate(record)
+        if self.estimator.last_error:
+            self.alarms.raise_("model_unavailable", record.end_ts, f"health model failed: {self.estimator.last_error}")
+        if health is not None:
+            self.stats.health += 1
+            self._enqueue("health", health, health.ts)
+            if health.soh < health.eol_threshold:
+                self.alarms.raise_("eol_reached", health.ts, soh=round(health.soh, 4))
+            elif health.soh >= health.eol_threshold + EOL_HYSTERESIS:
+                self.alarms.clear("eol_reached", health.ts)
+        self._save_state()
+
+    def _check_thresholds(self, sample: Sample) -> None:
+        limits = self.config.alarms
+        temps = sample.temperatures_c
+        if temps:
+            hottest = max(temps)
+            if hottest > limits.max_temperature_c:
+                self.alarms.raise_("over_temperature", sample.ts, temperature_c=hottest)
+            elif hottest < limits.max_temperature_c - limits.hysteresis_c:
+                self.alarms.clear("over_temperature", sample.ts)
+        cells = sample.cell_voltages_v
+        if cells and len(cells) > 1:
+            spread = max(cells) - min(cells)
+            if spread > limits.max_cell_spread_v:
+                self.alarms.raise_("cell_imbalance", sample.ts, spread_v=round(spread, 4))
+            elif spread < limits.max_cell_spread_v * 0.8:
+                self.alarms.clear("cell_imbalance", sample.ts)
+
+    def _emit_alarm(self, alarm: Alarm) -> None:
+        self.stats.alarms += 1
+        log.warning("alarm", extra={"code": alarm.code, "active": alarm.active, "alarm_message": alarm.message})
+        self._enqueue("alarms", alarm, alarm.ts)
+
+    def _emit_telemetry(self, batch: list[Sample]) -> None:
+        self.stats.telemetry_batches += 1
+        self._enqueue("telemetry", Telemetry.model_construct(samples=tuple(batch)), batch[-1].ts)
+
+    # -- spool ------------------------------------------------------------------------------------
+    def _enqueue(self, kind: MessageKind, body: Message, ts: float) -> None:
+        msg_id = new_message_id()
+        if isinstance(body, Telemetry):
+            samples = [s.model_dump(mode="json") for s in body.samples]
+            simulated = any(s.simulated for s in body.samples)
+            body_json: dict[str, Any] = {"samples": samples}
+        else:
+            simulated = bool(getattr(body, "simulated", False))
+            body_json = body.model_dump(mode="json")
+        envelope = {
+            "v": 1,
+            "id": msg_id,
+            "thing": self.config.thing_name,
+            "kind": kind,
+            "ts": ts,
+            "simulated": simulated,
+            "body": body_json,
+        }
+        payload = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+        result = self.spool.put(msg_id, self.topic(kind), payload, ts)
+        if self.on_message is not None:
+            self.on_message(kind, body)
+        self.publisher.notify()
+        if result.dropped and kind != "alarms":
+            self.stats.spool_dropped += result.dropped
+            self.alarms.pulse(
+                "spool_dropped",
+                ts,
+                f"spool full: {result.dropped} message(s) dropped ({self.spool.dropped_total} in total)",
+                dropped=result.dropped,
+                dropped_total=self.spool.dropped_total,
+                policy=self.spool.policy,
+            )
+
+    def _save_state(self) -> None:
+        est = self.estimator
+        state = {
+            "cycle": self.tracker.cycle,
+            "first_ts": est.first_ts,
+            "discharged_ah": est.discharged_ah,
+            "points": [[p.cycle, p.capacity_ah, p.elapsed_h, p.temperature_c] for p in est.points],
+            "source_id": self.source.source_id,
+        }
+        try:
+            self.spool.set_state(STATE_KEY, state)
+        except Exception as exc:
+            log.warning("could not save agent state", extra={"error": str(exc)[:200]})
+
+    def _restore_state(self) -> None:
+        state = self.spool.get_state(STATE_KEY)
+        if not isinstance(state, dict) or state.get("source_id") != self.source.source_id:
+            return
+        try:
+            points = [CapacityPoint(float(c), float(q), h, t) for c, q, h, t in state.get("points", [])]
+            self.tracker.cycle = int(state.get("cycle", 0))
+            self.estimator.restore(points, state.get("first_ts"), float(state.get("discharged_ah", 0.0)))
+        except (TypeError, ValueError) as exc:
+            log.warning("saved agent state unreadable; starting afresh", extra={"error": str(exc)[:200]})
+            return
+        log.info("restored agent state", extra={"cycle": self.tracker.cycle, "capacity_points": len(points)})

@@ -1,0 +1,159 @@
+"""The files a learned health model ships as: ``model.tflite`` + ``model.json`` (this schema).
+
+Shared by the trainer (``ml``, which writes them) and the device runtime (``device_agent.health.hybrid``,
+which reads and checks them before use). numpy and pydantic only: no TensorFlow here.
+
+``model.json`` states everything the device needs to compute the model's inputs exactly as in training
+(feature names, window, horizons, normalisation, cleaning rules), the tensor shapes it must find in the
+``.tflite``, the sha256 of the ``.tflite``, and the provenance of the model (data fingerprint, cells,
+held-out cells, metrics, training time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MODEL_JSON = "model.json"
+MODEL_TFLITE = "model.tflite"
+SCHEMA_VERSION = 1
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class CleaningSpec(_Strict):
+    """Causal cleaning of a capacity history (the same rules on the device and in training).
+
+    A capacity is compared with ``ref`` = the median of the last ``ref_points`` kept capacities. Below
+    ``low_frac·ref`` (a failed or aborted run) or above ``high_frac·ref`` (a gross outlier) it is set
+    aside; ``shift_points`` consecutive set-aside capacities on the same side are a level shift (the
+    cell now runs under other conditions): the history restarts at the first of them.
+    """
+
+    low_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    high_frac: Annotated[float, Field(gt=1.0, le=10.0)] = 1.3
+    ref_points: Annotated[int, Field(ge=1, le=50)] = 5
+    shift_points: Annotated[int, Field(ge=2, le=50)] = 3
+
+
+class FeatureSpec(_Strict):
+    """How the model's two inputs are computed from the capacity history (see hybrid.prepare)."""
+
+    window: Annotated[int, Field(ge=2, le=512)]
+    horizons: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(min_length=1)
+    seq_features: list[str] = Field(min_length=1)
+    static_features: list[str] = Field(min_length=1)
+    seq_mean: list[Finite]
+    seq_std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]]
+    static_mean: list[Finite]
+    static_std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]]
+    #: model output × output_scale = log-capacity correction to the prior at each horizon
+    output_scale: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    #: capacity level = median of the last ``level_points`` cleaned capacities
+    level_points: Annotated[int, Field(ge=1, le=50)] = 3
+    #: cycle ages in the window are divided by this
+    cycle_scale: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 100.0
+    #: only the last ``max_history`` cleaned capacities are used (bounds the cost on the device)
+    max_history: Annotated[int, Field(ge=10, le=100_000)] = 1000
+    #: log(prior / level) is clipped to this range before it is a feature and the base of the forecast
+    prior_clip: tuple[Finite, Finite] = (-1.5, 0.3)
+    cleaning: CleaningSpec = CleaningSpec()
+
+    @model_validator(mode="after")
+    def _lengths(self) -> FeatureSpec:
+        if len(self.seq_mean) != len(self.seq_features) or len(self.seq_std) != len(self.seq_features):
+            raise ValueError("seq_mean/seq_std must have one value per seq feature")
+        if len(self.static_mean) != len(self.static_features) or len(self.static_std) != len(
+            self.static_features
+        ):
+            raise ValueError("static_mean/static_std must have one value per static feature")
+        if list(self.horizons) != sorted(set(self.horizons)):
+            raise ValueError("horizons must be strictly increasing")
+        if self.prior_clip[0] >= self.prior_clip[1]:
+            raise ValueError("prior_clip must be (low, high) with low < high")
+        return self
+
+
+class TensorSpec(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    shape: list[Annotated[int, Field(ge=1)]]
+    dtype: Literal["float32"] = "float32"
+
+
+class Provenance(_Strict):
+    """Where the model came from. Nothing here depends on the git commit."""
+
+    datasets: list[str]
+    #: sha256 over the training files' contents and the train/validation/test cell lists
+    data_fingerprint: Sha256Hex
+    train_cells: dict[str, list[str]]
+    val_cells: dict[str, list[str]]
+    test_cells: dict[str, list[str]]
+    n_train_samples: Annotated[int, Field(ge=0)]
+    n_val_samples: Annotated[int, Field(ge=0)]
+    seed: int
+    epochs_run: Annotated[int, Field(ge=0)]
+    training_time_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    #: data preparation (per-cell physics fits) included in training_time_s
+    prepare_time_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    created_utc: str
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelFile(_Strict):
+    """The contents of ``model.json``."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = "battwin-soh-hybrid"
+    method: Literal["hybrid"] = "hybrid"
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    eol_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    tflite_file: str = MODEL_TFLITE
+    tflite_sha256: Sha256Hex
+    tflite_bytes: Annotated[int, Field(ge=1)]
+    quantization: Literal["float32", "dynamic_range", "float16"]
+    #: the largest |TFLite − Keras| output difference (in SoH) measured on validation windows
+    parity_max_abs_soh: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    seq_input: TensorSpec
+    static_input: TensorSpec
+    output: TensorSpec
+    features: FeatureSpec
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    provenance: Provenance
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelFile:
+        f = self.features
+        if self.seq_input.shape != [1, f.window, len(f.seq_features)]:
+            raise ValueError(f"seq_input shape {self.seq_input.shape} != [1, window, n_seq_features]")
+        if self.static_input.shape != [1, len(f.static_features)]:
+            raise ValueError(f"static_input shape {self.static_input.shape} != [1, n_static_features]")
+        if self.output.shape != [1, len(f.horizons)]:
+            raise ValueError(f"output shape {self.output.shape} != [1, n_horizons]")
+        return self
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_model_file(path: Path) -> ModelFile:
+    """Parse model.json (raises OSError / pydantic.ValidationError / ValueError)."""
+    return ModelFile.model_validate_json(path.read_bytes())
+
+
+def write_model_file(model: ModelFile, path: Path) -> None:
+    path.write_text(model.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,103 @@
+"""Assemble an agent from its configuration: source, transport, spool, health model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig
+from device_agent.health.estimator import HealthModel
+from device_agent.messages import Message, MessageKind
+from device_agent.uplink.spool import Spool
+from device_agent.uplink.transport import MemoryTransport, Transport
+from hardware.errors import SourceError
+from hardware.registry import create_source
+from hardware.replay import ReplaySource
+
+log = logging.getLogger(__name__)
+
+GG_SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+
+
+def build_transport(config: AgentConfig) -> Transport:
+    if os.environ.get(GG_SOCKET_ENV) and os.environ.get("SVCUID"):
+        try:
+            from device_agent.greengrass.ipc_transport import IpcTransport  # type: ignore[import-not-found]
+        except ImportError:
+            log.warning("running under Greengrass but the IPC transport is not available; using MQTT")
+        else:
+            return IpcTransport()  # type: ignore[no-any-return]
+    from device_agent.uplink.mqtt_transport import MqttTransport
+
+    return MqttTransport(config.mqtt, client_id=config.mqtt.client_id or config.thing_name)
+
+
+def load_health_model(config: AgentConfig) -> tuple[HealthModel | None, str | None]:
+    """The learned model named by ``health.model_dir``, or (None, reason)."""
+    model_dir = config.health.model_dir
+    if model_dir is None:
+        return None, None
+    try:
+        from device_agent.health.hybrid import load_hybrid_model  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        return None, f"hybrid runtime not installed: {exc}"
+    try:
+        return load_hybrid_model(model_dir), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agent:
+    source = create_source(config.source.url, config.source)
+    model, reason = load_health_model(config)
+    agent = Agent(config, source, transport or build_transport(config), health_model=model)
+    if reason:
+        agent.set_health_model(None, reason)
+    return agent
+
+
+class _DiscardTransport(MemoryTransport):
+    """Acknowledges everything and keeps nothing (offline replay)."""
+
+    def publish(self, topic: str, payload: bytes) -> Future[None]:
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+
+def replay_offline(config: AgentConfig, log_path: Path, out_path: Path, start_ts: float = 0.0) -> dict[str, Any]:
+    """Run a BMS log through tracker + estimator without a broker; write cycles/health/alarms as JSONL."""
+    config = config.model_copy(deep=True)
+    config.telemetry.decimation = 10_000
+    source = ReplaySource(log_path, start_ts=start_ts)
+    source.open()  # raises SourceConfigError for a missing file or columns before anything is written
+    model, reason = load_health_model(config)
+    counts: dict[str, Any] = {"cycles": 0, "health": 0, "alarms": 0, "samples": 0, "error": None}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as out:
+
+        def write(kind: MessageKind, body: Message) -> None:
+            if kind == "telemetry":
+                return
+            counts[kind] += 1
+            out.write(json.dumps({"kind": kind, **body.model_dump(mode="json")}, separators=(",", ":")) + "\n")
+
+        agent = Agent(config, source, _DiscardTransport(), Spool(":memory:"), health_model=model, on_message=write)
+        if reason:
+            agent.set_health_model(None, reason)
+        try:
+            stats = agent.run(threading.Event())
+        except SourceError as exc:
+            counts["error"] = f"{type(exc).__name__}: {exc}"
+            agent.finish_source()
+            agent.shutdown(drain_timeout_s=0)
+            stats = agent.stats
+        counts["samples"] = stats.samples
+        counts["skipped_rows"] = source.skipped
+    return counts

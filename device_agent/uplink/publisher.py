@@ -1,0 +1,137 @@
+"""Drains the spool to the transport: oldest first, a bounded window in flight, delete on ack.
+
+A message is deleted from the spool only after its acknowledgement. If the connection drops, unacked
+messages stay in the spool and are sent again after reconnecting, in their original order (the broker
+may then see a message twice; the message id lets the cloud drop the duplicate).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+
+from device_agent.uplink.spool import Spool, SpooledMessage
+from device_agent.uplink.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(self, spool: Spool, transport: Transport, inflight: int = 50, ack_timeout_s: float = 30.0) -> None:
+        self.spool = spool
+        self.transport = transport
+        self.inflight_max = inflight
+        self.ack_timeout_s = ack_timeout_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, float] = {}  # seq -> time sent
+        self._acked: list[int] = []
+        self._failed = False
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.acked = 0
+        self.failures = 0
+        self.first_ack_monotonic: float | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        """New messages are in the spool."""
+        self._wake.set()
+
+    def stop(self, drain_timeout_s: float = 0.0) -> None:
+        """Stop; with a drain timeout, first wait (bounded) for the spool to empty."""
+        deadline = time.monotonic() + drain_timeout_s
+        while drain_timeout_s > 0 and time.monotonic() < deadline and self.spool.pending > 0:
+            if not self.transport.connected:
+                break
+            self._wake.set()
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._commit_acks()
+
+    def wait_empty(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._wake.set()
+            if self.spool.pending == 0:
+                return True
+            time.sleep(0.01)
+        return self.spool.pending == 0
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_seq = 0
+        while not self._stop.is_set():
+            self._commit_acks()
+            with self._lock:
+                failed, self._failed = self._failed, False
+                now = time.monotonic()
+                timed_out = [s for s, t in self._inflight.items() if now - t > self.ack_timeout_s]
+                for s in timed_out:
+                    del self._inflight[s]
+                if failed or timed_out:
+                    last_seq = 0  # resend everything not acknowledged, from the oldest
+                room = self.inflight_max - len(self._inflight)
+            if not self.transport.connected:
+                with self._lock:
+                    # unacked messages will be resent in order after the reconnect
+                    if self._inflight:
+                        self._inflight.clear()
+                    last_seq = 0
+                self.transport.wait_connected(0.2)
+                continue
+            if room <= 0:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            batch = self.spool.peek(room, after_seq=last_seq)
+            batch = [m for m in batch if m.seq not in self._inflight]
+            if not batch:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            for msg in batch:
+                self._send(msg)
+                last_seq = msg.seq
+
+    def _send(self, msg: SpooledMessage) -> None:
+        with self._lock:
+            self._inflight[msg.seq] = time.monotonic()
+        self.sent += 1
+        fut = self.transport.publish(msg.topic, msg.payload)
+        fut.add_done_callback(lambda f, seq=msg.seq: self._on_done(seq, f))
+
+    def _on_done(self, seq: int, fut: Future[None]) -> None:
+        exc = fut.exception()
+        with self._lock:
+            if exc is None:
+                self._acked.append(seq)
+                if self.first_ack_monotonic is None:
+                    self.first_ack_monotonic = time.monotonic()
+            else:
+                self.failures += 1
+                self._failed = True
+                self._inflight.pop(seq, None)
+        if exc is not None:
+            log.debug("publish failed; will resend", extra={"seq": seq, "error": str(exc)[:200]})
+        self._wake.set()
+
+    def _commit_acks(self) -> None:
+        with self._lock:
+            acked, self._acked = self._acked, []
+        if acked:
+            self.spool.ack(acked)
+            self.acked += len(acked)
+            with self._lock:
+                for s in acked:
+                    self._inflight.pop(s, None)

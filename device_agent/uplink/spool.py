@@ -1,0 +1,231 @@
+"""Durable store-and-forward spool (SQLite, WAL).
+
+Every outgoing message is written here *before* it is sent and deleted only after the broker
+acknowledged it (PUBACK), so a crash, a reboot or a long outage loses nothing that was accepted.
+Messages leave in the order they were accepted (``seq``). The spool is bounded by ``max_bytes`` of
+payload: when full, ``drop_oldest`` deletes the oldest messages to make room (telemetry keeps flowing),
+``drop_newest`` refuses the new one; either way the drop is counted (persistently) and reported.
+
+The same database keeps a small key/value table for the agent's own state (cycle counter, capacity
+history), so that state survives restarts together with the messages that depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    id      TEXT NOT NULL UNIQUE,
+    topic   TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class SpoolError(RuntimeError):
+    """The spool database cannot be opened or written (corrupt file, disk full beyond recovery)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledMessage:
+    seq: int
+    id: str
+    topic: str
+    payload: bytes
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    accepted: int
+    dropped: int  # messages dropped to make room (drop_oldest) or refused (drop_newest)
+
+
+class Spool:
+    def __init__(
+        self,
+        path: Path | str,
+        max_bytes: int = 64 * 1024 * 1024,
+        policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest",
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self._lock = threading.Lock()
+        try:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(SCHEMA)
+            row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM outbox").fetchone()
+            check = self._db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"spool {self.path}: cannot open: {exc}") from exc
+        if check[0] != "ok":
+            raise SpoolError(f"spool {self.path}: integrity check failed: {check[0]}")
+        self._bytes = int(row[0])
+        self._count = int(row[1])
+        self.dropped_total = int(self.get_state("spool.dropped_total", 0))
+        self._closed = False
+
+    # -- messages ---------------------------------------------------------------------------------
+    def put(self, msg_id: str, topic: str, payload: bytes, created: float) -> PutResult:
+        return self.put_many([(msg_id, topic, payload, created)])
+
+    def put_many(self, items: Sequence[tuple[str, str, bytes, float]]) -> PutResult:
+        """Accept messages atomically (all or none). Returns how many were accepted and dropped."""
+        if not items:
+            return PutResult(0, 0)
+        incoming = sum(len(p) for _, _, p, _ in items)
+        with self._lock:
+            dropped = 0
+            if self._bytes + incoming > self.max_bytes:
+                if self.policy == "drop_newest" or incoming > self.max_bytes:
+                    self._count_drops(len(items))
+                    return PutResult(0, len(items))
+                dropped = self._drop_oldest(self._bytes + incoming - self.max_bytes)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)", items
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                if "full" not in str(exc).lower():
+                    raise SpoolError(f"spool {self.path}: write failed: {exc}") from exc
+                # disk full: make room by policy and try once more, else count the drop
+                freed = self._drop_oldest(max(incoming, self._bytes // 10)) if self.policy == "drop_oldest" else 0
+                dropped += freed
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)", items
+                    )
+                    self._db.execute("COMMIT")
+                except sqlite3.OperationalError:
+                    self._rollback()
+                    self._count_drops(len(items))
+                    return PutResult(0, dropped + len(items))
+            self._bytes += incoming
+            self._count += len(items)
+            return PutResult(len(items), dropped)
+
+    def peek(self, limit: int, after_seq: int = 0) -> list[SpooledMessage]:
+        """The oldest messages (seq > after_seq), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, id, topic, payload, created FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [SpooledMessage(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged messages. Returns how many were still there."""
+        seq_list = list(seqs)
+        if not seq_list:
+            return 0
+        with self._lock:
+            removed = 0
+            freed = 0
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(seq_list), 500):
+                    chunk = seq_list[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    row = self._db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE seq IN ({marks})",  # noqa: S608
+                        chunk,
+                    ).fetchone()
+                    self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
+                    removed += int(row[0])
+                    freed += int(row[1])
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+            self._bytes -= freed
+            self._count -= removed
+            return removed
+
+    @property
+    def pending(self) -> int:
+        return self._count
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    # -- agent state ------------------------------------------------------------------------------
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        data = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, data))
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    # -- internals (lock held) --------------------------------------------------------------------
+    def _drop_oldest(self, need_bytes: int) -> int:
+        freed = 0
+        n = 0
+        last_seq: int | None = None
+        for seq, size in self._db.execute("SELECT seq, LENGTH(payload) FROM outbox ORDER BY seq"):
+            freed += int(size)
+            n += 1
+            last_seq = int(seq)
+            if freed >= need_bytes:
+                break
+        if last_seq is None:
+            return 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))
+            self._count_drops(n)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+            raise
+        self._count -= n
+        self._bytes -= freed
+        log.warning("spool full: dropped the oldest messages", extra={"dropped": n, "freed_bytes": freed})
+        return n
+
+    def _count_drops(self, n: int) -> None:
+        self.dropped_total += n
+        self._db.execute(
+            "INSERT OR REPLACE INTO kv (key, value) VALUES ('spool.dropped_total', ?)", (str(self.dropped_total),)
+        )
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

@@ -1,0 +1,111 @@
+"""The small interface between the spool's publisher and the network, with an in-memory implementation.
+
+A transport publishes bytes to a topic and resolves the returned future once the broker acknowledged
+the message (MQTT QoS 1 PUBACK, or the Greengrass nucleus' response). It reconnects by itself; the
+publisher watches ``connected`` and only sends while connected. Like httpx's MockTransport,
+:class:`MemoryTransport` is a complete transport without a network, for tests and offline tools.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Protocol
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class TransportError(RuntimeError):
+    """A publish or subscribe failed (not connected, refused, timed out)."""
+
+
+class Transport(Protocol):
+    def start(self) -> None:
+        """Begin connecting in the background (returns at once)."""
+
+    def stop(self) -> None:
+        """Disconnect and release resources."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def wait_connected(self, timeout: float) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes) -> Future[None]:
+        """Send; the future resolves on acknowledgement or fails with TransportError."""
+
+    def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
+        """Receive messages on ``topic`` (filters with + and # allowed); kept across reconnects."""
+
+
+class MemoryTransport:
+    """Records what is published. ``online = False`` makes it behave like a lost connection."""
+
+    def __init__(self, online: bool = True, fail_every: int = 0) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self._online = threading.Event()
+        if online:
+            self._online.set()
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._lock = threading.Lock()
+        self.fail_every = fail_every
+        self._n = 0
+        self.on_publish: Callable[[str, bytes], None] | None = None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self._online.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._online.is_set()
+
+    def set_online(self, online: bool) -> None:
+        if online:
+            self._online.set()
+        else:
+            self._online.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._online.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes) -> Future[None]:
+        fut: Future[None] = Future()
+        with self._lock:
+            self._n += 1
+            fail = (self.fail_every and self._n % self.fail_every == 0) or not self._online.is_set()
+            if not fail:
+                self.published.append((topic, payload))
+        if fail:
+            fut.set_exception(TransportError("not acknowledged"))
+            return fut
+        if self.on_publish is not None:
+            self.on_publish(topic, payload)
+        for pattern, handler in list(self._handlers):
+            if topic_matches(pattern, topic):
+                handler(topic, payload)
+        fut.set_result(None)
+        return fut
+
+    def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
+        self._handlers.append((topic, handler))
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT topic filter matching (+ one level, # the rest)."""
+    p_parts = pattern.split("/")
+    t_parts = topic.split("/")
+    for k, p in enumerate(p_parts):
+        if p == "#":
+            return True
+        if k >= len(t_parts):
+            return False
+        if p not in ("+", t_parts[k]):
+            return False
+    return len(p_parts) == len(t_parts)

@@ -1,0 +1,1 @@
+"""Daly "smart BMS" UART/RS485 protocol (A5 ... 13-byte frames)."""

@@ -1,0 +1,1 @@
+"""JBD / Xiaoxiang / Jiabaida "smart BMS" UART protocol (DD ... 77)."""

@@ -1,0 +1,84 @@
+"""JBD source: ``jbd:/dev/ttyUSB0[?baud=9600&cells=4&timeout=1 ...]``.
+
+One poll = register 0x03 (basic info) + register 0x04 (cell voltages). JBD current is int16 in 10 mA,
+positive = charging, which is already the Sample convention.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from device_agent.messages import Sample
+from hardware.bms.jbd.decode import JbdBasicInfo, JbdCellVoltages, decode_response
+from hardware.bms.jbd.framing import REG_BASIC_INFO, REG_CELL_VOLTAGES, RESPONSE_SPEC, build_request
+from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
+from hardware.bms.polling import build_sample
+from hardware.bms.serial_source import SerialBmsSource
+from hardware.errors import DecodeError, SourceConfigError
+from hardware.registry import SourceUrl
+from hardware.transports.serial_port import SerialLike
+
+DEFAULT_BAUD = 9600
+
+_REQUEST_BASIC = build_request(REG_BASIC_INFO)
+_REQUEST_CELLS = build_request(REG_CELL_VOLTAGES)
+
+
+def _is_register(register: int) -> Callable[[bytes], bool]:
+    return lambda frame: frame[1] == register
+
+
+_BASIC = _is_register(REG_BASIC_INFO)
+_CELLS = _is_register(REG_CELL_VOLTAGES)
+
+
+class JbdSource(SerialBmsSource):
+    def __init__(
+        self,
+        source_id: str,
+        *,
+        path: str | None,
+        options: DriverOptions,
+        baudrate: int = DEFAULT_BAUD,
+        port: SerialLike | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            source_id, RESPONSE_SPEC, path=path, baudrate=baudrate, options=options, port=port, clock=clock
+        )
+
+    def _read(self) -> Sample:
+        link = self.link
+        basic = decode_response(link.request(_REQUEST_BASIC, _BASIC))
+        cells = decode_response(link.request(_REQUEST_CELLS, _CELLS))
+        if not isinstance(basic, JbdBasicInfo) or not isinstance(cells, JbdCellVoltages):  # pragma: no cover
+            raise DecodeError("jbd: reply for the wrong register")
+        if len(cells.cell_voltages_v) != basic.cell_count:
+            raise DecodeError(
+                f"jbd: basic info reports {basic.cell_count} cells, register 0x04 has "
+                f"{len(cells.cell_voltages_v)}"
+            )
+        return build_sample(
+            self,
+            voltage_v=basic.pack_voltage_v,
+            current_a=basic.current_a,
+            temperatures_c=basic.temperatures_c,
+            soc_pct=float(basic.soc_pct),
+            cell_voltages_v=cells.cell_voltages_v,
+            reported_cells=basic.cell_count,
+        )
+
+
+def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> JbdSource:
+    if not url.path:
+        raise SourceConfigError(f"source URL {url.raw!r}: missing serial device path (jbd:/dev/ttyUSB0)")
+    options = parse_common_options(url, settings, extra_options={"baud"})
+    return JbdSource(
+        make_source_id("jbd", url.path),
+        path=url.path,
+        options=options,
+        baudrate=url.int_option("baud", DEFAULT_BAUD),
+        port=port,
+    )

@@ -1,0 +1,648 @@
+"""Physics model of a series pack of NMC/graphite 18650-like cells under a repeating duty cycle.
+
+Everything is pure Python floats (no numpy per step) so a pack runs ~10^5 simulated seconds per wall
+second. ``step(dt)`` advances simulated time by ``dt`` in sub-steps of at most ``max_substep_s`` (1 s),
+split at rest ends, pulse edges and the depth-of-discharge limit, so results hardly depend on ``dt``.
+
+Conventions: current ``I`` in A, **positive = charging**; SoC ``s`` in 0..1 relative to the cell's
+current capacity; temperatures in K inside the model, °C at the interface.
+
+Cell electrical model (per series cell ``k``; every cell carries the same pack current)
+-----------------------------------------------------------------------------------------
+* Open-circuit voltage, a smooth fit to a published-style NMC/graphite low-rate curve, normalised to
+  exactly 3.0 V at s = 0 and 4.2 V at s = 1 (monotonic)::
+
+      OCV(s) = a0 + a1·s + a2·s² + a3·s³ + a4·exp(−s / 0.04)
+
+  (3.00 V, 3.39 V at 5 %, 3.60 V at 20 %, 3.78 V at 50 %, 4.02 V at 80 %, 4.20 V at 100 %).
+* Terminal voltage ``V = OCV(s) + V_rc + I·(R0 + R_dep(s))``, with one RC pair integrated exactly for
+  a current held over a sub-step ``h``::
+
+      V_rc ← V_rc·exp(−h/τ1) + I·R1·(1 − exp(−h/τ1)),   τ1 = R1·C1
+
+* ``R_dep(s) = r_dep·exp(−s/s_dep)`` is the depletion (solid-diffusion) overpotential that makes the
+  loaded voltage collapse near empty, so the cut-off voltage is reached at ~0.5–1.5 % SoC (a real
+  cell's "knee"); it is negligible above ~10 % SoC.
+* Coulomb counting: ``ds/dt = I / (3600·C_k)``, coulombic efficiency 1, clamped to 0..1.
+* Every resistance scales with temperature and ageing: ``R(T, age) = R·f_T(T)·g_age`` with
+  ``f_T = exp(Ea_R/R_gas·(1/T − 1/T_ref))`` and ``g_age = 1 + g·(1 − C/C0)/0.2`` (so +g at 80 % SoH).
+  τ1 is held constant (C1 shrinks as R1 grows).
+
+Thermal model (one lumped node for the pack; exact exponential update per sub-step)
+------------------------------------------------------------------------------------
+    m·cp·dT/dt = Σ_k [ I²·(R0 + R_dep)_k + V_rc,k² / R1,k ] − hA·(T − T_amb)
+
+Capacity fade (common to all cells; ``C_k = C0_k·exp(f_d)``)
+-------------------------------------------------------------
+    f_d = −(q_cyc + q_cal)
+    q_cyc = k_cyc·A(T)·S(c)·F·EFC^z        (EFC = discharge throughput / C0)
+    q_cal = k_cal·A(T)·F·sqrt(t_days)
+    A(T)  = exp(Ea/R_gas·(1/T_ref − 1/T))  (Arrhenius, Ea = 31.7 kJ/mol, T_ref = 298.15 K)
+    S(c)  = exp(Ea_c·(c − 1)/(R_gas·T))    (discharge C-rate stress after Wang et al. 2011, 1 at 1C)
+
+``F`` is ``ageing_factor``. Both terms are integrated incrementally in their differential form so that
+varying temperature and C-rate are handled: over a sub-step with the stress frozen, each term moves along
+its own power law from the *equivalent* throughput/time that reproduces its current value (the
+"virtual throughput" method; exact at constant stress, no singularity at t = 0)::
+
+    q_cyc ← B·((q_cyc/B)^(1/z) + ΔEFC)^z,   B = k_cyc·A·S·F
+    q_cal ← Bc·sqrt((q_cal/Bc)² + Δt_days), Bc = k_cal·A·F
+
+Defaults (per cell of nominal capacity C0 in Ah; the pack's cells all have capacity C0 nominal)
+------------------------------------------------------------------------------------------------
+==========================  ==================  =====================================================
+R0                          0.060 Ω·Ah / C0     30 mΩ for a 2 Ah cell
+R1                          0.030 Ω·Ah / C0     15 mΩ for a 2 Ah cell
+τ1                          40 s
+r_dep, s_dep                1.2 Ω·Ah / C0, 0.01
+Ea_R                        20 kJ/mol           resistance ×4 at −20 °C, ×0.6 at 45 °C
+m·cp                        20 J/K per Ah       40 J/K for a 2 Ah 18650 (45 g × 0.9 J/g/K)
+hA                          0.015 W/K per Ah    30 mW/K per 2 Ah cell: τ_th ≈ 22 min
+Ea, T_ref                   31.7 kJ/mol, 298.15 K
+k_cyc, z                    0.0062, 0.55        80 % after ~650 EFC at 25 °C, 1C/0.5C, 100 % DoD
+k_cal                       0.002 /sqrt(day)    ~4 % in a year at 25 °C
+Ea_c                        370.3 J/mol per C   C-rate stress (Wang et al. 2011)
+g                           0.5                 +50 % resistance at 80 % capacity
+capacity floor              5 % of C0           fade stops there (a dead cell, no NaN)
+cell spread                 capacity ±1 %, R ±3 % (uniform, from the seed; capacities are rescaled so
+                            the weakest cell has exactly C0, hence pack capacity = C0·exp(f_d))
+==========================  ==================  =====================================================
+
+Pack: voltage = Σ cells; usable capacity = weakest cell (``C0·exp(f_d)``); remaining charge =
+``min_k s_k·C_k`` (what can be drawn before the first cell is empty); reported ``resistance_ohm`` is the
+ohmic ``Σ R0_k`` at the present temperature and age (not R1 nor R_dep).
+
+Duty cycle (a state machine)
+----------------------------
+Start fully charged (s = 1), at rest, T = T_amb. Then repeat:
+
+1. ``rest`` for ``rest_after_charge_s``.
+2. ``discharge`` at ``discharge_c_rate``·C0 — constant ("cc") or "pulse": ``30 s at 16/7·c`` then
+   ``90 s at 4/7·c`` (ratio 4, mean c; 2.29C/0.57C for 1C) — until ``depth_of_discharge`` × current
+   capacity has been removed, or the cut-off voltage is reached (the lowest cell's voltage against
+   ``discharge_cutoff_per_cell_v``, or the pack's against cells_series × it when
+   ``discharge_cutoff_mode = "pack"``, where a BMS floor 0.3 V below the cut-off protects each cell), or a
+   cell is empty. Every ``checkup_every``-th discharge, starting with the first, is a check-up: constant
+   0.5C down to the cut-off whatever the depth of discharge, so capacity can be measured. ``cycle_count``
+   increments at the end of each discharge.
+3. ``rest`` for ``rest_after_discharge_s``.
+4. ``charge_cc`` at ``charge_c_rate``·C0 until a cell's terminal voltage would exceed
+   ``charge_voltage_per_cell_v``, then ``charge_cv``: each sub-step the current is solved (linearised
+   exactly enough over one sub-step) so that the highest cell ends it at that voltage; the charge ends
+   when the current falls below ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or a cell is full).
+
+The cut-off is decided like a cycler would, on the *measured* voltage: near the cut-off the sensor noise
+of that sub-step is drawn and reused for the reported reading, so a discharge that stopped at the
+cut-off shows a reading at or below it at its last sub-step. The true voltage never undershoots the
+cut-off by more than ``cutoff_overshoot_v`` (the current of the last sub-step is limited if needed).
+
+Sensor noise: Gaussian, from ``random.Random(seed)`` (which first draws the manufacturing spread), on the
+pack voltage, each cell voltage, the current and the temperature. The run is fully deterministic for a
+given seed and sequence of ``step()`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+
+from hardware.simulator.settings import SimulatorSettings
+from hardware.simulator.state import PackState
+
+log = logging.getLogger(__name__)
+
+GAS_CONSTANT = 8.314462618  # J/(mol·K)
+ZERO_C_K = 273.15
+SECONDS_PER_DAY = 86_400.0
+
+CHARGE_CC = "charge_cc"
+CHARGE_CV = "charge_cv"
+REST = "rest"
+DISCHARGE = "discharge"
+
+# --- open-circuit voltage -------------------------------------------------------------------------
+# Least-squares fit of a1..a4 to an NMC/graphite low-rate OCV table, then scaled so that OCV(0) = 3.0 V
+# and OCV(1) = 4.2 V exactly.
+OCV_MIN_V = 3.0
+OCV_MAX_V = 4.2
+_OCV_TAU = 0.04
+_RAW = (3.51612227, 0.34308142, 0.44180844, -0.10494676, -0.51012152)
+
+
+def _raw_ocv(s: float) -> float:
+    a0, a1, a2, a3, a4 = _RAW
+    return a0 + s * (a1 + s * (a2 + s * a3)) + a4 * math.exp(-s / _OCV_TAU)
+
+
+_SCALE = (OCV_MAX_V - OCV_MIN_V) / (_raw_ocv(1.0) - _raw_ocv(0.0))
+_A1, _A2, _A3, _A4 = (_SCALE * a for a in _RAW[1:])
+_A0 = OCV_MIN_V - _SCALE * (_raw_ocv(0.0) - _RAW[0])
+_INV_OCV_TAU = 1.0 / _OCV_TAU
+_OCV_EXP_CUT = 0.6  # above this SoC the exponential term is < 0.2 µV: skipped
+
+
+def open_circuit_voltage(soc: float) -> float:
+    """OCV (V) of one cell at state of charge ``soc`` (0..1, clamped)."""
+    s = min(1.0, max(0.0, soc))
+    v = _A0 + s * (_A1 + s * (_A2 + s * _A3))
+    if s < _OCV_EXP_CUT:
+        v += _A4 * math.exp(-s * _INV_OCV_TAU)
+    return v
+
+
+def open_circuit_slope(soc: float) -> float:
+    """dOCV/dSoC (V per unit SoC)."""
+    s = min(1.0, max(0.0, soc))
+    return _A1 + s * (2.0 * _A2 + 3.0 * s * _A3) - _A4 * _INV_OCV_TAU * math.exp(-s * _INV_OCV_TAU)
+
+
+@dataclass(frozen=True, slots=True)
+class CellParameters:
+    """Physical constants of the cell model (see the module docstring for units and meaning)."""
+
+    r0_ohm_ah: float = 0.060
+    r1_ohm_ah: float = 0.030
+    tau1_s: float = 40.0
+    r_dep_ohm_ah: float = 1.2
+    soc_dep: float = 0.01
+    ea_resistance_j_mol: float = 20_000.0
+    heat_capacity_j_k_ah: float = 20.0
+    h_a_w_k_ah: float = 0.015
+    ea_ageing_j_mol: float = 31_700.0
+    t_ref_k: float = 298.15
+    k_cyc: float = 0.0062
+    z_cyc: float = 0.55
+    k_cal_per_sqrt_day: float = 0.002
+    crate_ea_j_mol_per_c: float = 370.3
+    resistance_growth: float = 0.5
+    capacity_floor: float = 0.05
+    capacity_spread: float = 0.01
+    resistance_spread: float = 0.03
+    max_substep_s: float = 1.0
+    pulse_high_s: float = 30.0
+    pulse_low_s: float = 90.0
+    pulse_ratio: float = 4.0
+    checkup_c_rate: float = 0.5
+    cv_timeout_s: float = 4.0 * 3600.0
+    cutoff_overshoot_v: float = 0.02
+    bms_floor_margin_v: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0.0:
+                raise ValueError(f"CellParameters.{name} must be finite and >= 0 (got {value!r})")
+        for name in ("r0_ohm_ah", "r1_ohm_ah", "tau1_s", "soc_dep", "heat_capacity_j_k_ah", "h_a_w_k_ah"):
+            if getattr(self, name) <= 0.0:
+                raise ValueError(f"CellParameters.{name} must be > 0")
+        if not 0.0 < self.z_cyc <= 1.0:
+            raise ValueError("CellParameters.z_cyc must be in (0, 1]")
+        if not 0.0 < self.max_substep_s <= 60.0:
+            raise ValueError("CellParameters.max_substep_s must be in (0, 60]")
+        if not 0.0 < self.capacity_floor < 1.0:
+            raise ValueError("CellParameters.capacity_floor must be in (0, 1)")
+        if self.pulse_high_s <= 0.0 or self.pulse_low_s <= 0.0 or self.pulse_ratio < 1.0:
+            raise ValueError("pulse durations must be > 0 and pulse_ratio >= 1")
+        if self.checkup_c_rate <= 0.0:
+            raise ValueError("CellParameters.checkup_c_rate must be > 0")
+
+
+class PackSimulator:
+    """A series pack under a repeating charge/rest/discharge duty cycle. See the module docstring."""
+
+    def __init__(self, settings: SimulatorSettings, params: CellParameters | None = None) -> None:
+        self._settings = settings.model_copy()  # later edits of the caller's object do not leak in
+        st = self._settings
+        p = self._params = params or CellParameters()
+        n = st.cells_series
+        c0 = st.capacity_ah
+        self._rng = random.Random(st.seed)
+        rng = self._rng
+        cap_f: list[float] = []
+        res_f: list[float] = []
+        for _ in range(n):
+            cap_f.append(1.0 + p.capacity_spread * rng.uniform(-1.0, 1.0))
+            res_f.append(1.0 + p.resistance_spread * rng.uniform(-1.0, 1.0))
+        weakest = min(cap_f)
+        self._cap0 = [c0 * f / weakest for f in cap_f]  # Ah at beginning of life; min == C0
+        self._inv_cap0 = [1.0 / c for c in self._cap0]
+        self._r0 = [p.r0_ohm_ah / c0 * f for f in res_f]
+        self._r1 = [p.r1_ohm_ah / c0 * f for f in res_f]
+        self._rdep = [p.r_dep_ohm_ah / c0 * f for f in res_f]
+        self._c0 = c0
+        self._n = n
+        # state
+        self._soc = [1.0] * n
+        self._vrc = [0.0] * n
+        self._v = [OCV_MAX_V] * n
+        self._amb_k = st.ambient_c + ZERO_C_K
+        self._temp_k = self._amb_k
+        self._heat_cap = n * p.heat_capacity_j_k_ah * c0
+        self._ha = n * p.h_a_w_k_ah * c0
+        self._q_cyc = 0.0
+        self._q_cal = 0.0
+        self._fade = 1.0
+        self._g_age = 1.0
+        self._rf = self._temperature_factor(self._temp_k)
+        self._t = 0.0
+        self._throughput_ah = 0.0
+        self._cycles = 0
+        self._phase = REST
+        self._after_rest = DISCHARGE
+        self._rest_left = st.rest_after_charge_s
+        self._dis_elapsed = 0.0
+        self._dis_removed_ah = 0.0
+        self._dis_target_ah = math.inf
+        self._dis_rate_c = st.discharge_c_rate
+        self._dis_checkup = False
+        self._cv_elapsed = 0.0
+        self._last_i = 0.0
+        self._last_phase = REST
+        # sensor noise drawn by the cut-off decision of the last sub-step, reused for the reading
+        self._noise_cells: dict[int, float] = {}
+        self._noise_pack: float | None = None
+        # constants and caches
+        self._ea_r = p.ea_ageing_j_mol / GAS_CONSTANT
+        self._inv_tref = 1.0 / p.t_ref_k
+        self._inv_z = 1.0 / p.z_cyc
+        self._rc_h = -1.0
+        self._rc_e = 1.0
+        self._th_h = -1.0
+        self._th_e = 1.0
+        self._state = self._measure()
+
+    # -- public ------------------------------------------------------------------------------------
+    @property
+    def settings(self) -> SimulatorSettings:
+        return self._settings
+
+    @property
+    def params(self) -> CellParameters:
+        return self._params
+
+    @property
+    def state(self) -> PackState:
+        """The state returned by the last :meth:`step` (the initial state before any step)."""
+        return self._state
+
+    @property
+    def phase(self) -> str:
+        """The duty-cycle phase the next sub-step will run in."""
+        return self._phase
+
+    @property
+    def checkup_in_progress(self) -> bool:
+        return self._phase == DISCHARGE and self._dis_checkup
+
+    @property
+    def cell_soc(self) -> tuple[float, ...]:
+        """True per-cell state of charge (0..1)."""
+        return tuple(self._soc)
+
+    @property
+    def cell_capacities_ah(self) -> tuple[float, ...]:
+        """True present capacity of each cell (Ah)."""
+        return tuple(c * self._fade for c in self._cap0)
+
+    @property
+    def temperature_c(self) -> float:
+        """True lumped pack temperature (°C)."""
+        return self._temp_k - ZERO_C_K
+
+    def step(self, dt_s: float) -> PackState:
+        """Advance simulated time by ``dt_s`` seconds and return the measured state at the end."""
+        if not (dt_s > 0.0 and math.isfinite(dt_s)):
+            raise ValueError(f"dt_s must be a finite number > 0 (got {dt_s!r})")
+        t_end = self._t + dt_s
+        max_h = self._params.max_substep_s
+        remaining = dt_s
+        while remaining > 1e-9:
+            phase = self._phase
+            if phase == REST:
+                left = self._rest_left
+                if left <= 1e-9:
+                    self._end_rest()
+                    continue
+                h = min(remaining, max_h, left)
+                socs, vrcs, volts, heat = self._evaluate(h, 0.0)
+                self._commit(h, 0.0, socs, vrcs, volts, heat, REST)
+                self._rest_left = left - h
+            elif phase == DISCHARGE:
+                h = self._discharge_substep(min(remaining, max_h))
+            else:
+                h = self._charge_substep(min(remaining, max_h))
+            remaining -= h
+        self._t = t_end
+        self._state = self._measure()
+        return self._state
+
+    # -- electrical core ---------------------------------------------------------------------------
+    def _rc_decay(self, h: float) -> float:
+        if h != self._rc_h:
+            self._rc_h = h
+            self._rc_e = math.exp(-h / self._params.tau1_s)
+        return self._rc_e
+
+    def _evaluate(self, h: float, i: float) -> tuple[list[float], list[float], list[float], float]:
+        """Per-cell (SoC, V_rc, terminal V) at the end of a sub-step of ``h`` s at current ``i``, and the
+        heat (W) generated. Does not change the state."""
+        e = self._rc_decay(h)
+        rf = self._rf
+        ki = i * h / (3600.0 * self._fade)
+        gain = i * (1.0 - e) * rf
+        ir = i * rf
+        s_dep = 1.0 / self._params.soc_dep
+        exp = math.exp
+        a0, a1, a2, a3, a4 = _A0, _A1, _A2, _A3, _A4
+        socs: list[float] = []
+        vrcs: list[float] = []
+        volts: list[float] = []
+        r_sum = 0.0
+        p_rc = 0.0
+        for s, vr, inv_c, r0, r1, rd in zip(self._soc, self._vrc, self._inv_cap0, self._r0, self._r1, self._rdep):
+            s += ki * inv_c
+            if s > 1.0:
+                s = 1.0
+            elif s < 0.0:
+                s = 0.0
+            vr = vr * e + gain * r1
+            ocv = a0 + s * (a1 + s * (a2 + s * a3))
+            if s < _OCV_EXP_CUT:
+                ocv += a4 * exp(-s * _INV_OCV_TAU)
+                r = r0 + rd * exp(-s * s_dep)
+            else:
+                r = r0
+            socs.append(s)
+            vrcs.append(vr)
+            volts.append(ocv + vr + ir * r)
+            r_sum += r
+            p_rc += vr * vr / r1
+        heat = i * i * r_sum * rf + p_rc / rf
+        return socs, vrcs, volts, heat
+
+    def _solve_current(self, h: float, target_v: float, *, limit: str, pack: bool = False) -> float:
+        """Current that brings the binding cell (or the pack sum) to ``target_v`` at the end of a sub-step.
+
+        ``limit = "upper"``: the highest cell must not exceed ``target_v`` → the smallest current over
+        cells. ``"lower"``: the lowest cell must not fall below it → the largest (least negative)."""
+        e = self._rc_decay(h)
+        rf = self._rf
+        k_soc = h / (3600.0 * self._fade)
+        s_dep = 1.0 / self._params.soc_dep
+        free_sum = 0.0
+        den_sum = 0.0
+        best: float | None = None
+        for s, vr, inv_c, r0, r1, rd in zip(self._soc, self._vrc, self._inv_cap0, self._r0, self._r1, self._rdep):
+            r = r0 + rd * math.exp(-s * s_dep)
+            den = (r + r1 * (1.0 - e)) * rf + open_circuit_slope(s) * k_soc * inv_c
+            free = open_circuit_voltage(s) + vr * e
+            if pack:
+                free_sum += free
+                den_sum += den
+                continue
+            cur = (target_v - free) / den
+            if best is None or (cur < best if limit == "upper" else cur > best):
+                best = cur
+        if pack:
+            return (target_v - free_sum) / den_sum
+        assert best is not None
+        return best
+
+    def _commit(
+        self,
+        h: float,
+        i: float,
+        socs: list[float],
+        vrcs: list[float],
+        volts: list[float],
+        heat: float,
+        phase: str,
+    ) -> None:
+        """Apply a sub-step: electrical state, heat, ageing, clock."""
+        p = self._params
+        self._soc = socs
+        self._vrc = vrcs
+        self._v = volts
+        self._noise_cells = {}
+        self._noise_pack = None
+        # thermal: exact for heat held over the sub-step
+        if h != self._th_h:
+            self._th_h = h
+            self._th_e = math.exp(-h * self._ha / self._heat_cap)
+        t_ss = self._amb_k + heat / self._ha
+        temp = t_ss + (self._temp_k - t_ss) * self._th_e
+        if not math.isfinite(temp):  # cannot happen with finite inputs; never let NaN in
+            temp = self._amb_k
+        temp = min(max(temp, 150.0), 700.0)
+        self._temp_k = temp
+        # ageing, in differential ("virtual throughput / time") form
+        arr = math.exp(self._ea_r * (self._inv_tref - 1.0 / temp)) * self._settings.ageing_factor
+        bc = p.k_cal_per_sqrt_day * arr
+        if bc > 0.0:
+            x = self._q_cal / bc
+            self._q_cal = bc * math.sqrt(x * x + h / SECONDS_PER_DAY)
+        if i < 0.0:
+            ah = -i * h / 3600.0
+            self._throughput_ah += ah
+            self._dis_removed_ah += ah
+            c_rate = -i / self._c0
+            b = p.k_cyc * arr * math.exp(p.crate_ea_j_mol_per_c * (c_rate - 1.0) / (GAS_CONSTANT * temp))
+            if b > 0.0:
+                self._q_cyc = b * ((self._q_cyc / b) ** self._inv_z + ah / self._c0) ** p.z_cyc
+        fade = math.exp(-(self._q_cyc + self._q_cal))
+        self._fade = max(fade, p.capacity_floor)
+        self._g_age = 1.0 + p.resistance_growth * (1.0 - self._fade) / 0.2
+        self._rf = self._temperature_factor(temp) * self._g_age
+        self._t += h
+        self._last_i = i
+        self._last_phase = phase
+
+    def _temperature_factor(self, temp_k: float) -> float:
+        p = self._params
+        return math.exp(p.ea_resistance_j_mol / GAS_CONSTANT * (1.0 / temp_k - 1.0 / p.t_ref_k))
+
+    # -- duty cycle --------------------------------------------------------------------------------
+    def _charge_substep(self, h: float) -> float:
+        st = self._settings
+        i_cc = st.charge_c_rate * self._c0
+        v_max = st.charge_voltage_per_cell_v
+        i = i_cc
+        socs, vrcs, volts, heat = self._evaluate(h, i) if self._phase == CHARGE_CC else ([], [], [], 0.0)
+        if self._phase == CHARGE_CC and max(volts) > v_max:
+            self._phase = CHARGE_CV
+            self._cv_elapsed = 0.0
+            log.debug("t=%.0f s: CC → CV (max cell %.3f V)", self._t, max(volts))
+        if self._phase == CHARGE_CV:
+            i = min(i_cc, max(0.0, self._solve_current(h, v_max, limit="upper")))
+            socs, vrcs, volts, heat = self._evaluate(h, i)
+        self._commit(h, i, socs, vrcs, volts, heat, self._phase)
+        if self._phase == CHARGE_CV:
+            self._cv_elapsed += h
+            if i < st.charge_cutoff_c_rate * self._c0 or self._cv_elapsed >= self._params.cv_timeout_s:
+                self._end_charge()
+                return h
+        if max(socs) >= 1.0:
+            self._end_charge()  # a cell is full (only when the charge voltage is above OCV(1) = 4.2 V)
+        return h
+
+    def _discharge_current(self, h: float) -> tuple[float, float]:
+        """(current, sub-step length) for the discharge at the present time, honouring pulse edges."""
+        rate = self._dis_rate_c
+        if self._dis_checkup or self._settings.discharge_profile == "cc":
+            return -rate * self._c0, h
+        p = self._params
+        period = p.pulse_high_s + p.pulse_low_s
+        mean_unit = (p.pulse_high_s * p.pulse_ratio + p.pulse_low_s) / period
+        pos = math.fmod(self._dis_elapsed, period)
+        if period - pos < 1e-9:
+            pos = 0.0
+        if pos < p.pulse_high_s - 1e-9:
+            level = p.pulse_ratio / mean_unit
+            to_edge = p.pulse_high_s - pos
+        else:
+            level = 1.0 / mean_unit
+            to_edge = period - pos
+        return -rate * level * self._c0, min(h, to_edge)
+
+    def _discharge_substep(self, h_max: float) -> float:
+        st = self._settings
+        p = self._params
+        i, h = self._discharge_current(h_max)
+        end = False
+        left = self._dis_target_ah - self._dis_removed_ah
+        if -i * h / 3600.0 >= left:
+            h = max(left * 3600.0 / -i, 1e-9)
+            end = True
+        socs, vrcs, volts, heat = self._evaluate(h, i)
+        cutoff = st.discharge_cutoff_per_cell_v
+        by_pack = st.discharge_cutoff_mode == "pack"
+        forced = False
+        if by_pack:
+            pack_floor = self._n * cutoff - p.cutoff_overshoot_v
+            cell_floor = cutoff - p.bms_floor_margin_v
+            if sum(volts) < pack_floor:
+                i = max(i, min(0.0, self._solve_current(h, pack_floor, limit="lower", pack=True)))
+                forced = True
+            if min(volts) < cell_floor:
+                i = max(i, min(0.0, self._solve_current(h, cell_floor, limit="lower")))
+                forced = True
+        else:
+            cell_floor = cutoff - p.cutoff_overshoot_v
+            if min(volts) < cell_floor:
+                i = max(i, min(0.0, self._solve_current(h, cell_floor, limit="lower")))
+                forced = True
+        if forced:
+            socs, vrcs, volts, heat = self._evaluate(h, i)
+        self._commit(h, i, socs, vrcs, volts, heat, DISCHARGE)
+        self._dis_elapsed += h
+        if forced or end or min(socs) <= 0.0 or self._measured_cutoff(volts, cutoff, by_pack):
+            self._end_discharge()
+        return h
+
+    def _measured_cutoff(self, volts: list[float], cutoff: float, by_pack: bool) -> bool:
+        """Has the cycler's (noisy) reading reached the cut-off? Noise near the threshold is drawn now
+        and kept for this instant's reported reading, so the reading and the decision agree."""
+        sigma = self._settings.noise_voltage_v
+        band = 6.0 * sigma
+        if by_pack:
+            v = sum(volts)
+            threshold = self._n * cutoff
+            if v - threshold > band:
+                return False
+            if sigma > 0.0 and v - threshold <= band:
+                noise = self._rng.gauss(0.0, sigma)
+                self._noise_pack = noise
+                v += noise
+            return v <= threshold
+        if min(volts) - cutoff > band:
+            return False
+        hit = False
+        for k, v in enumerate(volts):
+            if v - cutoff <= band:
+                if sigma > 0.0:
+                    noise = self._rng.gauss(0.0, sigma)
+                    self._noise_cells[k] = noise
+                    v += noise
+                hit = hit or v <= cutoff
+        return hit
+
+    def _end_charge(self) -> None:
+        log.debug("t=%.0f s: charge done (I=%.3f A)", self._t, self._last_i)
+        self._phase = REST
+        self._rest_left = self._settings.rest_after_charge_s
+        self._after_rest = DISCHARGE
+
+    def _end_discharge(self) -> None:
+        self._cycles += 1
+        log.debug(
+            "t=%.0f s: discharge %d done (%s, %.4f Ah, min cell %.3f V, capacity %.4f Ah)",
+            self._t,
+            self._cycles,
+            "check-up" if self._dis_checkup else "regular",
+            self._dis_removed_ah,
+            min(self._v),
+            self._c0 * self._fade,
+        )
+        self._phase = REST
+        self._rest_left = self._settings.rest_after_discharge_s
+        self._after_rest = CHARGE_CC
+
+    def _end_rest(self) -> None:
+        st = self._settings
+        if self._after_rest == DISCHARGE:
+            self._phase = DISCHARGE
+            self._dis_checkup = self._cycles % st.checkup_every == 0
+            self._dis_elapsed = 0.0
+            self._dis_removed_ah = 0.0
+            if self._dis_checkup:
+                self._dis_rate_c = self._params.checkup_c_rate
+                self._dis_target_ah = math.inf
+            else:
+                self._dis_rate_c = st.discharge_c_rate
+                dod = st.depth_of_discharge
+                self._dis_target_ah = math.inf if dod >= 1.0 else dod * self._c0 * self._fade
+        else:
+            self._phase = CHARGE_CC
+            self._cv_elapsed = 0.0
+
+    # -- measurement -------------------------------------------------------------------------------
+    def _measure(self) -> PackState:
+        st = self._settings
+        gauss = self._rng.gauss
+        sv = st.noise_voltage_v
+        volts = self._v
+        pack_v = sum(volts)
+        if sv > 0.0:
+            pack_noise = self._noise_pack
+            pack_v += gauss(0.0, sv) if pack_noise is None else pack_noise
+            known = self._noise_cells
+            cells = tuple(v + (known[k] if k in known else gauss(0.0, sv)) for k, v in enumerate(volts))
+        else:
+            cells = tuple(volts)
+        current = self._last_i
+        if st.noise_current_a > 0.0:
+            current += gauss(0.0, st.noise_current_a)
+        temp_c = self._temp_k - ZERO_C_K
+        measured_temp = temp_c + gauss(0.0, st.noise_temperature_c) if st.noise_temperature_c > 0.0 else temp_c
+        fade = self._fade
+        remaining_norm = min(s * c for s, c in zip(self._soc, self._cap0))  # Ah at BOL capacity scale
+        full = self._c0 * fade
+        soc_pct = min(100.0, max(0.0, 100.0 * remaining_norm / self._c0))
+        return PackState(
+            t_s=self._t,
+            voltage_v=pack_v,
+            current_a=current,
+            cell_voltages_v=cells,
+            temperatures_c=(measured_temp,),
+            ambient_c=st.ambient_c,
+            soc_pct=soc_pct,
+            remaining_ah=remaining_norm * fade,
+            full_capacity_ah=full,
+            design_capacity_ah=self._c0,
+            cycle_count=self._cycles,
+            equivalent_full_cycles=self._throughput_ah / self._c0,
+            resistance_ohm=sum(self._r0) * self._rf,
+            phase=self._last_phase,
+        )
