@@ -276,7 +276,8 @@ class Agent:
             elif hottest < limits.max_temperature_c - limits.hysteresis_c:
                 self.alarms.clear("over_temperature", sample.ts)
         cells = sample.cell_voltages_v
-        if cells and len(cells) > 1:
+        # imbalance is judged at rest only: under load, near the cut-off, cells spread apart normally
+        if cells and len(cells) > 1 and abs(sample.current_a) < self.config.tracker.rest_current_a:
             spread = max(cells) - min(cells)
             if spread > limits.max_cell_spread_v:
                 self.alarms.raise_("cell_imbalance", sample.ts, spread_v=round(spread, 4))

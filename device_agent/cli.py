@@ -119,7 +119,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from device_agent.demo import run_demo
 
-    setup_logging("WARNING" if not args.verbose else "INFO", stream=sys.stderr)
+    setup_logging("INFO" if args.verbose else "ERROR", stream=sys.stderr)
     return run_demo(
         duration_s=args.duration,
         batteries=args.batteries,

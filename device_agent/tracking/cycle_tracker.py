@@ -85,10 +85,11 @@ class CycleTracker:
         self.simulated = simulated
         self.cycle = first_cycle
         self._seg: _Segment | None = None
-        # samples since the last one that matched the open segment's state: (ts, v, i, temp, state)
-        self._pending: list[tuple[float, float, float, float | None, State]] = []
+        # samples since the last one that matched the open segment's state: (ts, v, i, temp, state, below)
+        self._pending: list[tuple[float, float, float, float | None, State, bool]] = []
         self._counts: dict[State, int] = {"charge": 0, "discharge": 0, "rest": 0}
         self._last: tuple[float, float, float, float | None] | None = None
+        self._min_cell: float | None = None  # lowest cell voltage of the sample being pushed
         self._on_record = on_record
         self.samples_seen = 0
         self.gaps_seen = 0
@@ -103,16 +104,21 @@ class CycleTracker:
 
     # -- public -----------------------------------------------------------------------------------
     def push(self, sample: Sample) -> list[CycleRecord]:
+        cells = sample.cell_voltages_v
+        self._min_cell = min(cells) if cells else None
         return self.push_values(sample.ts, sample.voltage_v, sample.current_a, sample.temperature_c)
 
     def push_values(self, ts: float, v: float, i: float, temp: float | None) -> list[CycleRecord]:
+        """Feed one reading. The cut-off is checked on the lowest cell when the last :meth:`push`
+        carried cell voltages, else on pack voltage / ``cells_series``."""
         self.samples_seen += 1
         out: list[CycleRecord] = []
         st = self.settings
         state = _classify(i, st.rest_current_a)
+        below = self._below_cutoff(v)
         seg = self._seg
         if seg is None:
-            self._start(state, ts, v, i, temp, prev=None)
+            self._start(state, ts, v, i, temp, below, prev=None)
             self._last = (ts, v, i, temp)
             return out
         last = self._last
@@ -125,14 +131,14 @@ class CycleTracker:
             self.gaps_seen += 1
             self._absorb_pending()
             self._close(out)
-            self._start(state, ts, v, i, temp, prev=None)
+            self._start(state, ts, v, i, temp, below, prev=None)
             return out
         pending = self._pending
         if state == seg.state and (state != "rest" or not pending):
             self._absorb_pending()
-            self._extend(seg, ts, v, i, temp, active=True)
+            self._extend(seg, ts, v, i, temp, below, active=True)
             return out
-        pending.append((ts, v, i, temp, state))
+        pending.append((ts, v, i, temp, state, below))
         if state != "rest" and state != seg.state:
             self._counts[state] += 1
             if self._counts[state] >= st.debounce_samples:
@@ -165,6 +171,7 @@ class CycleTracker:
         v: float,
         i: float,
         temp: float | None,
+        below: bool,
         prev: tuple[float, float, float, float | None] | None,
     ) -> None:
         """Open a segment. With ``prev`` (the sample just before), the interval from it is included."""
@@ -195,12 +202,14 @@ class CycleTracker:
                 r = (prev[1] - v) / (prev[2] - i)
                 if 0.0 < r < 100.0:
                     seg.resistance_ohm = r
-            if first[1] <= self.cutoff_v:
+            if prev is None and below:
                 seg.cutoff_as = 0.0
         if prev is not None:
-            self._extend(seg, ts, v, i, temp, active=True)
+            self._extend(seg, ts, v, i, temp, below, active=True)
 
-    def _extend(self, seg: _Segment, ts: float, v: float, i: float, temp: float | None, *, active: bool) -> None:
+    def _extend(
+        self, seg: _Segment, ts: float, v: float, i: float, temp: float | None, below: bool, *, active: bool
+    ) -> None:
         dt = ts - seg.last_ts
         if dt > 0.0:
             sign = -1.0 if seg.state == "discharge" else 1.0
@@ -218,7 +227,7 @@ class CycleTracker:
         if v > seg.max_v:
             seg.max_v = v
         seg.last_ts, seg.last_v, seg.last_i = ts, v, i
-        if seg.state == "discharge" and seg.cutoff_as is None and v <= self.cutoff_v:
+        if below and seg.state == "discharge" and seg.cutoff_as is None:
             seg.cutoff_as = seg.charge_as
         if active:
             seg.last_active_ts = ts
@@ -227,12 +236,17 @@ class CycleTracker:
             seg.last_active_ws = seg.energy_ws
             seg.last_active_n = seg.n
 
+    def _below_cutoff(self, v: float) -> bool:
+        if self._min_cell is not None:
+            return self._min_cell <= self.settings.cutoff_voltage_per_cell_v
+        return v <= self.cutoff_v
+
     def _absorb_pending(self) -> None:
         seg = self._seg
         if seg is None or not self._pending:
             return
-        for ts, v, i, temp, state in self._pending:
-            self._extend(seg, ts, v, i, temp, active=state == seg.state)
+        for ts, v, i, temp, state, below in self._pending:
+            self._extend(seg, ts, v, i, temp, below, active=state == seg.state)
         self._pending = []
         self._counts = {"charge": 0, "discharge": 0, "rest": 0}
 
@@ -244,17 +258,17 @@ class CycleTracker:
         pending = self._pending
         if first is None:
             first = next(k for k, p in enumerate(pending) if p[4] == new_state)
-        for ts, v, i, temp, state in pending[:first]:
-            self._extend(seg, ts, v, i, temp, active=state == seg.state)
+        for ts, v, i, temp, state, below in pending[:first]:
+            self._extend(seg, ts, v, i, temp, below, active=state == seg.state)
         prev = (seg.last_ts, seg.last_v, seg.last_i, None) if new_state != "rest" else None
         self._close(out)
-        ts, v, i, temp, _ = pending[first]
+        ts, v, i, temp, _, below = pending[first]
         rest = pending[first + 1 :]
-        self._start(new_state, ts, v, i, temp, prev=prev)
+        self._start(new_state, ts, v, i, temp, below, prev=prev)
         seg = self._seg
         assert seg is not None
-        for ts, v, i, temp, state in rest:
-            self._extend(seg, ts, v, i, temp, active=state == new_state)
+        for ts, v, i, temp, state, below in rest:
+            self._extend(seg, ts, v, i, temp, below, active=state == new_state)
 
     def _close(self, out: list[CycleRecord]) -> None:
         seg, self._seg = self._seg, None

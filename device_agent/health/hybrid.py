@@ -1,0 +1,366 @@
+"""The hybrid health model on the device: the fitted fade law, corrected by a small LSTM (TFLite).
+
+numpy + a TFLite interpreter (``ai_edge_litert``, or ``tflite_runtime`` where that is what is installed).
+This module must never import TensorFlow: the trainer (``ml``) imports the feature code from here, so
+training and device compute the model's inputs with the very same functions.
+
+Model
+-----
+From the capacity history (the :class:`CapacityPoint` s the device measured, oldest first):
+
+1. :func:`causal_clean` drops invalid capacities, failed runs and gross outliers, and restarts the history
+   at a sustained level shift (rules in :class:`CleaningSpec`; only the past is used).
+2. The level ``L`` = median of the last few cleaned capacities; the prior = the fade law fitted to the
+   cleaned history (``fit_fade``). ``b(h) = clip(log(prior(t+h) / L))`` is the prior's log-change ahead.
+3. Inputs: a window of the last ``window`` cleaned points (``log C/L``, age in cycles, ``log fit/L``,
+   valid flag; left-padded with zeros) and static features (``b`` at each horizon, fit quality, ``log L/C0``,
+   history length). The network outputs a correction ``r(h)`` at each horizon.
+4. Forecast: ``log(C(t+h)/L) = b(h) + r(h)``, with ``r`` interpolated linearly in log2(h) between the
+   horizons and held constant beyond the last one; SoH = C / C0. End of life is the first cycle at which
+   the forecast SoH falls below the threshold (interpolated), RUL = EOL − last cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import ValidationError
+
+from device_agent.health.estimator import Forecast, ModelError
+from device_agent.health.fade_law import CapacityPoint, FadeFit, fit_fade
+from device_agent.health.model_files import (
+    MODEL_JSON,
+    CleaningSpec,
+    FeatureSpec,
+    ModelFile,
+    TensorSpec,
+    read_model_file,
+    sha256_file,
+)
+from device_agent.messages import HealthMethod
+
+log = logging.getLogger(__name__)
+
+SEQ_FEATURES: tuple[str, ...] = ("log_cap_rel", "age", "log_fit_rel", "valid")
+STATIC_BASE_FEATURES: tuple[str, ...] = (
+    "has_prior",
+    "prior_rmse_pct",
+    "prior_z",
+    "log_level_c0",
+    "log_n",
+    "log_span",
+)
+MIN_POINTS = 3
+
+
+def static_feature_names(horizons: Sequence[int]) -> list[str]:
+    return [f"prior_h{h}" for h in horizons] + list(STATIC_BASE_FEATURES)
+
+
+LoadReason = Literal["missing", "bad_json", "sha_mismatch", "corrupt", "shape_mismatch", "runtime_unavailable"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model in a directory cannot be used. ``reason`` says why, ``str()`` says it in words."""
+
+    def __init__(self, reason: LoadReason, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason: LoadReason = reason
+
+
+# --------------------------------------------------------------------------------------------------
+# cleaning and features (shared with the trainer)
+# --------------------------------------------------------------------------------------------------
+
+
+def valid_points(points: Sequence[CapacityPoint]) -> list[CapacityPoint]:
+    """Finite capacities > 0 at finite, strictly increasing cycles (a repeated or earlier cycle is dropped)."""
+    out: list[CapacityPoint] = []
+    last = -math.inf
+    for p in points:
+        c = p.capacity_ah
+        if not (math.isfinite(c) and c > 0.0 and math.isfinite(p.cycle)) or p.cycle <= last:
+            continue
+        out.append(p)
+        last = p.cycle
+    return out
+
+
+def causal_clean(points: Sequence[CapacityPoint], rules: CleaningSpec) -> list[CapacityPoint]:
+    """The cleaned history of the cell's current regime, using only the past (see CleaningSpec)."""
+    kept: list[CapacityPoint] = []
+    pending: list[CapacityPoint] = []
+    side = 0
+    n_ref = rules.ref_points
+    for p in valid_points(points):
+        if not kept:
+            kept.append(p)
+            continue
+        recent = sorted(q.capacity_ah for q in kept[-n_ref:])
+        m = len(recent)
+        ref = recent[m // 2] if m % 2 else 0.5 * (recent[m // 2 - 1] + recent[m // 2])
+        c = p.capacity_ah
+        d = -1 if c < rules.low_frac * ref else (1 if c > rules.high_frac * ref else 0)
+        if d == 0:
+            kept.append(p)
+            pending.clear()
+            side = 0
+            continue
+        if d != side:
+            pending.clear()
+            side = d
+        pending.append(p)
+        if len(pending) >= rules.shift_points:  # sustained: the cell runs at another level now
+            kept = list(pending)
+            pending.clear()
+            side = 0
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The model inputs for one history, and what is needed to turn outputs into a forecast."""
+
+    seq: np.ndarray  # (window, n_seq) float32, normalised
+    static: np.ndarray  # (n_static,) float32, normalised
+    level_ah: float
+    last_cycle: float
+    n_points: int
+    fit: FadeFit | None
+    prior_clip: tuple[float, float]
+
+    def base(self, target_cycles: np.ndarray) -> np.ndarray:
+        """b(h) = clip(log(prior / level)) at absolute cycles; 0 (persistence) without a prior."""
+        t = np.asarray(target_cycles, dtype=float)
+        if self.fit is None:
+            return np.zeros_like(t)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            b = np.log(self.fit.project(t) / self.level_ah)
+        b = np.nan_to_num(b, nan=self.prior_clip[0], neginf=self.prior_clip[0], posinf=self.prior_clip[1])
+        return np.clip(b, self.prior_clip[0], self.prior_clip[1])
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values))
+
+
+def prepare(points: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec) -> Prepared | None:
+    """Compute the model inputs from a capacity history (oldest first); None if < 3 cleaned points."""
+    tail = list(points[-4 * spec.max_history :])
+    hist = causal_clean(tail, spec.cleaning)[-spec.max_history :]
+    n = len(hist)
+    if n < MIN_POINTS or not (math.isfinite(c0_ah) and c0_ah > 0):
+        return None
+    cycles = np.array([p.cycle for p in hist], dtype=float)
+    caps = np.array([p.capacity_ah for p in hist], dtype=float)
+    level = _median(caps[-spec.level_points :])
+    fit = fit_fade(hist)
+    lo, hi = spec.prior_clip
+    w = spec.window
+    k = min(w, n)
+    seq_raw = np.zeros((k, len(SEQ_FEATURES)), dtype=float)
+    seq_raw[:, 0] = np.clip(np.log(caps[-k:] / level), -1.0, 1.0)
+    seq_raw[:, 1] = np.clip((cycles[-1] - cycles[-k:]) / spec.cycle_scale, 0.0, 50.0)
+    if fit is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fitted = np.log(fit.fitted()[-k:] / level)
+        seq_raw[:, 2] = np.clip(np.nan_to_num(fitted, nan=lo, neginf=lo, posinf=hi), lo, hi)
+    seq_raw[:, 3] = 1.0
+    seq = np.zeros((w, len(SEQ_FEATURES)), dtype=np.float32)
+    mean = np.asarray(spec.seq_mean, dtype=float)
+    std = np.asarray(spec.seq_std, dtype=float)
+    seq[w - k :] = (seq_raw - mean) / std
+    prep = Prepared(seq, np.zeros(0, dtype=np.float32), level, float(cycles[-1]), n, fit, (lo, hi))
+    horizons = np.asarray(spec.horizons, dtype=float)
+    b = prep.base(cycles[-1] + horizons)
+    static_raw = np.concatenate(
+        [
+            b,
+            [
+                1.0 if fit is not None else 0.0,
+                min(100.0 * fit.rmse_log, 20.0) if fit is not None else 0.0,
+                fit.z - 1.0 if fit is not None else 0.0,
+                float(np.clip(math.log(level / c0_ah), -1.5, 0.5)),
+                math.log1p(n),
+                math.log1p(max(cycles[-1] - cycles[0], 0.0)),
+            ],
+        ]
+    )
+    static = ((static_raw - np.asarray(spec.static_mean)) / np.asarray(spec.static_std)).astype(np.float32)
+    return replace(prep, static=static)
+
+
+def correction_at(r: np.ndarray, horizons: Sequence[int], h: np.ndarray) -> np.ndarray:
+    """r(h): linear in log2(h) between the horizons, constant outside them."""
+    xs = np.log2(np.asarray(horizons, dtype=float))
+    hh = np.log2(np.clip(np.asarray(h, dtype=float), horizons[0], horizons[-1]))
+    return np.asarray(np.interp(hh, xs, np.asarray(r, dtype=float)))
+
+
+def log_rel_forecast(prep: Prepared, r: np.ndarray, horizons: Sequence[int], targets: np.ndarray) -> np.ndarray:
+    """log(C/level) at absolute target cycles: prior + correction."""
+    t = np.asarray(targets, dtype=float)
+    return prep.base(t) + correction_at(r, horizons, t - prep.last_cycle)
+
+
+def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:
+    below = np.nonzero(soh < threshold)[0]
+    if len(below) == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(cycles[0])
+    c1, c2, s1, s2 = cycles[i - 1], cycles[i], soh[i - 1], soh[i]
+    return float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)
+
+
+# --------------------------------------------------------------------------------------------------
+# runtime
+# --------------------------------------------------------------------------------------------------
+
+
+def _interpreter_class() -> Any:
+    for mod in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
+        try:
+            return importlib.import_module(mod).Interpreter
+        except ImportError:
+            continue
+    raise ModelLoadError("runtime_unavailable", "neither ai_edge_litert nor tflite_runtime is installed")
+
+
+class HybridModel:
+    """The HealthModel protocol over a checked TFLite interpreter (see load_hybrid_model)."""
+
+    method: HealthMethod = "hybrid"
+
+    def __init__(self, interpreter: Any, model_file: ModelFile, model_dir: Path, io: dict[str, int]) -> None:
+        self.model_file = model_file
+        self.spec = model_file.features
+        self.version = model_file.version
+        self.model_dir = model_dir
+        self._interp = interpreter
+        self._seq_idx = io["seq"]
+        self._static_idx = io["static"]
+        self._out_idx = io["out"]
+        self._lock = threading.Lock()
+        self._horizons = list(self.spec.horizons)
+
+    def prepare(self, points: Sequence[CapacityPoint], c0_ah: float) -> Prepared | None:
+        return prepare(points, c0_ah, self.spec)
+
+    def correction(self, prep: Prepared) -> np.ndarray:
+        """r at the model's horizons (log-capacity units) for prepared inputs."""
+        with self._lock:
+            self._interp.set_tensor(self._seq_idx, prep.seq[None, :, :])
+            self._interp.set_tensor(self._static_idx, prep.static[None, :])
+            self._interp.invoke()
+            out = np.array(self._interp.get_tensor(self._out_idx)[0], dtype=float)
+        if not np.all(np.isfinite(out)):
+            raise ModelError("hybrid model produced a non-finite output")
+        return out * self.spec.output_scale
+
+    def predict_soh(
+        self, points: Sequence[CapacityPoint], c0_ah: float, target_cycles: np.ndarray
+    ) -> np.ndarray | None:
+        """SoH (C / c0) at absolute target cycles, from the history only; None if not enough history."""
+        prep = self.prepare(points, c0_ah)
+        if prep is None:
+            return None
+        r = self.correction(prep)
+        return np.asarray(prep.level_ah * np.exp(log_rel_forecast(prep, r, self._horizons, target_cycles)) / c0_ah)
+
+    def forecast(
+        self, points: Sequence[CapacityPoint], c0_ah: float, eol_threshold: float, max_cycles: int
+    ) -> Forecast | None:
+        prep = self.prepare(points, c0_ah)
+        if prep is None:
+            return None
+        r = self.correction(prep)
+        step = max(1.0, max_cycles / 2000.0)
+        cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
+        soh = prep.level_ah * np.exp(log_rel_forecast(prep, r, self._horizons, cycles)) / c0_ah
+        eol = eol_from_trajectory(cycles, soh, eol_threshold)
+        if eol is not None:
+            keep = cycles <= eol + step
+            cycles, soh = cycles[keep], soh[keep]
+        params: dict[str, float] = {"level_ah": prep.level_ah}
+        if prep.fit is not None:
+            params.update({f"prior_{k}": v for k, v in prep.fit.params().items()})
+        params.update({f"r_h{h}": float(v) for h, v in zip(self._horizons, r, strict=True)})
+        return Forecast(
+            soh_now=prep.level_ah / c0_ah,
+            cycles=cycles.tolist(),
+            soh=soh.tolist(),
+            eol_cycle=eol,
+            params=params,
+        )
+
+
+def _check_tensor(kind: str, detail: dict[str, Any], spec: TensorSpec) -> None:
+    shape = [int(x) for x in detail["shape"]]
+    if shape != spec.shape:
+        raise ModelLoadError("shape_mismatch", f"{kind} tensor has shape {shape}, model.json says {spec.shape}")
+    if np.dtype(detail["dtype"]) != np.float32:
+        raise ModelLoadError("shape_mismatch", f"{kind} tensor has dtype {np.dtype(detail['dtype'])}, not float32")
+
+
+def load_hybrid_model(model_dir: Path | str, *, num_threads: int = 1) -> HybridModel:
+    """Load and check model.tflite + model.json; raise ModelLoadError with the reason if unusable."""
+    d = Path(model_dir)
+    json_path = d / MODEL_JSON
+    if not d.is_dir():
+        raise ModelLoadError("missing", f"model directory {d} does not exist")
+    if not json_path.is_file():
+        raise ModelLoadError("missing", f"{json_path} does not exist")
+    try:
+        mf = read_model_file(json_path)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise ModelLoadError("bad_json", f"{json_path}: {exc}") from exc
+    spec = mf.features
+    if list(spec.seq_features) != list(SEQ_FEATURES):
+        raise ModelLoadError("bad_json", f"seq features {spec.seq_features} != this runtime's {list(SEQ_FEATURES)}")
+    expected_static = static_feature_names(spec.horizons)
+    if list(spec.static_features) != expected_static:
+        raise ModelLoadError("bad_json", f"static features {spec.static_features} != {expected_static}")
+    tfl = d / mf.tflite_file
+    if not tfl.is_file():
+        raise ModelLoadError("missing", f"{tfl} does not exist")
+    sha = sha256_file(tfl)
+    if sha != mf.tflite_sha256:
+        raise ModelLoadError("sha_mismatch", f"{tfl} has sha256 {sha}, model.json says {mf.tflite_sha256}")
+    interp_cls = _interpreter_class()
+    try:
+        interp = interp_cls(model_path=str(tfl), num_threads=num_threads)
+        interp.allocate_tensors()
+    except Exception as exc:  # the interpreter raises ValueError/RuntimeError on a bad flatbuffer
+        raise ModelLoadError("corrupt", f"{tfl} cannot be loaded: {exc}") from exc
+    inputs = interp.get_input_details()
+    outputs = interp.get_output_details()
+    if len(inputs) != 2 or len(outputs) != 1:
+        raise ModelLoadError("shape_mismatch", f"expected 2 inputs and 1 output, got {len(inputs)} and {len(outputs)}")
+    by_rank = {len(x["shape"]): x for x in inputs}
+    if set(by_rank) != {2, 3}:
+        raise ModelLoadError("shape_mismatch", f"input ranks {[len(x['shape']) for x in inputs]}, expected 3 and 2")
+    _check_tensor("sequence input", by_rank[3], mf.seq_input)
+    _check_tensor("static input", by_rank[2], mf.static_input)
+    _check_tensor("output", outputs[0], mf.output)
+    io = {"seq": int(by_rank[3]["index"]), "static": int(by_rank[2]["index"]), "out": int(outputs[0]["index"])}
+    try:  # smoke run: a corrupt model that still parses must not reach the agent
+        interp.set_tensor(io["seq"], np.zeros(mf.seq_input.shape, dtype=np.float32))
+        interp.set_tensor(io["static"], np.zeros(mf.static_input.shape, dtype=np.float32))
+        interp.invoke()
+        ok = bool(np.all(np.isfinite(interp.get_tensor(io["out"]))))
+    except Exception as exc:
+        raise ModelLoadError("corrupt", f"{tfl} fails to run: {exc}") from exc
+    if not ok:
+        raise ModelLoadError("corrupt", f"{tfl} produces non-finite outputs")
+    log.info("hybrid model loaded", extra={"version": mf.version, "dir": str(d)})
+    return HybridModel(interp, mf, d, io)

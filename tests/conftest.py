@@ -1,0 +1,133 @@
+"""Shared fixtures: real brokers (mosquitto, embedded amqtt), an independent subscriber (paho), data paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import IN_CI, free_port, wait_port
+
+
+class Mosquitto:
+    """A real mosquitto on a free loopback port; can be stopped and restarted on the same port."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.log = workdir / "mosquitto.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"max_queued_messages 100000\n{extra_conf}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf)], stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if mosquitto_binary() is None:
+        if IN_CI:
+            pytest.fail("mosquitto is not installed, and CI=true requires it (.ci/run installs it with apt)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto); these tests need a real broker")
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def amqtt_broker() -> Iterator[Any]:
+    from device_agent.broker.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker().start()
+    yield broker
+    broker.stop()
+
+
+class Subscriber:
+    """An independent MQTT client (paho) that records every message on a filter."""
+
+    def __init__(self, url: str, topic: str = "battwin/#") -> None:
+        import paho.mqtt.client as paho
+
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}")
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("subscriber could not subscribe")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def envelopes(self, kind: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            out = [json.loads(p) for _, p in self.messages]
+        return [e for e in out if kind is None or e["kind"] == kind]
+
+    def wait_for(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred(self.envelopes()):
+                return True
+            time.sleep(0.05)
+        return pred(self.envelopes())
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def subscriber_factory() -> Iterator[Callable[[str], Subscriber]]:
+    subs: list[Subscriber] = []
+
+    def make(url: str, topic: str = "battwin/#") -> Subscriber:
+        sub = Subscriber(url, topic)
+        subs.append(sub)
+        return sub
+
+    yield make
+    for s in subs:
+        s.close()

@@ -1,0 +1,69 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device_agent.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "battwin.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_valid():
+    c = load_config()
+    assert c.source.url == "simulator" and c.health.eol_threshold == 0.8
+
+
+def test_precedence_toml_env_cli(tmp_path, monkeypatch):
+    p = write(tmp_path, 'thing_name = "from-toml"\n[mqtt]\nurl = "mqtt://toml:1883"\n[source]\nsample_interval_s = 5\n')
+    c = load_config(p)
+    assert (c.thing_name, c.mqtt.url, c.source.sample_interval_s) == ("from-toml", "mqtt://toml:1883", 5.0)
+    monkeypatch.setenv("BATTWIN_MQTT__URL", "mqtt://env:1883")
+    monkeypatch.setenv("BATTWIN_THING_NAME", "from-env")
+    c = load_config(p)
+    assert (c.thing_name, c.mqtt.url, c.source.sample_interval_s) == ("from-env", "mqtt://env:1883", 5.0)
+    c = load_config(p, {"thing_name": "from-cli"})
+    assert c.thing_name == "from-cli" and c.mqtt.url == "mqtt://env:1883"
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ("[source]\nsample_interval_s = -1\n", "source.sample_interval_s"),
+        ("[health]\neol_threshold = 1.5\n", "health.eol_threshold"),
+        ('[mqtt]\nurl = "http://x"\n', "mqtt.url"),
+        ('thing_name = "has space"\n', "thing_name"),
+        ("[tracker]\nunknown_knob = 1\n", "tracker.unknown_knob"),
+        ('[spool]\npolicy = "keep_everything"\n', "spool.policy"),
+        ("[source]\nsample_interval_s = nan\n", "source.sample_interval_s"),
+    ],
+)
+def test_invalid_values_name_the_field(tmp_path, text, field):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text))
+    assert field in str(exc.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "thing_name = [unclosed\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_cli_exits_2_naming_the_field(tmp_path):
+    p = write(tmp_path, "[source]\nsample_interval_s = 0\n")
+    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "run", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "source.sample_interval_s" in r.stderr and "greater than 0" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "run", "--broker", "ftp://x"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "mqtt.url" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "run", "--source", "warp:/dev/x"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown source scheme 'warp'" in r.stderr

@@ -1,0 +1,124 @@
+"""Fade-law fit and the health estimator, on synthetic histories with known answers and on NASA data."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from device_agent.config import HealthSettings
+from device_agent.health.estimator import Forecast, HealthEstimator
+from device_agent.health.fade_law import CapacityPoint, arrhenius, fit_fade, forecast_eol
+from device_agent.messages import CycleRecord
+from tests.support import NASA_CELLS, need_shared_data
+
+
+def synthetic(c0=2.0, k=2e-4, z=1.2, n=300, noise=0.0, seed=0, temp=25.0):
+    rng = np.random.default_rng(seed)
+    pts = []
+    for cyc in range(1, n + 1):
+        c = c0 * math.exp(-k * arrhenius(temp) * cyc**z) * (1 + rng.normal(0, noise))
+        pts.append(CapacityPoint(cycle=float(cyc), capacity_ah=c, temperature_c=temp))
+    return pts
+
+
+def true_eol(c0, k, z, thr=0.8, temp=25.0):
+    return (-math.log(thr) / (k * arrhenius(temp))) ** (1 / z)
+
+
+def test_fit_recovers_parameters_without_noise():
+    pts = synthetic()
+    fit = fit_fade(pts)
+    assert fit is not None
+    assert fit.c0_ah == pytest.approx(2.0, rel=1e-3)
+    assert fit.z == pytest.approx(1.2, abs=0.051)
+    assert fit.rmse_log < 1e-3
+
+
+def test_forecast_from_first_half_predicts_eol():
+    c0, k, z = 2.0, 2e-4, 1.2
+    eol_true = true_eol(c0, k, z)
+    pts = [p for p in synthetic(c0, k, z, n=int(eol_true * 1.3), noise=0.003, seed=2) if p.cycle <= eol_true / 2]
+    fit = fit_fade(pts)
+    _, _, eol = forecast_eol(fit, c0, 0.8, 5000)
+    assert eol is not None
+    assert abs(eol - eol_true) / eol_true < 0.10
+
+
+def test_hotter_cells_age_faster_in_the_law():
+    assert arrhenius(45.0) > 2.0 * arrhenius(25.0)
+    assert arrhenius(25.0) == pytest.approx(1.0)
+    assert arrhenius(0.0) < 0.5
+    assert arrhenius(None) == 1.0
+
+
+def test_outliers_do_not_wreck_the_fit():
+    pts = synthetic(noise=0.002, seed=1)
+    pts[50] = CapacityPoint(51.0, 0.05)  # failed run
+    pts[120] = CapacityPoint(121.0, 2.3)  # regeneration jump
+    fit = fit_fade(pts)
+    clean = fit_fade(synthetic(noise=0.002, seed=1))
+    assert fit.project(np.array([400.0]))[0] == pytest.approx(clean.project(np.array([400.0]))[0], rel=0.02)
+
+
+def record(index, cap, t=None):
+    t = t if t is not None else index * 3600.0
+    return CycleRecord(index=index, kind="discharge", start_ts=t, end_ts=t + 3000, duration_s=3000,
+                       charge_ah=cap * 1.05, energy_wh=cap * 3.6, capacity_ah=cap, complete=True,
+                       start_voltage_v=4.2, end_voltage_v=2.6, min_voltage_v=2.6, max_voltage_v=4.2,
+                       mean_current_a=-2.0, mean_temperature_c=25.0, n_samples=100, source_id="s")
+
+
+def test_estimator_publishes_soh_and_rul():
+    est = HealthEstimator(HealthSettings(), "s")
+    pts = synthetic(n=200, noise=0.001)
+    healths = []
+    for p in pts:
+        rec = record(int(p.cycle), p.capacity_ah)
+        est.observe(rec)
+        h = est.estimate(rec)
+        if h:
+            healths.append(h)
+    last = healths[-1]
+    assert last.method == "physics" and last.cycle_index == 200
+    assert last.soh == pytest.approx(pts[-1].capacity_ah / 2.0, abs=0.01)
+    eol = true_eol(2.0, 2e-4, 1.2)
+    assert last.rul_cycles == pytest.approx(eol - 200, rel=0.1)
+    assert last.forecast and last.forecast[-1].soh <= 0.8 + 1e-6
+
+
+class BrokenModel:
+    method = "hybrid"
+    version = "broken-1"
+
+    def forecast(self, points, c0_ah, eol_threshold, max_cycles) -> Forecast | None:
+        raise RuntimeError("interpreter exploded")
+
+
+def test_a_failing_learned_model_falls_back_to_physics():
+    est = HealthEstimator(HealthSettings(), "s", model=BrokenModel())
+    for p in synthetic(n=20):
+        rec = record(int(p.cycle), p.capacity_ah)
+        est.observe(rec)
+        h = est.estimate(rec)
+    assert h.method == "physics" and "exploded" in est.last_error
+
+
+def test_partial_discharges_do_not_count_as_capacity():
+    est = HealthEstimator(HealthSettings(), "s")
+    rec = record(1, 2.0).model_copy(update={"complete": False, "capacity_ah": None})
+    assert est.observe(rec) is None and est.points == []
+    assert est.discharged_ah == pytest.approx(2.1)
+
+
+def test_physics_on_a_real_nasa_cell_gives_a_sane_forecast():
+    need_shared_data()
+    with (NASA_CELLS / "B0055.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["capacity_ah"] and float(r["capacity_ah"]) > 0]
+    est = HealthEstimator(HealthSettings(), "B0055")
+    for r in rows:
+        rec = record(int(r["cycle"]), float(r["capacity_ah"]), t=float(r["elapsed_h"]) * 3600)
+        est.observe(rec)
+    h = est.estimate(rec)
+    assert 0.5 < h.soh < 1.1
+    assert h.initial_capacity_ah == pytest.approx(np.median([float(r["capacity_ah"]) for r in rows[:5]]))

@@ -1,0 +1,87 @@
+import sqlite3
+import threading
+
+import pytest
+
+from device_agent.uplink.spool import Spool, SpoolError
+
+
+def fill(spool, n, size=100, start=0):
+    for k in range(start, start + n):
+        spool.put(f"id{k}", "battwin/t/telemetry", bytes([k % 256]) * size, float(k))
+
+
+def test_messages_survive_reopen_in_order(tmp_path):
+    path = tmp_path / "s.db"
+    s = Spool(path)
+    fill(s, 10)
+    s.ack([m.seq for m in s.peek(3)])
+    s.close()
+    s = Spool(path)
+    msgs = s.peek(100)
+    assert [m.id for m in msgs] == [f"id{k}" for k in range(3, 10)]
+    assert s.pending == 7 and s.bytes_used == 700
+
+
+def test_duplicate_id_is_stored_once(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    s.put("same", "t", b"a", 1.0)
+    s.put("same", "t", b"a", 1.0)
+    assert len(s.peek(10)) == 1
+
+
+def test_drop_oldest_when_full_is_counted_and_persisted(tmp_path):
+    path = tmp_path / "s.db"
+    s = Spool(path, max_bytes=64 * 1024, policy="drop_oldest")
+    fill(s, 100, size=1024)  # 100 KiB into a 64 KiB spool
+    assert s.bytes_used <= 64 * 1024
+    ids = [m.id for m in s.peek(1000)]
+    assert ids[-1] == "id99" and ids[0] != "id0"  # newest kept, oldest dropped
+    assert s.dropped_total == 100 - len(ids)
+    s.close()
+    assert Spool(path, max_bytes=64 * 1024).dropped_total == 100 - len(ids)
+
+
+def test_drop_newest_refuses_and_keeps_old(tmp_path):
+    s = Spool(tmp_path / "s.db", max_bytes=64 * 1024, policy="drop_newest")
+    fill(s, 100, size=1024)
+    ids = [m.id for m in s.peek(1000)]
+    assert ids[0] == "id0" and len(ids) == 64
+    assert s.dropped_total == 36
+
+
+def test_concurrent_put_and_ack(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    done = threading.Event()
+    acked = []
+
+    def consumer():
+        while not done.is_set() or s.pending:
+            msgs = s.peek(50)
+            s.ack([m.seq for m in msgs])
+            acked.extend(m.id for m in msgs)
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    fill(s, 2000, size=10)
+    done.set()
+    t.join(30)
+    assert acked == [f"id{k}" for k in range(2000)]
+
+
+def test_state_round_trip_and_corrupt_file(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    s.set_state("agent", {"cycle": 3, "points": [[1, 2.0, None, 25.0]]})
+    assert s.get_state("agent")["cycle"] == 3
+    s.close()
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a sqlite database" * 100)
+    with pytest.raises(SpoolError, match="bad.db"):
+        Spool(bad)
+
+
+def test_wal_mode(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    s.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
