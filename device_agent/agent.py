@@ -94,7 +94,7 @@ class Agent:
         spool: Spool | None = None,
         *,
         health_model: HealthModel | None = None,
-        on_message: Callable[[MessageKind, Message], None] | None = None,
+        on_message: Callable[[MessageKind, Message, str], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -314,8 +314,8 @@ class Agent:
         }
         payload = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
         result = self.spool.put(msg_id, self.topic(kind), payload, ts)
-        if self.on_message is not None:
-            self.on_message(kind, body)
+        if self.on_message is not None and result.accepted:
+            self.on_message(kind, body, msg_id)
         self.publisher.notify()
         if result.dropped and kind != "alarms":
             self.stats.spool_dropped += result.dropped

@@ -82,7 +82,7 @@ def replay_offline(config: AgentConfig, log_path: Path, out_path: Path, start_ts
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as out:
 
-        def write(kind: MessageKind, body: Message) -> None:
+        def write(kind: MessageKind, body: Message, msg_id: str) -> None:
             if kind == "telemetry":
                 return
             counts[kind] += 1

@@ -19,13 +19,18 @@ from tests.support import IN_CI, free_port, wait_port
 class Mosquitto:
     """A real mosquitto on a free loopback port; can be stopped and restarted on the same port."""
 
-    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, extra_conf: str = "", persistent: bool = False) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        persistence = (
+            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+            if persistent
+            else "persistence false\n"
+        )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"max_queued_messages 100000\n{extra_conf}"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+            f"max_queued_messages 1000000\nmax_inflight_messages 0\n{extra_conf}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -57,12 +62,16 @@ def mosquitto_binary() -> str | None:
     )
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+def require_mosquitto() -> None:
     if mosquitto_binary() is None:
         if IN_CI:
             pytest.fail("mosquitto is not installed, and CI=true requires it (.ci/run installs it with apt)")
         pytest.skip("mosquitto is not installed (apt-get install mosquitto); these tests need a real broker")
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    require_mosquitto()
     broker = Mosquitto(tmp_path)
     broker.start()
     yield broker
@@ -81,14 +90,19 @@ def amqtt_broker() -> Iterator[Any]:
 class Subscriber:
     """An independent MQTT client (paho) that records every message on a filter."""
 
-    def __init__(self, url: str, topic: str = "battwin/#") -> None:
+    def __init__(self, url: str, topic: str = "battwin/#", persistent_session: bool = False) -> None:
         import paho.mqtt.client as paho
 
         host, port = url.removeprefix("mqtt://").split(":")
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}")
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=f"test-sub-{time.monotonic_ns()}",
+            clean_session=not persistent_session,
+        )
+        self.client.reconnect_delay_set(0.1, 1)
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -123,8 +137,8 @@ class Subscriber:
 def subscriber_factory() -> Iterator[Callable[[str], Subscriber]]:
     subs: list[Subscriber] = []
 
-    def make(url: str, topic: str = "battwin/#") -> Subscriber:
-        sub = Subscriber(url, topic)
+    def make(url: str, topic: str = "battwin/#", persistent_session: bool = False) -> Subscriber:
+        sub = Subscriber(url, topic, persistent_session)
         subs.append(sub)
         return sub
 

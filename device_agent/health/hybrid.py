@@ -267,26 +267,25 @@ class HybridModel:
             raise ModelError("hybrid model produced a non-finite output")
         return out * self.spec.output_scale
 
+    def soh_at(self, prep: Prepared, r: np.ndarray, c0_ah: float, target_cycles: np.ndarray) -> np.ndarray:
+        """SoH (C / c0) at absolute target cycles from prepared inputs and the model's correction."""
+        return np.asarray(prep.level_ah * np.exp(log_rel_forecast(prep, r, self._horizons, target_cycles)) / c0_ah)
+
     def predict_soh(
         self, points: Sequence[CapacityPoint], c0_ah: float, target_cycles: np.ndarray
     ) -> np.ndarray | None:
-        """SoH (C / c0) at absolute target cycles, from the history only; None if not enough history."""
+        """SoH at absolute target cycles, from the history only; None if not enough history."""
         prep = self.prepare(points, c0_ah)
         if prep is None:
             return None
-        r = self.correction(prep)
-        return np.asarray(prep.level_ah * np.exp(log_rel_forecast(prep, r, self._horizons, target_cycles)) / c0_ah)
+        return self.soh_at(prep, self.correction(prep), c0_ah, target_cycles)
 
-    def forecast(
-        self, points: Sequence[CapacityPoint], c0_ah: float, eol_threshold: float, max_cycles: int
-    ) -> Forecast | None:
-        prep = self.prepare(points, c0_ah)
-        if prep is None:
-            return None
-        r = self.correction(prep)
+    def forecast_from(
+        self, prep: Prepared, r: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int
+    ) -> Forecast:
         step = max(1.0, max_cycles / 2000.0)
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
-        soh = prep.level_ah * np.exp(log_rel_forecast(prep, r, self._horizons, cycles)) / c0_ah
+        soh = self.soh_at(prep, r, c0_ah, cycles)
         eol = eol_from_trajectory(cycles, soh, eol_threshold)
         if eol is not None:
             keep = cycles <= eol + step
@@ -302,6 +301,14 @@ class HybridModel:
             eol_cycle=eol,
             params=params,
         )
+
+    def forecast(
+        self, points: Sequence[CapacityPoint], c0_ah: float, eol_threshold: float, max_cycles: int
+    ) -> Forecast | None:
+        prep = self.prepare(points, c0_ah)
+        if prep is None:
+            return None
+        return self.forecast_from(prep, self.correction(prep), c0_ah, eol_threshold, max_cycles)
 
 
 def _check_tensor(kind: str, detail: dict[str, Any], spec: TensorSpec) -> None:
