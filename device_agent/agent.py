@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import TypeAdapter
 
 from device_agent.alarms import AlarmBook
 from device_agent.config import AgentConfig
@@ -27,7 +28,6 @@ from device_agent.health.fade_law import CapacityPoint
 from device_agent.messages import (
     Alarm,
     CycleRecord,
-    Health,
     Message,
     MessageKind,
     Sample,
@@ -42,6 +42,8 @@ from hardware.errors import SourceError, SourceExhausted, SourceUnavailable
 from hardware.source import Source
 
 log = logging.getLogger(__name__)
+
+_SAMPLES_JSON: TypeAdapter[list[Sample]] = TypeAdapter(list[Sample])
 
 STATE_KEY = "agent.state"
 EOL_HYSTERESIS = 0.02  # SoH must recover this much above the threshold to clear the EOL alarm
@@ -297,22 +299,21 @@ class Agent:
     def _enqueue(self, kind: MessageKind, body: Message, ts: float) -> None:
         msg_id = new_message_id()
         if isinstance(body, Telemetry):
-            samples = [s.model_dump(mode="json") for s in body.samples]
+            body_json = b'{"samples":' + _SAMPLES_JSON.dump_json(list(body.samples)) + b"}"
             simulated = any(s.simulated for s in body.samples)
-            body_json: dict[str, Any] = {"samples": samples}
         else:
+            body_json = body.model_dump_json().encode()
             simulated = bool(getattr(body, "simulated", False))
-            body_json = body.model_dump(mode="json")
-        envelope = {
+        head = {
             "v": 1,
             "id": msg_id,
             "thing": self.config.thing_name,
             "kind": kind,
             "ts": ts,
             "simulated": simulated,
-            "body": body_json,
         }
-        payload = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+        # the envelope's fields, then the body serialised by pydantic-core (no intermediate dicts)
+        payload = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"body":' + body_json + b"}"
         result = self.spool.put(msg_id, self.topic(kind), payload, ts)
         if self.on_message is not None and result.accepted:
             self.on_message(kind, body, msg_id)

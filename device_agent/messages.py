@@ -13,18 +13,25 @@ Floats must be finite: NaN and infinity are rejected at the boundary, never stor
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
+# physical bounds of a reading (anything outside is a decoding error, not a battery)
+TS_RANGE = (0.0, 32_503_680_000.0)  # up to the year 3000
+VOLTAGE_RANGE = (-1.0, 2000.0)
+CURRENT_RANGE = (-10_000.0, 10_000.0)
+TEMPERATURE_RANGE = (-80.0, 200.0)
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Timestamp = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=32_503_680_000.0)]  # < year 3000
-Voltage = Annotated[float, Field(allow_inf_nan=False, ge=-1.0, le=2000.0)]
-Current = Annotated[float, Field(allow_inf_nan=False, ge=-10_000.0, le=10_000.0)]
-Temperature = Annotated[float, Field(allow_inf_nan=False, ge=-80.0, le=200.0)]
+Timestamp = Annotated[float, Field(allow_inf_nan=False, ge=TS_RANGE[0], le=TS_RANGE[1])]
+Voltage = Annotated[float, Field(allow_inf_nan=False, ge=VOLTAGE_RANGE[0], le=VOLTAGE_RANGE[1])]
+Current = Annotated[float, Field(allow_inf_nan=False, ge=CURRENT_RANGE[0], le=CURRENT_RANGE[1])]
+Temperature = Annotated[float, Field(allow_inf_nan=False, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])]
 Ident = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 
@@ -169,8 +176,13 @@ class Envelope(Message):
         return BODY_TYPES[self.kind].model_validate(self.body)
 
 
+_ID_PREFIX = secrets.token_hex(8)  # random per process: ids never repeat across restarts
+_ID_COUNTER = itertools.count(1)
+
+
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """A unique message id: a random per-process prefix and a counter (cheap; no syscall per message)."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
 def envelope(thing: str, kind: MessageKind, body: Message, ts: float, msg_id: str | None = None) -> Envelope:

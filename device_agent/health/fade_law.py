@@ -143,8 +143,14 @@ def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndar
     rhs = xw.T @ y
     yy = float(y @ (w * y))
     ncols = design.shape[1]
+    try:  # the unconstrained solution, if feasible, is the constrained optimum too
+        full = np.linalg.solve(gram + 1e-12 * np.eye(ncols), rhs)
+        if not any(full[1:] < 0):
+            return full, yy - 2.0 * float(full @ rhs) + float(full @ gram @ full)
+    except np.linalg.LinAlgError:
+        pass
     best: tuple[np.ndarray, float] | None = None
-    for mask in range(1 << (ncols - 1)):
+    for mask in range((1 << (ncols - 1)) - 1):
         cols = [0] + [c for c in range(1, ncols) if mask >> (c - 1) & 1]
         g = gram[np.ix_(cols, cols)]
         try:

@@ -94,35 +94,91 @@ def valid_points(points: Sequence[CapacityPoint]) -> list[CapacityPoint]:
     return out
 
 
-def causal_clean(points: Sequence[CapacityPoint], rules: CleaningSpec) -> list[CapacityPoint]:
-    """The cleaned history of the cell's current regime, using only the past (see CleaningSpec)."""
-    kept: list[CapacityPoint] = []
-    pending: list[CapacityPoint] = []
+@dataclass(slots=True)
+class CleanState:
+    """The causal cleaner's verdict on a series of capacities (see :func:`clean_series`)."""
+
+    kept: list[int]  # indices of the current regime's kept capacities
+    label: list[str]  # per capacity: ok | failed | high | excursion
+    segment: list[int]  # per capacity: the regime it belongs to
+
+
+def _median_of(values: Sequence[float]) -> float:
+    s = sorted(values)
+    m = len(s)
+    return s[m // 2] if m % 2 else 0.5 * (s[m // 2 - 1] + s[m // 2])
+
+
+def clean_series(caps: Sequence[float], rules: CleaningSpec) -> CleanState:
+    """Causal cleaning of valid capacities (> 0, finite), oldest first. Each capacity is compared with
+    ``ref`` = median of the last ``ref_points`` kept ones:
+
+    * within ``[low_frac, high_frac] × ref``: kept (``ok``);
+    * otherwise set aside (``failed`` below, ``high`` above) — unless the last level shift was a drop and
+      the capacity is back within those bounds of the regime before it: then the cell has returned, the
+      lower regime was an excursion (``excursion``, e.g. a block of cold high-current runs) and the earlier
+      regime continues with this capacity;
+    * ``shift_points`` set-aside capacities in a row on the same side: a level shift, a new regime starts
+      at the first of them (after a drop, the previous regime is remembered for a return).
+    """
+    kept: list[int] = []
+    prev_kept: list[int] | None = None
+    prev_seg = -1
+    pending: list[int] = []
     side = 0
-    n_ref = rules.ref_points
-    for p in valid_points(points):
+    seg = 0
+    label: list[str] = []
+    segment: list[int] = []
+    lo, hi, n_ref = rules.low_frac, rules.high_frac, rules.ref_points
+    for j, c in enumerate(caps):
+        label.append("ok")
+        segment.append(seg)
         if not kept:
-            kept.append(p)
+            kept.append(j)
             continue
-        recent = sorted(q.capacity_ah for q in kept[-n_ref:])
-        m = len(recent)
-        ref = recent[m // 2] if m % 2 else 0.5 * (recent[m // 2 - 1] + recent[m // 2])
-        c = p.capacity_ah
-        d = -1 if c < rules.low_frac * ref else (1 if c > rules.high_frac * ref else 0)
+        ref = _median_of([caps[q] for q in kept[-n_ref:]])
+        d = -1 if c < lo * ref else (1 if c > hi * ref else 0)
         if d == 0:
-            kept.append(p)
+            kept.append(j)
             pending.clear()
             side = 0
             continue
+        if prev_kept is not None:
+            pref = _median_of([caps[q] for q in prev_kept[-n_ref:]])
+            if lo * pref <= c <= hi * pref:  # back to the regime before the shift
+                for q in range(len(segment)):
+                    if segment[q] == seg and label[q] == "ok":
+                        label[q] = "excursion"
+                for q in pending:
+                    label[q] = "excursion"
+                seg = prev_seg
+                segment[j] = seg
+                kept = [*prev_kept, j]
+                prev_kept, pending, side = None, [], 0
+                continue
+        label[j] = "failed" if d < 0 else "high"
         if d != side:
             pending.clear()
             side = d
-        pending.append(p)
+        pending.append(j)
         if len(pending) >= rules.shift_points:  # sustained: the cell runs at another level now
+            # only a drop can be returned from; a rise leaves a start-up regime behind for good
+            prev_kept, prev_seg = (kept, seg) if side < 0 else (None, -1)
+            seg = max(segment) + 1
+            for q in pending:
+                label[q] = "ok"
+                segment[q] = seg
             kept = list(pending)
             pending.clear()
             side = 0
-    return kept
+    return CleanState(kept=kept, label=label, segment=segment)
+
+
+def causal_clean(points: Sequence[CapacityPoint], rules: CleaningSpec) -> list[CapacityPoint]:
+    """The cleaned history of the cell's current regime, using only the past (see clean_series)."""
+    pts = valid_points(points)
+    state = clean_series([p.capacity_ah for p in pts], rules)
+    return [pts[i] for i in state.kept]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +262,10 @@ def correction_at(r: np.ndarray, horizons: Sequence[int], h: np.ndarray) -> np.n
 
 
 def log_rel_forecast(prep: Prepared, r: np.ndarray, horizons: Sequence[int], targets: np.ndarray) -> np.ndarray:
-    """log(C/level) at absolute target cycles: prior + correction."""
+    """log(C/level) at absolute target cycles: prior + correction, kept within the prior's clip range."""
     t = np.asarray(targets, dtype=float)
-    return prep.base(t) + correction_at(r, horizons, t - prep.last_cycle)
+    lo, hi = prep.prior_clip
+    return np.clip(prep.base(t) + correction_at(r, horizons, t - prep.last_cycle), lo, hi)
 
 
 def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:

@@ -35,7 +35,8 @@ class CleaningSpec(_Strict):
     A capacity is compared with ``ref`` = the median of the last ``ref_points`` kept capacities. Below
     ``low_frac·ref`` (a failed or aborted run) or above ``high_frac·ref`` (a gross outlier) it is set
     aside; ``shift_points`` consecutive set-aside capacities on the same side are a level shift (the
-    cell now runs under other conditions): the history restarts at the first of them.
+    cell now runs under other conditions): the history restarts at the first of them. A capacity back
+    within bounds of the regime before the shift ends the excursion (see hybrid.clean_series).
     """
 
     low_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
@@ -64,7 +65,7 @@ class FeatureSpec(_Strict):
     #: only the last ``max_history`` cleaned capacities are used (bounds the cost on the device)
     max_history: Annotated[int, Field(ge=10, le=100_000)] = 1000
     #: log(prior / level) is clipped to this range before it is a feature and the base of the forecast
-    prior_clip: tuple[Finite, Finite] = (-1.5, 0.3)
+    prior_clip: tuple[Finite, Finite] = (-1.5, 0.1)
     cleaning: CleaningSpec = CleaningSpec()
 
     @model_validator(mode="after")
