@@ -38,7 +38,7 @@ from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import Transport
-from hardware.errors import SourceError, SourceExhausted, SourceUnavailable
+from hardware.errors import DataFileError, SourceError, SourceExhausted, SourceUnavailable
 from hardware.source import Source
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,10 @@ class Agent:
                     log.info("source exhausted", extra={"source": self.source.source_id})
                     self.finish_source()
                     break
+                except DataFileError as exc:
+                    log.error("source data is malformed; stopping", extra={"error": str(exc)[:300]})
+                    self.finish_source()  # what was read before the bad row is kept and sent
+                    raise
                 if sample is not None:
                     self.process(sample)
                     if max_samples is not None and self.stats.samples >= max_samples:
@@ -212,7 +216,7 @@ class Agent:
         for _attempt in range(retries + 1):
             try:
                 sample = self.source.poll()
-            except SourceExhausted:
+            except (SourceExhausted, DataFileError):
                 raise
             except SourceError as exc:
                 last_exc = exc

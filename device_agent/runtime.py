@@ -95,8 +95,6 @@ def replay_offline(config: AgentConfig, log_path: Path, out_path: Path, start_ts
             stats = agent.run(threading.Event())
         except SourceError as exc:
             counts["error"] = f"{type(exc).__name__}: {exc}"
-            agent.finish_source()
-            agent.shutdown(drain_timeout_s=0)
             stats = agent.stats
         counts["samples"] = stats.samples
         counts["skipped_rows"] = source.skipped

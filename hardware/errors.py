@@ -39,5 +39,9 @@ class ImplausibleValueError(SourceError):
     """A frame decoded to a value outside physical limits (e.g. 400 V on a 4S pack)."""
 
 
+class DataFileError(SourceError):
+    """A recorded input (a replayed log) is malformed: not worth retrying, the source stops here."""
+
+
 class SourceExhausted(SourceError):  # noqa: N818 - an end-of-data signal, not a failure
     """A finite source (a replayed log) has no more samples."""

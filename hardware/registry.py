@@ -56,12 +56,12 @@ class SourceUrl:
 
 
 def parse_source_url(url: str) -> SourceUrl:
-    url = url.strip()
+    url = original = url.strip()
     if not url:
         raise SourceConfigError("source URL is empty")
-    if ":" not in url:
-        # bare scheme, e.g. "simulator"
-        return SourceUrl(raw=url, scheme=url.lower(), path="")
+    if ":" not in url.split("?", 1)[0]:
+        # bare scheme, e.g. "simulator" or "simulator?seed=3"
+        url = url.replace("?", ":?", 1) if "?" in url else url + ":"
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if not scheme:
@@ -77,7 +77,7 @@ def parse_source_url(url: str) -> SourceUrl:
     path = parts.path
     if parts.netloc and not parts.hostname:
         raise SourceConfigError(f"source URL {url!r}: invalid host")
-    return SourceUrl(raw=url, scheme=scheme, path=path, host=parts.hostname, port=port, query=query)
+    return SourceUrl(raw=original, scheme=scheme, path=path, host=parts.hostname, port=port, query=query)
 
 
 SourceFactory = Callable[[SourceUrl, Any], Source]
@@ -87,6 +87,12 @@ _FACTORIES: dict[str, str] = {
     "simulator": "hardware.simulator.source:create",
     "sim": "hardware.simulator.source:create",
     "replay": "hardware.replay:create",
+    "jbd": "hardware.bms.jbd.driver:create",
+    "daly": "hardware.bms.daly.driver:create",
+    "jk": "hardware.bms.jk.driver:create",
+    "sbs": "hardware.sbs.driver:create",
+    "modbus-tcp": "hardware.modbus.driver:create_tcp",
+    "modbus-rtu": "hardware.modbus.driver:create_rtu",
 }
 
 
@@ -112,8 +118,7 @@ def create_source(url: str, settings: Any) -> Source:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SourceConfigError(
-            f"source {parsed.scheme!r} needs a package that is not installed: {exc.name} "
-            "(install battwin[device])"
+            f"source {parsed.scheme!r} needs a package that is not installed: {exc.name} (install battwin[device])"
         ) from exc
     factory: SourceFactory = getattr(module, func_name)
     return factory(parsed, settings)

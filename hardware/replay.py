@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from device_agent.messages import CURRENT_RANGE, TEMPERATURE_RANGE, TS_RANGE, VOLTAGE_RANGE, Sample
-from hardware.errors import DecodeError, SourceConfigError, SourceExhausted, SourceUnavailable
+from hardware.errors import DataFileError, DecodeError, SourceConfigError, SourceExhausted, SourceUnavailable
 from hardware.registry import SourceUrl
 from hardware.source import Source
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 REQUIRED = ("t_s", "voltage_v", "current_a")
 
 
-class ReplayFormatError(DecodeError):
+class ReplayFormatError(DataFileError, DecodeError):
     """A log row cannot be read."""
 
 

@@ -12,33 +12,33 @@ Cell electrical model (per series cell ``k``; every cell carries the same pack c
 * Open-circuit voltage, a smooth fit to a published-style NMC/graphite low-rate curve, normalised to
   exactly 3.0 V at s = 0 and 4.2 V at s = 1 (monotonic)::
 
-      OCV(s) = a0 + a1·s + a2·s² + a3·s³ + a4·exp(−s / 0.04)
+      OCV(s) = a0 + a1·s + a2·s² + a3·s³ + a4·exp(-s / 0.04)
 
   (3.00 V, 3.39 V at 5 %, 3.60 V at 20 %, 3.78 V at 50 %, 4.02 V at 80 %, 4.20 V at 100 %).
 * Terminal voltage ``V = OCV(s) + V_rc + I·(R0 + R_dep(s))``, with one RC pair integrated exactly for
   a current held over a sub-step ``h``::
 
-      V_rc ← V_rc·exp(−h/τ1) + I·R1·(1 − exp(−h/τ1)),   τ1 = R1·C1
+      V_rc ← V_rc·exp(-h/τ1) + I·R1·(1 - exp(-h/τ1)),   τ1 = R1·C1
 
-* ``R_dep(s) = r_dep·exp(−s/s_dep)`` is the depletion (solid-diffusion) overpotential that makes the
-  loaded voltage collapse near empty, so the cut-off voltage is reached at ~0.5–1.5 % SoC (a real
+* ``R_dep(s) = r_dep·exp(-s/s_dep)`` is the depletion (solid-diffusion) overpotential that makes the
+  loaded voltage collapse near empty, so the cut-off voltage is reached at ~0.5-1.5 % SoC (a real
   cell's "knee"); it is negligible above ~10 % SoC.
 * Coulomb counting: ``ds/dt = I / (3600·C_k)``, coulombic efficiency 1, clamped to 0..1.
 * Every resistance scales with temperature and ageing: ``R(T, age) = R·f_T(T)·g_age`` with
-  ``f_T = exp(Ea_R/R_gas·(1/T − 1/T_ref))`` and ``g_age = 1 + g·(1 − C/C0)/0.2`` (so +g at 80 % SoH).
+  ``f_T = exp(Ea_R/R_gas·(1/T - 1/T_ref))`` and ``g_age = 1 + g·(1 - C/C0)/0.2`` (so +g at 80 % SoH).
   τ1 is held constant (C1 shrinks as R1 grows).
 
 Thermal model (one lumped node for the pack; exact exponential update per sub-step)
 ------------------------------------------------------------------------------------
-    m·cp·dT/dt = Σ_k [ I²·(R0 + R_dep)_k + V_rc,k² / R1,k ] − hA·(T − T_amb)
+    m·cp·dT/dt = Σ_k [ I²·(R0 + R_dep)_k + V_rc,k² / R1,k ] - hA·(T - T_amb)
 
 Capacity fade (common to all cells; ``C_k = C0_k·exp(f_d)``)
 -------------------------------------------------------------
-    f_d = −(q_cyc + q_cal)
+    f_d = -(q_cyc + q_cal)
     q_cyc = k_cyc·A(T)·S(c)·F·EFC^z        (EFC = discharge throughput / C0)
     q_cal = k_cal·A(T)·F·sqrt(t_days)
-    A(T)  = exp(Ea/R_gas·(1/T_ref − 1/T))  (Arrhenius, Ea = 31.7 kJ/mol, T_ref = 298.15 K)
-    S(c)  = exp(Ea_c·(c − 1)/(R_gas·T))    (discharge C-rate stress after Wang et al. 2011, 1 at 1C)
+    A(T)  = exp(Ea/R_gas·(1/T_ref - 1/T))  (Arrhenius, Ea = 31.7 kJ/mol, T_ref = 298.15 K)
+    S(c)  = exp(Ea_c·(c - 1)/(R_gas·T))    (discharge C-rate stress after Wang et al. 2011, 1 at 1C)
 
 ``F`` is ``ageing_factor``. Both terms are integrated incrementally in their differential form so that
 varying temperature and C-rate are handled: over a sub-step with the stress frozen, each term moves along
@@ -55,11 +55,11 @@ R0                          0.060 Ω·Ah / C0     30 mΩ for a 2 Ah cell
 R1                          0.030 Ω·Ah / C0     15 mΩ for a 2 Ah cell
 τ1                          40 s
 r_dep, s_dep                1.2 Ω·Ah / C0, 0.01
-Ea_R                        20 kJ/mol           resistance ×4 at −20 °C, ×0.6 at 45 °C
-m·cp                        20 J/K per Ah       40 J/K for a 2 Ah 18650 (45 g × 0.9 J/g/K)
+Ea_R                        20 kJ/mol           resistance x4 at -20 °C, x0.6 at 45 °C
+m·cp                        20 J/K per Ah       40 J/K for a 2 Ah 18650 (45 g x 0.9 J/g/K)
 hA                          0.015 W/K per Ah    30 mW/K per 2 Ah cell: τ_th ≈ 22 min
 Ea, T_ref                   31.7 kJ/mol, 298.15 K
-k_cyc, z                    0.0062, 0.55        80 % after ~650 EFC at 25 °C, 1C/0.5C, 100 % DoD
+k_cyc, z                    0.0048, 0.55        80 % after ~640 EFC at 25 °C, 1C/0.5C, 100 % DoD
 k_cal                       0.002 /sqrt(day)    ~4 % in a year at 25 °C
 Ea_c                        370.3 J/mol per C   C-rate stress (Wang et al. 2011)
 g                           0.5                 +50 % resistance at 80 % capacity
@@ -78,23 +78,25 @@ Start fully charged (s = 1), at rest, T = T_amb. Then repeat:
 
 1. ``rest`` for ``rest_after_charge_s``.
 2. ``discharge`` at ``discharge_c_rate``·C0 — constant ("cc") or "pulse": ``30 s at 16/7·c`` then
-   ``90 s at 4/7·c`` (ratio 4, mean c; 2.29C/0.57C for 1C) — until ``depth_of_discharge`` × current
-   capacity has been removed, or the cut-off voltage is reached (the lowest cell's voltage against
-   ``discharge_cutoff_per_cell_v``, or the pack's against cells_series × it when
-   ``discharge_cutoff_mode = "pack"``, where a BMS floor 0.3 V below the cut-off protects each cell), or a
-   cell is empty. Every ``checkup_every``-th discharge, starting with the first, is a check-up: constant
-   0.5C down to the cut-off whatever the depth of discharge, so capacity can be measured. ``cycle_count``
-   increments at the end of each discharge.
+   ``90 s at 4/7·c`` (ratio 4, mean c; 2.29C/0.57C for 1C) — until ``depth_of_discharge`` x present
+   capacity has been removed, or the lowest cell reaches ``discharge_cutoff_per_cell_v``, or a cell is
+   empty. Every ``checkup_every``-th discharge, starting with the first, is a check-up: constant 0.5C
+   down to the cut-off whatever the depth of discharge, so a cycle tracker can measure capacity.
+   ``cycle_count`` increments at the end of each discharge.
 3. ``rest`` for ``rest_after_discharge_s``.
 4. ``charge_cc`` at ``charge_c_rate``·C0 until a cell's terminal voltage would exceed
-   ``charge_voltage_per_cell_v``, then ``charge_cv``: each sub-step the current is solved (linearised
-   exactly enough over one sub-step) so that the highest cell ends it at that voltage; the charge ends
-   when the current falls below ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or a cell is full).
+   ``charge_voltage_per_cell_v``, then ``charge_cv``: each sub-step the current is solved so that the
+   highest cell ends it at that voltage; the charge ends when the current falls below
+   ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or when a cell is full).
 
-The cut-off is decided like a cycler would, on the *measured* voltage: near the cut-off the sensor noise
-of that sub-step is drawn and reused for the reported reading, so a discharge that stopped at the
-cut-off shows a reading at or below it at its last sub-step. The true voltage never undershoots the
-cut-off by more than ``cutoff_overshoot_v`` (the current of the last sub-step is limited if needed).
+The voltage cut-off is decided like a cycler does, on its *reading*: the discharge ends at the first
+``step()`` whose measured (noisy) lowest cell voltage is at or below the cut-off — the reading that
+``step()`` returns, so a downstream cycle tracker always sees the crossing, whatever ``dt``. Between
+readings a hardware clamp limits the current so the true lowest cell never falls more than
+``cutoff_overshoot_v`` (20 mV) below the cut-off: a constant-voltage tail of at most ``cutoff_hold_s``
+(10 s, < 0.1 % of capacity), after which the discharge ends without a reading. So readings up to 10 s
+apart always show the crossing; with longer steps the crossing falls between readings, as it would with a
+real pack polled that slowly.
 
 Sensor noise: Gaussian, from ``random.Random(seed)`` (which first draws the manufacturing spread), on the
 pack voltage, each cell voltage, the current and the temperature. The run is fully deterministic for a
@@ -172,7 +174,7 @@ class CellParameters:
     h_a_w_k_ah: float = 0.015
     ea_ageing_j_mol: float = 31_700.0
     t_ref_k: float = 298.15
-    k_cyc: float = 0.0062
+    k_cyc: float = 0.0048
     z_cyc: float = 0.55
     k_cal_per_sqrt_day: float = 0.002
     crate_ea_j_mol_per_c: float = 370.3
@@ -187,7 +189,7 @@ class CellParameters:
     checkup_c_rate: float = 0.5
     cv_timeout_s: float = 4.0 * 3600.0
     cutoff_overshoot_v: float = 0.02
-    bms_floor_margin_v: float = 0.3
+    cutoff_hold_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -207,6 +209,10 @@ class CellParameters:
             raise ValueError("pulse durations must be > 0 and pulse_ratio >= 1")
         if self.checkup_c_rate <= 0.0:
             raise ValueError("CellParameters.checkup_c_rate must be > 0")
+
+
+#: per-cell SoC, per-cell V_rc, per-cell terminal voltage (end of a sub-step), heat generated (W)
+_Evaluation = tuple[list[float], list[float], list[float], float]
 
 
 class PackSimulator:
@@ -257,12 +263,10 @@ class PackSimulator:
         self._dis_target_ah = math.inf
         self._dis_rate_c = st.discharge_c_rate
         self._dis_checkup = False
+        self._hold_elapsed = 0.0
         self._cv_elapsed = 0.0
         self._last_i = 0.0
         self._last_phase = REST
-        # sensor noise drawn by the cut-off decision of the last sub-step, reused for the reading
-        self._noise_cells: dict[int, float] = {}
-        self._noise_pack: float | None = None
         # constants and caches
         self._ea_r = p.ea_ageing_j_mol / GAS_CONSTANT
         self._inv_tref = 1.0 / p.t_ref_k
@@ -326,8 +330,7 @@ class PackSimulator:
                     self._end_rest()
                     continue
                 h = min(remaining, max_h, left)
-                socs, vrcs, volts, heat = self._evaluate(h, 0.0)
-                self._commit(h, 0.0, socs, vrcs, volts, heat, REST)
+                self._commit(h, 0.0, self._evaluate(h, 0.0), REST)
                 self._rest_left = left - h
             elif phase == DISCHARGE:
                 h = self._discharge_substep(min(remaining, max_h))
@@ -335,8 +338,14 @@ class PackSimulator:
                 h = self._charge_substep(min(remaining, max_h))
             remaining -= h
         self._t = t_end
-        self._state = self._measure()
-        return self._state
+        state = self._state = self._measure()
+        if (
+            self._phase == DISCHARGE
+            and self._last_phase == DISCHARGE
+            and min(state.cell_voltages_v) <= self._settings.discharge_cutoff_per_cell_v
+        ):
+            self._end_discharge()  # the cycler stops on its own reading, the one reported
+        return state
 
     # -- electrical core ---------------------------------------------------------------------------
     def _rc_decay(self, h: float) -> float:
@@ -345,7 +354,7 @@ class PackSimulator:
             self._rc_e = math.exp(-h / self._params.tau1_s)
         return self._rc_e
 
-    def _evaluate(self, h: float, i: float) -> tuple[list[float], list[float], list[float], float]:
+    def _evaluate(self, h: float, i: float) -> _Evaluation:
         """Per-cell (SoC, V_rc, terminal V) at the end of a sub-step of ``h`` s at current ``i``, and the
         heat (W) generated. Does not change the state."""
         e = self._rc_decay(h)
@@ -361,13 +370,14 @@ class PackSimulator:
         volts: list[float] = []
         r_sum = 0.0
         p_rc = 0.0
-        for s, vr, inv_c, r0, r1, rd in zip(self._soc, self._vrc, self._inv_cap0, self._r0, self._r1, self._rdep):
-            s += ki * inv_c
+        cells = zip(self._soc, self._vrc, self._inv_cap0, self._r0, self._r1, self._rdep, strict=True)
+        for s0, vr0, inv_c, r0, r1, rd in cells:
+            s = s0 + ki * inv_c
             if s > 1.0:
                 s = 1.0
             elif s < 0.0:
                 s = 0.0
-            vr = vr * e + gain * r1
+            vr = vr0 * e + gain * r1
             ocv = a0 + s * (a1 + s * (a2 + s * a3))
             if s < _OCV_EXP_CUT:
                 ocv += a4 * exp(-s * _INV_OCV_TAU)
@@ -382,51 +392,33 @@ class PackSimulator:
         heat = i * i * r_sum * rf + p_rc / rf
         return socs, vrcs, volts, heat
 
-    def _solve_current(self, h: float, target_v: float, *, limit: str, pack: bool = False) -> float:
-        """Current that brings the binding cell (or the pack sum) to ``target_v`` at the end of a sub-step.
+    def _solve_current(self, h: float, target_v: float, *, limit: str) -> float:
+        """Current that brings the binding cell to ``target_v`` at the end of a sub-step of ``h`` s.
 
-        ``limit = "upper"``: the highest cell must not exceed ``target_v`` → the smallest current over
-        cells. ``"lower"``: the lowest cell must not fall below it → the largest (least negative)."""
+        Linearised about the start of the sub-step (exact for the RC and ohmic terms; the OCV moves by
+        < 1 mV over a sub-step). ``limit = "upper"``: no cell may exceed ``target_v`` → the smallest
+        current over cells; ``"lower"``: no cell may fall below it → the largest (least negative)."""
         e = self._rc_decay(h)
         rf = self._rf
         k_soc = h / (3600.0 * self._fade)
         s_dep = 1.0 / self._params.soc_dep
-        free_sum = 0.0
-        den_sum = 0.0
-        best: float | None = None
-        for s, vr, inv_c, r0, r1, rd in zip(self._soc, self._vrc, self._inv_cap0, self._r0, self._r1, self._rdep):
+        upper = limit == "upper"
+        best = math.inf if upper else -math.inf
+        cells = zip(self._soc, self._vrc, self._inv_cap0, self._r0, self._r1, self._rdep, strict=True)
+        for s, vr, inv_c, r0, r1, rd in cells:
             r = r0 + rd * math.exp(-s * s_dep)
             den = (r + r1 * (1.0 - e)) * rf + open_circuit_slope(s) * k_soc * inv_c
-            free = open_circuit_voltage(s) + vr * e
-            if pack:
-                free_sum += free
-                den_sum += den
-                continue
-            cur = (target_v - free) / den
-            if best is None or (cur < best if limit == "upper" else cur > best):
-                best = cur
-        if pack:
-            return (target_v - free_sum) / den_sum
-        assert best is not None
+            cur = (target_v - open_circuit_voltage(s) - vr * e) / den
+            best = min(best, cur) if upper else max(best, cur)
         return best
 
-    def _commit(
-        self,
-        h: float,
-        i: float,
-        socs: list[float],
-        vrcs: list[float],
-        volts: list[float],
-        heat: float,
-        phase: str,
-    ) -> None:
-        """Apply a sub-step: electrical state, heat, ageing, clock."""
+    def _commit(self, h: float, i: float, ev: _Evaluation, phase: str) -> None:
+        """Apply a sub-step evaluated by :meth:`_evaluate`: electrical state, heat, ageing, clock."""
         p = self._params
+        socs, vrcs, volts, heat = ev
         self._soc = socs
         self._vrc = vrcs
         self._v = volts
-        self._noise_cells = {}
-        self._noise_pack = None
         # thermal: exact for heat held over the sub-step
         if h != self._th_h:
             self._th_h = h
@@ -469,21 +461,24 @@ class PackSimulator:
         i_cc = st.charge_c_rate * self._c0
         v_max = st.charge_voltage_per_cell_v
         i = i_cc
-        socs, vrcs, volts, heat = self._evaluate(h, i) if self._phase == CHARGE_CC else ([], [], [], 0.0)
-        if self._phase == CHARGE_CC and max(volts) > v_max:
-            self._phase = CHARGE_CV
-            self._cv_elapsed = 0.0
-            log.debug("t=%.0f s: CC → CV (max cell %.3f V)", self._t, max(volts))
+        ev: _Evaluation | None = None
+        if self._phase == CHARGE_CC:
+            ev = self._evaluate(h, i)
+            if max(ev[2]) > v_max:
+                log.debug("t=%.0f s: CC -> CV (max cell %.3f V)", self._t, max(ev[2]))
+                self._phase = CHARGE_CV
+                self._cv_elapsed = 0.0
         if self._phase == CHARGE_CV:
             i = min(i_cc, max(0.0, self._solve_current(h, v_max, limit="upper")))
-            socs, vrcs, volts, heat = self._evaluate(h, i)
-        self._commit(h, i, socs, vrcs, volts, heat, self._phase)
+            ev = self._evaluate(h, i)
+        assert ev is not None
+        self._commit(h, i, ev, self._phase)
         if self._phase == CHARGE_CV:
             self._cv_elapsed += h
             if i < st.charge_cutoff_c_rate * self._c0 or self._cv_elapsed >= self._params.cv_timeout_s:
                 self._end_charge()
                 return h
-        if max(socs) >= 1.0:
+        if max(self._soc) >= 1.0:
             self._end_charge()  # a cell is full (only when the charge voltage is above OCV(1) = 4.2 V)
         return h
 
@@ -507,66 +502,51 @@ class PackSimulator:
         return -rate * level * self._c0, min(h, to_edge)
 
     def _discharge_substep(self, h_max: float) -> float:
-        st = self._settings
-        p = self._params
         i, h = self._discharge_current(h_max)
         end = False
         left = self._dis_target_ah - self._dis_removed_ah
         if -i * h / 3600.0 >= left:
             h = max(left * 3600.0 / -i, 1e-9)
             end = True
-        socs, vrcs, volts, heat = self._evaluate(h, i)
-        cutoff = st.discharge_cutoff_per_cell_v
-        by_pack = st.discharge_cutoff_mode == "pack"
-        forced = False
-        if by_pack:
-            pack_floor = self._n * cutoff - p.cutoff_overshoot_v
-            cell_floor = cutoff - p.bms_floor_margin_v
-            if sum(volts) < pack_floor:
-                i = max(i, min(0.0, self._solve_current(h, pack_floor, limit="lower", pack=True)))
-                forced = True
-            if min(volts) < cell_floor:
-                i = max(i, min(0.0, self._solve_current(h, cell_floor, limit="lower")))
-                forced = True
-        else:
-            cell_floor = cutoff - p.cutoff_overshoot_v
-            if min(volts) < cell_floor:
-                i = max(i, min(0.0, self._solve_current(h, cell_floor, limit="lower")))
-                forced = True
-        if forced:
-            socs, vrcs, volts, heat = self._evaluate(h, i)
-        self._commit(h, i, socs, vrcs, volts, heat, DISCHARGE)
+        ev = self._evaluate(h, i)
+        floor = self._settings.discharge_cutoff_per_cell_v - self._params.cutoff_overshoot_v
+        clamped = min(ev[2]) < floor
+        if clamped:
+            # the cycler's hardware clamp: hold the lowest cell at the floor until the next reading
+            i, ev = self._clamp_discharge(h, i, floor)
+        self._commit(h, i, ev, DISCHARGE)
         self._dis_elapsed += h
-        if forced or end or min(socs) <= 0.0 or self._measured_cutoff(volts, cutoff, by_pack):
-            self._end_discharge()
+        if clamped:
+            self._hold_elapsed += h
+        if end or min(self._soc) <= 0.0 or self._hold_elapsed >= self._params.cutoff_hold_s:
+            self._end_discharge()  # depth of discharge reached, a cell is empty, or no reading came
         return h
 
-    def _measured_cutoff(self, volts: list[float], cutoff: float, by_pack: bool) -> bool:
-        """Has the cycler's (noisy) reading reached the cut-off? Noise near the threshold is drawn now
-        and kept for this instant's reported reading, so the reading and the decision agree."""
-        sigma = self._settings.noise_voltage_v
-        band = 6.0 * sigma
-        if by_pack:
-            v = sum(volts)
-            threshold = self._n * cutoff
-            if v - threshold > band:
-                return False
-            if sigma > 0.0 and v - threshold <= band:
-                noise = self._rng.gauss(0.0, sigma)
-                self._noise_pack = noise
-                v += noise
-            return v <= threshold
-        if min(volts) - cutoff > band:
-            return False
-        hit = False
-        for k, v in enumerate(volts):
-            if v - cutoff <= band:
-                if sigma > 0.0:
-                    noise = self._rng.gauss(0.0, sigma)
-                    self._noise_cells[k] = noise
-                    v += noise
-                hit = hit or v <= cutoff
-        return hit
+    def _clamp_discharge(self, h: float, i_req: float, floor: float) -> tuple[float, _Evaluation]:
+        """The discharge current (between ``i_req`` < 0 and 0) that ends the sub-step with the lowest cell
+        at ``floor``: a linearised solve refined by regula falsi (the depletion term is strongly
+        non-linear near empty at high current)."""
+        lo, f_lo = i_req, min(self._evaluate(h, i_req)[2]) - floor  # too much current: f_lo < 0
+        hi = 0.0
+        ev_hi = self._evaluate(h, hi)
+        f_hi = min(ev_hi[2]) - floor
+        if f_hi <= 0.0:
+            return hi, ev_hi  # even no current ends below the floor: stop drawing
+        i = min(hi, max(lo, self._solve_current(h, floor, limit="lower")))
+        ev = self._evaluate(h, i)
+        for _ in range(8):
+            f = min(ev[2]) - floor
+            if -1e-4 <= f <= 1e-3:
+                break
+            if f < 0.0:
+                lo, f_lo = i, f
+            else:
+                hi, f_hi, ev_hi = i, f, ev
+            i = lo + (hi - lo) * (-f_lo) / (f_hi - f_lo)
+            ev = self._evaluate(h, i)
+        if min(ev[2]) < floor - 1e-4:
+            return hi, ev_hi  # fall back to the bracket end that is above the floor
+        return i, ev
 
     def _end_charge(self) -> None:
         log.debug("t=%.0f s: charge done (I=%.3f A)", self._t, self._last_i)
@@ -596,6 +576,7 @@ class PackSimulator:
             self._dis_checkup = self._cycles % st.checkup_every == 0
             self._dis_elapsed = 0.0
             self._dis_removed_ah = 0.0
+            self._hold_elapsed = 0.0
             if self._dis_checkup:
                 self._dis_rate_c = self._params.checkup_c_rate
                 self._dis_target_ah = math.inf
@@ -615,10 +596,8 @@ class PackSimulator:
         volts = self._v
         pack_v = sum(volts)
         if sv > 0.0:
-            pack_noise = self._noise_pack
-            pack_v += gauss(0.0, sv) if pack_noise is None else pack_noise
-            known = self._noise_cells
-            cells = tuple(v + (known[k] if k in known else gauss(0.0, sv)) for k, v in enumerate(volts))
+            pack_v += gauss(0.0, sv)
+            cells = tuple([v + gauss(0.0, sv) for v in volts])
         else:
             cells = tuple(volts)
         current = self._last_i
@@ -627,7 +606,7 @@ class PackSimulator:
         temp_c = self._temp_k - ZERO_C_K
         measured_temp = temp_c + gauss(0.0, st.noise_temperature_c) if st.noise_temperature_c > 0.0 else temp_c
         fade = self._fade
-        remaining_norm = min(s * c for s, c in zip(self._soc, self._cap0))  # Ah at BOL capacity scale
+        remaining_norm = min(s * c for s, c in zip(self._soc, self._cap0, strict=True))  # Ah at BOL capacity scale
         full = self._c0 * fade
         soc_pct = min(100.0, max(0.0, 100.0 * remaining_norm / self._c0))
         return PackState(

@@ -25,10 +25,6 @@ class SimulatorSettings(BaseModel):
     discharge_profile: Literal["cc", "pulse"] = "cc"
     discharge_cutoff_per_cell_v: Annotated[float, Field(ge=2.0, le=3.5)] = 2.7
     depth_of_discharge: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    # what the cut-off applies to: the lowest cell ("min_cell", a BMS-aware cycler) or the pack voltage
-    # against cells_series x discharge_cutoff_per_cell_v ("pack", a pack-level cycler; the weakest cell
-    # may then dip below the per-cell cut-off, down to a BMS floor 0.3 V lower)
-    discharge_cutoff_mode: Literal["min_cell", "pack"] = "min_cell"
     checkup_every: Annotated[int, Field(ge=1, le=10_000)] = 10
     rest_after_charge_s: NonNegFloat = 600.0
     rest_after_discharge_s: NonNegFloat = 600.0
