@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -114,6 +115,8 @@ class Agent:
         self.batcher = TelemetryBatcher(
             config.telemetry.batch_max_samples, config.telemetry.batch_max_age_s, config.telemetry.decimation
         )
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.on_shutdown: list[Callable[[], None]] = []
         self._failures = 0
         self._offline = False
         self._last_ts = 0.0
@@ -129,11 +132,11 @@ class Agent:
         self.transport.start()
         self.publisher.start()
         self._open_source(stop)
-        interval = self.config.source.sample_interval_s
         accel = float(getattr(self.source, "time_acceleration", 1.0) or 1.0)
         next_t = time.monotonic()
         try:
             while not stop.is_set():
+                self._run_tasks()
                 try:
                     sample = self._poll_once()
                 except SourceExhausted:
@@ -149,7 +152,7 @@ class Agent:
                     if max_samples is not None and self.stats.samples >= max_samples:
                         break
                 if self.source.paced or sample is None:
-                    next_t += interval / accel
+                    next_t += self.config.source.sample_interval_s / accel
                     delay = next_t - time.monotonic()
                     if delay > 0:
                         stop.wait(delay)
@@ -178,7 +181,16 @@ class Agent:
         if batch:
             self._emit_telemetry(batch)
 
+    def now(self) -> float:
+        """Time stamp for events: the last sample's time (simulated/replayed time), else the wall clock."""
+        return self._last_ts or time.time()
+
     def shutdown(self, drain_timeout_s: float = 5.0) -> None:
+        for hook in self.on_shutdown:
+            try:
+                hook()
+            except Exception as exc:
+                log.warning("shutdown hook failed", extra={"error": str(exc)[:200]})
         batch = self.batcher.take()
         if batch:
             self._emit_telemetry(batch)
@@ -189,6 +201,34 @@ class Agent:
             self.source.close()
         except Exception as exc:
             log.warning("source close failed", extra={"error": str(exc)})
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the agent's polling thread before its next poll (thread-safe)."""
+        self._tasks.put(fn)
+
+    def _run_tasks(self) -> None:
+        while True:
+            try:
+                fn = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("agent task failed")
+
+    def apply_config(self, config: AgentConfig) -> None:
+        """Switch to a new configuration live (the shadow's live fields; see shadow.config_sync)."""
+        self.config = config
+        self.tracker.settings = config.tracker
+        self.estimator.settings = config.health
+        self.estimator.physics.min_points = config.health.min_cycles_for_fit
+        self.batcher.max_samples = config.telemetry.batch_max_samples
+        self.batcher.max_age_s = config.telemetry.batch_max_age_s
+        self.batcher.decimation = config.telemetry.decimation
+        if hasattr(self.source, "interval_s"):
+            self.source.interval_s = config.source.sample_interval_s
+        logging.getLogger().setLevel(config.log_level)
 
     def set_health_model(self, model: HealthModel | None, reason: str | None = None) -> None:
         self.estimator.set_model(model)

@@ -117,6 +117,15 @@ class SpoolSettings(Section):
     policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
 
 
+class ShadowSettings(Section):
+    #: follow the named shadow for live configuration (MQTT: IoT Core shadow topics; Greengrass: ShadowManager)
+    enabled: bool = True
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_\-]{1,64}$")] = "battwin-config"
+    timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 10.0
+    #: "$aws" for IoT Core and mosquitto; amqtt refuses '$' topics from clients, so use e.g. "local-aws" there
+    topic_root: Annotated[str, Field(pattern=r"^\$?[A-Za-z0-9_\-]{1,32}$")] = "$aws"
+
+
 class AgentConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BATTWIN_",
@@ -134,6 +143,7 @@ class AgentConfig(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @classmethod
     def settings_customise_sources(

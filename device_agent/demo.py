@@ -22,6 +22,10 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.broker.embedded import EmbeddedBroker
 from device_agent.config import AgentConfig, MqttSettings
+from device_agent.runtime import attach_config_sync
+from device_agent.shadow.local_service import LocalShadowService
+from device_agent.shadow.mqtt_shadow import MqttShadowClient
+from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from device_agent.uplink.mqtt_transport import MqttTransport
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
@@ -127,7 +131,9 @@ class FleetMonitor:
         return "\n".join(lines)
 
 
-def _agent_for(member: FleetMember, seed: int, broker_url: str, workdir: Path, accel: float, ageing: float) -> Agent:
+def _agent_for(
+    member: FleetMember, seed: int, broker_url: str, workdir: Path, accel: float, ageing: float, shadow_root: str
+) -> Agent:
     sim = SimulatorSettings(
         seed=seed, time_acceleration=accel, ageing_factor=ageing, start_ts=time.time(), **member.simulator
     )
@@ -138,10 +144,13 @@ def _agent_for(member: FleetMember, seed: int, broker_url: str, workdir: Path, a
         tracker={"cells_series": sim.cells_series, "cutoff_voltage_per_cell_v": sim.discharge_cutoff_per_cell_v},
         telemetry={"batch_max_samples": 30, "batch_max_age_s": 300.0},
         spool={"path": workdir / f"{member.name}.db"},
+        shadow={"topic_root": shadow_root},
     )
     source = SimulatorSource(sim, interval_s=config.source.sample_interval_s, name=member.name)
     transport = MqttTransport(config.mqtt, client_id=member.name)
-    return Agent(config, source, transport)
+    agent = Agent(config, source, transport)
+    attach_config_sync(agent, MqttShadowClient(transport, member.name, config.shadow.name, shadow_root))
+    return agent
 
 
 def run_demo(
@@ -163,12 +172,15 @@ def run_demo(
     work.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker().start() if broker_url is None else None
     url = broker.url if broker is not None else str(broker_url)
+    # amqtt refuses client publishes to '$' topics: the embedded broker gets the shadow topics under another root
+    shadow_root = AMQTT_ROOT if broker is not None else AWS_ROOT
+    shadows = LocalShadowService(url, path=work / "shadows.json", topic_root=shadow_root).start()
     monitor = FleetMonitor(url)
     monitor.start()
     members = FLEET[:batteries]
     for m in members:
         monitor.things.setdefault(m.name, ThingView()).stress = m.stress
-    agents = [_agent_for(m, k + 1, url, work, acceleration, ageing) for k, m in enumerate(members)]
+    agents = [_agent_for(m, k + 1, url, work, acceleration, ageing, shadow_root) for k, m in enumerate(members)]
     threads = [threading.Thread(target=a.run, args=(stop,), name=f"agent-{a.config.thing_name}") for a in agents]
     print(f"battwin demo: broker {url}, {len(agents)} simulated batteries, x{acceleration:g} time, "
           f"x{ageing:g} ageing. All data is SIMULATED. Ctrl-C to stop.", flush=True)
@@ -190,6 +202,7 @@ def run_demo(
         for t in threads:
             t.join(timeout=20)
         monitor.stop()
+        shadows.stop()
         if broker is not None:
             broker.stop()
         if own_dir:

@@ -14,6 +14,9 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.health.estimator import HealthModel
 from device_agent.messages import Message, MessageKind
+from device_agent.shadow.client import ShadowClient
+from device_agent.shadow.config_sync import ConfigSync
+from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport, Transport
 from hardware.errors import SourceError
@@ -53,12 +56,40 @@ def load_health_model(config: AgentConfig) -> tuple[HealthModel | None, str | No
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def build_shadow(config: AgentConfig, transport: Transport) -> ShadowClient:
+    if os.environ.get(GG_SOCKET_ENV) and os.environ.get("SVCUID"):
+        try:
+            from device_agent.greengrass.ipc_shadow import IpcShadowClient  # type: ignore[import-not-found]
+        except ImportError:
+            pass
+        else:
+            return IpcShadowClient(config.thing_name, config.shadow.name)  # type: ignore[no-any-return]
+    return MqttShadowClient(transport, config.thing_name, config.shadow.name, config.shadow.topic_root)
+
+
+def attach_config_sync(agent: Agent, shadow: ShadowClient) -> ConfigSync:
+    """Follow the config shadow: changes apply live; refused fields raise a ``config_rejected`` alarm."""
+    sync = ConfigSync(agent, shadow, agent.config.shadow.timeout_s)
+
+    def on_rejected(rejected: dict[str, str]) -> None:
+        detail = "; ".join(f"{k}: {v}" for k, v in rejected.items())
+        agent.call_soon(lambda: agent.alarms.pulse("config_rejected", agent.now(), f"rejected: {detail}"[:1024]))
+
+    sync.on_rejected = on_rejected
+    transport = agent.transport
+    sync.start(connected=transport.wait_connected, reconnects=lambda: int(getattr(transport, "connects", 0)))
+    agent.on_shutdown.append(sync.stop)
+    return sync
+
+
 def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agent:
     source = create_source(config.source.url, config.source)
     model, reason = load_health_model(config)
     agent = Agent(config, source, transport or build_transport(config), health_model=model)
     if reason:
         agent.set_health_model(None, reason)
+    if config.shadow.enabled:
+        attach_config_sync(agent, build_shadow(config, agent.transport))
     return agent
 
 

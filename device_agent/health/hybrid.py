@@ -109,15 +109,19 @@ def _median_of(values: Sequence[float]) -> float:
     return s[m // 2] if m % 2 else 0.5 * (s[m // 2 - 1] + s[m // 2])
 
 
+def _level(caps: Sequence[float], idx: Sequence[int], n_ref: int) -> float:
+    return _median_of([caps[q] for q in idx[-n_ref:]])
+
+
 def clean_series(caps: Sequence[float], rules: CleaningSpec) -> CleanState:
     """Causal cleaning of valid capacities (> 0, finite), oldest first. Each capacity is compared with
     ``ref`` = median of the last ``ref_points`` kept ones:
 
     * within ``[low_frac, high_frac] × ref``: kept (``ok``);
-    * otherwise set aside (``failed`` below, ``high`` above) — unless the last level shift was a drop and
-      the capacity is back within those bounds of the regime before it: then the cell has returned, the
-      lower regime was an excursion (``excursion``, e.g. a block of cold high-current runs) and the earlier
-      regime continues with this capacity;
+    * otherwise set aside (``failed`` below, ``high`` above) — unless the cell dropped from a higher regime
+      (a level shift down) and the capacity is back within those bounds of that regime: then the cell has
+      returned, the lower regimes were an excursion (``excursion``, e.g. a block of cold high-current runs)
+      and the earlier regime continues with this capacity;
     * ``shift_points`` set-aside capacities in a row on the same side: a level shift, a new regime starts
       at the first of them (after a drop, the previous regime is remembered for a return).
     """
@@ -136,7 +140,7 @@ def clean_series(caps: Sequence[float], rules: CleaningSpec) -> CleanState:
         if not kept:
             kept.append(j)
             continue
-        ref = _median_of([caps[q] for q in kept[-n_ref:]])
+        ref = _level(caps, kept, n_ref)
         d = -1 if c < lo * ref else (1 if c > hi * ref else 0)
         if d == 0:
             kept.append(j)
@@ -144,7 +148,7 @@ def clean_series(caps: Sequence[float], rules: CleaningSpec) -> CleanState:
             side = 0
             continue
         if prev_kept is not None:
-            pref = _median_of([caps[q] for q in prev_kept[-n_ref:]])
+            pref = _level(caps, prev_kept, n_ref)
             if lo * pref <= c <= hi * pref:  # back to the regime before the shift
                 for q in range(len(segment)):
                     if segment[q] == seg and label[q] == "ok":
@@ -162,8 +166,10 @@ def clean_series(caps: Sequence[float], rules: CleaningSpec) -> CleanState:
             side = d
         pending.append(j)
         if len(pending) >= rules.shift_points:  # sustained: the cell runs at another level now
-            # only a drop can be returned from; a rise leaves a start-up regime behind for good
-            prev_kept, prev_seg = (kept, seg) if side < 0 else (None, -1)
+            # a drop remembers the higher regime it left (the cell may return to it); a rise keeps what is
+            # remembered (a rise within a low excursion is still an excursion) and leaves a low start behind
+            if side < 0 and (prev_kept is None or _level(caps, kept, n_ref) > _level(caps, prev_kept, n_ref)):
+                prev_kept, prev_seg = kept, seg
             seg = max(segment) + 1
             for q in pending:
                 label[q] = "ok"
