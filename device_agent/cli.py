@@ -183,10 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in entry_points(group="battwin.cli"):
         try:
             register = ep.load()
-        except ImportError as exc:
+            register(sub)
+        except Exception as exc:  # an optional part that is not installed or broken must not break the CLI
             log.debug("plugin %s unavailable: %s", ep.name, exc)
-            continue
-        register(sub)
     return parser
 
 
