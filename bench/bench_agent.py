@@ -44,10 +44,12 @@ class Broker:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 1000000\nmax_inflight_messages 0\n")
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+        )
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -178,16 +180,33 @@ print(json.dumps({"max_rss_mb": hwm_kb / 1024, "samples": stats.samples, "health
 
 def bench_rss(broker: Broker, work: Path) -> dict[str, object]:
     model_dir = REPO / "components" / "com.battwin.SohModel" / "model"
-    out = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", RSS_SCRIPT, str(REPO), broker.url, str(work / "rss.db"),
-         str(model_dir) if (model_dir / "model.json").exists() else ""],
-        capture_output=True, text=True, timeout=120, check=True,
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RSS_SCRIPT,
+            str(REPO),
+            broker.url,
+            str(work / "rss.db"),
+            str(model_dir) if (model_dir / "model.json").exists() else "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     # baseline: a bare interpreter
-    bare = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", "import re;print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])/1024)"],
-        capture_output=True, text=True, timeout=60, check=True,
+    bare = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import re;print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])/1024)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     result["bare_python_rss_mb"] = float(bare.stdout.strip())
     return result
@@ -207,10 +226,24 @@ def bench_first_publish(broker: Broker, work: Path) -> dict[str, float]:
     subscribed.wait(10)
     env = dict(os.environ)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(  # noqa: S603
-        [str(Path(sys.executable).parent / "battwin"), "run", "--thing", "bench-first", "--broker", broker.url,
-         "--spool", str(work / "first.db"), "--set", "telemetry.batch_max_samples=1", "--log-level", "ERROR"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "battwin"),
+            "run",
+            "--thing",
+            "bench-first",
+            "--broker",
+            broker.url,
+            "--spool",
+            str(work / "first.db"),
+            "--set",
+            "telemetry.batch_max_samples=1",
+            "--log-level",
+            "ERROR",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ok = got.wait(30)
     first_s = time.perf_counter() - t0
@@ -219,10 +252,13 @@ def bench_first_publish(broker: Broker, work: Path) -> dict[str, float]:
     sub.loop_stop()
     # baseline: starting a bare interpreter
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)  # noqa: S603
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare_s = time.perf_counter() - t0
-    return {"first_publish_s": first_s if ok else float("nan"), "bare_python_start_s": bare_s,
-            "ratio_vs_bare_start": first_s / bare_s}
+    return {
+        "first_publish_s": first_s if ok else float("nan"),
+        "bare_python_start_s": bare_s,
+        "ratio_vs_bare_start": first_s / bare_s,
+    }
 
 
 def main() -> int:
@@ -232,17 +268,26 @@ def main() -> int:
     results: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     try:
         results["replay"] = r = bench_replay(broker, work)
-        print(f"replay: {r['pipeline_samples_per_s']:,.0f} samples/s through the whole pipeline "
-              f"({r['ratio_pipeline_vs_parse']:.2f}x of parse-only {r['parse_only_samples_per_s']:,.0f}/s; target ≥ 100,000)")
+        print(
+            f"replay: {r['pipeline_samples_per_s']:,.0f} samples/s through the whole pipeline "
+            f"({r['ratio_pipeline_vs_parse']:.2f}x of parse-only {r['parse_only_samples_per_s']:,.0f}/s; "
+            "target ≥ 100,000)"
+        )
         results["publish"] = p = bench_publish(broker, work)
-        print(f"spool+publish: {p['spool_publish_msgs_per_s']:,.0f} msg/s vs raw awscrt "
-              f"{p['raw_awscrt_msgs_per_s']:,.0f} msg/s = {p['ratio_spool_vs_raw']:.2f}x (target ≥ 0.5x)")
+        print(
+            f"spool+publish: {p['spool_publish_msgs_per_s']:,.0f} msg/s vs raw awscrt "
+            f"{p['raw_awscrt_msgs_per_s']:,.0f} msg/s = {p['ratio_spool_vs_raw']:.2f}x (target ≥ 0.5x)"
+        )
         results["rss"] = m = bench_rss(broker, work)
-        print(f"agent RSS: {m['max_rss_mb']:.1f} MB (bare python {m['bare_python_rss_mb']:.1f} MB; target ≤ 80 MB); "
-              f"model={m['model']}; tensorflow imported: {m['tensorflow_imported']}")
+        print(
+            f"agent RSS: {m['max_rss_mb']:.1f} MB (bare python {m['bare_python_rss_mb']:.1f} MB; target ≤ 80 MB); "
+            f"model={m['model']}; tensorflow imported: {m['tensorflow_imported']}"
+        )
         results["first_publish"] = f = bench_first_publish(broker, work)
-        print(f"first acknowledged publish: {f['first_publish_s']:.2f} s after start "
-              f"(bare interpreter start {f['bare_python_start_s']:.2f} s; target ≤ 2 s)")
+        print(
+            f"first acknowledged publish: {f['first_publish_s']:.2f} s after start "
+            f"(bare interpreter start {f['bare_python_start_s']:.2f} s; target ≤ 2 s)"
+        )
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

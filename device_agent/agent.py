@@ -357,7 +357,9 @@ class Agent:
             "simulated": simulated,
         }
         # the envelope's fields, then the body serialised by pydantic-core (no intermediate dicts)
-        payload = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"body":' + body_json + b"}"
+        payload = (
+            json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"body":' + body_json + b"}"
+        )
         result = self.spool.put(msg_id, self.topic(kind), payload, ts)
         if self.on_message is not None and result.accepted:
             self.on_message(kind, body, msg_id)

@@ -41,7 +41,9 @@ class AlarmBook:
         self._emit = emit
         self.active: dict[str, Alarm] = {}
 
-    def raise_(self, code: str, ts: float, message: str | None = None, **details: float | int | str | bool | None) -> bool:
+    def raise_(
+        self, code: str, ts: float, message: str | None = None, **details: float | int | str | bool | None
+    ) -> bool:
         """Activate ``code``; returns True if this changed its state (and an Alarm was emitted)."""
         if code in self.active:
             return False
@@ -77,7 +79,9 @@ class AlarmBook:
         )
         return True
 
-    def pulse(self, code: str, ts: float, message: str | None = None, **details: float | int | str | bool | None) -> None:
+    def pulse(
+        self, code: str, ts: float, message: str | None = None, **details: float | int | str | bool | None
+    ) -> None:
         """A one-off event (e.g. 'N messages dropped'): emitted every time, never stays active."""
         spec = ALARMS[code]
         self._emit(

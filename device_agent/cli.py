@@ -8,6 +8,7 @@ theirs through the ``battwin.cli`` entry-point group (``ml`` and ``cloud`` regis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -81,10 +82,8 @@ def _install_signal_stop(stop: threading.Event) -> None:
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(sig, _handler)
-        except ValueError:  # not the main thread
-            pass
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -98,7 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _install_signal_stop(stop)
     if args.duration:
         threading.Timer(args.duration, stop.set).start()
-    log.info("agent starting", extra={"thing": config.thing_name, "source": config.source.url, "broker": config.mqtt.url})
+    log.info(
+        "agent starting", extra={"thing": config.thing_name, "source": config.source.url, "broker": config.mqtt.url}
+    )
     stats = agent.run(stop, max_samples=args.max_samples)
     log.info("agent stopped", extra={"samples": stats.samples, "cycles": stats.cycles, "health": stats.health})
     return EXIT_OK

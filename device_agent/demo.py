@@ -182,8 +182,11 @@ def run_demo(
         monitor.things.setdefault(m.name, ThingView()).stress = m.stress
     agents = [_agent_for(m, k + 1, url, work, acceleration, ageing, shadow_root) for k, m in enumerate(members)]
     threads = [threading.Thread(target=a.run, args=(stop,), name=f"agent-{a.config.thing_name}") for a in agents]
-    print(f"battwin demo: broker {url}, {len(agents)} simulated batteries, x{acceleration:g} time, "
-          f"x{ageing:g} ageing. All data is SIMULATED. Ctrl-C to stop.", flush=True)
+    print(
+        f"battwin demo: broker {url}, {len(agents)} simulated batteries, x{acceleration:g} time, "
+        f"x{ageing:g} ageing. All data is SIMULATED. Ctrl-C to stop.",
+        flush=True,
+    )
     for t in threads:
         t.start()
     started = time.monotonic()

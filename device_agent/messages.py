@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 # physical bounds of a reading (anything outside is a decoding error, not a battery)
 TS_RANGE = (0.0, 32_503_680_000.0)  # up to the year 3000
@@ -49,9 +49,7 @@ class Sample(Message):
     current_a: Current = Field(description="positive = charging")
     temperatures_c: tuple[Temperature, ...] = ()
     soc_pct: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=100.0)] | None = None
-    cell_voltages_v: tuple[Annotated[float, Field(allow_inf_nan=False, ge=-1.0, le=10.0)], ...] | None = (
-        None
-    )
+    cell_voltages_v: tuple[Annotated[float, Field(allow_inf_nan=False, ge=-1.0, le=10.0)], ...] | None = None
     source_id: Ident
     simulated: bool = False
 

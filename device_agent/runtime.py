@@ -31,11 +31,11 @@ GG_SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 def build_transport(config: AgentConfig) -> Transport:
     if os.environ.get(GG_SOCKET_ENV) and os.environ.get("SVCUID"):
         try:
-            from device_agent.greengrass.ipc_transport import IpcTransport  # type: ignore[import-not-found]
+            from device_agent.greengrass.ipc_transport import IpcTransport
         except ImportError:
             log.warning("running under Greengrass but the IPC transport is not available; using MQTT")
         else:
-            return IpcTransport()  # type: ignore[no-any-return]
+            return IpcTransport()
     from device_agent.uplink.mqtt_transport import MqttTransport
 
     return MqttTransport(config.mqtt, client_id=config.mqtt.client_id or config.thing_name)
@@ -47,7 +47,7 @@ def load_health_model(config: AgentConfig) -> tuple[HealthModel | None, str | No
     if model_dir is None:
         return None, None
     try:
-        from device_agent.health.hybrid import load_hybrid_model  # type: ignore[import-not-found,unused-ignore]
+        from device_agent.health.hybrid import load_hybrid_model
     except ImportError as exc:
         return None, f"hybrid runtime not installed: {exc}"
     try:
@@ -59,11 +59,11 @@ def load_health_model(config: AgentConfig) -> tuple[HealthModel | None, str | No
 def build_shadow(config: AgentConfig, transport: Transport) -> ShadowClient:
     if os.environ.get(GG_SOCKET_ENV) and os.environ.get("SVCUID"):
         try:
-            from device_agent.greengrass.ipc_shadow import IpcShadowClient  # type: ignore[import-not-found]
+            from device_agent.greengrass.ipc_shadow import IpcShadowClient
         except ImportError:
             pass
         else:
-            return IpcShadowClient(config.thing_name, config.shadow.name)  # type: ignore[no-any-return]
+            return IpcShadowClient(config.thing_name, config.shadow.name)
     return MqttShadowClient(transport, config.thing_name, config.shadow.name, config.shadow.topic_root)
 
 

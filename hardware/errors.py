@@ -43,5 +43,5 @@ class DataFileError(SourceError):
     """A recorded input (a replayed log) is malformed: not worth retrying, the source stops here."""
 
 
-class SourceExhausted(SourceError):  # noqa: N818 - an end-of-data signal, not a failure
+class SourceExhausted(SourceError):
     """A finite source (a replayed log) has no more samples."""

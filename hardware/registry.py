@@ -10,6 +10,7 @@ Drivers are imported lazily (by dotted path) so a device without, say, pymodbus 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,7 @@ class SourceUrl:
             value = float(raw)
         except ValueError:
             raise SourceConfigError(f"source URL {self.raw!r}: option {name}={raw!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise SourceConfigError(f"source URL {self.raw!r}: option {name} must be finite")
         return value
 

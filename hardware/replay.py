@@ -125,8 +125,14 @@ class ReplaySource(Source):
                     f"temperature_c={temps[0] if temps else None}"
                 )
             return Sample.model_construct(
-                ts=ts, voltage_v=v, current_a=i, temperatures_c=temps, soc_pct=None, cell_voltages_v=None,
-                source_id=self.source_id, simulated=False,
+                ts=ts,
+                voltage_v=v,
+                current_a=i,
+                temperatures_c=temps,
+                soc_pct=None,
+                cell_voltages_v=None,
+                source_id=self.source_id,
+                simulated=False,
             )
         raise SourceExhausted(f"replay: end of {self.path} ({self.skipped} empty rows skipped)")
 

@@ -57,13 +57,25 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 def test_cli_exits_2_naming_the_field(tmp_path):
     p = write(tmp_path, "[source]\nsample_interval_s = 0\n")
-    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "run", "--config", str(p)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "device_agent.cli", "run", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "source.sample_interval_s" in r.stderr and "greater than 0" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "run", "--broker", "ftp://x"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "device_agent.cli", "run", "--broker", "ftp://x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "mqtt.url" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "run", "--source", "warp:/dev/x"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "device_agent.cli", "run", "--source", "warp:/dev/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "unknown source scheme 'warp'" in r.stderr

@@ -70,7 +70,7 @@ def test_partial_discharge_has_no_capacity():
 def test_noise_and_spikes_do_not_split_segments():
     rng = random.Random(4)
     tr = CycleTracker(TrackerSettings(), "t")
-    rows = [(0.0, 4.1, 0.0, 25.0)] + list(discharge(1.0, 1.0, 2.0, 4.1, 2.5, 3600, noise=0.002, rng=rng))
+    rows = [(0.0, 4.1, 0.0, 25.0), *discharge(1.0, 1.0, 2.0, 4.1, 2.5, 3600, noise=0.002, rng=rng)]
     # single-sample regen spike in the middle of the discharge
     rows[1000] = (rows[1000][0], rows[1000][1], +3.0, 25.0)
     rows += list(rest(3601.0, 1.0, 3.2, 600))
@@ -120,8 +120,9 @@ def test_cutoff_uses_lowest_cell_when_cells_are_reported():
     out = []
     for k in range(2000):
         cells = (3.6 - k * 0.0004, 3.6 - k * 0.0005, 3.6 - k * 0.0004, 3.6 - k * 0.0004)
-        out += tr.push(Sample(ts=k, voltage_v=sum(cells), current_a=-1.0 if k else 0.0,
-                              cell_voltages_v=cells, source_id="s"))
+        out += tr.push(
+            Sample(ts=k, voltage_v=sum(cells), current_a=-1.0 if k else 0.0, cell_voltages_v=cells, source_id="s")
+        )
     out += tr.flush()
     (d,) = out
     # cell 2 reaches 2.7 V at k = 1800 while the pack (sum) is still above 4 × 2.7 V
@@ -147,8 +148,12 @@ def test_nasa_discharge_capacities_match_the_lab(cell):
             t = float(r["t_s"])
             if r["kind"] == "d":
                 runs.setdefault(int(r["run"]), [t, t])[1] = t
-            recs += tr.push_values(t, float(r["voltage_v"]), float(r["current_a"]),
-                                   float(r["temperature_c"]) if r["temperature_c"] else None)
+            recs += tr.push_values(
+                t,
+                float(r["voltage_v"]),
+                float(r["current_a"]),
+                float(r["temperature_c"]) if r["temperature_c"] else None,
+            )
     recs += tr.flush()
     errors = []
     for rec in recs:

@@ -114,7 +114,7 @@ def test_agent_restart_resumes_from_spool(tmp_path, mosquitto, subscriber_factor
     pending = agent.spool.pending
     assert pending == sum(map(len, accepted.values())) > 0
     sub = subscriber_factory(mosquitto.url)
-    agent2, accepted2 = make_agent(mosquitto.url, tmp_path, thing="restart-1")
+    agent2, _ = make_agent(mosquitto.url, tmp_path, thing="restart-1")
     assert agent2.spool.pending == pending
     agent2.run(threading.Event(), max_samples=100)
     assert agent2.spool.pending == 0

@@ -63,10 +63,25 @@ def test_outliers_do_not_wreck_the_fit():
 
 def record(index, cap, t=None):
     t = t if t is not None else index * 3600.0
-    return CycleRecord(index=index, kind="discharge", start_ts=t, end_ts=t + 3000, duration_s=3000,
-                       charge_ah=cap * 1.05, energy_wh=cap * 3.6, capacity_ah=cap, complete=True,
-                       start_voltage_v=4.2, end_voltage_v=2.6, min_voltage_v=2.6, max_voltage_v=4.2,
-                       mean_current_a=-2.0, mean_temperature_c=25.0, n_samples=100, source_id="s")
+    return CycleRecord(
+        index=index,
+        kind="discharge",
+        start_ts=t,
+        end_ts=t + 3000,
+        duration_s=3000,
+        charge_ah=cap * 1.05,
+        energy_wh=cap * 3.6,
+        capacity_ah=cap,
+        complete=True,
+        start_voltage_v=4.2,
+        end_voltage_v=2.6,
+        min_voltage_v=2.6,
+        max_voltage_v=4.2,
+        mean_current_a=-2.0,
+        mean_temperature_c=25.0,
+        n_samples=100,
+        source_id="s",
+    )
 
 
 def test_estimator_publishes_soh_and_rul():

@@ -56,22 +56,58 @@ def test_envelope_carries_id_kind_and_simulated_flag():
 
 
 def test_envelope_ids_are_unique():
-    ids = {envelope("p", "alarms", Alarm(ts=1.0, code="x", severity="info", message="m", source_id="s"), 1.0).id
-           for _ in range(1000)}
+    ids = {
+        envelope("p", "alarms", Alarm(ts=1.0, code="x", severity="info", message="m", source_id="s"), 1.0).id
+        for _ in range(1000)
+    }
     assert len(ids) == 1000
 
 
 def test_cycle_record_and_health_validate_ranges():
     with pytest.raises(ValidationError):
-        CycleRecord(index=-1, kind="discharge", start_ts=0, end_ts=1, duration_s=1, charge_ah=1, energy_wh=1,
-                    complete=True, start_voltage_v=4, end_voltage_v=3, min_voltage_v=3, max_voltage_v=4,
-                    mean_current_a=-1, n_samples=2, source_id="s")
+        CycleRecord(
+            index=-1,
+            kind="discharge",
+            start_ts=0,
+            end_ts=1,
+            duration_s=1,
+            charge_ah=1,
+            energy_wh=1,
+            complete=True,
+            start_voltage_v=4,
+            end_voltage_v=3,
+            min_voltage_v=3,
+            max_voltage_v=4,
+            mean_current_a=-1,
+            n_samples=2,
+            source_id="s",
+        )
     with pytest.raises(ValidationError, match="soh"):
-        Health(ts=1, cycle_index=1, equivalent_cycles=1, capacity_ah=1, initial_capacity_ah=1, soh=math.nan,
-               eol_threshold=0.8, method="physics", model_version="x", source_id="s")
+        Health(
+            ts=1,
+            cycle_index=1,
+            equivalent_cycles=1,
+            capacity_ah=1,
+            initial_capacity_ah=1,
+            soh=math.nan,
+            eol_threshold=0.8,
+            method="physics",
+            model_version="x",
+            source_id="s",
+        )
     with pytest.raises(ValidationError, match="method"):
-        Health(ts=1, cycle_index=1, equivalent_cycles=1, capacity_ah=1, initial_capacity_ah=1, soh=1.0,
-               eol_threshold=0.8, method="magic", model_version="x", source_id="s")
+        Health(
+            ts=1,
+            cycle_index=1,
+            equivalent_cycles=1,
+            capacity_ah=1,
+            initial_capacity_ah=1,
+            soh=1.0,
+            eol_threshold=0.8,
+            method="magic",
+            model_version="x",
+            source_id="s",
+        )
 
 
 def test_envelope_body_must_match_its_kind():

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
+from device_agent.config import AgentConfig
 from device_agent.shadow.config_sync import judge
 from device_agent.shadow.local_service import LocalShadowService, ShadowStore
-from device_agent.config import AgentConfig
 from tests.test_e2e_mqtt import make_agent
 
 
@@ -43,13 +43,16 @@ def test_store_rejections():
 
 def test_judge_applies_valid_fields_and_names_refused_ones():
     cfg = AgentConfig()
-    new, rejected, changed = judge(cfg, {
-        "source": {"sample_interval_s": 5, "url": "jbd:/dev/ttyUSB0"},
-        "health": {"eol_threshold": 1.5},
-        "telemetry": {"batch_max_samples": 10},
-        "log_level": "DEBUG",
-        "bogus": 1,
-    })
+    new, rejected, changed = judge(
+        cfg,
+        {
+            "source": {"sample_interval_s": 5, "url": "jbd:/dev/ttyUSB0"},
+            "health": {"eol_threshold": 1.5},
+            "telemetry": {"batch_max_samples": 10},
+            "log_level": "DEBUG",
+            "bogus": 1,
+        },
+    )
     assert new.source.sample_interval_s == 5 and new.telemetry.batch_max_samples == 10 and new.log_level == "DEBUG"
     assert new.health.eol_threshold == 0.8 and new.source.url == "simulator"
     assert set(rejected) == {"source.url", "health.eol_threshold", "bogus"}
@@ -157,10 +160,17 @@ def test_agent_applies_shadow_config_live_and_rejects_with_reasons(broker, tmp_p
         # the agent reports its configuration on start
         doc = app.wait(lambda d: d["state"].get("reported", {}).get("source", {}).get("sample_interval_s") == 10.0)
         assert doc["state"]["reported"]["health"]["eol_threshold"] == 0.8
-        kind, _ = app.request("update", {"state": {"desired": {
-            "source": {"sample_interval_s": 30, "url": "jbd:/dev/ttyUSB9"},
-            "health": {"eol_threshold": 1.5},
-        }}})
+        kind, _ = app.request(
+            "update",
+            {
+                "state": {
+                    "desired": {
+                        "source": {"sample_interval_s": 30, "url": "jbd:/dev/ttyUSB9"},
+                        "health": {"eol_threshold": 1.5},
+                    }
+                }
+            },
+        )
         assert kind == "accepted"
         doc = app.wait(lambda d: d["state"].get("reported", {}).get("source", {}).get("sample_interval_s") == 30)
         rejected = doc["state"]["reported"]["rejected"]

@@ -160,7 +160,9 @@ class ConfigSync:
         self.handled = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self, connected: Callable[[float], bool] | None = None, reconnects: Callable[[], int] | None = None) -> None:
+    def start(
+        self, connected: Callable[[float], bool] | None = None, reconnects: Callable[[], int] | None = None
+    ) -> None:
         """Start following the shadow in the background. ``connected(timeout)`` waits for the link;
         ``reconnects()`` counts connections, so the document is read again after each reconnect."""
         self._connected = connected or (lambda _t: True)

@@ -37,6 +37,7 @@ from device_agent.uplink.mqtt_transport import MqttTransport
 
 log = logging.getLogger(__name__)
 
+
 def request_filters(root: str) -> tuple[str, ...]:
     return tuple(
         f"{root}/things/+/shadow/{named}{op}" for named in ("name/+/", "") for op in ("get", "update", "delete")
@@ -193,32 +194,57 @@ class LocalShadowService:
         try:
             request: Any = json.loads(payload) if payload.strip() else {}
         except ValueError:
-            self._publish(f"{base}/rejected", {"code": 400, "message": "Payload contains invalid json", "timestamp": _now()})
+            self._publish(
+                f"{base}/rejected", {"code": 400, "message": "Payload contains invalid json", "timestamp": _now()}
+            )
             return
         token = request.get("clientToken") if isinstance(request, dict) else None
         echo = {"clientToken": token} if token is not None else {}
         if op == "get":
             doc = self.store.get(thing, shadow)
             if doc is None:
-                self._publish(f"{base}/rejected", {"code": 404, "message": f"No shadow exists with name: '{shadow or thing}'", "timestamp": _now(), **echo})
+                self._publish(
+                    f"{base}/rejected",
+                    {
+                        "code": 404,
+                        "message": f"No shadow exists with name: '{shadow or thing}'",
+                        "timestamp": _now(),
+                        **echo,
+                    },
+                )
             else:
                 self._publish(f"{base}/accepted", {**doc, **echo})
         elif op == "delete":
             done = self.store.delete(thing, shadow)
             if done is None:
-                self._publish(f"{base}/rejected", {"code": 404, "message": f"No shadow exists with name: '{shadow or thing}'", "timestamp": _now(), **echo})
+                self._publish(
+                    f"{base}/rejected",
+                    {
+                        "code": 404,
+                        "message": f"No shadow exists with name: '{shadow or thing}'",
+                        "timestamp": _now(),
+                        **echo,
+                    },
+                )
             else:
                 self._publish(f"{base}/accepted", {**done, **echo})
         elif op == "update":
             code, result = self.store.update(thing, shadow, request)
             if code:
-                self._publish(f"{base}/rejected", {"code": code, "message": result["message"], "timestamp": _now(), **echo})
+                self._publish(
+                    f"{base}/rejected", {"code": code, "message": result["message"], "timestamp": _now(), **echo}
+                )
                 return
             self._publish(f"{base}/accepted", {**result["accepted"], **echo})
             self._publish(f"{base}/documents", {**result["documents"], **echo})
             if result["delta"]:
                 self._publish(
                     f"{base}/delta",
-                    {"version": result["version"], "timestamp": result["ts"], "state": result["delta"],
-                     "metadata": metadata_for(result["delta"], result["ts"]), **echo},
+                    {
+                        "version": result["version"],
+                        "timestamp": result["ts"],
+                        "state": result["delta"],
+                        "metadata": metadata_for(result["delta"], result["ts"]),
+                        **echo,
+                    },
                 )

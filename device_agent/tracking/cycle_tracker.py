@@ -139,7 +139,7 @@ class CycleTracker:
             self._extend(seg, ts, v, i, temp, below, active=True)
             return out
         pending.append((ts, v, i, temp, state, below))
-        if state != "rest" and state != seg.state:
+        if state not in ("rest", seg.state):
             self._counts[state] += 1
             if self._counts[state] >= st.debounce_samples:
                 self._switch_to(state, out)
@@ -222,10 +222,8 @@ class CycleTracker:
             seg.n_t += 1
             if seg.max_t is None or temp > seg.max_t:
                 seg.max_t = temp
-        if v < seg.min_v:
-            seg.min_v = v
-        if v > seg.max_v:
-            seg.max_v = v
+        seg.min_v = min(seg.min_v, v)
+        seg.max_v = max(seg.max_v, v)
         seg.last_ts, seg.last_v, seg.last_i = ts, v, i
         if below and seg.state == "discharge" and seg.cutoff_as is None:
             seg.cutoff_as = seg.charge_as

@@ -44,9 +44,7 @@ def build_tls_context(settings: MqttSettings) -> io.ClientTlsContext:
             if not p.is_file():
                 raise TransportError(f"mqtt: certificate/key file {p} does not exist")
         _check_key_permissions(settings.key_file)
-        opts = io.TlsContextOptions.create_client_with_mtls_from_path(
-            str(settings.cert_file), str(settings.key_file)
-        )
+        opts = io.TlsContextOptions.create_client_with_mtls_from_path(str(settings.cert_file), str(settings.key_file))
     elif settings.cert_file or settings.key_file:
         raise TransportError("mqtt: mutual TLS needs both cert_file and key_file")
     else:

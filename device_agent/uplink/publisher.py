@@ -7,6 +7,7 @@ may then see a message twice; the message id lets the cloud drop the duplicate).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -109,7 +110,7 @@ class Publisher:
             self._inflight[msg.seq] = time.monotonic()
         self.sent += 1
         fut = self.transport.publish(msg.topic, msg.payload)
-        fut.add_done_callback(lambda f, seq=msg.seq: self._on_done(seq, f))
+        fut.add_done_callback(functools.partial(self._on_done, msg.seq))
 
     def _on_done(self, seq: int, fut: Future[None]) -> None:
         exc = fut.exception()

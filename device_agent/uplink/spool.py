@@ -12,6 +12,7 @@ history), so that state survives restarts together with the messages that depend
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -225,7 +226,5 @@ class Spool:
         )
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
