@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -117,6 +118,7 @@ class Agent:
         )
         self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.on_shutdown: list[Callable[[], None]] = []
+        self.model_manager: Any = None  # set by the runtime when a model directory is configured
         self._failures = 0
         self._offline = False
         self._last_ts = 0.0
@@ -229,6 +231,10 @@ class Agent:
         if hasattr(self.source, "interval_s"):
             self.source.interval_s = config.source.sample_interval_s
         logging.getLogger().setLevel(config.log_level)
+
+    def raise_alarm(self, code: str, message: str) -> None:
+        """A one-off alarm event (e.g. a refused model or configuration), stamped with the agent's time."""
+        self.alarms.pulse(code, self.now(), message)
 
     def set_health_model(self, model: HealthModel | None, reason: str | None = None) -> None:
         self.estimator.set_model(model)

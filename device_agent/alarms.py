@@ -26,6 +26,7 @@ ALARMS: dict[str, AlarmSpec] = {
         AlarmSpec("source_fallback_simulator", "warning", "the source is offline; simulated data is being sent"),
         AlarmSpec("spool_dropped", "warning", "the offline spool is full; messages were dropped"),
         AlarmSpec("model_unavailable", "warning", "the health model is missing or invalid; physics-only estimate"),
+        AlarmSpec("model_rejected", "warning", "a new health model was refused; the previous one keeps running"),
         AlarmSpec("eol_reached", "critical", "state of health is below the end-of-life threshold"),
         AlarmSpec("over_temperature", "critical", "battery temperature above the limit"),
         AlarmSpec("cell_imbalance", "warning", "cell voltage spread above the limit"),

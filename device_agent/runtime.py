@@ -13,6 +13,7 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.health.estimator import HealthModel
+from device_agent.health.model_manager import ModelManager
 from device_agent.messages import Message, MessageKind
 from device_agent.shadow.client import ShadowClient
 from device_agent.shadow.config_sync import ConfigSync
@@ -82,12 +83,20 @@ def attach_config_sync(agent: Agent, shadow: ShadowClient) -> ConfigSync:
     return sync
 
 
+def attach_model_manager(agent: Agent, model_dir: Path, watch_s: float = 10.0) -> ModelManager:
+    """Load the health model (checked) and keep watching it; a bad new model is refused with an alarm."""
+    manager = ModelManager(agent)
+    manager.swap(model_dir)
+    manager.watch(watch_s)
+    agent.on_shutdown.append(manager.stop)
+    return manager
+
+
 def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agent:
     source = create_source(config.source.url, config.source)
-    model, reason = load_health_model(config)
-    agent = Agent(config, source, transport or build_transport(config), health_model=model)
-    if reason:
-        agent.set_health_model(None, reason)
+    agent = Agent(config, source, transport or build_transport(config))
+    if config.health.model_dir is not None:
+        agent.model_manager = attach_model_manager(agent, config.health.model_dir)
     if config.shadow.enabled:
         attach_config_sync(agent, build_shadow(config, agent.transport))
     return agent

@@ -1,0 +1,103 @@
+"""Model hot-swap: a good model is switched to between polls, a bad one is refused and the old one kept."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig
+from device_agent.health.estimator import Forecast
+from device_agent.health.model_manager import ModelManager
+from device_agent.uplink.spool import Spool
+from device_agent.uplink.transport import MemoryTransport
+from hardware.simulator.settings import SimulatorSettings
+from hardware.simulator.source import SimulatorSource
+
+
+class FakeModel:
+    method = "hybrid"
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def forecast(self, points, c0_ah, eol_threshold, max_cycles):
+        return Forecast(soh_now=0.9, cycles=[1.0], soh=[0.9], eol_cycle=None)
+
+
+def loader(path: Path) -> FakeModel:
+    doc = json.loads((path / "model.json").read_text())  # raises on a broken file, like the real loader
+    if doc.get("broken"):
+        raise ValueError("sha256 mismatch")
+    return FakeModel(doc["version"])
+
+
+def model_dir(root: Path, name: str, **doc) -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "model.json").write_text(json.dumps(doc))
+    (d / "model.tflite").write_bytes(b"x")
+    return d
+
+
+@pytest.fixture
+def agent(tmp_path):
+    cfg = AgentConfig(thing_name="swap-1", spool={"path": tmp_path / "s.db"})
+    src = SimulatorSource(SimulatorSettings(time_acceleration=1e6), interval_s=10)
+    transport = MemoryTransport()
+    a = Agent(cfg, src, transport, Spool(tmp_path / "s.db"))
+    yield a
+    a.shutdown(0)
+
+
+def alarms(agent: Agent) -> list[dict]:
+    out = []
+    for m in agent.spool.peek(10_000):
+        env = json.loads(m.payload)
+        if env["kind"] == "alarms":
+            out.append(env["body"])
+    return out
+
+
+def test_swap_good_then_bad_then_pinned(agent, tmp_path):
+    mm = ModelManager(agent, loader)
+    assert mm.swap(model_dir(tmp_path, "v1", version="1.0.0"))
+    agent.run(threading.Event(), max_samples=2)  # the swap happens on the agent's thread
+    assert agent.estimator.model.version == "1.0.0"
+    # a corrupt new version is refused and 1.0.0 keeps running
+    assert not mm.swap(model_dir(tmp_path, "v2", version="2.0.0", broken=True))
+    agent.run(threading.Event(), max_samples=2)
+    assert agent.estimator.model.version == "1.0.0"
+    refused = [a for a in alarms(agent) if a["code"] == "model_rejected"]
+    assert refused and "sha256 mismatch" in refused[-1]["message"] and "1.0.0" in refused[-1]["message"]
+    # a pin refuses any other version
+    agent.config.health.model_version_pin = "1.0.0"
+    assert not mm.swap(model_dir(tmp_path, "v3", version="3.0.0"))
+    assert mm.swap(model_dir(tmp_path, "v1b", version="1.0.0"))
+
+
+def test_first_model_broken_runs_physics_with_an_active_alarm(agent, tmp_path):
+    mm = ModelManager(agent, loader)
+    assert not mm.swap(model_dir(tmp_path, "bad", version="1", broken=True))
+    agent.run(threading.Event(), max_samples=2)
+    assert agent.estimator.model is None
+    assert "model_unavailable" in agent.alarms.active
+
+
+def test_watch_notices_files_replaced_in_place(agent, tmp_path):
+    d = model_dir(tmp_path, "live", version="1.0.0")
+    mm = ModelManager(agent, loader)
+    mm.swap(d)
+    mm.watch(interval_s=0.05)
+    try:
+        (d / "model.json").write_text(json.dumps({"version": "1.1.0"}))
+        for _ in range(200):
+            if mm.current_version == "1.1.0":
+                break
+            threading.Event().wait(0.02)
+        assert mm.current_version == "1.1.0" and mm.swaps == 2
+    finally:
+        mm.stop()
