@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hardware.bms.plausibility import PlausibilityLimits
@@ -47,7 +47,7 @@ class DriverOptions:
     retries: int = 2
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
-    limits: PlausibilityLimits = PlausibilityLimits()
+    limits: PlausibilityLimits = field(default_factory=PlausibilityLimits)
 
 
 def _positive(url: SourceUrl, name: str, default: float, allow_zero: bool = False) -> float:

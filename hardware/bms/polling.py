@@ -32,9 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class PolledSource(Source):
-    def __init__(
-        self, source_id: str, options: DriverOptions, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, source_id: str, options: DriverOptions, clock: Callable[[], float] = time.monotonic) -> None:
         self.source_id = source_id
         self.options = options
         self._backoff = Backoff(options.backoff_min_s, options.backoff_max_s, clock)
@@ -55,7 +53,7 @@ class PolledSource(Source):
     def _read(self) -> Sample:
         """One attempt: request, receive, decode, check. Raise SourceError on any failure."""
 
-    def _recover(self) -> None:  # noqa: B027 - optional hook
+    def _recover(self) -> None:
         """Between two attempts inside one poll (e.g. drop a half-read reply)."""
 
     # -- Source ------------------------------------------------------------------------------------

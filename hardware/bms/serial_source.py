@@ -30,6 +30,7 @@ class SerialBmsSource(PolledSource):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(source_id, options, clock)
+        self._clock = clock
         if path is None and port is None:
             raise ValueError("either path or port is required")
         self.path = path
@@ -52,7 +53,9 @@ class SerialBmsSource(PolledSource):
             assert self.path is not None
             port = open_serial(self.path, self.baudrate, self.options.gap_s, self.options.timeout_s)
         self._port = port
-        self._link = FrameLink(port, StreamFramer(self._spec), self.options.timeout_s, self.options.gap_s)
+        self._link = FrameLink(
+            port, StreamFramer(self._spec), self.options.timeout_s, self.options.gap_s, clock=self._clock
+        )
 
     def _disconnect(self) -> None:
         port, self._port, self._link = self._port, None, None

@@ -86,9 +86,7 @@ class StreamFramer:
         if self._error is not None:
             return self._error
         if self.garbage_bytes:
-            return FramingError(
-                f"{self.spec.name}: {self.garbage_bytes} bytes of garbage without a valid frame"
-            )
+            return FramingError(f"{self.spec.name}: {self.garbage_bytes} bytes of garbage without a valid frame")
         return None
 
     def _note(self, rank: int, error: ProtocolError) -> None:

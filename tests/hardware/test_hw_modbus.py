@@ -28,7 +28,7 @@ from hardware.modbus.sunspec import MODEL_802_SIZE, decode_model_802, find_model
 from hardware.registry import create_source, parse_source_url
 from tests.hardware.hw_support import Resolution, assert_matches, make_feed, settings
 
-TIMEOUT_S = 0.3
+TIMEOUT_S = 0.5
 SUNSPEC_RES = Resolution(0.0051, 0.0051, 0.051, 0, 0)
 MAP_RES = Resolution(0.00051, 0.0051, 1e-3, 0.00051, 0.051)
 

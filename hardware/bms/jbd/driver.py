@@ -57,8 +57,7 @@ class JbdSource(SerialBmsSource):
             raise DecodeError("jbd: reply for the wrong register")
         if len(cells.cell_voltages_v) != basic.cell_count:
             raise DecodeError(
-                f"jbd: basic info reports {basic.cell_count} cells, register 0x04 has "
-                f"{len(cells.cell_voltages_v)}"
+                f"jbd: basic info reports {basic.cell_count} cells, register 0x04 has {len(cells.cell_voltages_v)}"
             )
         return build_sample(
             self,

@@ -1,0 +1,207 @@
+"""``battwin decode PROTOCOL HEX [HEX ...]``: decode captured frames and print one JSON object per frame.
+
+Protocols: ``jbd``, ``daly``, ``jk`` (whole frames, requests or replies), ``sbs`` (one read-word
+transaction per HEX: command, data low, data high [, PEC]), ``sunspec802`` (the 64 registers of a
+model 802 block, big-endian, from its ID register). Every key carries its unit (``pack_voltage_v``,
+``current_a``, ``soc_pct``, ``cell_voltages_v``, ``temperatures_c`` ...). A frame that fails prints
+``{"error": "<type>", "message": "..."}`` and makes the exit status 1. Daly 0x95 (cell voltages) and
+0x96 (temperatures) frames passed together are merged into one object (trimmed to the cell/sensor
+count of a 0x94 frame passed in the same call). Spaces, colons and dashes inside HEX are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hardware.errors import ProtocolError
+
+PROTOCOLS = ("jbd", "daly", "jk", "sbs", "sunspec802")
+
+Result = dict[str, Any]
+
+
+def _hex(text: str) -> bytes:
+    cleaned = "".join(ch for ch in text if ch not in " :-_\t\n")
+    if cleaned.lower().startswith("0x"):
+        cleaned = cleaned[2:]
+    return bytes.fromhex(cleaned)
+
+
+def _values(obj: Any) -> Result:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else dict(obj)
+
+
+def _error(exc: BaseException) -> Result:
+    return {"error": type(exc).__name__, "message": str(exc)}
+
+
+def _decode_jbd(frame: bytes) -> Result:
+    from hardware.bms.jbd.decode import decode_request, decode_response
+    from hardware.bms.jbd.framing import READ, WRITE
+
+    if len(frame) > 1 and frame[1] in (READ, WRITE):
+        return {"protocol": "jbd", "direction": "request", **_values(decode_request(frame))}
+    values = _values(decode_response(frame))  # validates the frame before its bytes are read
+    return {"protocol": "jbd", "direction": "response", "register": f"0x{frame[1]:02x}", **values}
+
+
+def _decode_jk(frame: bytes) -> Result:
+    from hardware.bms.jk.decode import decode_frame, decode_request
+    from hardware.bms.jk.framing import TYPE_REQUEST
+
+    if len(frame) > 10 and frame[10] == TYPE_REQUEST:
+        return {"protocol": "jk", "direction": "request", **_values(decode_request(frame))}
+    return {"protocol": "jk", "direction": "response", **_values(decode_frame(frame))}
+
+
+def _decode_sunspec(frame: bytes) -> Result:
+    from hardware.errors import FramingError
+    from hardware.modbus.sunspec import decode_model_802
+
+    if len(frame) % 2:
+        raise FramingError(f"sunspec802: {len(frame)} bytes is not a whole number of registers")
+    registers = [int.from_bytes(frame[i : i + 2], "big") for i in range(0, len(frame), 2)]
+    return {"protocol": "sunspec802", **_values(decode_model_802(registers))}
+
+
+def _run_daly(frames: list[bytes | BaseException], current_sign: int) -> list[Result]:
+    from hardware.bms.daly.decode import (
+        ID_CELL_VOLTAGES,
+        ID_TEMPERATURES,
+        DalyCellVoltageFrame,
+        DalyStatusInfo,
+        DalyTemperatureFrame,
+        decode_payload,
+        merge_cell_voltages,
+        merge_temperatures,
+    )
+    from hardware.bms.daly.framing import HOST_RS485, HOST_UART, parse_frame
+
+    results: list[Result | None] = []
+    cell_frames: list[DalyCellVoltageFrame] = []
+    temp_frames: list[DalyTemperatureFrame] = []
+    slots: dict[int, int] = {}
+    status: DalyStatusInfo | None = None
+    for item in frames:
+        if isinstance(item, BaseException):
+            results.append(_error(item))
+            continue
+        try:
+            parsed = parse_frame(item)
+            if parsed.address in (HOST_RS485, HOST_UART) and not any(parsed.data):
+                results.append({"protocol": "daly", "direction": "request", "data_id": f"0x{parsed.data_id:02x}",
+                                "host_address": f"0x{parsed.address:02x}"})  # fmt: skip
+                continue
+            values = decode_payload(parsed.data_id, parsed.data, current_sign)
+        except ProtocolError as exc:
+            results.append(_error(exc))
+            continue
+        if isinstance(values, DalyCellVoltageFrame | DalyTemperatureFrame):
+            if isinstance(values, DalyCellVoltageFrame):
+                cell_frames.append(values)
+            else:
+                temp_frames.append(values)
+            if parsed.data_id not in slots:
+                slots[parsed.data_id] = len(results)
+                results.append(None)
+            continue
+        if isinstance(values, DalyStatusInfo):
+            status = values
+        results.append({"protocol": "daly", "data_id": f"0x{parsed.data_id:02x}", **_values(values)})
+    if ID_CELL_VOLTAGES in slots:
+        index = slots[ID_CELL_VOLTAGES]
+        try:
+            cells = merge_cell_voltages(cell_frames, status.cell_count if status else None)
+            results[index] = {"protocol": "daly", "data_id": "0x95",
+                              "frames": sorted({f.frame_number for f in cell_frames}),
+                              "cell_voltages_v": list(cells)}  # fmt: skip
+        except ProtocolError as exc:
+            results[index] = _error(exc)
+    if ID_TEMPERATURES in slots:
+        index = slots[ID_TEMPERATURES]
+        try:
+            temps = merge_temperatures(temp_frames, status.temperature_sensor_count if status else None)
+            results[index] = {"protocol": "daly", "data_id": "0x96",
+                              "frames": sorted({f.frame_number for f in temp_frames}),
+                              "temperatures_c": list(temps)}  # fmt: skip
+        except ProtocolError as exc:
+            results[index] = _error(exc)
+    return [r for r in results if r is not None]
+
+
+def _run_sbs(frames: list[bytes | BaseException], address: int) -> list[Result]:
+    from hardware.sbs.registers import BATTERY_MODE, CAPACITY_MODE_BIT, decode_transaction
+
+    energy = False
+    results: list[Result] = []
+    for item in frames:
+        if isinstance(item, BaseException):
+            results.append(_error(item))
+            continue
+        try:
+            values = decode_transaction(item, address, energy)
+        except ProtocolError as exc:
+            results.append(_error(exc))
+            continue
+        if item[0] == BATTERY_MODE:
+            energy = bool((item[1] | item[2] << 8) & CAPACITY_MODE_BIT)
+        results.append({"protocol": "sbs", **values})
+    return results
+
+
+def _run_simple(frames: list[bytes | BaseException], decoder: Callable[[bytes], Result]) -> list[Result]:
+    results: list[Result] = []
+    for item in frames:
+        if isinstance(item, BaseException):
+            results.append(_error(item))
+            continue
+        try:
+            results.append(decoder(item))
+        except ProtocolError as exc:
+            results.append(_error(exc))
+    return results
+
+
+def decode_frames(protocol: str, hex_frames: list[str], current_sign: int = 1, address: int = 0x0B) -> list[Result]:
+    """Decode each HEX string; one result dict per frame (merged for Daly multi-frame replies)."""
+    frames: list[bytes | BaseException] = []
+    for text in hex_frames:
+        try:
+            frames.append(_hex(text))
+        except ValueError as exc:
+            frames.append(ValueError(f"not hexadecimal: {text[:40]!r} ({exc})"))
+    if protocol == "daly":
+        return _run_daly(frames, current_sign)
+    if protocol == "sbs":
+        return _run_sbs(frames, address)
+    decoders: dict[str, Callable[[bytes], Result]] = {
+        "jbd": _decode_jbd,
+        "jk": _decode_jk,
+        "sunspec802": _decode_sunspec,
+    }
+    return _run_simple(frames, decoders[protocol])
+
+
+def main_decode(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="battwin decode", description="Decode captured BMS frames to JSON.")
+    parser.add_argument("protocol", choices=PROTOCOLS)
+    parser.add_argument("frames", nargs="+", metavar="HEX")
+    parser.add_argument("--current-sign", type=int, choices=(1, -1), default=1, help="daly: 0x90 current sign")
+    parser.add_argument("--address", type=lambda s: int(s, 0), default=0x0B, help="sbs: device address (PEC)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on bad usage; return its status instead
+        return int(exc.code or 0)
+    results = decode_frames(args.protocol, args.frames, args.current_sign, args.address)
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main_decode(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Modbus TCP/RTU battery sources (pymodbus): SunSpec model 802 discovery, or a user YAML register map."""
