@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -28,8 +29,10 @@ class Mosquitto:
             if persistent
             else "persistence false\n"
         )
+        # as root, mosquitto drops to user "mosquitto", which cannot read the test's private tmp dir
+        self.user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+            f"{self.user}listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
             f"max_queued_messages 1000000\nmax_inflight_messages 0\n{extra_conf}"
         )
         self.proc: subprocess.Popen[bytes] | None = None

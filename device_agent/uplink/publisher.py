@@ -51,7 +51,9 @@ class Publisher:
         deadline = time.monotonic() + drain_timeout_s
         while drain_timeout_s > 0 and time.monotonic() < deadline and self.spool.pending > 0:
             if not self.transport.connected:
-                break
+                # still (re)connecting: wait within the budget; what is not sent stays in the spool
+                self.transport.wait_connected(max(0.0, min(0.2, deadline - time.monotonic())))
+                continue
             self._wake.set()
             time.sleep(0.02)
         self._stop.set()
