@@ -73,7 +73,6 @@ def _write(path: Path, obj, key: bool = False) -> Path:
 def pki(tmp_path):
     ca_key, other_ca_key = _key(), _key()
     ca = _cert("battwin test CA", ca_key, "battwin test CA", ca_key, ca=True)
-    other_ca = _cert("foreign CA", other_ca_key, "foreign CA", other_ca_key, ca=True)
     srv_key, dev_key, bad_key = _key(), _key(), _key()
     files = {
         "ca": _write(tmp_path / "ca.pem", ca),
@@ -143,12 +142,14 @@ def test_clients_without_a_valid_certificate_are_refused(tls_broker, pki, who):
         ctx.load_cert_chain(str(pki[cert]), str(pki[key]))
     import socket
 
-    with socket.create_connection(("127.0.0.1", tls_broker.port), timeout=5) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
-            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x1e\x00\x00")
-                if not s.recv(4):
-                    raise ConnectionResetError("closed by the broker")
+    with (
+        socket.create_connection(("127.0.0.1", tls_broker.port), timeout=5) as raw,
+        pytest.raises((ssl.SSLError, ConnectionResetError, OSError)),
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x1e\x00\x00")
+        if not s.recv(4):
+            raise ConnectionResetError("closed by the broker")
 
 
 def test_key_with_loose_permissions_warns(pki, caplog):
