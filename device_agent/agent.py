@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 _SAMPLES_JSON: TypeAdapter[list[Sample]] = TypeAdapter(list[Sample])
 
 STATE_KEY = "agent.state"
-EOL_HYSTERESIS = 0.02  # SoH must recover this much above the threshold to clear the EOL alarm
+EOL_HYSTERESIS = 0.02
+DROP_ALARM_EVERY_S = 60.0  # SoH must recover this much above the threshold to clear the EOL alarm
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Agent:
         self._failures = 0
         self._offline = False
         self._last_ts = 0.0
-        self._dropped_reported = self.spool.dropped_total
+        self._unreported_drops = 0
+        self._last_drop_alarm_ts = -DROP_ALARM_EVERY_S
         self._restore_state()
 
     # -- public -----------------------------------------------------------------------------------
@@ -370,13 +372,18 @@ class Agent:
         if self.on_message is not None and result.accepted:
             self.on_message(kind, body, msg_id)
         self.publisher.notify()
-        if result.dropped and kind != "alarms":
+        if result.dropped:
             self.stats.spool_dropped += result.dropped
+            self._unreported_drops += result.dropped
+        # at most one drop alarm a minute (agent time), carrying the count since the last one
+        if self._unreported_drops and kind != "alarms" and ts - self._last_drop_alarm_ts >= DROP_ALARM_EVERY_S:
+            dropped, self._unreported_drops = self._unreported_drops, 0
+            self._last_drop_alarm_ts = ts
             self.alarms.pulse(
                 "spool_dropped",
                 ts,
-                f"spool full: {result.dropped} message(s) dropped ({self.spool.dropped_total} in total)",
-                dropped=result.dropped,
+                f"spool full: {dropped} message(s) dropped ({self.spool.dropped_total} in total)",
+                dropped=dropped,
                 dropped_total=self.spool.dropped_total,
                 policy=self.spool.policy,
             )

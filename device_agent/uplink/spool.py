@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,16 @@ CREATE TABLE IF NOT EXISTS kv (
     value TEXT NOT NULL
 );
 """
+
+
+RESERVE_BYTES = 512 * 1024
+WAL_LIMIT_BYTES = 256 * 1024
+WAL_AUTOCHECKPOINT_PAGES = 64
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "full" in text or "no space" in text
 
 
 class SpoolError(RuntimeError):
@@ -76,6 +87,9 @@ class Spool:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            # checkpoint often: a small WAL keeps the spool's disk footprint close to its contents
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self._db.executescript(SCHEMA)
             row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM outbox").fetchone()
             check = self._db.execute("PRAGMA quick_check").fetchone()
@@ -87,6 +101,12 @@ class Spool:
         self._count = int(row[1])
         self.dropped_total = int(self.get_state("spool.dropped_total", 0))
         self._closed = False
+        self._puts = 0
+        # a reserve file next to the spool: deleted when the disk is full, so that SQLite has the room it
+        # needs to delete the oldest messages (a DELETE writes to the WAL too), re-made when space returns
+        self._reserve = None if str(self.path) == ":memory:" else self.path.with_name(self.path.name + ".reserve")
+        self._reserve_missing = True
+        self._make_reserve()
 
     # -- messages ---------------------------------------------------------------------------------
     def put(self, msg_id: str, topic: str, payload: bytes, created: float) -> PutResult:
@@ -103,33 +123,80 @@ class Spool:
                 if self.policy == "drop_newest" or incoming > self.max_bytes:
                     self._count_drops(len(items))
                     return PutResult(0, len(items))
-                dropped = self._drop_oldest(self._bytes + incoming - self.max_bytes)
+                try:
+                    dropped = self._drop_oldest(self._bytes + incoming - self.max_bytes)
+                except sqlite3.OperationalError as exc:
+                    self._rollback()
+                    if not _disk_full(exc):
+                        raise SpoolError(f"spool {self.path}: write failed: {exc}") from exc
+                    return self._put_on_full_disk(items, incoming)
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)", items
-                )
-                self._db.execute("COMMIT")
+                self._insert(items)
             except sqlite3.OperationalError as exc:
                 self._rollback()
-                if "full" not in str(exc).lower():
+                if not _disk_full(exc):
                     raise SpoolError(f"spool {self.path}: write failed: {exc}") from exc
-                # disk full: make room by policy and try once more, else count the drop
-                freed = self._drop_oldest(max(incoming, self._bytes // 10)) if self.policy == "drop_oldest" else 0
-                dropped += freed
-                try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)", items
-                    )
-                    self._db.execute("COMMIT")
-                except sqlite3.OperationalError:
-                    self._rollback()
-                    self._count_drops(len(items))
-                    return PutResult(0, dropped + len(items))
+                result = self._put_on_full_disk(items, incoming)
+                return PutResult(result.accepted, result.dropped + dropped)
             self._bytes += incoming
             self._count += len(items)
+            self._puts += 1
+            if self._reserve_missing and self._puts % 200 == 0:
+                self._make_reserve()
             return PutResult(len(items), dropped)
+
+    def _insert(self, items: Sequence[tuple[str, str, bytes, float]]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)", items)
+        self._db.execute("COMMIT")
+
+    def _put_on_full_disk(self, items: Sequence[tuple[str, str, bytes, float]], incoming: int) -> PutResult:
+        """The filesystem is full. Release the reserve file so SQLite has room to work, apply the policy
+        (drop the oldest to make room, or refuse the new), shrink the WAL, and try once more."""
+        log.warning("spool disk full", extra={"path": str(self.path), "policy": self.policy})
+        self._release_reserve()
+        self._checkpoint()  # move the WAL into the database (it may grow into the reserve's room)
+        dropped = 0
+        if self.policy == "drop_oldest":
+            try:
+                dropped = self._drop_oldest(max(incoming * 2, self._bytes // 10))
+            except sqlite3.OperationalError:
+                self._rollback()
+            self._checkpoint()
+        if self.policy == "drop_oldest":
+            try:
+                self._insert(items)
+            except sqlite3.OperationalError:
+                self._rollback()
+            else:
+                self._bytes += incoming
+                self._count += len(items)
+                return PutResult(len(items), dropped)
+        self._count_drops(len(items))
+        return PutResult(0, dropped + len(items))
+
+    # -- disk-full reserve ------------------------------------------------------------------------
+    def _make_reserve(self) -> None:
+        if self._reserve is None:
+            return
+        try:
+            with self._reserve.open("wb") as fh:
+                fh.truncate(0)
+                os.posix_fallocate(fh.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+            self._reserve_missing = True
+        else:
+            self._reserve_missing = False
+
+    def _release_reserve(self) -> None:
+        if self._reserve is not None and not self._reserve_missing:
+            self._reserve.unlink(missing_ok=True)
+            self._reserve_missing = True
+
+    def _checkpoint(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def peek(self, limit: int, after_seq: int = 0) -> list[SpooledMessage]:
         """The oldest messages (seq > after_seq), oldest first."""
@@ -192,6 +259,8 @@ class Spool:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+                if self._reserve is not None:
+                    self._reserve.unlink(missing_ok=True)
 
     # -- internals (lock held) --------------------------------------------------------------------
     def _drop_oldest(self, need_bytes: int) -> int:
@@ -209,11 +278,15 @@ class Spool:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))
-            self._count_drops(n)
+            self._db.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES ('spool.dropped_total', ?)",
+                (str(self.dropped_total + n),),
+            )
             self._db.execute("COMMIT")
         except sqlite3.Error:
             self._rollback()
             raise
+        self.dropped_total += n
         self._count -= n
         self._bytes -= freed
         log.warning("spool full: dropped the oldest messages", extra={"dropped": n, "freed_bytes": freed})
@@ -221,9 +294,13 @@ class Spool:
 
     def _count_drops(self, n: int) -> None:
         self.dropped_total += n
-        self._db.execute(
-            "INSERT OR REPLACE INTO kv (key, value) VALUES ('spool.dropped_total', ?)", (str(self.dropped_total),)
-        )
+        try:  # best effort on a full disk: the in-memory count is exact, the stored one catches up later
+            self._db.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES ('spool.dropped_total', ?)", (str(self.dropped_total),)
+            )
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
