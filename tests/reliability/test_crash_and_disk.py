@@ -21,7 +21,6 @@ from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
-from tests.conftest import require_mosquitto
 from tests.support import IN_CI
 
 # A producer process: accepts messages into the spool (printing each id only after put() returned) while
