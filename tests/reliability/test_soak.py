@@ -1,0 +1,65 @@
+"""Soak: the real agent process on a simulated battery, thousands of cycles accelerated, against mosquitto.
+
+RSS and open file descriptors must not grow once warmed up. The figures are written to
+test-artifacts/soak.json (RELIABILITY.md quotes them). SOAK_SECONDS sets the length (default 60).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.support import REPO
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+
+
+def test_soak_rss_and_fds_do_not_grow(tmp_path, mosquitto, subscriber_factory):
+    sub = subscriber_factory(mosquitto.url, "battwin/soak-1/+")
+    cmd = [
+        sys.executable, "-m", "device_agent.cli", "run", "--thing", "soak-1", "--broker", mosquitto.url,
+        "--spool", str(tmp_path / "soak.db"), "--sample-interval", "10", "--cells-series", "4",
+        "--set", "source.simulator.time_acceleration=1000000", "--set", "source.simulator.ageing_factor=1",
+        "--set", "telemetry.batch_max_samples=200", "--set", "telemetry.batch_max_age_s=86400",
+        "--set", "shadow.enabled=false", "--log-level", "WARNING",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ps = psutil.Process(proc.pid)
+    series: list[tuple[float, float, int]] = []
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < SOAK_SECONDS:
+            time.sleep(1.0)
+            assert proc.poll() is None, "the agent died during the soak"
+            series.append((time.monotonic() - t0, ps.memory_info().rss / 2**20, ps.num_fds()))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0, "the agent did not stop cleanly on SIGTERM"
+    cycles = [json.loads(p)["body"] for t, p in sub.messages if t.endswith("/cycles")]
+    discharges = [c for c in cycles if c["kind"] == "discharge"]
+    warm = [s for s in series if s[0] >= SOAK_SECONDS * 0.3]
+    rss_warm, rss_end = warm[0][1], max(s[1] for s in warm[-5:])
+    fds = [s[2] for s in warm]
+    figures = {
+        "seconds": SOAK_SECONDS,
+        "discharge_cycles": len(discharges),
+        "messages_received": len(sub.messages),
+        "rss_mb_at_30pct": round(rss_warm, 1),
+        "rss_mb_end": round(rss_end, 1),
+        "rss_mb_max": round(max(s[1] for s in series), 1),
+        "fds_min": min(fds),
+        "fds_max": max(fds),
+    }
+    out = REPO / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(figures, indent=2))
+    assert len(discharges) >= 0.5 * SOAK_SECONDS * 10, f"too few cycles for a soak: {figures}"
+    assert rss_end - rss_warm < 8.0, f"RSS grows: {figures}"
+    assert max(fds) - min(fds) <= 2, f"file descriptors grow: {figures}"
