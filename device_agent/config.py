@@ -100,6 +100,8 @@ class HealthSettings(Section):
     min_cycles_for_fit: Annotated[int, Field(ge=2, le=1000)] = 3
     #: directory with model.tflite + model.json; None = physics only
     model_dir: Path | None = None
+    #: models are only loaded from inside this directory (the SohModel component's artifacts); None = anywhere
+    model_root: Path | None = None
     model_version_pin: Annotated[str, Field(max_length=64)] | None = None
     forecast_max_cycles: Annotated[int, Field(ge=10, le=1_000_000)] = 5000
 

@@ -101,3 +101,17 @@ def test_watch_notices_files_replaced_in_place(agent, tmp_path):
         assert mm.current_version == "1.1.0" and mm.swaps == 2
     finally:
         mm.stop()
+
+
+def test_models_outside_the_artifact_root_are_refused(agent, tmp_path):
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    inside = model_dir(root, "v1", version="1.0.0")
+    outside = model_dir(tmp_path, "evil", version="6.6.6")
+    agent.config.health.model_root = root
+    mm = ModelManager(agent, loader)
+    assert mm.swap(inside)
+    assert not mm.swap(root / ".." / "evil")  # traversal
+    (root / "link").symlink_to(outside)
+    assert not mm.swap(root / "link")  # symlink escape
+    assert mm.current_version == "1.0.0"

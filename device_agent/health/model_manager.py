@@ -39,6 +39,14 @@ def default_loader(model_dir: Path) -> HealthModel:
     return load_hybrid_model(model_dir)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """True if ``path`` (symlinks and '..' resolved) lies inside ``root``."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
 def _fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
     out = []
     for name in ("model.json", "model.tflite"):
@@ -69,6 +77,9 @@ class ModelManager:
         path = Path(model_dir)
         with self._lock:
             fingerprint = _fingerprint(path)
+            root = getattr(self.target.config.health, "model_root", None)
+            if root is not None and not _inside(path, Path(root)):
+                return self._refuse(path, f"outside the allowed model root {root}", fingerprint)
             try:
                 model = self.loader(path)
             except Exception as exc:
