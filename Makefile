@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench gg-build clean venv
+.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -38,3 +38,9 @@ gg-build: $(STAMP)
 
 clean:
 	rm -rf $(VENV) greengrass-build .pytest_cache .mypy_cache .ruff_cache
+
+# Known-vulnerability check of the pinned dependencies (needs PyPI's JSON API; see RELIABILITY.md)
+audit: $(STAMP)
+	$(PIP) install --quiet pip-audit==2.10.1
+	$(PY) -c "import tomllib;d=tomllib.load(open('pyproject.toml','rb'));deps=d['project']['dependencies']+sum(d['project']['optional-dependencies'].values(),[]);print('\n'.join(sorted({x.split(';')[0].strip() for x in deps if '==' in x})))" > .audit-pins.txt
+	$(VENV)/bin/pip-audit --requirement .audit-pins.txt --no-deps --disable-pip --strict

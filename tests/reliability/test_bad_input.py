@@ -59,7 +59,7 @@ def test_body_parsers_take_any_json(kind, value):
         pass
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b"[]" * 10_000, b"{\"x\":" * 5000 + b"1" + b"}" * 5000])
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b"[]" * 10_000, b'{"x":' * 5000 + b"1" + b"}" * 5000])
 def test_envelope_rejects_garbage_bytes(raw):
     with pytest.raises(ValidationError):
         Envelope.model_validate_json(raw)
@@ -75,8 +75,11 @@ def test_sample_rejects_huge_and_non_finite():
 
 # -- config -----------------------------------------------------------------------------------------
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["thing_name", "source", "mqtt", "health", "spool", "tracker", "x"]), json_values,
-                       max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["thing_name", "source", "mqtt", "health", "spool", "tracker", "x"]), json_values, max_size=4
+    )
+)
 def test_config_takes_any_structure(value):
     try:
         load_config(None, value)
@@ -91,10 +94,10 @@ def test_config_takes_any_structure(value):
         "[source]\nsample_interval_s = inf\n",
         "[source]\nsample_interval_s = 1e400\n",
         "[spool]\nmax_bytes = 99999999999999999999\n",
-        "[mqtt]\nurl = \"mqtt://host:1883/../../etc\"\n",
+        '[mqtt]\nurl = "mqtt://host:1883/../../etc"\n',
         "a = " + "[" * 200 + "]" * 200 + "\n",
         "\x00\x01\x02",
-        "thing_name = \"" + "x" * 100_000 + "\"\n",
+        'thing_name = "' + "x" * 100_000 + '"\n',
     ],
 )
 def test_config_file_hostile_values(tmp_path, text):
@@ -119,8 +122,15 @@ def test_shadow_desired_state_is_judged_never_crashes(desired):
 
 def test_shadow_path_settings_cannot_be_changed_remotely():
     cfg = AgentConfig()
-    new, rejected, _ = judge(cfg, {"spool": {"path": "/etc/passwd"}, "health": {"model_dir": "../../tmp/evil"},
-                                   "mqtt": {"url": "mqtt://evil:1883"}, "source": {"url": "replay:/etc/shadow"}})
+    new, rejected, _ = judge(
+        cfg,
+        {
+            "spool": {"path": "/etc/passwd"},
+            "health": {"model_dir": "../../tmp/evil"},
+            "mqtt": {"url": "mqtt://evil:1883"},
+            "source": {"url": "replay:/etc/shadow"},
+        },
+    )
     assert new == cfg
     assert set(rejected) == {"spool.path", "health.model_dir", "mqtt.url", "source.url"}
 
@@ -154,8 +164,9 @@ def test_model_json_is_validated(tmp_path_factory, value):
 
 # -- BMS logs ---------------------------------------------------------------------------------------
 @FUZZ
-@given(rows=st.lists(st.lists(st.text(alphabet="0123456789.-eEnaif, \"x", max_size=8), min_size=0, max_size=6),
-                     max_size=20))
+@given(
+    rows=st.lists(st.lists(st.text(alphabet='0123456789.-eEnaif, "x', max_size=8), min_size=0, max_size=6), max_size=20)
+)
 def test_replay_reader_takes_any_rows(tmp_path_factory, rows):
     p = tmp_path_factory.mktemp("log") / "log.csv"
     p.write_text("t_s,voltage_v,current_a,temperature_c\n" + "\n".join(",".join(r) for r in rows) + "\n")

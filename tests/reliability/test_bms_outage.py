@@ -73,8 +73,10 @@ def test_bms_unplugged_and_replugged(tmp_path: Path):
         emulator2 = JbdEmulator(feed)
         link.symlink_to(emulator2.start())
         try:
-            assert wait(lambda: any(a["code"] == "source_offline" and not a["active"]
-                                    for a in published(transport, "alarms")), timeout=30)
+            assert wait(
+                lambda: any(a["code"] == "source_offline" and not a["active"] for a in published(transport, "alarms")),
+                timeout=30,
+            )
             assert wait(lambda: len(samples(transport)) >= n_at_alarm + 10)
         finally:
             stop.set()
@@ -94,8 +96,12 @@ def test_garbage_and_half_frames_are_rejected_not_published(tmp_path: Path):
     with JbdEmulator(feed) as emulator:
         cfg = AgentConfig(
             thing_name="bms-2",
-            source={"url": f"jbd:{emulator.path}?cells=4", "sample_interval_s": 0.02, "offline_after_failures": 1000,
-                    "retries": 0},
+            source={
+                "url": f"jbd:{emulator.path}?cells=4",
+                "sample_interval_s": 0.02,
+                "offline_after_failures": 1000,
+                "retries": 0,
+            },
             telemetry={"batch_max_samples": 1},
             shadow={"enabled": False},
         )

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 
@@ -23,11 +22,32 @@ SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 def test_soak_rss_and_fds_do_not_grow(tmp_path, mosquitto, subscriber_factory):
     sub = subscriber_factory(mosquitto.url, "battwin/soak-1/+")
     cmd = [
-        sys.executable, "-m", "device_agent.cli", "run", "--thing", "soak-1", "--broker", mosquitto.url,
-        "--spool", str(tmp_path / "soak.db"), "--sample-interval", "10", "--cells-series", "4",
-        "--set", "source.simulator.time_acceleration=1000000", "--set", "source.simulator.ageing_factor=1",
-        "--set", "telemetry.batch_max_samples=200", "--set", "telemetry.batch_max_age_s=86400",
-        "--set", "shadow.enabled=false", "--log-level", "WARNING",
+        sys.executable,
+        "-m",
+        "device_agent.cli",
+        "run",
+        "--thing",
+        "soak-1",
+        "--broker",
+        mosquitto.url,
+        "--spool",
+        str(tmp_path / "soak.db"),
+        "--sample-interval",
+        "10",
+        "--cells-series",
+        "4",
+        "--set",
+        "source.simulator.time_acceleration=1000000",
+        "--set",
+        "source.simulator.ageing_factor=1",
+        "--set",
+        "telemetry.batch_max_samples=200",
+        "--set",
+        "telemetry.batch_max_age_s=86400",
+        "--set",
+        "shadow.enabled=false",
+        "--log-level",
+        "WARNING",
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ps = psutil.Process(proc.pid)
