@@ -13,12 +13,14 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from tests.support import REPO
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 180)
 def test_soak_rss_and_fds_do_not_grow(tmp_path, mosquitto, subscriber_factory):
     sub = subscriber_factory(mosquitto.url, "battwin/soak-1/+")
     cmd = [
