@@ -122,6 +122,7 @@ class Agent:
         self.model_manager: Any = None  # set by the runtime when a model directory is configured
         self._failures = 0
         self._offline = False
+        self._fallback: Source | None = None
         self._last_ts = 0.0
         self._unreported_drops = 0
         self._last_drop_alarm_ts = -DROP_ALARM_EVERY_S
@@ -169,6 +170,12 @@ class Agent:
     def process(self, sample: Sample) -> None:
         """Feed one sample through the pipeline (the polling loop calls this; so can tests)."""
         self.stats.samples += 1
+        if sample.simulated and not self.source.simulated:
+            # fallback data: published as telemetry, tagged simulated, kept out of cycles and health
+            batch = self.batcher.add(sample)
+            if batch is not None:
+                self._emit_telemetry(batch)
+            return
         self._last_ts = sample.ts
         batch = self.batcher.add(sample)
         if batch is not None:
@@ -211,6 +218,8 @@ class Agent:
         self._tasks.put(fn)
 
     def _run_tasks(self) -> None:
+        if self._tasks.empty():  # the common case, checked without raising
+            return
         while True:
             try:
                 fn = self._tasks.get_nowait()
@@ -259,30 +268,40 @@ class Agent:
                 delay = min(delay * 2, 30.0)
 
     def _poll_once(self) -> Sample | None:
-        retries = self.config.source.retries
-        last_exc: SourceError | None = None
-        for _attempt in range(retries + 1):
-            try:
-                sample = self.source.poll()
-            except (SourceExhausted, DataFileError):
-                raise
-            except SourceError as exc:
-                last_exc = exc
-                continue
-            if self._offline:
-                self._offline = False
-                self.alarms.clear("source_offline", sample.ts)
-            self._failures = 0
-            return sample
-        assert last_exc is not None
-        self._count_failure(last_exc)
-        if isinstance(last_exc, SourceUnavailable):
-            try:
-                self.source.close()
-                self.source.open()
-            except SourceError as exc:
-                log.info("source reopen failed", extra={"error": str(exc)[:200]})
-        return None
+        """One poll. Retries within a poll and reconnects with backoff are the driver's job
+        (``source.retries``); here a failed poll is counted towards the offline alarm."""
+        try:
+            sample = self.source.poll()
+        except (SourceExhausted, DataFileError):
+            raise
+        except SourceError as exc:
+            self._count_failure(exc)
+            return self._fallback_sample() if self._offline else None
+        if self._offline:
+            self._offline = False
+            self.alarms.clear("source_offline", sample.ts)
+            if self._fallback is not None:
+                self._fallback.close()
+                self._fallback = None
+                self.alarms.clear("source_fallback_simulator", sample.ts)
+        self._failures = 0
+        return sample
+
+    def _fallback_sample(self) -> Sample | None:
+        """With ``source.fallback = "simulator"`` (explicit only): a simulated sample while the real source
+        is offline. It is tagged simulated, goes to telemetry only (never into the real battery's cycles or
+        health), and an alarm says so."""
+        if self.config.source.fallback != "simulator":
+            return None
+        if self._fallback is None:
+            from hardware.simulator.source import SimulatorSource
+
+            self._fallback = SimulatorSource(
+                self.config.source.simulator, self.config.source.sample_interval_s, name="fallback"
+            )
+            self._fallback.open()
+            self.alarms.raise_("source_fallback_simulator", time.time(), source=self.source.source_id)
+        return self._fallback.poll()
 
     def _count_failure(self, exc: Exception) -> None:
         self._failures += 1

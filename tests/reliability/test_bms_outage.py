@@ -126,3 +126,49 @@ def test_garbage_and_half_frames_are_rejected_not_published(tmp_path: Path):
     for s in samples(transport):
         assert 4 * 2.0 <= s["voltage_v"] <= 4 * 4.5
         assert len(s["cell_voltages_v"]) == 4
+
+
+def test_explicit_simulator_fallback_is_tagged_and_kept_out_of_health(tmp_path: Path):
+    feed = PackFeed(SimulatorSettings(seed=5))
+    feed.advance(700.0)
+    emulator = JbdEmulator(feed)
+    link = tmp_path / "ttyBMS"
+    link.symlink_to(emulator.start())
+    cfg = AgentConfig(
+        thing_name="bms-3",
+        source={
+            "url": f"jbd:{link}?cells=4",
+            "sample_interval_s": 0.05,
+            "offline_after_failures": 3,
+            "retries": 0,
+            "fallback": "simulator",
+        },
+        telemetry={"batch_max_samples": 1},
+        shadow={"enabled": False},
+    )
+    transport = MemoryTransport()
+    agent = Agent(cfg, create_source(cfg.source.url, cfg.source), transport, Spool(tmp_path / "s.db"))
+    stop = threading.Event()
+    worker = threading.Thread(target=agent.run, args=(stop,))
+    worker.start()
+    try:
+        assert wait(lambda: len(samples(transport)) >= 5)
+        emulator.stop()
+        link.unlink()
+        assert wait(lambda: any(s["simulated"] for s in samples(transport)))
+        assert any(a["code"] == "source_fallback_simulator" and a["active"] for a in published(transport, "alarms"))
+        seen_by_tracker = agent.tracker.samples_seen
+        n = len(samples(transport))
+        assert wait(lambda: len(samples(transport)) >= n + 10)
+        assert agent.tracker.samples_seen == seen_by_tracker, "simulated fallback data reached the cycle tracker"
+        link.symlink_to(JbdEmulator(feed).start())
+        assert wait(
+            lambda: any(
+                a["code"] == "source_fallback_simulator" and not a["active"] for a in published(transport, "alarms")
+            ),
+            timeout=30,
+        )
+        assert wait(lambda: not samples(transport)[-1]["simulated"])
+    finally:
+        stop.set()
+        worker.join(20)
