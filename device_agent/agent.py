@@ -25,8 +25,7 @@ from pydantic import TypeAdapter
 
 from device_agent.alarms import AlarmBook
 from device_agent.config import AgentConfig
-from device_agent.health.estimator import HealthEstimator, HealthModel
-from device_agent.health.fade_law import CapacityPoint
+from device_agent.health.estimator import MAX_HISTORY, HealthEstimator, HealthModel
 from device_agent.messages import (
     Alarm,
     CycleRecord,
@@ -39,6 +38,7 @@ from device_agent.messages import (
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.spool import Spool
+from device_agent.uplink.state_store import StateStore
 from device_agent.uplink.transport import Transport
 from hardware.errors import DataFileError, SourceError, SourceExhausted, SourceUnavailable
 from hardware.source import Source
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 _SAMPLES_JSON: TypeAdapter[list[Sample]] = TypeAdapter(list[Sample])
 
-STATE_KEY = "agent.state"
 EOL_HYSTERESIS = 0.02
 DROP_ALARM_EVERY_S = 60.0  # SoH must recover this much above the threshold to clear the EOL alarm
 
@@ -105,6 +104,7 @@ class Agent:
         self.source = source
         self.transport = transport
         self.spool = spool or Spool(config.spool.path, config.spool.max_bytes, config.spool.policy)
+        self.state = StateStore(self.spool.path)
         self.publisher = Publisher(
             self.spool, transport, inflight=config.mqtt.inflight, ack_timeout_s=config.mqtt.publish_timeout_s
         )
@@ -327,6 +327,10 @@ class Agent:
         point = self.estimator.observe(record)
         if point is None:
             return
+        try:
+            self.state.append_point(self.source.source_id, point)
+        except Exception as exc:
+            log.warning("could not store the capacity point", extra={"error": str(exc)[:200]})
         health = self.estimator.estimate(record)
         if self.estimator.last_error:
             self.alarms.raise_("model_unavailable", record.end_ts, f"health model failed: {self.estimator.last_error}")
@@ -409,24 +413,18 @@ class Agent:
 
     def _save_state(self) -> None:
         est = self.estimator
-        state = {
-            "cycle": self.tracker.cycle,
-            "first_ts": est.first_ts,
-            "discharged_ah": est.discharged_ah,
-            "points": [[p.cycle, p.capacity_ah, p.elapsed_h, p.temperature_c] for p in est.points],
-            "source_id": self.source.source_id,
-        }
+        state = {"cycle": self.tracker.cycle, "first_ts": est.first_ts, "discharged_ah": est.discharged_ah}
         try:
-            self.spool.set_state(STATE_KEY, state)
-        except Exception as exc:
+            self.state.save(self.source.source_id, state)
+        except Exception as exc:  # a full disk must not stop the agent; the spool reports the pressure
             log.warning("could not save agent state", extra={"error": str(exc)[:200]})
 
     def _restore_state(self) -> None:
-        state = self.spool.get_state(STATE_KEY)
-        if not isinstance(state, dict) or state.get("source_id") != self.source.source_id:
+        state = self.state.load(self.source.source_id)
+        if state is None:
             return
         try:
-            points = [CapacityPoint(float(c), float(q), h, t) for c, q, h, t in state.get("points", [])]
+            points = self.state.points(self.source.source_id, MAX_HISTORY)
             self.tracker.cycle = int(state.get("cycle", 0))
             self.estimator.restore(points, state.get("first_ts"), float(state.get("discharged_ah", 0.0)))
         except (TypeError, ValueError) as exc:

@@ -121,5 +121,6 @@ def test_agent_restart_resumes_from_spool(tmp_path, mosquitto, subscriber_factor
     ids = [e["id"] for e in sub.envelopes()]
     first_run = [i for kind in accepted for i in accepted[kind]]
     assert set(first_run) <= set(ids)
-    # the restored state continues the cycle count instead of starting over
-    assert agent2.tracker.cycle >= agent.tracker.cycle
+    # the restored state continues the cycle count and the capacity history instead of starting over
+    assert agent2.tracker.cycle >= agent.tracker.cycle > 0
+    assert agent2.estimator.points[: len(agent.estimator.points)] == agent.estimator.points
