@@ -64,7 +64,9 @@ def build_shadow(config: AgentConfig, transport: Transport) -> ShadowClient:
         except ImportError:
             pass
         else:
-            return IpcShadowClient(config.thing_name, config.shadow.name)
+            # share the transport's IPC connection: one socket per process, and its reconnect counter
+            # (which the config sync watches) then describes the shadow's link too
+            return IpcShadowClient(config.thing_name, config.shadow.name, client=getattr(transport, "connection", None))
     return MqttShadowClient(transport, config.thing_name, config.shadow.name, config.shadow.topic_root)
 
 

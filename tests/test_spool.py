@@ -85,3 +85,14 @@ def test_wal_mode(tmp_path):
     s.close()
     db = sqlite3.connect(tmp_path / "s.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_full_spool_drops_telemetry_before_alarms_and_health(tmp_path):
+    s = Spool(tmp_path / "s.db", max_bytes=64 * 1024, policy="drop_oldest")
+    s.put("alarm-1", "battwin/t/alarms", b"a" * 1000, 0.0)
+    s.put("health-1", "battwin/t/health", b"h" * 1000, 0.0)
+    for k in range(100):
+        s.put(f"tel{k}", "battwin/t/telemetry", b"x" * 1024, float(k))
+    ids = [m.id for m in s.peek(1000)]
+    assert ids[:2] == ["alarm-1", "health-1"]  # the oldest, but not telemetry: kept
+    assert "tel0" not in ids and "tel99" in ids

@@ -31,8 +31,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     id      TEXT NOT NULL UNIQUE,
     topic   TEXT NOT NULL,
     payload BLOB NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 1
 );
+CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox (priority, seq);
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS kv (
 
 
 RESERVE_BYTES = 512 * 1024
+LOW_PRIORITY_SUFFIX = "/telemetry"  # dropped first when the spool is full
 WAL_LIMIT_BYTES = 256 * 1024
 WAL_AUTOCHECKPOINT_PAGES = 64
 
@@ -90,6 +93,9 @@ class Spool:
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             # checkpoint often: a small WAL keeps the spool's disk footprint close to its contents
             self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+            if columns and "priority" not in columns:
+                self._db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
             self._db.executescript(SCHEMA)
             row = self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(*) FROM outbox").fetchone()
             check = self._db.execute("PRAGMA quick_check").fetchone()
@@ -147,7 +153,10 @@ class Spool:
 
     def _insert(self, items: Sequence[tuple[str, str, bytes, float]]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany("INSERT OR IGNORE INTO outbox (id, topic, payload, created) VALUES (?, ?, ?, ?)", items)
+        self._db.executemany(
+            "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?, ?, ?, ?, ?)",
+            [(i, t, p, c, 0 if t.endswith(LOW_PRIORITY_SUFFIX) else 1) for i, t, p, c in items],
+        )
         self._db.execute("COMMIT")
 
     def _put_on_full_disk(self, items: Sequence[tuple[str, str, bytes, float]], incoming: int) -> PutResult:
@@ -264,20 +273,23 @@ class Spool:
 
     # -- internals (lock held) --------------------------------------------------------------------
     def _drop_oldest(self, need_bytes: int) -> int:
+        """Delete the oldest messages until ``need_bytes`` are freed: telemetry first (the least valuable:
+        cycles, health and alarms summarise it), then the rest."""
         freed = 0
-        n = 0
-        last_seq: int | None = None
-        for seq, size in self._db.execute("SELECT seq, LENGTH(payload) FROM outbox ORDER BY seq"):
+        victims: list[int] = []
+        for seq, size in self._db.execute("SELECT seq, LENGTH(payload) FROM outbox ORDER BY priority, seq"):
             freed += int(size)
-            n += 1
-            last_seq = int(seq)
+            victims.append(int(seq))
             if freed >= need_bytes:
                 break
-        if last_seq is None:
+        if not victims:
             return 0
+        n = len(victims)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("DELETE FROM outbox WHERE seq <= ?", (last_seq,))
+            for start in range(0, n, 500):
+                chunk = victims[start : start + 500]
+                self._db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", chunk)  # noqa: S608
             self._db.execute(
                 "INSERT OR REPLACE INTO kv (key, value) VALUES ('spool.dropped_total', ?)",
                 (str(self.dropped_total + n),),

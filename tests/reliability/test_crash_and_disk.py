@@ -21,7 +21,7 @@ from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
-from tests.support import IN_CI
+from tests.support import IN_CI, REPO
 
 # A producer process: accepts messages into the spool (printing each id only after put() returned) while
 # the real Publisher sends them to the broker over the real awscrt transport.
@@ -46,6 +46,12 @@ for k in range(start, start + count):
 pub.wait_empty(60)
 print("drained", flush=True)
 """
+
+
+def write_figures(name: str, figures: dict) -> None:
+    out = REPO / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / name).write_text(json.dumps(figures, indent=2))
 
 
 def test_sigkill_while_publishing_loses_nothing_accepted(tmp_path, mosquitto, subscriber_factory):
@@ -94,6 +100,8 @@ def test_sigkill_while_publishing_loses_nothing_accepted(tmp_path, mosquitto, su
     # order of first arrival follows the order of acceptance
     first = list(dict.fromkeys(got))
     assert [k for k in first if k in set(accepted)] == sorted(set(accepted))
+    write_figures("sigkill.json", {"kills": kills, "accepted": len(set(accepted)), "lost": 0,
+                                   "duplicates_received": len(got) - len(set(got))})
 
 
 @pytest.fixture
@@ -155,3 +163,6 @@ def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
     )
     agent3.run(threading.Event(), max_samples=20)
     assert agent.spool.pending == 0
+    write_figures("disk_full.json", {"filesystem_bytes": 4 * 2**20, "samples_while_full": stats.samples,
+                                     "messages_dropped": dropped, "drop_alarms": len(dropped_alarms),
+                                     "dropped_after_space_returned": agent.spool.dropped_total - dropped})

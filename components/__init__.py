@@ -1,0 +1,1 @@
+"""Greengrass component projects (GDK) and their build script: python -m components.build."""

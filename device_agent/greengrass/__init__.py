@@ -1,0 +1,12 @@
+"""Running the agent as AWS IoT Greengrass v2 components.
+
+* :mod:`~device_agent.greengrass.ipc_transport` — the uplink Transport over IPC (PublishToIoTCore);
+* :mod:`~device_agent.greengrass.ipc_shadow` — the ShadowClient over IPC (ShadowManager);
+* :mod:`~device_agent.greengrass.component_config` — the component configuration over IPC;
+* :mod:`~device_agent.greengrass.connection` — the shared, self-healing IPC connection;
+* :mod:`~device_agent.greengrass.emulator` — a local nucleus emulator for development and tests
+  (``battwin gg emulate``).
+
+Recipes live in ``recipes/``, the GDK projects and build script in ``components/``; see docs/greengrass.md.
+Importing this package does not import awsiotsdk; the modules that need it import it when used.
+"""

@@ -1,0 +1,256 @@
+"""One IPC connection to the Greengrass nucleus, kept up in the background and shared.
+
+:class:`IpcConnection` connects with the unmodified ``GreengrassCoreIPCClientV2`` (socket and token from
+``AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`` and ``SVCUID``, which the nucleus sets for every
+component), notices when the connection drops (the nucleus restarted, the socket broke) and connects again
+with exponential backoff. Users register ``on_connect`` callbacks to (re)establish their subscriptions on
+every new connection. :class:`StaticConnection` wraps a client someone else made (no reconnects).
+
+Stream events run on a single-threaded executor, so a subscriber sees its events in order; a callback may
+make synchronous IPC calls (responses are completed on awscrt's event-loop thread, not the executor).
+The SVCUID is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+log = logging.getLogger(__name__)
+
+SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+TOKEN_ENV = "SVCUID"  # noqa: S105 - the name of the variable, not a secret
+
+ConnectCallback = Callable[["GreengrassCoreIPCClientV2"], None]
+
+
+class IpcUnavailable(RuntimeError):
+    """No IPC connection: not running under Greengrass, or the nucleus is not reachable (now)."""
+
+
+def running_under_greengrass() -> bool:
+    return bool(os.environ.get(SOCKET_ENV)) and bool(os.environ.get(TOKEN_ENV))
+
+
+class ClientProvider(Protocol):
+    """What the IPC transport, shadow client and configuration reader need from a connection."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_connected(self, timeout: float) -> bool: ...
+
+    def client(self) -> GreengrassCoreIPCClientV2:
+        """The current client; raises IpcUnavailable if not connected."""
+
+    def add_connect_callback(self, callback: ConnectCallback) -> None:
+        """Call ``callback(client)`` on every (re)connection, and now if already connected."""
+
+
+def _run_callbacks(callbacks: list[ConnectCallback], client: GreengrassCoreIPCClientV2) -> None:
+    for cb in callbacks:
+        try:
+            cb(client)
+        except Exception:
+            log.exception("IPC on-connect callback failed")
+
+
+class StaticConnection:
+    """A client made elsewhere, used as is: no reconnection, not closed by :meth:`stop`."""
+
+    def __init__(self, client: GreengrassCoreIPCClientV2) -> None:
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def wait_connected(self, timeout: float) -> bool:
+        return True
+
+    def client(self) -> GreengrassCoreIPCClientV2:
+        return self._client
+
+    def add_connect_callback(self, callback: ConnectCallback) -> None:
+        _run_callbacks([callback], self._client)
+
+
+class IpcConnection:
+    """A self-healing connection to the nucleus (see the module docstring)."""
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        svcuid: str | None = None,
+        *,
+        connect_timeout_s: float = 10.0,
+        reconnect_min_s: float = 0.2,
+        reconnect_max_s: float = 10.0,
+    ) -> None:
+        self._socket_path = socket_path or os.environ.get(SOCKET_ENV, "")
+        self._token = svcuid or os.environ.get(TOKEN_ENV, "")
+        if not self._socket_path or not self._token:
+            raise IpcUnavailable(f"not running under Greengrass: {SOCKET_ENV} and {TOKEN_ENV} must be set")
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self._lock = threading.Lock()
+        self._client: GreengrassCoreIPCClientV2 | None = None
+        self._generation = 0
+        self._callbacks: list[ConnectCallback] = []
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connects = 0
+        self.disconnects = 0
+
+    @property
+    def socket_path(self) -> str:
+        return self._socket_path
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping.is_set():
+                return
+            self._thread = threading.Thread(target=self._run, name="gg-ipc-connect", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.connect_timeout_s + 5)
+        with self._lock:
+            client, self._client = self._client, None
+            self._connected.clear()
+        if client is not None:
+            _close_client(client)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def client(self) -> GreengrassCoreIPCClientV2:
+        with self._lock:
+            client = self._client
+        if client is None or not self._connected.is_set():
+            raise IpcUnavailable("not connected to the Greengrass nucleus")
+        return client
+
+    def add_connect_callback(self, callback: ConnectCallback) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+            client = self._client if self._connected.is_set() else None
+        if client is not None:
+            _run_callbacks([callback], client)
+
+    # -- the connect loop -------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = self.reconnect_min_s
+        while not self._stopping.is_set():
+            if self._connected.is_set():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            with self._lock:
+                stale, self._client = self._client, None
+            if stale is not None:
+                _close_client(stale)
+            try:
+                client = self._connect_once()
+            except Exception as exc:  # the nucleus is down, restarting, or refused us
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                extra = {"socket": self._socket_path, "error": detail, "retry_s": delay}
+                log.warning("IPC connect failed, retrying", extra=extra)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, self.reconnect_max_s)
+                continue
+            delay = self.reconnect_min_s
+            with self._lock:
+                if self._stopping.is_set():
+                    _close_client(client)
+                    return
+                self._client = client
+                self._connected.set()
+                self.connects += 1
+                callbacks = list(self._callbacks)
+            log.info("IPC connected to the nucleus", extra={"socket": self._socket_path, "connects": self.connects})
+            _run_callbacks(callbacks, client)
+
+    def _connect_once(self) -> GreengrassCoreIPCClientV2:
+        from awsiot.eventstreamrpc import LifecycleHandler
+        from awsiot.greengrasscoreipc import connect
+        from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        owner = self
+
+        class _Lifecycle(LifecycleHandler):
+            def on_disconnect(self, reason: Exception | None) -> None:
+                owner._on_disconnect(generation, reason)
+
+            def on_error(self, error: Exception) -> bool:
+                log.warning("IPC connection error", extra={"error": str(error)[:300]})
+                return True
+
+        ipc = connect(
+            ipc_socket=self._socket_path,
+            authtoken=self._token,
+            lifecycle_handler=_Lifecycle(),
+            timeout=self.connect_timeout_s,
+        )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gg-ipc-events")
+        return GreengrassCoreIPCClientV2(client=ipc, executor=executor)
+
+    def _on_disconnect(self, generation: int, reason: Exception | None) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._connected.clear()
+            self.disconnects += 1
+        if not self._stopping.is_set():
+            log.warning("IPC connection to the nucleus lost", extra={"reason": str(reason)[:300] if reason else None})
+        self._wake.set()
+
+
+def _close_client(client: Any) -> None:
+    try:
+        client.close(executor_wait=False)
+    except Exception as exc:
+        log.debug("closing the IPC client failed: %s", exc)
+
+
+def as_provider(client: Any) -> tuple[ClientProvider, bool]:
+    """``(provider, owned)`` for what a user passed as ``client``: None → a new IpcConnection (owned);
+    a provider → itself; a GreengrassCoreIPCClientV2 → a StaticConnection."""
+    if client is None:
+        return IpcConnection(), True
+    if isinstance(client, IpcConnection | StaticConnection):
+        return client, False
+    if hasattr(client, "add_connect_callback") and hasattr(client, "wait_connected"):
+        return client, False
+    return StaticConnection(client), False

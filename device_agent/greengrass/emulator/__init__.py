@@ -1,0 +1,25 @@
+"""A local Greengrass nucleus emulator (IPC over a Unix socket) for development and tests.
+
+``battwin gg emulate`` runs it from the command line; tests use :class:`NucleusEmulator` directly.
+It is a development tool: it is not installed as part of the edge agent's behaviour on a real core.
+"""
+
+from device_agent.greengrass.emulator.server import (
+    SOCKET_ENV,
+    TOKEN_ENV,
+    Denial,
+    IpcError,
+    NucleusEmulator,
+    PublishedMessage,
+    short_socket_path,
+)
+
+__all__ = [
+    "SOCKET_ENV",
+    "TOKEN_ENV",
+    "Denial",
+    "IpcError",
+    "NucleusEmulator",
+    "PublishedMessage",
+    "short_socket_path",
+]

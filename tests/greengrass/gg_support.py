@@ -1,0 +1,81 @@
+"""Constants and helpers shared by the Greengrass tests (importable as ``tests.greengrass.gg_support``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.support import REPO
+
+THING = "gg-test-thing"
+AGENT = "com.battwin.Agent"
+MODEL = "com.battwin.SohModel"
+AGENT_RECIPE = REPO / "recipes" / f"{AGENT}.yaml"
+MODEL_RECIPE = REPO / "recipes" / f"{MODEL}.yaml"
+DELTA_TOPIC = f"$aws/things/{THING}/shadow/name/battwin-config/update/delta"
+
+
+def load_yaml(path: Path) -> Any:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def broad_recipe(component: str = "com.battwin.Test") -> dict[str, Any]:
+    """A test component allowed IoT Core publish/subscribe and local pub/sub on battwin/<thing>/#."""
+    return {
+        "ComponentName": component,
+        "ComponentConfiguration": {
+            "DefaultConfiguration": {
+                "accessControl": {
+                    "aws.greengrass.ipc.mqttproxy": {
+                        f"{component}:mqtt:1": {
+                            "operations": ["aws.greengrass#PublishToIoTCore", "aws.greengrass#SubscribeToIoTCore"],
+                            "resources": ["battwin/{iot:thingName}/#", "cloud/+/commands"],
+                        }
+                    },
+                    "aws.greengrass.ipc.pubsub": {
+                        f"{component}:pubsub:1": {
+                            "operations": ["*"],
+                            "resources": ["local/#"],
+                        }
+                    },
+                }
+            }
+        },
+    }
+
+
+def fake_model(directory: Path, *, corrupt: bool = False) -> Path:
+    """model.tflite + model.json whose card states the tflite's sha256 (or a wrong one)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = b"TFL3" + bytes(range(256)) * 4
+    (directory / "model.tflite").write_bytes(blob)
+    digest = hashlib.sha256(blob + (b"x" if corrupt else b"")).hexdigest()
+    (directory / "model.json").write_text(json.dumps({"version": "test-1", "tflite_sha256": digest}))
+    return directory
+
+
+class Collector:
+    """Collects callback arguments; ``wait(n)`` blocks until n calls arrived (event-driven, no sleeps)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, *args: Any) -> None:
+        with self._cond:
+            self.items.append(args[0] if len(args) == 1 else args)
+            self._cond.notify_all()
+
+    def wait(self, count: int = 1, timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.items) >= count, timeout)
+
+    def wait_until(self, predicate: Callable[[list[Any]], bool], timeout: float = 10.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.items), timeout)
