@@ -86,10 +86,11 @@ def attach_config_sync(agent: Agent, shadow: ShadowClient) -> ConfigSync:
 
 
 def attach_model_manager(agent: Agent, model_dir: Path, watch_s: float = 10.0) -> ModelManager:
-    """Load the health model (checked) and keep watching it; a bad new model is refused with an alarm."""
+    """Load the health model (checked) and keep watching it — and, with ``health.model_root``, for newer
+    model versions appearing there; a bad new model is refused with an alarm, the old one keeps running."""
     manager = ModelManager(agent)
     manager.swap(model_dir)
-    manager.watch(watch_s)
+    manager.watch(watch_s, root=agent.config.health.model_root)
     agent.on_shutdown.append(manager.stop)
     return manager
 

@@ -115,3 +115,20 @@ def test_models_outside_the_artifact_root_are_refused(agent, tmp_path):
     (root / "link").symlink_to(outside)
     assert not mm.swap(root / "link")  # symlink escape
     assert mm.current_version == "1.0.0"
+
+
+def test_a_new_version_directory_under_the_root_is_picked_up(agent, tmp_path):
+    """Greengrass lays a new SohModel version next to the old one; the agent switches without a restart."""
+    root = tmp_path / "com.battwin.SohModel"
+    root.mkdir()
+    v1 = model_dir(root, "1.9.0", version="1.9.0")
+    agent.config.health.model_root = root
+    mm = ModelManager(agent, loader)
+    mm.swap(v1)
+    model_dir(root, "1.10.0", version="1.10.0")
+    mm.check_root(root)
+    assert mm.current_version == "1.10.0"
+    model_dir(root, "1.11.0", version="1.11.0", broken=True)
+    mm.check_root(root)
+    mm.check_root(root)  # refused once, not retried while its files stay the same
+    assert mm.current_version == "1.10.0" and mm.refusals == 1

@@ -5,7 +5,10 @@ in place). :meth:`ModelManager.swap` loads it with every check the runtime makes
 .tflite against model.json, tensor shapes, feature list) and, if a ``health.model_version_pin`` is set,
 its version; only then does the agent switch to it, between two polls. A model that fails any check is
 refused with a ``model_rejected`` alarm naming the reason, and the model in use keeps running.
-:meth:`watch` notices files that change in place (mtime/size of model.json and model.tflite).
+:meth:`watch` notices files that change in place (mtime/size of model.json and model.tflite) and, given the
+component's artifact root (``…/artifacts/com.battwin.SohModel``), a new version directory appearing there —
+which is how a new model component version arrives under Greengrass while the agent keeps running (the
+Agent depends on SohModel with ``DependencyType: SOFT``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _version_key(name: str) -> tuple[int, ...] | None:
+    parts = name.split("-")[0].split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def newest_version_dir(root: Path) -> Path | None:
+    """The highest-versioned sub-directory of ``root`` holding a model.json (numeric: 1.10.0 > 1.9.0)."""
+    try:
+        candidates = [
+            (key, d)
+            for d in root.iterdir()
+            if d.is_dir() and (key := _version_key(d.name)) is not None and (d / "model.json").is_file()
+        ]
+    except OSError:
+        return None
+    return max(candidates)[1] if candidates else None
+
+
 def _fingerprint(model_dir: Path) -> tuple[tuple[str, int, int], ...]:
     out = []
     for name in ("model.json", "model.tflite"):
@@ -71,6 +92,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self.swaps = 0
         self.refusals = 0
+        self._refused: set[tuple[Path, tuple[tuple[str, int, int], ...]]] = set()
 
     def swap(self, model_dir: Path | str) -> bool:
         """Try to switch to the model in ``model_dir``. True if the agent will use it."""
@@ -109,13 +131,28 @@ class ModelManager:
             self.target.call_soon(lambda: self.target.raise_alarm("model_rejected", message[:1024]))
         return False
 
-    def watch(self, interval_s: float = 10.0) -> None:
-        """Check the current model directory for in-place changes every ``interval_s`` seconds."""
-        self._thread = threading.Thread(target=self._watch, args=(interval_s,), name="model-watch", daemon=True)
+    def watch(self, interval_s: float = 10.0, root: Path | None = None) -> None:
+        """Every ``interval_s`` seconds: switch to the newest version directory under ``root`` (if given)
+        and reload the current directory if its files changed in place."""
+        self._thread = threading.Thread(
+            target=self._watch, args=(interval_s, root), name="model-watch", daemon=True
+        )
         self._thread.start()
 
-    def _watch(self, interval_s: float) -> None:
+    def check_root(self, root: Path) -> None:
+        newest = newest_version_dir(root)
+        if newest is None or newest == self.current_dir:
+            return
+        key = (newest, _fingerprint(newest))
+        if key in self._refused:
+            return
+        if not self.swap(newest):
+            self._refused.add(key)
+
+    def _watch(self, interval_s: float, root: Path | None) -> None:
         while not self._stop.wait(interval_s):
+            if root is not None:
+                self.check_root(root)
             path = self.current_dir
             if path is not None and _fingerprint(path) != self._fingerprint:
                 self.swap(path)

@@ -253,7 +253,7 @@ def test_agent_lifecycle(built_recipes):
         "Unarchive": "ZIP",
     }
     deps = recipe["ComponentDependencies"]
-    assert deps[MODEL]["DependencyType"] == "HARD"  # a new model version restarts the agent on it
+    assert deps[MODEL]["DependencyType"] == "SOFT"  # a new model version is hot-swapped, not a restart
     assert "aws.greengrass.ShadowManager" in deps
 
 
