@@ -51,7 +51,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _version_key(name: str) -> tuple[int, ...] | None:
-    parts = name.split("-")[0].split(".")
+    parts = name.split("-", maxsplit=1)[0].split(".")
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
 
 
