@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS kv (
 
 
 RESERVE_BYTES = 512 * 1024
+UNCAPPED_PAGES = 1_073_741_823  # SQLite's default max_page_count
 LOW_PRIORITY_SUFFIX = "/telemetry"  # dropped first when the spool is full
 WAL_LIMIT_BYTES = 256 * 1024
 WAL_AUTOCHECKPOINT_PAGES = 64
@@ -112,6 +113,7 @@ class Spool:
         # needs to delete the oldest messages (a DELETE writes to the WAL too), re-made when space returns
         self._reserve = None if str(self.path) == ":memory:" else self.path.with_name(self.path.name + ".reserve")
         self._reserve_missing = True
+        self._capped = False
         self._make_reserve()
 
     # -- messages ---------------------------------------------------------------------------------
@@ -147,8 +149,8 @@ class Spool:
             self._bytes += incoming
             self._count += len(items)
             self._puts += 1
-            if self._reserve_missing and self._puts % 200 == 0:
-                self._make_reserve()
+            if (self._capped and self._puts % 10 == 0) or (self._reserve_missing and self._puts % 200 == 0):
+                self._lift_cap_if_room()
             return PutResult(len(items), dropped)
 
     def _insert(self, items: Sequence[tuple[str, str, bytes, float]]) -> None:
@@ -160,29 +162,73 @@ class Spool:
         self._db.execute("COMMIT")
 
     def _put_on_full_disk(self, items: Sequence[tuple[str, str, bytes, float]], incoming: int) -> PutResult:
-        """The filesystem is full. Release the reserve file so SQLite has room to work, apply the policy
-        (drop the oldest to make room, or refuse the new), shrink the WAL, and try once more."""
+        """The filesystem is full. From here the spool lives inside the space it already has:
+
+        1. release the reserve file, so SQLite has the room to move its WAL into the database file;
+        2. cap the database at its current page count (``max_page_count``): it cannot grow any more,
+           new messages reuse the pages old ones leave free, and every WAL frame fits a page the file has;
+        3. apply the policy — drop the oldest (telemetry first) until the new message fits, or refuse it.
+
+        The cap is lifted when the filesystem has room again (checked every few hundred puts).
+        """
+        if self._capped:
+            self._lift_cap_if_room()
+            if not self._capped:  # the disk has room again: plain insert
+                try:
+                    self._insert(items)
+                except sqlite3.OperationalError:
+                    self._rollback()
+                else:
+                    self._bytes += incoming
+                    self._count += len(items)
+                    return PutResult(len(items), 0)
         log.warning("spool disk full", extra={"path": str(self.path), "policy": self.policy})
         self._release_reserve()
-        self._checkpoint()  # move the WAL into the database (it may grow into the reserve's room)
+        self._checkpoint()
+        self._cap_growth()
         dropped = 0
         if self.policy == "drop_oldest":
-            try:
-                dropped = self._drop_oldest(max(incoming * 2, self._bytes // 10))
-            except sqlite3.OperationalError:
-                self._rollback()
-            self._checkpoint()
-        if self.policy == "drop_oldest":
-            try:
-                self._insert(items)
-            except sqlite3.OperationalError:
-                self._rollback()
-            else:
+            need = max(incoming * 2, 64 * 1024)
+            for _attempt in range(4):
+                try:
+                    dropped += self._drop_oldest(need)
+                except sqlite3.OperationalError:
+                    self._rollback()
+                self._checkpoint()
+                try:
+                    self._insert(items)
+                except sqlite3.OperationalError:
+                    self._rollback()
+                    need *= 2
+                    continue
                 self._bytes += incoming
                 self._count += len(items)
                 return PutResult(len(items), dropped)
         self._count_drops(len(items))
         return PutResult(0, dropped + len(items))
+
+    def _cap_growth(self) -> None:
+        """Let the database grow into what is left of the disk, less room for the WAL, and no further."""
+        with contextlib.suppress(sqlite3.Error, OSError):
+            pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+            page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            st = os.statvfs(self.path.parent)
+            wal_budget = (WAL_AUTOCHECKPOINT_PAGES + 32) * (page_size + 24)
+            spare = max(0, st.f_bavail * st.f_frsize - wal_budget) // page_size
+            self._db.execute(f"PRAGMA max_page_count={max(pages + spare, 8)}")
+            self._capped = True
+
+    def _lift_cap_if_room(self) -> None:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize >= 2 * RESERVE_BYTES + WAL_LIMIT_BYTES:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute(f"PRAGMA max_page_count={UNCAPPED_PAGES}")
+                self._capped = False
+                log.info("spool disk has room again; growth cap lifted", extra={"path": str(self.path)})
+            self._make_reserve()
 
     # -- disk-full reserve ------------------------------------------------------------------------
     def _make_reserve(self) -> None:

@@ -100,8 +100,10 @@ def test_sigkill_while_publishing_loses_nothing_accepted(tmp_path, mosquitto, su
     # order of first arrival follows the order of acceptance
     first = list(dict.fromkeys(got))
     assert [k for k in first if k in set(accepted)] == sorted(set(accepted))
-    write_figures("sigkill.json", {"kills": kills, "accepted": len(set(accepted)), "lost": 0,
-                                   "duplicates_received": len(got) - len(set(got))})
+    write_figures(
+        "sigkill.json",
+        {"kills": kills, "accepted": len(set(accepted)), "lost": 0, "duplicates_received": len(got) - len(set(got))},
+    )
 
 
 @pytest.fixture
@@ -147,6 +149,9 @@ def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
         if json.loads(m.payload)["kind"] == "alarms" and json.loads(m.payload)["body"]["code"] == "spool_dropped"
     ]
     assert dropped_alarms, "the drop was not reported as an alarm"
+    # telemetry goes first: every cycle record and health estimate made while the disk was full is kept
+    kinds = [json.loads(m.payload)["kind"] for m in agent.spool.peek(100_000)]
+    assert kinds.count("cycles") == stats.cycles and kinds.count("health") == stats.health > 0
     newest_before = agent.spool.peek(100_000)[-1].id
     # space returns: the spool takes new messages again without dropping, and they go out once online
     filler.unlink()
@@ -163,6 +168,13 @@ def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
     )
     agent3.run(threading.Event(), max_samples=20)
     assert agent.spool.pending == 0
-    write_figures("disk_full.json", {"filesystem_bytes": 4 * 2**20, "samples_while_full": stats.samples,
-                                     "messages_dropped": dropped, "drop_alarms": len(dropped_alarms),
-                                     "dropped_after_space_returned": agent.spool.dropped_total - dropped})
+    write_figures(
+        "disk_full.json",
+        {
+            "filesystem_bytes": 4 * 2**20,
+            "samples_while_full": stats.samples,
+            "messages_dropped": dropped,
+            "drop_alarms": len(dropped_alarms),
+            "dropped_after_space_returned": agent.spool.dropped_total - dropped,
+        },
+    )
