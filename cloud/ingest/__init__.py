@@ -1,0 +1,1 @@
+"""IoT rule → Lambda → DynamoDB + S3 data lake."""

@@ -1,0 +1,164 @@
+"""A moto server on a free loopback port with the tables and bucket of the template, and clients for it.
+
+Nothing here touches the process environment: the clients carry the endpoint and dummy credentials
+themselves, so the local stack can run next to code (or tests) that use real AWS settings.
+:meth:`LocalAws.environment` gives the variables a separate process (``battwin dashboard --local``) needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from cloud.local_stack.template import function_environment, load_template, table_request, table_ttl
+
+log = logging.getLogger("battwin.local_stack.aws")
+
+REGION = "us-east-1"
+_CREDENTIALS = {"aws_access_key_id": "battwin-local", "aws_secret_access_key": "battwin-local"}
+_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
+
+
+@dataclass(frozen=True)
+class StackNames:
+    """Physical names of the emulated resources. Unique per stack, as CloudFormation's are: moto keeps its
+    state per process, so two stacks in one process (tests) would otherwise share tables."""
+
+    suffix: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def device_state_table(self) -> str:
+        return f"battwin-local-{self.suffix}-DeviceState"
+
+    @property
+    def history_table(self) -> str:
+        return f"battwin-local-{self.suffix}-History"
+
+    @property
+    def bucket(self) -> str:
+        return f"battwin-local-{self.suffix}-data"
+
+    @property
+    def failure_queue(self) -> str:
+        return f"battwin-local-{self.suffix}-IngestFailureQueue"
+
+    def refs(self) -> dict[str, str]:
+        """``!Ref`` of the template's logical ids → the names used here."""
+        return {
+            "DeviceStateTable": self.device_state_table,
+            "HistoryTable": self.history_table,
+            "DataBucket": self.bucket,
+        }
+
+
+@dataclass
+class LocalAws:
+    """``ThreadedMotoServer`` + boto3 clients bound to it (``start()`` before use)."""
+
+    names: StackNames = field(default_factory=StackNames)
+    host: str = "127.0.0.1"
+    port: int = 0
+    _server: Any = None
+    _clients: dict[str, Any] = field(default_factory=dict)
+    _created: bool = False
+    endpoint: str = ""
+
+    def start(self) -> LocalAws:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log would flood the demo
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        log.info("moto server listening", extra={"endpoint": self.endpoint})
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            if self._created:
+                self._delete_resources()
+            self._server.stop()
+            self._server = None
+        self._clients.clear()
+
+    def _delete_resources(self) -> None:
+        """Free what this stack made in moto's process-wide state (best effort)."""
+        try:
+            ddb, s3 = self.client("dynamodb"), self.client("s3")
+            for table in (self.names.device_state_table, self.names.history_table):
+                ddb.delete_table(TableName=table)
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.names.bucket):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    s3.delete_objects(Bucket=self.names.bucket, Delete={"Objects": keys, "Quiet": True})
+            s3.delete_bucket(Bucket=self.names.bucket)
+        except Exception as exc:
+            log.warning("could not delete the local resources", extra={"error": str(exc)[:200]})
+
+    def client(self, service: str) -> Any:
+        """A client of ``service`` on the moto server (one per service, thread-safe for calls)."""
+        if not self.endpoint:
+            raise RuntimeError("LocalAws.start() first")
+        found = self._clients.get(service)
+        if found is None:
+            found = self._clients[service] = boto3.session.Session().client(
+                service, region_name=REGION, endpoint_url=self.endpoint, config=_CONFIG, **_CREDENTIALS
+            )
+        return found
+
+    def create_resources(self) -> None:
+        """DeviceState, History (with its index and TTL) and the data bucket, as the template defines them."""
+        template = load_template()
+        ddb = self.client("dynamodb")
+        for logical, name in (
+            ("DeviceStateTable", self.names.device_state_table),
+            ("HistoryTable", self.names.history_table),
+        ):
+            ddb.create_table(**table_request(template, logical, name))
+            ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+            ttl = table_ttl(template, logical)
+            if ttl is not None:
+                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        s3 = self.client("s3")
+        self._created = True  # from here on, stop() cleans up
+        s3.create_bucket(Bucket=self.names.bucket)
+        s3.put_bucket_encryption(
+            Bucket=self.names.bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
+            },
+        )
+        s3.put_public_access_block(
+            Bucket=self.names.bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
+        self._created = True
+        log.info("local tables and bucket created", extra=self.names.refs())
+
+    def ingest_environment(self) -> dict[str, str]:
+        """The ingest Lambda's environment as the template sets it, with the local names."""
+        return function_environment(load_template(), "IngestFunction", self.names.refs())
+
+    def environment(self) -> dict[str, str]:
+        """Variables with which another process's boto3 (and the API handler) reach this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": _CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": _CREDENTIALS["aws_secret_access_key"],
+            "DEVICE_STATE_TABLE": self.names.device_state_table,
+            "HISTORY_TABLE": self.names.history_table,
+            "DATA_BUCKET": self.names.bucket,
+        }

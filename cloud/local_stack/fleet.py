@@ -1,0 +1,189 @@
+"""The demo fleet, declared as data, and how each member becomes a running edge agent.
+
+Three kinds of battery, each through the real agent (tracker → estimator → spool → MQTT → shadow sync):
+
+* :class:`~device_agent.demo.FleetMember` — the physics simulator under a given stress (``device_agent.demo.FLEET``);
+* :class:`EmulatedBmsMember` — the simulator behind a BMS emulator on a pty, read by the real driver
+  (JBD): the serial protocol, framing and decoding are real, the pack is simulated and tagged so;
+* :class:`ReplayMember` — a real NASA PCoE log, replayed at a steady accelerated rate (real data, not tagged).
+
+Telemetry is thinned (``telemetry.decimation``) and batched so that each battery publishes about
+:data:`PUBLISHED_SAMPLES_PER_S` samples in one message every :data:`BATCH_WALL_S` wall seconds, whatever the
+acceleration: the cycle tracker still sees every sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud.local_stack.sources import EmulatedBmsSource, PacedReplaySource
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig
+from device_agent.demo import FleetMember
+from device_agent.runtime import attach_config_sync
+from device_agent.shadow.mqtt_shadow import MqttShadowClient
+from device_agent.uplink.mqtt_transport import MqttTransport
+from hardware.emulators.feed import PackFeed
+from hardware.emulators.jbd import JbdEmulator
+from hardware.registry import create_source
+from hardware.replay import ReplaySource
+from hardware.simulator.settings import SimulatorSettings
+from hardware.simulator.source import SimulatorSource
+from hardware.source import Source
+
+log = logging.getLogger("battwin.local_stack.fleet")
+
+PUBLISHED_SAMPLES_PER_S = 20.0
+BATCH_WALL_S = 2.0
+SIM_POLLS_PER_S = 200.0  # simulator polls per wall second per battery (sets its simulated sample interval)
+BMS_SIM_SECONDS_PER_POLL = 10.0  # simulated seconds between two reads (coarser misses discharge cut-offs)
+#: one read of a JBD pack is two request/reply exchanges; the emulated pack must not step between them
+MIN_BMS_POLL_S = 0.01
+
+#: the repository's sibling ``shared/`` folder holds the lab data (see README, "Data")
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DEFAULT_REPLAY_LOG = SHARED_DATA / "bms-logs" / "nasa_pcoe" / "B0036.csv.gz"
+
+
+@dataclass(frozen=True)
+class EmulatedBmsMember:
+    name: str
+    stress: str
+    protocol: str
+    simulator: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReplayMember:
+    name: str
+    stress: str
+    log: Path
+    rate_hz: float
+
+
+EMULATED_BMS = EmulatedBmsMember(
+    "bms-jbd-1", "JBD BMS emulator, 30 °C, 1C", "jbd", {"ambient_c": 30.0, "discharge_c_rate": 1.0}
+)
+
+
+def replay_member(log_path: Path, rate_hz: float) -> ReplayMember:
+    cell = log_path.name.split(".")[0]
+    return ReplayMember(f"nasa-{cell.lower()}", f"NASA {cell} log (real data)", log_path, rate_hz)
+
+
+@dataclass
+class Connection:
+    """How agents reach the broker and the shadow service."""
+
+    broker_url: str
+    shadow_root: str
+    ca_file: Path | None = None
+    #: IoT Core: a directory with ``<thing>/certificate.pem.crt`` and ``<thing>/private.pem.key``
+    cert_dir: Path | None = None
+
+    def mqtt(self, thing: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.broker_url}
+        if self.ca_file is not None:
+            out["ca_file"] = self.ca_file
+        if self.cert_dir is not None:
+            out["cert_file"] = self.cert_dir / thing / "certificate.pem.crt"
+            out["key_file"] = self.cert_dir / thing / "private.pem.key"
+        return out
+
+
+def _telemetry(samples_per_wall_s: float, sim_s_per_sample: float) -> dict[str, Any]:
+    decimation = max(1, min(10_000, round(samples_per_wall_s / PUBLISHED_SAMPLES_PER_S)))
+    per_batch = max(1, min(1000, round(PUBLISHED_SAMPLES_PER_S * BATCH_WALL_S)))
+    age = min(86_400.0, max(1.0, per_batch * decimation * sim_s_per_sample * 1.5))
+    return {"batch_max_samples": per_batch, "batch_max_age_s": age, "decimation": decimation}
+
+
+@dataclass
+class Member:
+    """A running fleet member: its agent and what it owns besides (an emulator)."""
+
+    name: str
+    kind: str
+    stress: str
+    agent: Agent
+    emulator: JbdEmulator | None = None
+
+    def close(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+
+
+def _agent(config: AgentConfig, source: Source, conn: Connection) -> Agent:
+    transport = MqttTransport(config.mqtt, client_id=config.thing_name)
+    agent = Agent(config, source, transport)
+    attach_config_sync(agent, MqttShadowClient(transport, config.thing_name, config.shadow.name, conn.shadow_root))
+    return agent
+
+
+def simulated_member(m: FleetMember, seed: int, conn: Connection, workdir: Path, accel: float, ageing: float) -> Member:
+    # ≤ 10 simulated seconds per sample: coarser steps make the tracker miss discharge cut-offs
+    interval = min(10.0, max(1.0, accel / SIM_POLLS_PER_S))
+    sim = SimulatorSettings(
+        seed=seed, time_acceleration=accel, ageing_factor=ageing, start_ts=time.time(), **m.simulator
+    )
+    config = AgentConfig(
+        thing_name=m.name,
+        source={"url": f"simulator:{m.name}", "sample_interval_s": interval, "simulator": sim.model_dump()},
+        mqtt=conn.mqtt(m.name),
+        tracker={"cells_series": sim.cells_series, "cutoff_voltage_per_cell_v": sim.discharge_cutoff_per_cell_v},
+        telemetry=_telemetry(accel / interval, interval),
+        spool={"path": workdir / f"{m.name}.db"},
+        shadow={"topic_root": conn.shadow_root},
+    )
+    source = SimulatorSource(sim, interval_s=interval, name=m.name)
+    return Member(m.name, "simulator", m.stress, _agent(config, source, conn))
+
+
+def emulated_bms_member(
+    m: EmulatedBmsMember, seed: int, conn: Connection, workdir: Path, accel: float, ageing: float
+) -> Member:
+    if m.protocol != "jbd":
+        raise ValueError(f"no emulator wiring for protocol {m.protocol!r}")
+    # the emulated pack runs at most 1000× (10 s per read, a read every 10 ms)
+    bms_accel = min(accel, BMS_SIM_SECONDS_PER_POLL / MIN_BMS_POLL_S)
+    wall_interval = BMS_SIM_SECONDS_PER_POLL / bms_accel
+    sim = SimulatorSettings(seed=seed, time_acceleration=bms_accel, ageing_factor=ageing, **m.simulator)
+    feed = PackFeed(sim, realtime=True, min_step_wall_s=wall_interval * 0.8)
+    t0 = time.time()
+    emulator = JbdEmulator(feed)
+    pty = emulator.start()
+    try:
+        config = AgentConfig(
+            thing_name=m.name,
+            source={"url": f"jbd:{pty}?cells={sim.cells_series}&gap=0.005", "sample_interval_s": wall_interval},
+            mqtt=conn.mqtt(m.name),
+            tracker={"cells_series": sim.cells_series, "cutoff_voltage_per_cell_v": sim.discharge_cutoff_per_cell_v},
+            telemetry=_telemetry(1.0 / wall_interval, BMS_SIM_SECONDS_PER_POLL),
+            spool={"path": workdir / f"{m.name}.db"},
+            shadow={"topic_root": conn.shadow_root},
+        )
+        source = EmulatedBmsSource(create_source(config.source.url, config.source), bms_accel, t0=t0)
+        return Member(m.name, f"{m.protocol} driver + emulator", m.stress, _agent(config, source, conn), emulator)
+    except BaseException:
+        emulator.stop()
+        raise
+
+
+def replay_agent_member(m: ReplayMember, conn: Connection, workdir: Path, stop: threading.Event) -> Member:
+    start_ts = math.floor(time.time())
+    config = AgentConfig(
+        thing_name=m.name,
+        source={"url": f"replay:{m.log}", "replay_start_ts": start_ts},
+        mqtt=conn.mqtt(m.name),
+        telemetry={**_telemetry(m.rate_hz, 10.0), "batch_max_age_s": 86_400.0},
+        spool={"path": workdir / f"{m.name}.db"},
+        shadow={"topic_root": conn.shadow_root},
+    )
+    source = PacedReplaySource(ReplaySource(m.log, start_ts=start_ts), m.rate_hz, stop)
+    return Member(m.name, "replay", m.stress, _agent(config, source, conn))

@@ -1,0 +1,270 @@
+"""The ingest Lambda's handler, in-process, against the tables, bucket and Glue tables created on moto, fed with
+the envelopes the real agent publishes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from cloud.ingest.handler import handler
+from cloud.lake import decode_jsonl_gz, lake_key, utc_day
+from cloud.tables import history_pk, history_sk
+from device_agent.messages import Alarm, Envelope, Telemetry, envelope
+from tests.cloud.cloud_support import rule_event
+from tests.cloud.conftest import FLEET_START
+
+
+def _items(aws: dict[str, Any], table: str, pk: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": pk}},
+    }
+    while True:
+        page = aws["dynamodb"].query(**kwargs)
+        out += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return out
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _keys(aws: dict[str, Any], bucket: str, prefix: str) -> list[str]:
+    pages = aws["s3"].get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for p in pages for o in p.get("Contents", [])]
+
+
+def _state(aws: dict[str, Any], env: dict[str, str], thing: str) -> dict[str, Any]:
+    from cloud.aws import unmarshal
+
+    item = aws["dynamodb"].get_item(TableName=env["DEVICE_STATE_TABLE"], Key={"thing": {"S": thing}})["Item"]
+    return unmarshal(item)
+
+
+def test_every_message_is_stored_once(
+    aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]]
+) -> None:
+    env = lambda_env["ingest"]
+    assert Counter(o["status"] for o in ingested["outcomes"]) == {"stored": len(ingested["messages"])}
+    envelopes = [Envelope.model_validate_json(p) for _t, p in ingested["messages"]]
+    by_key = Counter((e.thing, e.kind) for e in envelopes)
+    for (thing, kind), n in by_key.items():
+        items = _items(aws, env["HISTORY_TABLE"], history_pk(thing, kind))
+        assert len(items) == n, (thing, kind)
+        for item in items:
+            assert ("expires_at" in item) == (kind == "telemetry")
+    # the TTL is the message time + RAW_TTL_DAYS, on telemetry only
+    tel = next(e for e in envelopes if e.kind == "telemetry")
+    item = aws["dynamodb"].get_item(
+        TableName=env["HISTORY_TABLE"],
+        Key={"pk": {"S": history_pk(tel.thing, "telemetry")}, "sk": {"S": history_sk(tel.ts, tel.id)}},
+    )["Item"]
+    assert int(item["expires_at"]["N"]) == int(tel.ts + 30 * 86_400)
+    assert json.loads(item["body"]["S"]) == tel.body
+    # one lake object per message, at its partition, whose rows are the message's
+    keys = set(_keys(aws, env["DATA_BUCKET"], "lake/"))
+    assert len(keys) == len(envelopes)
+    for e in envelopes:
+        assert lake_key("lake/", e.kind, e.ts, e.thing, e.id) in keys
+    rows = list(
+        decode_jsonl_gz(
+            aws["s3"]
+            .get_object(Bucket=env["DATA_BUCKET"], Key=lake_key("lake/", "telemetry", tel.ts, tel.thing, tel.id))[
+                "Body"
+            ]
+            .read()
+        )
+    )
+    samples = Telemetry.model_validate(tel.body).samples
+    assert [r["ts"] for r in rows] == [s.ts for s in samples]
+    assert [r["voltage_v"] for r in rows] == [s.voltage_v for s in samples]
+    assert rows[0]["temperature_c"] == pytest.approx(sum(samples[0].temperatures_c) / len(samples[0].temperatures_c))
+    assert {r["msg_id"] for r in rows} == {tel.id} and {r["thing"] for r in rows} == {"bt-a"}
+
+
+def test_a_message_delivered_twice_is_stored_once(
+    aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]], use_env: Any
+) -> None:
+    env = use_env("ingest")
+    before_items = len(_items(aws, env["HISTORY_TABLE"], history_pk("bt-a", "telemetry")))
+    before_keys = len(_keys(aws, env["DATA_BUCKET"], "lake/"))
+    again = list(ingested["messages"])
+    random.Random(7).shuffle(again)
+    outcomes = [handler(rule_event(t, p)) for t, p in again[:60]]
+    assert {o["status"] for o in outcomes} == {"duplicate"}
+    # the other event shape (SELECT *, topic(2) AS rule_thing ...) is recognised as the same message
+    topic, payload = next((t, p) for t, p in ingested["messages"] if t.endswith("/health"))
+    inline = {**json.loads(payload), "rule_thing": topic.split("/")[1], "rule_kind": "health"}
+    assert handler(inline)["status"] == "duplicate"
+    assert len(_items(aws, env["HISTORY_TABLE"], history_pk("bt-a", "telemetry"))) == before_items
+    assert len(_keys(aws, env["DATA_BUCKET"], "lake/")) == before_keys
+
+
+def test_device_state_holds_the_latest(
+    aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]]
+) -> None:
+    env = lambda_env["ingest"]
+    envelopes = [Envelope.model_validate_json(p) for _t, p in ingested["messages"]]
+    for thing in ("bt-a", "bt-b"):
+        mine = [e for e in envelopes if e.thing == thing]
+        state = _state(aws, env, thing)
+        assert state["last_seen"] == pytest.approx(max(e.ts for e in mine))
+        assert state["first_seen"] == pytest.approx(min(e.ts for e in mine))
+        last_health = max((e for e in mine if e.kind == "health"), key=lambda e: e.ts)
+        assert state["health"] == last_health.body  # exact: floats round-trip through DynamoDB numbers
+        last_cycle = max((e for e in mine if e.kind == "cycles"), key=lambda e: e.ts)
+        assert state["last_cycle"]["index"] == last_cycle.body["index"]
+    tel = max((e for e in envelopes if e.thing == "bt-a" and e.kind == "telemetry"), key=lambda e: e.ts)
+    assert _state(aws, env, "bt-a")["latest_sample"] == tel.body["samples"][-1]
+    # alarms the agent raised on bt-b are in the state, the newest per code
+    alarms = [e for e in envelopes if e.thing == "bt-b" and e.kind == "alarms"]
+    state_alarms = _state(aws, env, "bt-b").get("alarms", {})
+    for code in {a.body["code"] for a in alarms}:
+        newest = max((a for a in alarms if a.body["code"] == code), key=lambda a: a.ts)
+        assert state_alarms[code]["active"] == newest.body["active"]
+
+
+def test_alarms_open_close_and_ignore_late_arrivals(aws: dict[str, Any], use_env: Any) -> None:
+    env = use_env("ingest")
+    t0 = FLEET_START + 5000.0
+
+    def alarm(ts: float, active: bool) -> tuple[str, bytes]:
+        body = Alarm(
+            ts=ts,
+            code="over_temperature",
+            severity="critical",
+            active=active,
+            message="cell above 60 °C" if active else "cleared",
+            details={"temperature_c": 63.5},
+            source_id="simulator:9",
+        )
+        return "battwin/bt-c/alarms", envelope("bt-c", "alarms", body, ts=ts).model_dump_json().encode()
+
+    assert handler(rule_event(*alarm(t0, True)))["status"] == "stored"
+    assert _state(aws, env, "bt-c")["alarms"]["over_temperature"]["active"] is True
+    assert handler(rule_event(*alarm(t0 + 60, False)))["status"] == "stored"
+    assert _state(aws, env, "bt-c")["alarms"]["over_temperature"]["active"] is False
+    # an older raise that arrives late is stored in the history but does not reopen the alarm
+    assert handler(rule_event(*alarm(t0 + 30, True)))["status"] == "stored"
+    state = _state(aws, env, "bt-c")
+    assert state["alarms"]["over_temperature"]["active"] is False
+    assert state["alarms"]["over_temperature"]["ts"] == pytest.approx(t0 + 60)
+    assert len(_items(aws, env["HISTORY_TABLE"], history_pk("bt-c", "alarms"))) == 3
+
+
+def _good(thing: str = "bt-d", ts: float | None = None) -> dict[str, Any]:
+    ts = FLEET_START + 100.0 if ts is None else ts
+    sample = {
+        "ts": ts,
+        "voltage_v": 13.1,
+        "current_a": -1.0,
+        "temperatures_c": [25.0],
+        "source_id": "simulator:4",
+        "simulated": True,
+    }
+    return {
+        "v": 1,
+        "id": f"dl-{random.Random(ts).getrandbits(40):x}",
+        "thing": thing,
+        "kind": "telemetry",
+        "ts": ts,
+        "simulated": True,
+        "body": {"samples": [sample]},
+    }
+
+
+def _dump(d: dict[str, Any]) -> bytes:
+    return json.dumps(d).encode()
+
+
+MALFORMED: list[tuple[str, str, Any]] = [
+    ("not_json", "battwin/bt-d/telemetry", b"\x00\x01 not json \xff"),
+    ("not_json", "battwin/bt-d/telemetry", b'[{"v": 1}]'),
+    ("invalid_envelope", "battwin/bt-d/telemetry", {k: v for k, v in _good().items() if k != "id"}),
+    ("invalid_envelope", "battwin/bt-d/telemetry", {**_good(), "v": 2}),
+    (
+        "invalid_body",
+        "battwin/bt-d/telemetry",
+        {**_good(), "body": {"samples": [{"ts": 1.0, "voltage_v": 5000.0, "current_a": 0.0, "source_id": "s"}]}},
+    ),
+    (
+        "invalid_body",
+        "battwin/bt-d/telemetry",
+        b'{"v":1,"id":"nan-1","thing":"bt-d","kind":"telemetry","ts":1.0,'
+        b'"simulated":false,"body":{"samples":[{"ts":1.0,"voltage_v":NaN,'
+        b'"current_a":0.0,"source_id":"s"}]}}',
+    ),
+    ("thing_mismatch", "battwin/bt-e/telemetry", _good("bt-d")),
+    ("kind_mismatch", "battwin/bt-d/cycles", _good("bt-d")),
+    ("clock_skew", "battwin/bt-d/telemetry", _good("bt-d", ts=time.time() + 10 * 86_400)),
+]
+
+
+@pytest.mark.parametrize(
+    ("reason", "topic", "payload"), MALFORMED, ids=[f"{m[0]}-{i}" for i, m in enumerate(MALFORMED)]
+)
+def test_malformed_messages_go_to_the_dead_letter_prefix(
+    aws: dict[str, Any], use_env: Any, reason: str, topic: str, payload: Any
+) -> None:
+    env = use_env("ingest")
+    raw = payload if isinstance(payload, bytes) else _dump(payload)
+    out = handler(rule_event(topic, raw))
+    assert out["status"] == "dead_letter" and out["reason"] == reason
+    assert out["key"].startswith(f"dead-letter/reason={reason}/dt=")
+    record = json.loads(aws["s3"].get_object(Bucket=env["DATA_BUCKET"], Key=out["key"])["Body"].read())
+    assert record["reason"] == reason and record["detail"]
+    assert record["topic"] == topic and record["size_bytes"] == len(raw)
+    stored = record["payload"].encode() if record["payload"] is not None else base64.b64decode(record["payload_b64"])
+    assert stored == raw  # the original bytes are kept
+    assert not _items(aws, env["HISTORY_TABLE"], history_pk("bt-d", "telemetry"))
+
+
+def test_oversized_and_undecodable_events(aws: dict[str, Any], use_env: Any) -> None:
+    env = use_env("ingest", MAX_MESSAGE_BYTES="2048")
+    big = {**_good(), "body": {"samples": [_good()["body"]["samples"][0]] * 40}}
+    out = handler(rule_event("battwin/bt-d/telemetry", _dump(big)))
+    assert out["status"] == "dead_letter" and out["reason"] == "oversized"
+    record = json.loads(aws["s3"].get_object(Bucket=env["DATA_BUCKET"], Key=out["key"])["Body"].read())
+    assert "> limit 2048" in record["detail"] and record["size_bytes"] > 2048
+    bad = {**rule_event("battwin/bt-d/telemetry", b"{}"), "payload_b64": "%%% not base64 %%%"}
+    assert handler(bad)["reason"] == "bad_event"
+    assert handler({"payload_b64": 5, "rule_thing": "x"})["reason"] == "bad_event"
+
+
+def test_a_failure_midway_is_completed_by_the_retry(aws: dict[str, Any], use_env: Any) -> None:
+    """DynamoDB fails after the lake object was written: the invocation raises (Lambda retries it), nothing is
+    in the History yet, and the retry completes the message, keeping the object written first."""
+    good = _good("bt-f", ts=FLEET_START + 777.0)
+    event = rule_event("battwin/bt-f/telemetry", _dump(good))
+    key = lake_key("lake/", "telemetry", good["ts"], "bt-f", good["id"])
+    env = use_env("ingest", DEVICE_STATE_TABLE="battwin-no-such-table")
+    with pytest.raises(Exception, match="ResourceNotFoundException"):
+        handler(event)
+    first = aws["s3"].head_object(Bucket=env["DATA_BUCKET"], Key=key)
+    assert not _items(aws, env["HISTORY_TABLE"], history_pk("bt-f", "telemetry"))
+    env = use_env("ingest")
+    assert handler(event)["status"] == "stored"
+    assert len(_items(aws, env["HISTORY_TABLE"], history_pk("bt-f", "telemetry"))) == 1
+    assert _state(aws, env, "bt-f")["last_seen"] == good["ts"]
+    again = aws["s3"].head_object(Bucket=env["DATA_BUCKET"], Key=key)
+    assert again["ETag"] == first["ETag"] and again["LastModified"] == first["LastModified"]  # not rewritten
+    assert handler(event)["status"] == "duplicate"
+
+
+def test_glue_partitions_are_registered(
+    aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]]
+) -> None:
+    env = lambda_env["ingest"]
+    envelopes = [Envelope.model_validate_json(p) for _t, p in ingested["messages"]]
+    for kind in ("telemetry", "cycles", "health"):
+        parts = aws["glue"].get_partitions(DatabaseName=env["GLUE_DATABASE"], TableName=kind)["Partitions"]
+        found = {tuple(p["Values"]): p["StorageDescriptor"]["Location"] for p in parts}
+        for e in (e for e in envelopes if e.kind == kind):
+            values = (utc_day(e.ts), e.thing)
+            assert found[values] == f"s3://{env['DATA_BUCKET']}/lake/kind={kind}/dt={values[0]}/thing={values[1]}/"

@@ -1,0 +1,343 @@
+"""The CloudFormation template on its own: cfn-lint, and the properties that matter (security, keys, wiring,
+agreement of the Glue schema with what the ingest writes, the QuickSight analysis)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint_file
+
+from cloud.deploy import template_parameters
+from cloud.lake import lake_rows, partition_prefix
+from cloud.tables import HISTORY_BY_TIME_INDEX
+from device_agent.messages import Alarm, Envelope, envelope
+from tests.cloud.cloud_support import TEMPLATE, Resolver, load_template, run_agent
+
+KINDS = ("telemetry", "cycles", "health", "alarms")
+#: statements allowed a "*" resource, and why (the API has no resource-level permissions for these actions)
+STAR_ALLOWED = {
+    "MetricsApiHasNoResourceLevelPermissions": {"cloudwatch:PutMetricData"},
+    "EcrTokenApiHasNoResourceLevelPermissions": {"ecr:GetAuthorizationToken"},
+    "DeploymentApisHaveNoResourceLevelPermissions": {"greengrass:CreateDeployment", "greengrass:ListDeployments"},
+}
+
+
+@pytest.fixture(scope="module")
+def tpl() -> dict[str, Any]:
+    return load_template()
+
+
+def static_resolver(tpl: dict[str, Any], **params: str) -> Resolver:
+    """Resolves intrinsics without a deployment: Ref → logical id, GetAtt → <logical>.<attr>."""
+    base = {
+        "CodeBucket": "code",
+        "CodeKey": "lambda.zip",
+        "TrainingSourceKey": "src.tar.gz",
+        "TrainingImageUri": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.19.0-cpu-py312",
+    }
+    ids = {k: k for k in tpl["Resources"]}
+    return Resolver(tpl, {**base, **params}, "stack", ids, lambda logical, attr: f"{logical}.{attr}")
+
+
+def test_cfn_lint_passes() -> None:
+    matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
+    assert [str(m) for m in matches] == []
+
+
+def test_parameters_read_by_the_deployer(tpl: dict[str, Any]) -> None:
+    found = template_parameters(TEMPLATE.read_text())
+    assert found == {k: "Default" in v for k, v in tpl["Parameters"].items()}
+    assert [k for k, has_default in found.items() if not has_default] == [
+        "CodeBucket",
+        "CodeKey",
+        "TrainingSourceKey",
+        "TrainingImageUri",
+    ]
+
+
+def test_bucket_is_encrypted_private_and_tls_only(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl)
+    bucket = r.properties("DataBucket")
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert sse["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    deny = r.properties("DataBucketPolicy")["PolicyDocument"]["Statement"][0]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_tables_keys_and_ttl(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl)
+    history = r.properties("HistoryTable")
+    assert history["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert [k["AttributeName"] for k in history["KeySchema"]] == ["pk", "sk"]
+    assert [g["IndexName"] for g in history["GlobalSecondaryIndexes"]] == [HISTORY_BY_TIME_INDEX]
+    for logical in ("HistoryTable", "DeviceStateTable", "ModelRegistryTable"):
+        assert r.properties(logical)["SSESpecification"] == {"SSEEnabled": True}
+        assert tpl["Resources"][logical]["DeletionPolicy"] == "Retain"
+
+
+def test_iot_policy_scoped_to_the_connecting_thing(tpl: dict[str, Any]) -> None:
+    stmts = static_resolver(tpl).properties("DevicePolicy")["PolicyDocument"]["Statement"]
+    assert {s["Effect"] for s in stmts} == {"Allow"}
+    assert sorted(s["Action"] for s in stmts) == ["iot:Connect", "iot:Publish", "iot:Receive", "iot:Subscribe"]
+    thing = "${iot:Connection.Thing.ThingName}"
+    for s in stmts:
+        resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        for res in resources:
+            assert thing in res, res  # every resource is the connecting thing's own
+            assert res.startswith("arn:aws:iot:us-east-1:123456789012:")
+        if s["Action"] == "iot:Connect":
+            assert resources == [f"arn:aws:iot:us-east-1:123456789012:client/{thing}"]
+            assert s["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+        if s["Action"] == "iot:Publish":
+            tails = [res.split(":topic/", 1)[1] for res in resources]
+            assert tails == [
+                f"battwin/{thing}/*",
+                f"$aws/things/{thing}/shadow/name/battwin-config/get",
+                f"$aws/things/{thing}/shadow/name/battwin-config/update",
+            ]
+        if s["Action"] in ("iot:Subscribe", "iot:Receive"):
+            assert resources[0].endswith(f"$aws/things/{thing}/shadow/name/battwin-config/*")
+
+
+def test_topic_rules_pass_the_topic_and_invoke_the_ingest_lambda(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl, ResourcePrefix="fleet1")
+    rules = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::IoT::TopicRule"}
+    assert len(rules) == 4
+    permissions = {
+        r.properties(k)["SourceArn"]
+        for k, v in tpl["Resources"].items()
+        if v["Type"] == "AWS::Lambda::Permission" and r.properties(k)["Principal"] == "iot.amazonaws.com"
+    }
+    seen = set()
+    for props in rules.values():
+        sql = props["TopicRulePayload"]["Sql"]
+        kind = re.search(r"FROM 'battwin/\+/(\w+)'$", sql).group(1)  # type: ignore[union-attr]
+        seen.add(kind)
+        assert props["RuleName"] == f"fleet1_{kind}"
+        for part in (
+            "encode(*, 'base64') AS payload_b64",
+            "topic(2) AS rule_thing",
+            "topic(3) AS rule_kind",
+            "timestamp() AS rule_received_ms",
+        ):
+            assert part in sql
+        assert props["TopicRulePayload"]["Actions"] == [{"Lambda": {"FunctionArn": "IngestFunction.Arn"}}]
+        err = props["TopicRulePayload"]["ErrorAction"]["S3"]
+        assert err["BucketName"] == "DataBucket" and err["Key"].startswith("dead-letter/")
+        assert f"arn:aws:iot:us-east-1:123456789012:rule/fleet1_{kind}" in permissions
+    assert seen == set(KINDS)
+
+
+def _statements(tpl: dict[str, Any], r: Resolver) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for logical, res in tpl["Resources"].items():
+        if res["Type"] == "AWS::IAM::Role":
+            for pol in r.properties(logical).get("Policies", []):
+                out += [(logical, s) for s in pol["PolicyDocument"]["Statement"]]
+        if res["Type"] == "AWS::IAM::Policy":
+            out += [(logical, s) for s in r.properties(logical)["PolicyDocument"]["Statement"]]
+    return out
+
+
+def test_iam_least_privilege(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl, GreengrassTokenExchangeRoleName="TES")
+    stmts = _statements(tpl, r)
+    assert len(stmts) > 30
+    for logical, s in stmts:
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        for a in actions:
+            assert "*" not in a, (logical, a)  # no action wildcards
+        if "*" in resources:
+            assert set(actions) == STAR_ALLOWED[s["Sid"]], (logical, s)
+        for res in resources:
+            assert res == "*" or ":" in res or "." in res, (logical, res)
+    # the training image repository is derived from the image URI
+    sm = dict(_statements(tpl, r))
+    pull = next(s for lg, s in stmts if lg == "SageMakerTrainingRole" and s["Sid"] == "PullTrainingImage")
+    assert pull["Resource"] == "arn:aws:ecr:eu-west-1:763104351884:repository/tensorflow-training"
+    assert sm
+
+
+def test_lambda_handlers_and_environment(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl)
+    functions = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
+    assert len(functions) == 4
+    for props in functions.values():
+        module, func = props["Handler"].rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), func))
+        assert props["Runtime"] == "python3.11" and props["Architectures"] == ["x86_64"]
+        assert props["Code"] == {"S3Bucket": "code", "S3Key": "lambda.zip"}
+        assert not any(k.startswith("AWS_") for k in props["Environment"]["Variables"])  # reserved by Lambda
+
+
+def test_api_routes_and_authorisation(tpl: dict[str, Any]) -> None:
+    res = {k: v for k, v in tpl["Resources"].items() if v["Type"] == "AWS::ApiGateway::Resource"}
+    paths = {}
+    for logical, v in res.items():
+        parent = v["Properties"]["ParentId"]
+        chain = [v["Properties"]["PathPart"]]
+        while isinstance(parent, dict) and "Ref" in parent:
+            chain.insert(0, res[parent["Ref"]]["Properties"]["PathPart"])
+            parent = res[parent["Ref"]]["Properties"]["ParentId"]
+        paths[logical] = "/" + "/".join(chain)
+    assert set(paths.values()) == {
+        "/devices",
+        "/devices/{thing}",
+        "/devices/{thing}/history",
+        "/devices/{thing}/cycles",
+    }
+    for mode, expected in (("IAM", "AWS_IAM"), ("COGNITO", "COGNITO_USER_POOLS")):
+        r = static_resolver(tpl, ApiAuth=mode, CognitoUserPoolArn="arn:aws:cognito-idp:us-east-1:1:userpool/p")
+        methods = [r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::ApiGateway::Method"]
+        assert len(methods) == 4
+        for m in methods:
+            assert m["HttpMethod"] == "GET" and m["AuthorizationType"] == expected
+            assert ("AuthorizerId" in m) == (mode == "COGNITO")
+            assert m["Integration"]["Type"] == "AWS_PROXY" and "ApiFunction.Arn" in m["Integration"]["Uri"]
+
+
+def test_retraining_events(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl, ResourcePrefix="fleet1")
+    pattern = r.properties("TrainingCompletedRule")["EventPattern"]
+    assert pattern["detail-type"] == ["SageMaker Training Job State Change"]
+    assert pattern["detail"]["TrainingJobName"] == [{"prefix": "fleet1-soh-"}]
+    assert r.properties("PromoteFunction")["Environment"]["Variables"]["JOB_PREFIX"] == "fleet1-soh"
+    assert r.properties("RetrainStartFunction")["Environment"]["Variables"]["JOB_PREFIX"] == "fleet1-soh"
+    assert r.properties("RetrainScheduleRule")["ScheduleExpression"] == "rate(7 days)"
+
+
+def test_glue_tables_match_what_the_ingest_writes(tpl: dict[str, Any]) -> None:
+    """Every field of a lake row is a column of its kind's table and vice versa (the partition keys aside)."""
+    r = static_resolver(tpl)
+    tables = {
+        r.properties(k)["TableInput"]["Name"]: r.properties(k)
+        for k, v in tpl["Resources"].items()
+        if v["Type"] == "AWS::Glue::Table"
+    }
+    assert set(tables) == set(KINDS)
+    now = time.time() - 9000
+    msgs = [Envelope.model_validate_json(p) for _t, p in run_agent("glue-check", 2.5, now - 2000)]
+    msgs.append(
+        envelope(
+            "glue-check",
+            "alarms",
+            Alarm(
+                ts=now,
+                code="over_temperature",
+                severity="warning",
+                message="hot",
+                details={"temperature_c": 61.0},
+                source_id="x",
+            ),
+            ts=now,
+        )
+    )
+    for kind in KINDS:
+        table = tables[kind]["TableInput"]
+        sd = table["StorageDescriptor"]
+        assert sd["Location"] == f"s3://DataBucket/{partition_prefix('lake/', kind)}"
+        assert [k["Name"] for k in table["PartitionKeys"]] == ["dt", "thing"]
+        columns = {c["Name"] for c in sd["Columns"]}
+        env = next(m for m in msgs if m.kind == kind)
+        fields = set().union(*(row.keys() for row in lake_rows(env, env.parsed_body(), now)))
+        assert columns == fields - {"thing", "index"}, kind  # thing: partition key; index: repeated as cycle
+
+
+def test_quicksight_analysis_has_five_visuals_over_declared_columns(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl, QuickSightPrincipalArn="arn:aws:quicksight:us-east-1:123456789012:user/default/a")
+    assert r.condition("CreateDashboards")
+    datasets = {}
+    glue = {
+        r.properties(k)["TableInput"]["Name"] for k, v in tpl["Resources"].items() if v["Type"] == "AWS::Glue::Table"
+    }
+    for logical, v in tpl["Resources"].items():
+        if v["Type"] == "AWS::QuickSight::DataSet":
+            props = r.properties(logical)
+            (table,) = props["PhysicalTableMap"].values()
+            sql = table["CustomSql"]["SqlQuery"]
+            assert set(re.findall(r'"battwin_lake"\."(\w+)"', sql)) <= glue
+            datasets[props["DataSetId"]] = {c["Name"] for c in table["CustomSql"]["Columns"]}
+    definition = r.properties("FleetAnalysis")["Definition"]
+    ids = {d["Identifier"]: d["DataSetArn"].rsplit("/", 1)[1] for d in definition["DataSetIdentifierDeclarations"]}
+    assert set(ids.values()) == set(datasets)
+    (sheet,) = definition["Sheets"]
+    visuals = sheet["Visuals"]
+    kinds = [next(iter(v)) for v in visuals]
+    assert len(visuals) == 5 and kinds.count("LineChartVisual") == 3 and "HistogramVisual" in kinds
+    columns_used = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "DataSetIdentifier" in node and "ColumnName" in node:
+                columns_used.append((node["DataSetIdentifier"], node["ColumnName"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(visuals)
+    assert len(columns_used) >= 15
+    for ident, column in columns_used:
+        assert column in datasets[ids[ident]], (ident, column)
+    layout = sheet["Layouts"][0]["Configuration"]["GridLayout"]["Elements"]
+    assert {e["ElementId"] for e in layout} == {next(iter(v.values()))["VisualId"] for v in visuals}
+    off = static_resolver(tpl)
+    assert not off.condition("CreateDashboards")
+
+
+def test_no_references_to_types_some_emulators_skip(tpl: dict[str, Any]) -> None:
+    """Supported resources reference IoT rules, thing groups, Glue, Athena and QuickSight only by name."""
+    from tests.cloud.conftest import MOTO_SKIPPED_TYPES
+
+    skipped = {k for k, v in tpl["Resources"].items() if v["Type"] in MOTO_SKIPPED_TYPES}
+    conditions = {k: v.get("Condition") for k, v in tpl["Resources"].items()}
+    text_refs: list[tuple[str, str]] = []
+
+    def refs(node: Any, guard: str | None = None) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "Fn::If":  # a reference under the resource's own condition is only made with it
+                    refs(value[1], value[0])
+                    refs(value[2], guard)
+                    continue
+                if key == "Ref" and isinstance(value, str):
+                    if not (guard and conditions.get(value) == guard):
+                        text_refs.append(("Ref", value))
+                elif key == "Fn::GetAtt":
+                    text_refs.append(("GetAtt", value[0] if isinstance(value, list) else value.split(".")[0]))
+                elif key == "Fn::Sub":
+                    text = value if isinstance(value, str) else value[0]
+                    text_refs.extend(("Sub", m.split(".")[0]) for m in re.findall(r"\$\{([^!}][^}]*)\}", text))
+                refs(value, guard)
+        elif isinstance(node, list):
+            for v in node:
+                refs(v, guard)
+
+    for logical, res in tpl["Resources"].items():
+        if logical in skipped:
+            continue
+        text_refs.clear()
+        refs(res)
+        assert not [x for x in text_refs if x[1] in skipped], logical
+    text_refs.clear()
+    refs(tpl["Outputs"])
+    assert not [x for x in text_refs if x[1] in skipped]
+
+
+def test_template_file_is_where_the_cli_expects_it() -> None:
+    from cloud.deploy import TEMPLATE as DEPLOY_TEMPLATE
+
+    assert Path(DEPLOY_TEMPLATE) == TEMPLATE
