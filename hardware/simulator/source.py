@@ -109,14 +109,16 @@ class SimulatorSource(Source):
         """Nothing to release; the model is kept so a reopened source continues where it stopped."""
 
     def _to_sample(self, state: PackState, start_ts: float) -> Sample:
+        # reported at a BMS's resolution (1 mV, 1 mA, 0.1 °C, 0.1 % SoC, 1 ms), as real hardware reports it;
+        # it also keeps telemetry compact on the wire (IoT Core bills per 5 KB)
         try:
             return Sample(
-                ts=start_ts + state.t_s,
-                voltage_v=state.voltage_v,
-                current_a=state.current_a,
-                temperatures_c=state.temperatures_c,
-                soc_pct=state.soc_pct,
-                cell_voltages_v=state.cell_voltages_v,
+                ts=round(start_ts + state.t_s, 3),
+                voltage_v=round(state.voltage_v, 3),
+                current_a=round(state.current_a, 3),
+                temperatures_c=tuple(round(t, 1) for t in state.temperatures_c),
+                soc_pct=round(state.soc_pct, 1),
+                cell_voltages_v=tuple(round(v, 3) for v in state.cell_voltages_v),
                 source_id=self.source_id,
                 simulated=True,
             )
