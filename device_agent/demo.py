@@ -9,6 +9,7 @@ the fleet as the broker sees it. Everything shown is simulated and says so.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +162,19 @@ def run_demo(
     workdir: Path | None = None,
     acceleration: float = 2000.0,
     ageing: float = 40.0,
+    **options: Any,
 ) -> int:
+    # the full stack (cloud emulated locally + dashboard) lives in an optional package, reached by entry point
+    full = next((ep for ep in entry_points(group="battwin.demo") if ep.name == "full"), None)
+    if full is not None:
+        try:
+            run_full = full.load()
+        except Exception as exc:  # not installed or broken: the device-only demo still runs
+            logging.getLogger(__name__).warning("full-stack demo unavailable (%s); device-only demo", exc)
+        else:
+            return int(run_full(duration_s, batteries, broker_url, workdir, acceleration, ageing, **options))
+    if options:
+        print(f"battwin demo: ignoring {', '.join(sorted(options))} (full-stack demo not installed)", file=sys.stderr)
     if not 1 <= batteries <= len(FLEET):
         print(f"battwin demo: --batteries must be 1..{len(FLEET)}", file=sys.stderr)
         return 2

@@ -3,8 +3,8 @@
     battwin dashboard --local [--shadow iot|mqtt://HOST:PORT] [--port 8090]
         the API handler in process: tables from DEVICE_STATE_TABLE / HISTORY_TABLE (AWS_ENDPOINT_URL for an
         emulator), shadow edits through the IoT data plane or a broker with the local shadow service
-    battwin dashboard --api https://ID.execute-api.REGION.amazonaws.com/v1 [--api-auth iam] [--shadow iot]
-        a deployed API (SigV4-signed with the default AWS credentials when --api-auth iam)
+    battwin dashboard --api https://ID.execute-api.REGION.amazonaws.com/v1 [--api-auth iam|none] [--shadow iot]
+        a deployed API (SigV4-signed with the default AWS credentials: the default for execute-api URLs)
 
 ``battwin demo`` starts its own dashboard on the local stack.
 """
@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 log = logging.getLogger("battwin.dashboard.cli")
 
@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--local", action="store_true", help="call the API handler in process (tables from the environment)"
     )
     p.add_argument(
-        "--api-auth", choices=["none", "iam"], default="iam", help="sign API requests with SigV4 (default iam)"
+        "--api-auth",
+        choices=["none", "iam"],
+        default=None,
+        help="sign API requests with SigV4 (default: iam for an execute-api URL, none otherwise)",
     )
     p.add_argument("--region", help="the API's region (default: from the URL)")
     p.add_argument(
@@ -45,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poll-ms", type=int, default=1500, help="how often the UI polls (ms)")
 
 
+def default_auth(url: str) -> Literal["none", "iam"]:
+    """API Gateway stage URLs are signed (the template's default ApiAuth is IAM); anything else is not."""
+    return "iam" if ".execute-api." in url else "none"
+
+
 def run(args: argparse.Namespace) -> int:
     from cloud.dashboard.api_client import ApiClient, HttpApi, InProcessApi
     from cloud.dashboard.server import Dashboard, DashboardServer
@@ -56,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         api: ApiClient = (
             InProcessApi(description="API handler in process")
             if args.local
-            else HttpApi(args.api, auth=args.api_auth, region=args.region)
+            else HttpApi(args.api, auth=args.api_auth or default_auth(args.api), region=args.region)
         )
     except ValueError as exc:
         print(f"battwin dashboard: {exc}", file=sys.stderr)

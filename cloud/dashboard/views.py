@@ -7,7 +7,8 @@ in one place, and documented where the UI shows them:
 
 * measured SoH of a discharge = its capacity / C0 (C0 = ``initial_capacity_ah`` of the newest Health);
 * an **anomaly** is a complete discharge whose capacity lies more than 4 robust standard deviations
-  (1.4826 × MAD of all residuals, at least 1 % of C0) from the median of its 9 neighbours;
+  (1.4826 × MAD of all residuals, at least 1 % of C0) from the median of its 4 neighbours on each side
+  (so a discharge is judged once 4 more have followed it);
 * the temperature distribution groups the discharges into at most 12 consecutive bins and gives, per
   bin, the five-number summary of the cycles' mean temperature and the highest peak temperature.
 """
@@ -204,18 +205,20 @@ def live_series(telemetry_items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def find_anomalies(points: list[tuple[float, float]], c0: float | None) -> list[int]:
-    """Indices into ``points`` (cycle, capacity) that are capacity anomalies (see the module docstring)."""
-    if len(points) < 2 * ANOMALY_WINDOW + 1:
+    """Indices into ``points`` (cycle, capacity) that are capacity anomalies (see the module docstring).
+
+    A discharge is judged once it has ``ANOMALY_WINDOW`` neighbours on each side, so the newest few wait
+    for the next cycles, and the steep first cycles of a fade are not mistaken for anomalies.
+    """
+    w = ANOMALY_WINDOW
+    if len(points) < 2 * w + 1:
         return []
     caps = [c for _, c in points]
-    residuals = []
-    for k in range(len(caps)):
-        lo, hi = max(0, k - ANOMALY_WINDOW), min(len(caps), k + ANOMALY_WINDOW + 1)
-        neighbours = caps[lo:k] + caps[k + 1 : hi]
-        residuals.append(caps[k] - statistics.median(neighbours))
-    mad = statistics.median(abs(r) for r in residuals)
+    judged = range(w, len(caps) - w)
+    residuals = {k: caps[k] - statistics.median(caps[k - w : k] + caps[k + 1 : k + w + 1]) for k in judged}
+    mad = statistics.median(abs(r) for r in residuals.values())
     scale = max(1.4826 * mad, 0.01 * (c0 or statistics.median(caps)) / ANOMALY_SIGMAS)
-    return [k for k, r in enumerate(residuals) if abs(r) > ANOMALY_SIGMAS * scale]
+    return [k for k, r in residuals.items() if abs(r) > ANOMALY_SIGMAS * scale]
 
 
 def _quartiles(values: list[float]) -> dict[str, float]:

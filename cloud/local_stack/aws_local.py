@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from cloud.local_stack.template import function_environment, load_template, table_request, table_ttl
+from cloud.local_stack.template import function_environment, load_template, resource, table_request, table_ttl
 
 log = logging.getLogger("battwin.local_stack.aws")
 
@@ -66,6 +66,7 @@ class LocalAws:
     _server: Any = None
     _clients: dict[str, Any] = field(default_factory=dict)
     _created: bool = False
+    failure_queue_url: str = ""
     endpoint: str = ""
 
     def start(self) -> LocalAws:
@@ -98,6 +99,8 @@ class LocalAws:
                 if keys:
                     s3.delete_objects(Bucket=self.names.bucket, Delete={"Objects": keys, "Quiet": True})
             s3.delete_bucket(Bucket=self.names.bucket)
+            if self.failure_queue_url:
+                self.client("sqs").delete_queue(QueueUrl=self.failure_queue_url)
         except Exception as exc:
             log.warning("could not delete the local resources", extra={"error": str(exc)[:200]})
 
@@ -113,9 +116,11 @@ class LocalAws:
         return found
 
     def create_resources(self) -> None:
-        """DeviceState, History (with its index and TTL) and the data bucket, as the template defines them."""
+        """DeviceState, History (with its index and TTL), the data bucket and the ingest failure queue, as the
+        template defines them."""
         template = load_template()
         ddb = self.client("dynamodb")
+        self._created = True  # from here on, stop() removes what was made (best effort)
         for logical, name in (
             ("DeviceStateTable", self.names.device_state_table),
             ("HistoryTable", self.names.history_table),
@@ -126,7 +131,6 @@ class LocalAws:
             if ttl is not None:
                 ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
         s3 = self.client("s3")
-        self._created = True  # from here on, stop() cleans up
         s3.create_bucket(Bucket=self.names.bucket)
         s3.put_bucket_encryption(
             Bucket=self.names.bucket,
@@ -143,7 +147,15 @@ class LocalAws:
                 "RestrictPublicBuckets": True,
             },
         )
-        self._created = True
+        queue = resource(template, "IngestFailureQueue", "AWS::SQS::Queue")
+        attrs = (
+            {"MessageRetentionPeriod": str(queue["MessageRetentionPeriod"])}
+            if "MessageRetentionPeriod" in queue
+            else {}
+        )
+        self.failure_queue_url = self.client("sqs").create_queue(QueueName=self.names.failure_queue, Attributes=attrs)[
+            "QueueUrl"
+        ]
         log.info("local tables and bucket created", extra=self.names.refs())
 
     def ingest_environment(self) -> dict[str, str]:

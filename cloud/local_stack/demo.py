@@ -194,7 +194,7 @@ class LocalStack:
         ingestor = Ingestor(settings, dynamodb=aws.client("dynamodb"), s3=aws.client("s3"))
         s3 = aws.client("s3")
         sqs = aws.client("sqs")
-        queue_url = sqs.create_queue(QueueName=aws.names.failure_queue)["QueueUrl"]
+        queue_url = aws.failure_queue_url  # Lambda's on-failure destination in the template
 
         def ingest(event: dict[str, Any]) -> dict[str, Any]:
             return ingestor.handle(event).as_dict()

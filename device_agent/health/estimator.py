@@ -176,6 +176,8 @@ class HealthEstimator:
         soh = forecast.soh_now if forecast is not None else measured_soh
         soh = min(max(soh, 0.0), 2.0)
         eol = forecast.eol_cycle if forecast is not None else None
+        if soh < st.eol_threshold:  # already past end of life: no forecast needed, nothing remains
+            eol = min(eol, last.cycle) if eol is not None else last.cycle
         rul = max(eol - last.cycle, 0.0) if eol is not None else None
         return Health(
             ts=record.end_ts,

@@ -1,0 +1,246 @@
+"""The dashboard in a real browser (headless Chromium) against the running local stack.
+
+What is asserted is what a person sees: rows in the fleet table, data points drawn in each chart (SVG
+elements, counted), values that change over time, a configuration edit that comes back from the device.
+Screenshots go to test-artifacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.dashboard.conftest import (
+    ARTIFACTS,
+    BMS_THING,
+    REPLAY_THING,
+    SIM_THING,
+    fetch,
+    wait_for,
+)
+
+CHART_IDS = (
+    "live-voltage",
+    "live-current",
+    "live-temperature",
+    "capacity-time",
+    "capacity-cycles",
+    "fade",
+    "temperature-dist",
+)
+
+
+def _rows(page: Any) -> dict[str, dict[str, str]]:
+    out = {}
+    for tr in page.locator("#fleet-table tbody tr").all():
+        thing = tr.get_attribute("data-thing")
+        cells = {
+            td.get_attribute("data-col") or f"c{k}": td.inner_text() for k, td in enumerate(tr.locator("td").all())
+        }
+        out[thing] = cells
+    return out
+
+
+def _pct(text: str) -> float:
+    return float(text.replace("%", "").strip())
+
+
+def test_fleet_table_fills_marks_simulated_and_sorts(page: Any, dashboard_url: str, stack: Any) -> None:
+    page.goto(dashboard_url)
+    wait_for(lambda: page.locator("#fleet-table tbody tr").count() >= 4, 20, 0.3, "the fleet table to fill")
+    rows = _rows(page)
+    assert set(rows) == {m.name for m in stack.members}
+    # every simulated battery (simulator and emulated BMS) says so; the NASA replay says real data
+    for name in rows:
+        row = page.locator(f'#fleet-table tbody tr[data-thing="{name}"]')
+        expected = "REAL DATA" if name == REPLAY_THING else "SIMULATED"
+        assert row.locator(".badge").first.inner_text() == expected, name
+    assert page.locator("#fleet-table .badge.sim").count() == 3
+    # values are the API's: compare with the fleet endpoint
+    _, fleet = fetch(dashboard_url + "api/fleet")
+    api_rows = {r["thing"]: r for r in fleet["items"]}
+    assert rows[SIM_THING]["c0"].startswith(SIM_THING)
+    assert page.locator(f'tr[data-thing="{BMS_THING}"] td').nth(1).inner_text().startswith("jbd:")
+    assert page.locator(f'tr[data-thing="{REPLAY_THING}"] td').nth(1).inner_text() == "replay:B0036"
+    for name in (SIM_THING, BMS_THING, REPLAY_THING):
+        assert abs(_pct(rows[name]["soh"]) - 100 * api_rows[name]["soh"]) < 5.0  # the page may be one poll older
+        assert re.fullmatch(r"-?\d+\.\d °C", rows[name]["temperature_c"]), rows[name]
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", rows[name]["last_seen"])
+    # sorting: by SoH ascending, then descending
+    page.click('#fleet-table th[data-key="soh"]')
+    asc = [_pct(t) for t in page.locator('#fleet-table td[data-col="soh"]').all_inner_texts() if "%" in t]
+    assert asc == sorted(asc) and len(asc) >= 3
+    assert page.locator('#fleet-table th[data-key="soh"]').get_attribute("data-sort") == "asc"
+    page.click('#fleet-table th[data-key="soh"]')
+    desc = [_pct(t) for t in page.locator('#fleet-table td[data-col="soh"]').all_inner_texts() if "%" in t]
+    assert desc == sorted(desc, reverse=True)
+    page.click('#fleet-table th[data-key="thing"]')
+    names = [tr.get_attribute("data-thing") for tr in page.locator("#fleet-table tbody tr").all()]
+    assert names == sorted(names)
+    page.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
+
+
+def _chart_points(page: Any, chart: str) -> int:
+    svg = page.locator(f"#chart-{chart} svg")
+    if svg.count() == 0:
+        return 0
+    return int(svg.get_attribute("data-points") or 0)
+
+
+def test_battery_page_draws_every_chart_with_data(page: Any, dashboard_url: str) -> None:
+    page.goto(f"{dashboard_url}#/thing/{SIM_THING}")
+    page.wait_for_selector("#chart-live-voltage svg", timeout=20_000)
+    # the forecast needs a few complete discharges: wait until every chart has drawn points, and 3 discharges
+    wait_for(
+        lambda: (
+            all(_chart_points(page, c) > 0 for c in CHART_IDS)
+            and page.locator("#chart-capacity-cycles circle.pt").count() >= 3
+            and page.locator("#chart-fade path.line.dash").count() == 1
+        ),
+        90,
+        1.0,
+        "data in every chart",
+    )
+    assert page.locator("#thing-title .badge.sim").inner_text() == "SIMULATED"
+    # live voltage / current / temperature: one polyline each with many samples
+    for chart in ("live-voltage", "live-current", "live-temperature"):
+        n = int(page.locator(f"#chart-{chart} path.line").first.get_attribute("data-n"))
+        assert n >= 20, (chart, n)
+        d = page.locator(f"#chart-{chart} path.line").first.get_attribute("d")
+        assert d.count("L") == n - 1
+    # capacity over time and over cycles: one dot per complete discharge, the same count in both
+    _, view = fetch(f"{dashboard_url}api/things/{SIM_THING}")
+    n_time = page.locator("#chart-capacity-time circle.pt").count()
+    n_cycles = page.locator("#chart-capacity-cycles circle.pt").count()
+    assert n_time >= 3 and n_cycles == n_time
+    assert abs(n_cycles - len(view["capacity"]["cycle"])) <= 3  # the page may be a poll behind or ahead
+    # fade: measured dots, the estimate line, the dashed forecast and the EOL threshold line
+    fade = page.locator("#chart-fade")
+    assert fade.locator('circle.pt[data-series="measured (capacity / C0)"]').count() >= 3
+    assert int(fade.locator('path.line[data-series="estimated SoH"]').get_attribute("data-n")) >= 2
+    assert int(fade.locator("path.line.dash").get_attribute("data-n")) >= 2
+    assert fade.locator(".hline line").count() == 1
+    assert "EOL threshold" in (fade.locator(".hline text").text_content() or "")
+    # temperature distribution: boxes with a median line, and peak dots
+    boxes = page.locator("#chart-temperature-dist g.box")
+    assert boxes.count() >= 2
+    assert page.locator("#chart-temperature-dist g.box rect").count() == boxes.count()
+    assert page.locator("#chart-temperature-dist circle.peak").count() == boxes.count()
+    # tiles show API values
+    assert re.fullmatch(r"\d+\.\d %", page.locator('[data-testid="tile-soh"]').inner_text())
+    assert page.locator('[data-testid="tile-method"]').inner_text().startswith(("physics", "hybrid", "persistence"))
+    page.screenshot(path=str(ARTIFACTS / f"battery-{SIM_THING}.png"), full_page=True)
+
+
+def test_replay_and_bms_pages_draw_data(page: Any, dashboard_url: str) -> None:
+    for thing, badge in ((REPLAY_THING, "REAL DATA"), (BMS_THING, "SIMULATED")):
+        page.goto(f"{dashboard_url}#/thing/{thing}")
+        wait_for(
+            lambda: (
+                all(_chart_points(page, c) > 0 for c in CHART_IDS[:5])
+                and page.locator("#chart-capacity-cycles circle.pt").count() >= 2
+            ),
+            60,
+            1.0,
+            f"{thing} charts",
+        )
+        assert page.locator("#thing-title .badge").inner_text() == badge
+        page.screenshot(path=str(ARTIFACTS / f"battery-{thing}.png"), full_page=True)
+
+
+def test_values_update_over_time(page: Any, dashboard_url: str) -> None:
+    page.goto(f"{dashboard_url}#/thing/{SIM_THING}")
+    page.wait_for_selector("#chart-live-voltage svg[data-last-x]", timeout=20_000)
+    first_x = float(page.locator("#chart-live-voltage svg").get_attribute("data-last-x"))
+    first_seen = page.locator('[data-testid="tile-last-seen"]').inner_text()
+    wait_for(
+        lambda: float(page.locator("#chart-live-voltage svg").get_attribute("data-last-x")) > first_x,
+        30,
+        0.5,
+        "the live chart to move on",
+    )
+    wait_for(
+        lambda: page.locator('[data-testid="tile-last-seen"]').inner_text() != first_seen,
+        30,
+        0.5,
+        "'last seen' to change",
+    )
+    page.goto(dashboard_url)
+    page.wait_for_selector(f'tr[data-thing="{SIM_THING}"] td[data-col="last_seen"]')
+    cell = page.locator(f'tr[data-thing="{SIM_THING}"] td[data-col="last_seen"]')
+    before = cell.inner_text()
+    wait_for(lambda: cell.inner_text() != before, 30, 0.5, "the fleet table to update")
+
+
+def _shadow_row(page: Any, table: str, field: str) -> str | None:
+    row = page.locator(f'#{table} tr[data-field="{field}"] td').nth(1)
+    return row.text_content() if row.count() else None
+
+
+def test_shadow_edit_round_trips(page: Any, dashboard_url: str, stack: Any) -> None:
+    page.goto(f"{dashboard_url}#/thing/{SIM_THING}")
+    page.wait_for_selector("#shadow-form")
+    wait_for(
+        lambda: _shadow_row(page, "shadow-reported", "source.sample_interval_s") is not None,
+        30,
+        0.5,
+        "the device's reported configuration",
+    )
+    current = float(_shadow_row(page, "shadow-reported", "source.sample_interval_s") or 0)
+    target = 8.0 if current != 8.0 else 9.0
+    # a valid change: the device applies it and reports it back
+    page.fill('input[data-field="source.sample_interval_s"]', str(target))
+    page.click("#shadow-apply")
+    wait_for(
+        lambda: _shadow_row(page, "shadow-desired", "source.sample_interval_s") == f"{target:g}",
+        15,
+        0.3,
+        "desired to show the new value",
+    )
+    wait_for(
+        lambda: _shadow_row(page, "shadow-reported", "source.sample_interval_s") == f"{target:g}",
+        30,
+        0.3,
+        "the device to report the new sample interval",
+    )
+    agent = next(m.agent for m in stack.members if m.name == SIM_THING)
+    wait_for(lambda: agent.config.source.sample_interval_s == target, 10, 0.2, "the agent to apply it")
+    assert page.locator("#shadow-delta tr").count() == 0  # nothing pending
+    # an invalid value: refused by the device with the reason; the last good value stays
+    page.fill('input[data-field="source.sample_interval_s"]', "-1")
+    page.click("#shadow-apply")
+    wait_for(
+        lambda: _shadow_row(page, "shadow-rejected", "source.sample_interval_s"),
+        30,
+        0.3,
+        "the device to reject the value",
+    )
+    reason = _shadow_row(page, "shadow-rejected", "source.sample_interval_s") or ""
+    assert "greater than 0" in reason, reason
+    assert _shadow_row(page, "shadow-reported", "source.sample_interval_s") == f"{target:g}"
+    assert _shadow_row(page, "shadow-delta", "source.sample_interval_s") == "-1"
+    assert agent.config.source.sample_interval_s == target
+    # the refusal is an alarm event (config_rejected): listed, and marked on the capacity timeline
+    wait_for(
+        lambda: page.locator('#events-table tr[data-kind="event"]').filter(has_text="config_rejected").count() > 0,
+        30,
+        0.5,
+        "the config_rejected event in the alarm list",
+    )
+    wait_for(
+        lambda: page.locator('#chart-capacity-time g.marker[data-code="config_rejected"]').count() > 0,
+        30,
+        0.5,
+        "the config_rejected marker on the capacity timeline",
+    )
+    page.screenshot(path=str(ARTIFACTS / "shadow-rejected.png"), full_page=True)
+    # put it back (and the rejection goes away)
+    page.fill('input[data-field="source.sample_interval_s"]', "10")
+    page.click("#shadow-apply")
+    wait_for(
+        lambda: _shadow_row(page, "shadow-reported", "source.sample_interval_s") == "10",
+        30,
+        0.3,
+        "the device to report 10 again",
+    )
+    wait_for(lambda: page.locator("#shadow-rejected tr").count() == 0, 30, 0.3, "the rejection to clear")

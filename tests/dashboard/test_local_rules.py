@@ -1,0 +1,254 @@
+"""The local IoT rules runner: the template's rule SQL evaluated like IoT Core, and delivery to the ingest handler."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cloud.ingest.handler import Ingestor, IngestSettings
+from cloud.local_stack.aws_local import LocalAws
+from cloud.local_stack.iot_sql import Message, RuleEvaluationError, RuleQuery, RuleSqlError, topic_matches
+from cloud.local_stack.rules import LocalRulesRunner
+from cloud.local_stack.template import load_template, max_retry_attempts, table_request, topic_rules
+from device_agent.broker.embedded import EmbeddedBroker
+from device_agent.config import MqttSettings
+from device_agent.messages import Sample, Telemetry, envelope
+from device_agent.uplink.mqtt_transport import MqttTransport
+from tests.dashboard.conftest import wait_for
+
+RULE_SQL = (
+    "SELECT encode(*, 'base64') AS payload_b64, topic() AS rule_topic, topic(2) AS rule_thing, "
+    "topic(3) AS rule_kind, timestamp() AS rule_received_ms, clientid() AS rule_client_id "
+    "FROM 'battwin/+/telemetry'"
+)
+
+
+def _telemetry_payload(thing: str, ts: float, n: int = 3) -> bytes:
+    samples = tuple(
+        Sample(
+            ts=ts + k, voltage_v=14.8, current_a=-1.0, temperatures_c=(25.0,), source_id="simulator:x", simulated=True
+        )
+        for k in range(n)
+    )
+    return envelope(thing, "telemetry", Telemetry(samples=samples), ts + n).model_dump_json().encode()
+
+
+# -- the SQL ---------------------------------------------------------------------------------------
+
+
+def test_template_rules_are_the_ones_the_runner_mirrors() -> None:
+    rules = topic_rules(load_template())
+    assert {r.logical_id for r in rules} == {"TelemetryRule", "CyclesRule", "HealthRule", "AlarmsRule"}
+    for rule in rules:
+        q = RuleQuery(rule.sql)
+        assert q.topic_filter == f"battwin/+/{rule.logical_id[: -len('Rule')].lower()}"
+        assert rule.function == "IngestFunction"
+        assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
+    assert max_retry_attempts(load_template(), "IngestFunction") == 2
+
+
+def test_rule_event_has_the_shape_the_rule_sql_produces() -> None:
+    payload = b'{"v":1,"thing":"t-1"}'
+    event = RuleQuery(RULE_SQL).evaluate(Message("battwin/t-1/telemetry", payload, 1_700_000_000_123))
+    # clientid() is Undefined for a subscriber (the broker does not tell it), so the item is left out
+    assert event == {
+        "payload_b64": base64.b64encode(payload).decode(),
+        "rule_topic": "battwin/t-1/telemetry",
+        "rule_thing": "t-1",
+        "rule_kind": "telemetry",
+        "rule_received_ms": 1_700_000_000_123,
+    }
+    with_client = RuleQuery(RULE_SQL).evaluate(Message("battwin/t-1/telemetry", payload, 1, client_id="t-1"))
+    assert with_client["rule_client_id"] == "t-1"
+
+
+def test_select_star_form_merges_the_json_payload() -> None:
+    q = RuleQuery("SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind FROM 'battwin/+/health'")
+    event = q.evaluate(Message("battwin/p/health", b'{"id":"a","kind":"health"}', 5))
+    assert event == {"id": "a", "kind": "health", "rule_thing": "p", "rule_kind": "health"}
+    with pytest.raises(RuleEvaluationError):
+        q.evaluate(Message("battwin/p/health", b"\xff not json", 5))
+    with pytest.raises(RuleEvaluationError):
+        q.evaluate(Message("battwin/p/health", b"[1, 2]", 5))
+    # topic(n) past the last level is Undefined: left out
+    assert "x" not in RuleQuery("SELECT topic(9) AS x FROM 'a/#'").evaluate(Message("a/b", b"{}", 1))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM 'battwin/+/telemetry' WHERE kind = 'x'",
+        "SELECT newuuid() AS id FROM 'a/b'",
+        "SELECT topic(2) FROM 'a/b'",
+        "DELETE FROM 'a/b'",
+    ],
+)
+def test_sql_the_runner_cannot_mirror_is_refused_up_front(sql: str) -> None:
+    with pytest.raises(RuleSqlError):
+        RuleQuery(sql)
+
+
+def test_topic_filters() -> None:
+    assert topic_matches("battwin/+/telemetry", "battwin/t1/telemetry")
+    assert not topic_matches("battwin/+/telemetry", "battwin/t1/cycles")
+    assert not topic_matches("battwin/+/telemetry", "battwin/t1/telemetry/x")
+    assert topic_matches("battwin/#", "battwin/t1/telemetry")
+    assert not topic_matches("battwin/+", "battwin")
+
+
+# -- against the emulated AWS ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[LocalAws]:
+    local = LocalAws().start()
+    local.create_resources()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+def test_tables_and_bucket_are_created_as_the_template_defines_them(aws: LocalAws) -> None:
+    template = load_template()
+    ddb = aws.client("dynamodb")
+    for logical, name in (
+        ("DeviceStateTable", aws.names.device_state_table),
+        ("HistoryTable", aws.names.history_table),
+    ):
+        want = table_request(template, logical, name)
+        got = ddb.describe_table(TableName=name)["Table"]
+        assert got["KeySchema"] == want["KeySchema"]
+        assert sorted(got["AttributeDefinitions"], key=str) == sorted(want["AttributeDefinitions"], key=str)
+        assert got["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    gsi = ddb.describe_table(TableName=aws.names.history_table)["Table"]["GlobalSecondaryIndexes"]
+    assert [(g["IndexName"], g["KeySchema"]) for g in gsi] == [
+        ("by_thing_time", [{"AttributeName": "thing", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+    ]
+    ttl = ddb.describe_time_to_live(TableName=aws.names.history_table)["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "expires_at" and ttl["TimeToLiveStatus"] == "ENABLED"
+    enc = aws.client("s3").get_bucket_encryption(Bucket=aws.names.bucket)
+    assert (
+        enc["ServerSideEncryptionConfiguration"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
+        == "AES256"
+    )
+    attrs = aws.client("sqs").get_queue_attributes(QueueUrl=aws.failure_queue_url, AttributeNames=["All"])
+    assert attrs["Attributes"]["MessageRetentionPeriod"] == "1209600"
+    env = aws.ingest_environment()
+    assert env["HISTORY_TABLE"] == aws.names.history_table and env["LAKE_PREFIX"] == "lake/"
+
+
+def _ingestor(aws: LocalAws) -> Ingestor:
+    env = aws.ingest_environment()
+    settings = IngestSettings(
+        history_table=env["HISTORY_TABLE"],
+        device_state_table=env["DEVICE_STATE_TABLE"],
+        bucket=env["DATA_BUCKET"],
+        lake_prefix=env["LAKE_PREFIX"],
+        dead_letter_prefix=env["DEAD_LETTER_PREFIX"],
+    )
+    return Ingestor(settings, dynamodb=aws.client("dynamodb"), s3=aws.client("s3"))
+
+
+def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broker: EmbeddedBroker) -> None:
+    ingestor = _ingestor(aws)
+    outcomes: list[dict[str, Any]] = []
+
+    def ingest(event: dict[str, Any]) -> dict[str, Any]:
+        out = ingestor.handle(event).as_dict()
+        outcomes.append(out)
+        return out
+
+    errors: list[tuple[str, bytes]] = []
+    runner = LocalRulesRunner(
+        broker.url, {"IngestFunction": ingest}, error_sink=lambda k, b: errors.append((k, b))
+    ).start()
+    publisher = MqttTransport(MqttSettings(url=broker.url), client_id="rules-test-pub")
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        now = time.time()
+        publisher.publish("battwin/rules-t1/telemetry", _telemetry_payload("rules-t1", now - 10)).result(10)
+        publisher.publish("battwin/rules-t1/telemetry", b"not json at all").result(10)
+        # thing in the topic ≠ thing in the envelope: the handler must see the topic (rule_thing) to refuse it
+        publisher.publish("battwin/other/telemetry", _telemetry_payload("rules-t1", now - 5)).result(10)
+        publisher.publish("battwin/rules-t1/unrouted", b"{}").result(10)
+        wait_for(lambda: len(outcomes) >= 3, 20, 0.1, "three ingest outcomes")
+        assert runner.wait_idle(10)
+    finally:
+        publisher.stop()
+        runner.stop()
+    statuses = sorted((o["status"], o.get("reason")) for o in outcomes)
+    assert statuses == [("dead_letter", "not_json"), ("dead_letter", "thing_mismatch"), ("stored", None)]
+    assert len(outcomes) == 3  # nothing for the unrouted kind
+    item = aws.client("dynamodb").get_item(
+        TableName=aws.names.device_state_table, Key={"thing": {"S": "rules-t1"}}, ConsistentRead=True
+    )["Item"]
+    assert item["latest_sample"]["M"]["voltage_v"]["N"] == "14.8"
+    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=aws.names.bucket)["Contents"]]
+    assert any(k.startswith("lake/kind=telemetry/") and "thing=rules-t1" in k for k in keys)
+    assert any(k.startswith("dead-letter/reason=not_json/") for k in keys)
+    assert any(k.startswith("dead-letter/reason=thing_mismatch/") for k in keys)
+    assert errors == []
+
+
+def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) -> None:
+    template = load_template()
+    for res in template["Resources"].values():  # the same rules, written in the SELECT * form
+        if res.get("Type") == "AWS::IoT::TopicRule":
+            topic = res["Properties"]["TopicRulePayload"]["Sql"].split("FROM")[1].strip()
+            res["Properties"]["TopicRulePayload"]["Sql"] = f"SELECT *, topic(2) AS rule_thing FROM {topic}"
+    events: list[dict[str, Any]] = []
+    errors: list[tuple[str, bytes]] = []
+    runner = LocalRulesRunner(
+        broker.url, {"IngestFunction": events.append}, error_sink=lambda k, b: errors.append((k, b)), template=template
+    )
+    runner.deliver("battwin/s1/health", b'{"id": "x1", "kind": "health"}', 7)
+    runner.deliver("battwin/s1/health", b"garbage", 8)
+    runner.start()
+    try:
+        assert runner.wait_idle(10)
+    finally:
+        runner.stop()
+    assert events == [{"id": "x1", "kind": "health", "rule_thing": "s1"}]
+    assert len(errors) == 1
+    key, body = errors[0]
+    assert key.startswith("dead-letter/rule-errors/battwin/s1/health/") and key.endswith(".json")
+    assert base64.b64decode(json.loads(body)["payload_b64"]) == b"garbage"
+
+
+def test_a_failing_invocation_is_retried_then_recorded(broker: EmbeddedBroker) -> None:
+    calls: list[float] = []
+    failures: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def failing(event: dict[str, Any]) -> Any:
+        with lock:
+            calls.append(time.monotonic())
+        raise RuntimeError("throttled")
+
+    runner = LocalRulesRunner(broker.url, {"IngestFunction": failing}, failure_sink=failures.append, workers=1)
+    runner.deliver("battwin/f1/alarms", b'{"id":"z"}', 1)
+    runner.start()
+    try:
+        assert runner.wait_idle(15)
+    finally:
+        runner.stop()
+    assert len(calls) == 3  # the first attempt + MaximumRetryAttempts (2) from the template
+    assert calls[1] - calls[0] >= 0.4
+    assert len(failures) == 1
+    record = failures[0]
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestPayload"]["rule_thing"] == "f1"
+    assert record["responsePayload"]["errorMessage"] == "throttled"
+    assert runner.stats()["failed_invocations"] == 1
