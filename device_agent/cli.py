@@ -121,6 +121,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from device_agent.demo import run_demo
 
     setup_logging("INFO" if args.verbose else "ERROR", stream=sys.stderr)
+    options: dict[str, Any] = {}
+    if args.table is not None:
+        options["table"] = args.table
+    if args.no_dashboard:
+        options["dashboard"] = False
+    if args.dashboard_port is not None:
+        options["dashboard_port"] = args.dashboard_port
+    if args.no_emulator:
+        options["emulator"] = False
+    if args.replay_log is not None:
+        options["replay_log"] = args.replay_log
     return run_demo(
         duration_s=args.duration,
         batteries=args.batteries,
@@ -128,6 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         acceleration=args.acceleration,
         ageing=args.ageing,
+        **options,
     )
 
 
@@ -171,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acceleration", type=float, default=2000.0, help="simulated seconds per wall second")
     p.add_argument("--ageing", type=float, default=40.0, help="ageing speed-up of the simulated cells")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--table", dest="table", action="store_true", default=None, help="terminal fleet table")
+    p.add_argument("--no-table", dest="table", action="store_false")
+    p.add_argument("--no-dashboard", action="store_true", help="(full stack) do not serve the web dashboard")
+    p.add_argument("--dashboard-port", type=int, default=None, help="(full stack) dashboard port (default 8090)")
+    p.add_argument("--no-emulator", action="store_true", help="(full stack) no BMS-emulator battery")
+    p.add_argument("--replay-log", type=Path, default=None, help="(full stack) NASA log for the replayed battery")
     p.set_defaults(func=cmd_demo)
 
     for name, module, func, text in (
