@@ -366,6 +366,8 @@ def device_summary(state: dict[str, Any]) -> dict[str, Any]:
         "thing": state["thing"],
         "first_seen": state.get("first_seen"),
         "last_seen": state.get("last_seen"),
+        "updated_at": state.get("updated_at"),  # cloud receive time (last_seen is the device's clock)
+        "source_id": sample.get("source_id") or health.get("source_id"),
         "last_kind": state.get("last_kind"),
         "simulated": state.get("simulated"),
         "soh": health.get("soh"),

@@ -14,10 +14,14 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    cleaned history (``fit_fade``). ``b(h) = clip(log(prior(t+h) / L))`` is the prior's log-change ahead.
 3. Inputs: a window of the last ``window`` cleaned points (``log C/L``, age in cycles, ``log fit/L``,
    valid flag; left-padded with zeros) and static features (``b`` at each horizon, fit quality, ``log L/C0``,
-   history length). The network outputs a correction ``r(h)`` at each horizon.
-4. Forecast: ``log(C(t+h)/L) = b(h) + r(h)``, with ``r`` interpolated linearly in log2(h) between the
-   horizons and held constant beyond the last one; SoH = C / C0. End of life is the first cycle at which
-   the forecast SoH falls below the threshold (interpolated), RUL = EOL − last cycle.
+   history length). The network outputs, at each horizon, how far to trust the prior, ``w(h) = 1 + u(h)``,
+   and an offset ``r(h)``.
+4. Forecast: ``log(C(t+h)/L) = w(h)·b(h) + r(h)`` (w clipped to ``trust_clip``, the sum to ``prior_clip``),
+   with ``u`` and ``r`` interpolated linearly in log2(h) between the horizons and held constant beyond the
+   last one; SoH = C / C0. ``w = 0`` is persistence at an offset, ``w = 1`` the physics prior; the trust
+   form keeps the fade rate in the prior (fitted per cell) and lets the network judge how far the fit
+   can be extrapolated. End of life is the first cycle at which the forecast SoH falls below the
+   threshold (interpolated), RUL = EOL − last cycle.
 """
 
 from __future__ import annotations
@@ -267,11 +271,17 @@ def correction_at(r: np.ndarray, horizons: Sequence[int], h: np.ndarray) -> np.n
     return np.asarray(np.interp(hh, xs, np.asarray(r, dtype=float)))
 
 
-def log_rel_forecast(prep: Prepared, r: np.ndarray, horizons: Sequence[int], targets: np.ndarray) -> np.ndarray:
-    """log(C/level) at absolute target cycles: prior + correction, kept within the prior's clip range."""
+def log_rel_forecast(
+    prep: Prepared, out: np.ndarray, spec: FeatureSpec, targets: np.ndarray
+) -> np.ndarray:
+    """log(C/level) at absolute target cycles from the model's raw output [u (K), r/output_scale (K)]."""
     t = np.asarray(targets, dtype=float)
+    k = len(spec.horizons)
+    h = t - prep.last_cycle
+    w = np.clip(1.0 + correction_at(out[:k], spec.horizons, h), *spec.trust_clip)
+    r = correction_at(out[k : 2 * k], spec.horizons, h) * spec.output_scale
     lo, hi = prep.prior_clip
-    return np.clip(prep.base(t) + correction_at(r, horizons, t - prep.last_cycle), lo, hi)
+    return np.asarray(np.clip(w * prep.base(t) + r, lo, hi))
 
 
 def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:
@@ -320,7 +330,7 @@ class HybridModel:
         return prepare(points, c0_ah, self.spec)
 
     def correction(self, prep: Prepared) -> np.ndarray:
-        """r at the model's horizons (log-capacity units) for prepared inputs."""
+        """The raw model output for prepared inputs: [u(h) (K), r(h) / output_scale (K)]."""
         with self._lock:
             self._interp.set_tensor(self._seq_idx, prep.seq[None, :, :])
             self._interp.set_tensor(self._static_idx, prep.static[None, :])
@@ -328,11 +338,11 @@ class HybridModel:
             out = np.array(self._interp.get_tensor(self._out_idx)[0], dtype=float)
         if not np.all(np.isfinite(out)):
             raise ModelError("hybrid model produced a non-finite output")
-        return out * self.spec.output_scale
+        return out
 
-    def soh_at(self, prep: Prepared, r: np.ndarray, c0_ah: float, target_cycles: np.ndarray) -> np.ndarray:
-        """SoH (C / c0) at absolute target cycles from prepared inputs and the model's correction."""
-        return np.asarray(prep.level_ah * np.exp(log_rel_forecast(prep, r, self._horizons, target_cycles)) / c0_ah)
+    def soh_at(self, prep: Prepared, out: np.ndarray, c0_ah: float, target_cycles: np.ndarray) -> np.ndarray:
+        """SoH (C / c0) at absolute target cycles from prepared inputs and the model's output."""
+        return np.asarray(prep.level_ah * np.exp(log_rel_forecast(prep, out, self.spec, target_cycles)) / c0_ah)
 
     def predict_soh(
         self, points: Sequence[CapacityPoint], c0_ah: float, target_cycles: np.ndarray
@@ -344,11 +354,11 @@ class HybridModel:
         return self.soh_at(prep, self.correction(prep), c0_ah, target_cycles)
 
     def forecast_from(
-        self, prep: Prepared, r: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int
+        self, prep: Prepared, out: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int
     ) -> Forecast:
         step = max(1.0, max_cycles / 2000.0)
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
-        soh = self.soh_at(prep, r, c0_ah, cycles)
+        soh = self.soh_at(prep, out, c0_ah, cycles)
         eol = eol_from_trajectory(cycles, soh, eol_threshold)
         if eol is not None:
             keep = cycles <= eol + step
@@ -356,7 +366,11 @@ class HybridModel:
         params: dict[str, float] = {"level_ah": prep.level_ah}
         if prep.fit is not None:
             params.update({f"prior_{k}": v for k, v in prep.fit.params().items()})
-        params.update({f"r_h{h}": float(v) for h, v in zip(self._horizons, r, strict=True)})
+        k = len(self._horizons)
+        params.update({f"trust_h{h}": 1.0 + float(v) for h, v in zip(self._horizons, out[:k], strict=True)})
+        params.update(
+            {f"offset_h{h}": float(v) * self.spec.output_scale for h, v in zip(self._horizons, out[k:], strict=True)}
+        )
         return Forecast(
             soh_now=prep.level_ah / c0_ah,
             cycles=cycles.tolist(),

@@ -56,8 +56,10 @@ class FeatureSpec(_Strict):
     seq_std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]]
     static_mean: list[Finite]
     static_std: list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]]
-    #: model output × output_scale = log-capacity correction to the prior at each horizon
+    #: the model outputs [u(h) for each horizon, r(h) / output_scale for each horizon];
+    #: log(C/level) = clip((1 + u)·b + r) with 1 + u clipped to trust_clip (see hybrid)
     output_scale: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    trust_clip: tuple[Finite, Finite] = (0.0, 2.0)
     #: capacity level = median of the last ``level_points`` cleaned capacities
     level_points: Annotated[int, Field(ge=1, le=50)] = 3
     #: cycle ages in the window are divided by this
@@ -80,6 +82,8 @@ class FeatureSpec(_Strict):
             raise ValueError("horizons must be strictly increasing")
         if self.prior_clip[0] >= self.prior_clip[1]:
             raise ValueError("prior_clip must be (low, high) with low < high")
+        if self.trust_clip[0] >= self.trust_clip[1]:
+            raise ValueError("trust_clip must be (low, high) with low < high")
         return self
 
 
@@ -113,7 +117,7 @@ class Provenance(_Strict):
 class ModelFile(_Strict):
     """The contents of ``model.json``."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = "battwin-soh-hybrid"
     method: Literal["hybrid"] = "hybrid"
     version: Annotated[str, Field(min_length=1, max_length=64)]
@@ -138,8 +142,8 @@ class ModelFile(_Strict):
             raise ValueError(f"seq_input shape {self.seq_input.shape} != [1, window, n_seq_features]")
         if self.static_input.shape != [1, len(f.static_features)]:
             raise ValueError(f"static_input shape {self.static_input.shape} != [1, n_static_features]")
-        if self.output.shape != [1, len(f.horizons)]:
-            raise ValueError(f"output shape {self.output.shape} != [1, n_horizons]")
+        if self.output.shape != [1, 2 * len(f.horizons)]:
+            raise ValueError(f"output shape {self.output.shape} != [1, 2 × n_horizons]")
         return self
 
 

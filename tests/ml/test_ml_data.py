@@ -1,0 +1,182 @@
+"""Readers, cleaning and splits on the real shared data (gaps, missing and zero capacities)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_agent.health.fade_law import CapacityPoint
+from device_agent.health.hybrid import causal_clean, clean_series
+from device_agent.health.model_files import CleaningSpec
+from ml.data import (
+    CellFileError,
+    Split,
+    clean_cell,
+    fingerprint,
+    read_bms_log,
+    read_cell_csv,
+    read_cells_dir,
+    split_cells,
+)
+from tests.ml.ml_support import CELLS, need_cells
+from tests.support import NASA_LOGS
+
+
+@pytest.fixture(autouse=True)
+def _data() -> None:
+    need_cells()
+
+
+def test_reads_nasa_cell_with_zero_capacities():
+    cell = read_cell_csv(CELLS / "nasa" / "B0045.csv")
+    assert (cell.dataset, cell.cell, len(cell)) == ("nasa", "B0045", 72)
+    assert int((cell.capacity_ah == 0).sum()) == 2  # two failed runs read exactly 0 Ah
+    assert int(cell.valid.sum()) == 70
+    assert cell.temperature_c is not None and set(np.unique(cell.temperature_c)) == {4.0}
+    assert cell.elapsed_h is not None and np.all(np.diff(cell.elapsed_h) > 0)
+    pts = cell.points()
+    assert len(pts) == 70 and all(p.capacity_ah > 0 for p in pts)
+    assert [p.cycle for p in pts] == sorted(p.cycle for p in pts)
+
+
+def test_reads_missing_capacities_as_nan():
+    cell = read_cell_csv(CELLS / "nasa" / "B0052.csv")
+    assert int(np.isnan(cell.capacity_ah).sum()) == 21
+    assert int(cell.valid.sum()) == 4
+    assert cell.c0() == pytest.approx(float(np.median(cell.capacity_ah[cell.valid][:5])))
+
+
+def test_cycle_gaps_are_kept(tmp_path):
+    src = (CELLS / "xjtu" / "XJTU_2C_battery-1.csv").read_text().splitlines()
+    kept = [src[0]] + [line for i, line in enumerate(src[1:]) if i % 7 in (0, 3)]  # every 7th cycle twice
+    p = tmp_path / "gappy.csv"
+    p.write_text("\n".join(kept) + "\n")
+    cell = read_cell_csv(p)
+    gaps = np.diff(cell.cycles)
+    assert set(np.unique(gaps)) == {3.0, 4.0}
+    assert cell.nominal_ah == 2.0
+    assert [q.cycle for q in cell.points()] == cell.cycles.tolist()
+
+
+def _write(tmp_path: Path, text: str, name: str = "c.csv") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("cycle,capacity\n1,1.0\n", "missing required column"),
+        ("cycle,capacity_ah\n1,1.0\n1,0.9\n", "does not increase"),
+        ("cycle,capacity_ah\n1,1.0\n2.5,0.9\n", "not an integer"),
+        ("cycle,capacity_ah\n1,1.0\n2,abc\n", "not a number"),
+        ("", "empty file"),
+        ("cycle,capacity_ah\n", "no data rows"),
+    ],
+)
+def test_contract_violations_are_typed_errors(tmp_path, text, match):
+    with pytest.raises(CellFileError, match=match):
+        read_cell_csv(_write(tmp_path, text))
+
+
+def test_empty_and_na_tokens_are_missing(tmp_path):
+    cell = read_cell_csv(_write(tmp_path, "cycle,capacity_ah,extra\n1,1.0,x\n2,,y\n3,NaN,z\n5,0,\n6,0.9,w\n"))
+    assert cell.cycles.tolist() == [1, 2, 3, 5, 6]
+    assert np.isnan(cell.capacity_ah[1]) and np.isnan(cell.capacity_ah[2])
+    assert cell.valid.tolist() == [True, False, False, False, True]
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(CellFileError, match="no such directory"):
+        read_cells_dir(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CellFileError, match=r"no \*\.csv"):
+        read_cells_dir(tmp_path / "empty")
+
+
+def test_bms_log_through_the_device_tracker_matches_the_lab():
+    if not NASA_LOGS.is_dir():
+        pytest.skip("raw NASA logs not present")
+    lab = read_cell_csv(CELLS / "nasa" / "B0025.csv")
+    dev = read_bms_log(NASA_LOGS / "B0025.csv.gz")
+    assert dev.cell == "B0025"
+    lab_by_cycle = dict(zip(lab.cycles.tolist(), lab.capacity_ah.tolist(), strict=True))
+    rel = [abs(c - lab_by_cycle[cy]) / lab_by_cycle[cy] for cy, c in zip(dev.cycles, dev.capacity_ah, strict=True)
+           if math.isfinite(c) and cy in lab_by_cycle]
+    assert len(rel) >= 25
+    assert float(np.median(rel)) < 1e-3
+    assert dev.temperature_c is not None and np.nanmin(dev.temperature_c) > 15  # cell temperatures, measured
+
+
+def test_cleaning_labels_real_failures():
+    b42 = clean_cell(read_cell_csv(CELLS / "nasa" / "B0042.csv"))
+    counts = b42.counts()
+    # the zero-capacity run is not a valid row; the block of 4 °C high-current runs (~0.07 Ah, 46+ runs)
+    # is an excursion the cell returns from
+    assert len(b42.cycles) == 111
+    assert counts["excursion"] >= 40
+    assert np.all(b42.capacity_ah[b42.ok] > 1.0)
+    b41 = clean_cell(read_cell_csv(CELLS / "nasa" / "B0041.csv"))
+    assert b41.counts()["low_regime"] == 42  # it starts in a low regime and leaves it for good
+    clean = clean_cell(read_cell_csv(CELLS / "nasa" / "B0025.csv"))
+    assert clean.ok.mean() > 0.9
+
+
+def test_causal_cleaning_rules():
+    rules = CleaningSpec()
+    # one failed run is dropped; three in a row are a level shift; back up = return from the excursion
+    caps = [2.0, 1.99, 1.98, 0.1, 1.97, 1.96, 0.1, 0.11, 0.1, 0.1, 1.9, 1.89]
+    st = clean_series(caps, rules)
+    assert st.label[3] == "failed"
+    assert st.label[6:10] == ["excursion"] * 4
+    assert st.kept == [0, 1, 2, 4, 5, 10, 11]
+    # during the excursion the device sees the low level (a sustained drop is reported, not hidden)
+    mid = clean_series(caps[:9], rules)
+    assert mid.kept == [6, 7, 8]
+    pts = [CapacityPoint(float(i + 1), c) for i, c in enumerate(caps)]
+    assert [p.capacity_ah for p in causal_clean(pts, rules)] == [2.0, 1.99, 1.98, 1.97, 1.96, 1.9, 1.89]
+    # a drop from a start-up regime is not a return: a cell that starts low and rises stays up
+    up = clean_series([1.0, 1.8, 1.8, 1.79, 1.78, 0.5], rules)
+    assert up.kept == [1, 2, 3, 4] and up.label[0] == "ok" and up.label[5] == "failed"
+    # invalid points never reach the cleaner
+    bad = [CapacityPoint(1, 2.0), CapacityPoint(2, math.nan), CapacityPoint(3, 0.0), CapacityPoint(3, 1.9),
+           CapacityPoint(2, 1.9), CapacityPoint(4, 1.95)]
+    assert [p.cycle for p in causal_clean(bad, rules)] == [1, 3, 4]
+
+
+def test_split_is_by_whole_cells_and_seeded():
+    cells = read_cells_dir(CELLS / "nasa") + read_cells_dir(CELLS / "xjtu")
+    sp = split_cells(cells, 0.25, 0.15, seed=0)
+    for ds in ("nasa", "xjtu"):
+        tr, va, te = set(sp.train[ds]), set(sp.val[ds]), set(sp.test[ds])
+        assert not (tr & va) and not (tr & te) and not (va & te)
+        assert tr | va | te == {c.cell for c in cells if c.dataset == ds}
+        assert tr and te
+    assert split_cells(cells, 0.25, 0.15, seed=0) == sp
+    assert split_cells(cells, 0.25, 0.15, seed=1).test != sp.test
+    assert len(sp.test["nasa"]) == 8  # one from each block of 4 cells (sorted by name)
+
+
+def test_fingerprint_is_content_based(tmp_path):
+    src = CELLS / "nasa"
+    a = tmp_path / "a" / "nasa"
+    a.mkdir(parents=True)
+    for n in ("B0025", "B0026", "B0027", "B0028"):
+        shutil.copyfile(src / f"{n}.csv", a / f"{n}.csv")
+    cells = read_cells_dir(a)
+    sp = split_cells(cells, 0.25, 0.0, seed=0)
+    fp = fingerprint(cells, sp)
+    b = tmp_path / "elsewhere" / "nasa"
+    shutil.copytree(a, b)
+    assert fingerprint(read_cells_dir(b), sp) == fp  # paths do not matter
+    text = (b / "B0026.csv").read_text().replace("1.81", "1.82", 1)
+    (b / "B0026.csv").write_text(text)
+    assert fingerprint(read_cells_dir(b), sp) != fp  # contents do
+    other = Split(train={"nasa": ["B0025", "B0026", "B0027"]}, val={"nasa": []}, test={"nasa": ["B0028"]})
+    assert other != sp
+    assert fingerprint(cells, other) != fp  # and the cell lists

@@ -1,0 +1,207 @@
+"""The device runtime of the hybrid model: loading checks, the HealthModel protocol, no TensorFlow."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from device_agent.config import HealthSettings
+from device_agent.health.estimator import HealthEstimator, HealthModel
+from device_agent.health.hybrid import ModelLoadError, load_hybrid_model
+from device_agent.health.model_files import sha256_file
+from device_agent.messages import CycleRecord
+from ml.data import read_cell_csv
+from tests.ml.ml_support import CELLS, need_cells
+from tests.support import REPO
+
+
+def test_device_runtime_does_not_import_tensorflow(shipped_model_dir):
+    need_cells()
+    code = f"""
+import sys
+from device_agent.health.hybrid import load_hybrid_model
+from device_agent.health.fade_law import CapacityPoint
+import csv
+m = load_hybrid_model({str(shipped_model_dir)!r})
+rows = list(csv.DictReader(open({str(CELLS / "nasa" / "B0047.csv")!r})))
+pts = [CapacityPoint(float(r["cycle"]), float(r["capacity_ah"])) for r in rows if float(r["capacity_ah"] or 0) > 0]
+f = m.forecast(pts[:40], 1.5, 0.8, 500)
+assert f is not None and f.eol_cycle is not None, f
+heavy = sorted(k for k in sys.modules if k.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax", "torch"))
+print("HEAVY", heavy)
+assert not heavy, heavy
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "HEAVY []" in res.stdout
+
+
+def test_shipped_model_loads_and_is_a_health_model(shipped_model_dir):
+    need_cells()
+    m = load_hybrid_model(shipped_model_dir)
+    hm: HealthModel = m  # the protocol (checked statically by mypy); and its signature at run time:
+    assert list(inspect.signature(hm.forecast).parameters) == list(
+        inspect.signature(HealthModel.forecast).parameters
+    )[1:]
+    doc = json.loads((shipped_model_dir / "model.json").read_text())
+    assert m.method == "hybrid" and m.version == doc["version"]
+    assert sha256_file(shipped_model_dir / "model.tflite") == doc["tflite_sha256"]
+    assert (shipped_model_dir / "model.tflite").stat().st_size <= 64 * 1024
+    cell = read_cell_csv(CELLS / "nasa" / "B0055.csv")
+    pts = cell.points()
+    c0 = cell.c0()
+    assert c0 is not None
+    f = m.forecast(pts[:50], c0, 0.8, 5000)
+    assert f is not None
+    assert 0.5 < f.soh_now < 1.1
+    assert list(f.cycles) == sorted(f.cycles) and f.cycles[0] > pts[49].cycle
+    assert all(np.isfinite(f.soh))
+    if f.eol_cycle is not None:
+        assert f.soh[-1] < 0.8 <= max(f.soh[0], 0.8)
+    assert m.forecast(pts[:2], c0, 0.8, 5000) is None  # < 3 points: the estimator falls back to physics
+
+
+def test_estimator_uses_the_hybrid_model(shipped_model_dir):
+    need_cells()
+    m = load_hybrid_model(shipped_model_dir)
+    est = HealthEstimator(HealthSettings(), "b1", model=m)
+    cell = read_cell_csv(CELLS / "nasa" / "B0046.csv")
+    health = None
+    t = 0.0
+    for p in cell.points()[:30]:
+        rec = CycleRecord(
+            index=int(p.cycle), kind="discharge", start_ts=t, end_ts=t + 3600, duration_s=3600, charge_ah=p.capacity_ah,
+            energy_wh=p.capacity_ah * 3.6, capacity_ah=p.capacity_ah, complete=True, start_voltage_v=4.2,
+            end_voltage_v=2.7, min_voltage_v=2.7, max_voltage_v=4.2, mean_current_a=-2.0, n_samples=100,
+            source_id="b1",
+        )
+        t += 7200
+        est.observe(rec)
+        health = est.estimate(rec)
+    assert health is not None
+    assert health.method == "hybrid" and health.model_version == m.version
+    assert est.last_error is None
+    assert health.forecast
+
+
+def test_forecast_latency_excluding_the_fit(shipped_model_dir):
+    need_cells()
+    m = load_hybrid_model(shipped_model_dir)
+    cell = read_cell_csv(CELLS / "nasa" / "B0036.csv")
+    prep = m.prepare(cell.points()[:150], 1.8)
+    assert prep is not None
+    m.correction(prep)
+    ts = []
+    for _ in range(300):
+        t0 = time.perf_counter()
+        out = m.correction(prep)
+        m.soh_at(prep, out, 1.8, np.arange(151.0, 400.0))
+        ts.append(time.perf_counter() - t0)
+    assert float(np.median(ts)) < 1e-3  # < 1 ms per forecast, the fade-law fit excluded
+
+
+# -- load errors ------------------------------------------------------------------------------------
+
+
+def test_missing(tmp_path, model_copy):
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(tmp_path / "nope")
+    assert e.value.reason == "missing"
+    (model_copy / "model.tflite").unlink()
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "missing"
+    (model_copy / "model.json").unlink()
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "missing"
+
+
+def test_sha_mismatch(model_copy):
+    data = bytearray((model_copy / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (model_copy / "model.tflite").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "sha_mismatch"
+    assert "sha256" in str(e.value)
+
+
+def _restate_sha(model_dir):
+    doc = json.loads((model_dir / "model.json").read_text())
+    doc["tflite_sha256"] = sha256_file(model_dir / "model.tflite")
+    doc["tflite_bytes"] = (model_dir / "model.tflite").stat().st_size
+    (model_dir / "model.json").write_text(json.dumps(doc))
+
+
+def test_truncated_tflite_is_corrupt_even_with_a_matching_sha(model_copy):
+    data = (model_copy / "model.tflite").read_bytes()
+    (model_copy / "model.tflite").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "sha_mismatch"
+    _restate_sha(model_copy)
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "corrupt"
+
+
+def test_wrong_shapes(model_copy):
+    doc = json.loads((model_copy / "model.json").read_text())
+    f = doc["features"]
+    f["window"] += 1
+    doc["seq_input"]["shape"][1] += 1
+    (model_copy / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "shape_mismatch"
+    assert "sequence input" in str(e.value)
+
+
+def test_wrong_output_width(model_copy):
+    doc = json.loads((model_copy / "model.json").read_text())
+    f = doc["features"]
+    last = f["horizons"][-1]
+    f["horizons"] = f["horizons"][:-1]  # model.json is self-consistent, the .tflite has one horizon more
+    f["static_features"] = [n for n in f["static_features"] if n != f"prior_h{last}"]
+    n_static = len(f["static_features"])
+    f["static_mean"] = f["static_mean"][:n_static]
+    f["static_std"] = f["static_std"][:n_static]
+    doc["static_input"]["shape"] = [1, n_static]
+    doc["output"]["shape"] = [1, 2 * len(f["horizons"])]
+    (model_copy / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "shape_mismatch"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("features"),
+        lambda d: d.update(tflite_sha256="xyz"),
+        lambda d: d["features"].update(seq_features=["a", "b", "c", "d"]),
+        lambda d: d["features"].update(seq_std=[0.0, 1.0, 1.0, 1.0]),
+        lambda d: d.update(schema_version=99),
+    ],
+)
+def test_bad_json(model_copy, mutate):
+    doc = json.loads((model_copy / "model.json").read_text())
+    mutate(doc)
+    (model_copy / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "bad_json"
+
+
+def test_not_json(model_copy):
+    (model_copy / "model.json").write_text("{not json")
+    with pytest.raises(ModelLoadError) as e:
+        load_hybrid_model(model_copy)
+    assert e.value.reason == "bad_json"
