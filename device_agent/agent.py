@@ -192,6 +192,11 @@ class Agent:
         if batch:
             self._emit_telemetry(batch)
 
+    def close(self) -> None:
+        """Release the spool and state databases (after :meth:`run` returned; tests may inspect them first)."""
+        self.state.close()
+        self.spool.close()
+
     def now(self) -> float:
         """Time stamp for events: the last sample's time (simulated/replayed time), else the wall clock."""
         return self._last_ts or time.time()

@@ -100,7 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info(
         "agent starting", extra={"thing": config.thing_name, "source": config.source.url, "broker": config.mqtt.url}
     )
-    stats = agent.run(stop, max_samples=args.max_samples)
+    try:
+        stats = agent.run(stop, max_samples=args.max_samples)
+    finally:
+        agent.close()
     log.info("agent stopped", extra={"samples": stats.samples, "cycles": stats.cycles, "health": stats.health})
     return EXIT_OK
 

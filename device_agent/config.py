@@ -98,8 +98,10 @@ class HealthSettings(Section):
     #: number of first capacities whose median is C0 when no rated capacity is set
     c0_from_first: Annotated[int, Field(ge=1, le=50)] = 5
     min_cycles_for_fit: Annotated[int, Field(ge=2, le=1000)] = 3
-    #: directory with model.tflite + model.json; None = physics only
+    #: directory with model.tflite + model.json; None = the shipped model if there is one (else physics only)
     model_dir: Path | None = None
+    #: with no model_dir, use the model shipped in components/com.battwin.SohModel/model
+    use_shipped_model: bool = True
     #: models are only loaded from inside this directory (the SohModel component's artifacts); None = anywhere
     model_root: Path | None = None
     model_version_pin: Annotated[str, Field(max_length=64)] | None = None

@@ -24,7 +24,7 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.broker.embedded import EmbeddedBroker
 from device_agent.config import AgentConfig, MqttSettings
-from device_agent.runtime import attach_config_sync
+from device_agent.runtime import attach_config_sync, attach_model_manager, model_dir_for
 from device_agent.shadow.local_service import LocalShadowService
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
@@ -152,6 +152,9 @@ def _agent_for(
     transport = MqttTransport(config.mqtt, client_id=member.name)
     agent = Agent(config, source, transport)
     attach_config_sync(agent, MqttShadowClient(transport, member.name, config.shadow.name, shadow_root))
+    model_dir = model_dir_for(config)
+    if model_dir is not None:
+        agent.model_manager = attach_model_manager(agent, model_dir)
     return agent
 
 
@@ -218,6 +221,8 @@ def run_demo(
         stop.set()
         for t in threads:
             t.join(timeout=20)
+        for a in agents:
+            a.close()
         monitor.stop()
         shadows.stop()
         if broker is not None:

@@ -14,6 +14,7 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.health.estimator import HealthModel
 from device_agent.health.model_manager import ModelManager
+from device_agent.health.shipped import shipped_model_dir
 from device_agent.messages import Message, MessageKind
 from device_agent.shadow.client import ShadowClient
 from device_agent.shadow.config_sync import ConfigSync
@@ -42,9 +43,16 @@ def build_transport(config: AgentConfig) -> Transport:
     return MqttTransport(config.mqtt, client_id=config.mqtt.client_id or config.thing_name)
 
 
+def model_dir_for(config: AgentConfig) -> Path | None:
+    """``health.model_dir``, else the shipped model (unless ``health.use_shipped_model`` is off)."""
+    if config.health.model_dir is not None:
+        return config.health.model_dir
+    return shipped_model_dir() if config.health.use_shipped_model else None
+
+
 def load_health_model(config: AgentConfig) -> tuple[HealthModel | None, str | None]:
-    """The learned model named by ``health.model_dir``, or (None, reason)."""
-    model_dir = config.health.model_dir
+    """The learned model for this configuration, or (None, reason)."""
+    model_dir = model_dir_for(config)
     if model_dir is None:
         return None, None
     try:
@@ -98,8 +106,9 @@ def attach_model_manager(agent: Agent, model_dir: Path, watch_s: float = 10.0) -
 def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agent:
     source = create_source(config.source.url, config.source)
     agent = Agent(config, source, transport or build_transport(config))
-    if config.health.model_dir is not None:
-        agent.model_manager = attach_model_manager(agent, config.health.model_dir)
+    model_dir = model_dir_for(config)
+    if model_dir is not None:
+        agent.model_manager = attach_model_manager(agent, model_dir)
     if config.shadow.enabled:
         attach_config_sync(agent, build_shadow(config, agent.transport))
     return agent

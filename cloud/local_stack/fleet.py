@@ -26,7 +26,7 @@ from cloud.local_stack.sources import EmulatedBmsSource, PacedReplaySource
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.demo import FleetMember
-from device_agent.runtime import attach_config_sync
+from device_agent.runtime import attach_config_sync, attach_model_manager, model_dir_for
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.uplink.mqtt_transport import MqttTransport
 from hardware.emulators.feed import PackFeed
@@ -117,12 +117,16 @@ class Member:
     def close(self) -> None:
         if self.emulator is not None:
             self.emulator.stop()
+        self.agent.close()
 
 
 def _agent(config: AgentConfig, source: Source, conn: Connection) -> Agent:
     transport = MqttTransport(config.mqtt, client_id=config.thing_name)
     agent = Agent(config, source, transport)
     attach_config_sync(agent, MqttShadowClient(transport, config.thing_name, config.shadow.name, conn.shadow_root))
+    model_dir = model_dir_for(config)
+    if model_dir is not None:  # the shipped hybrid model, hot-swappable like on a device
+        agent.model_manager = attach_model_manager(agent, model_dir)
     return agent
 
 
