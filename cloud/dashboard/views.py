@@ -261,7 +261,7 @@ def shown_forecast(health: dict[str, Any] | None, last_cycle: float) -> dict[str
     points = [(float(c), float(v)) for c, v in points if _num(c) is not None and _num(v) is not None]
     eol = _num((health or {}).get("eol_threshold"))
     crossing = next((k for k, (_, v) in enumerate(points) if eol is not None and v <= eol), None)
-    if crossing is not None:
+    if crossing:  # crosses ahead; a battery already past EOL (crossing == 0) still shows its trajectory
         shown = points[: crossing + 1]
     else:
         limit = max(last_cycle * FORECAST_SPAN, last_cycle + 50.0)

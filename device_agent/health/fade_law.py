@@ -33,6 +33,7 @@ T_REF_K = 298.15
 Z_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.5 .. 3.0
 HUBER_K = 1.5
 IRLS_ITERATIONS = 3
+MIN_AHEAD_STEPS = 50
 
 
 def arrhenius(temperature_c: float | None) -> float:
@@ -234,9 +235,10 @@ def forecast_eol(
     if len(below) == 0:
         return horizon, soh, None
     i = int(below[0])
+    shown = max(i + 1, MIN_AHEAD_STEPS)  # past end of life the trajectory is still shown a little way ahead
     if i == 0:
-        return horizon[:1], soh[:1], float(horizon[0])
+        return horizon[:shown], soh[:shown], float(horizon[0])
     # linear interpolation between the last point above and the first below the threshold
     c1, c2, s1, s2 = horizon[i - 1], horizon[i], soh[i - 1], soh[i]
     eol = float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)
-    return horizon[: i + 1], soh[: i + 1], eol
+    return horizon[:shown], soh[:shown], eol

@@ -63,6 +63,7 @@ STATIC_BASE_FEATURES: tuple[str, ...] = (
     "log_span",
 )
 MIN_POINTS = 3
+MIN_AHEAD_CYCLES = 50.0
 
 
 def static_feature_names(horizons: Sequence[int]) -> list[str]:
@@ -361,7 +362,8 @@ class HybridModel:
         soh = self.soh_at(prep, out, c0_ah, cycles)
         eol = eol_from_trajectory(cycles, soh, eol_threshold)
         if eol is not None:
-            keep = cycles <= eol + step
+            # up to end of life, but never fewer than MIN_AHEAD_CYCLES: past EOL the trajectory still shows
+            keep = cycles <= max(eol + step, prep.last_cycle + MIN_AHEAD_CYCLES)
             cycles, soh = cycles[keep], soh[keep]
         params: dict[str, float] = {"level_ah": prep.level_ah}
         if prep.fit is not None:
