@@ -74,42 +74,48 @@ class Publisher:
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
         last_seq = 0
+        last_timeout_check = 0.0
+        refill_at = max(1, self.inflight_max // 4)
         while not self._stop.is_set():
+            self._wake.clear()  # cleared before looking, so a notify during this pass is not lost
             self._commit_acks()
+            now = time.monotonic()
             with self._lock:
                 failed, self._failed = self._failed, False
-                now = time.monotonic()
-                timed_out = [s for s, t in self._inflight.items() if now - t > self.ack_timeout_s]
-                for s in timed_out:
-                    del self._inflight[s]
+                timed_out: list[int] = []
+                if now - last_timeout_check >= 1.0:
+                    last_timeout_check = now
+                    timed_out = [s for s, t in self._inflight.items() if now - t > self.ack_timeout_s]
+                    for s in timed_out:
+                        del self._inflight[s]
                 if failed or timed_out:
                     last_seq = 0  # resend everything not acknowledged, from the oldest
-                room = self.inflight_max - len(self._inflight)
+                inflight = len(self._inflight)
             if not self.transport.connected:
                 with self._lock:
                     # unacked messages will be resent in order after the reconnect
-                    if self._inflight:
-                        self._inflight.clear()
+                    self._inflight.clear()
                     last_seq = 0
                 self.transport.wait_connected(0.2)
                 continue
-            if room <= 0:
+            room = self.inflight_max - inflight
+            if inflight and room < refill_at:  # refill in batches, not one message per acknowledgement
                 self._wake.wait(0.05)
-                self._wake.clear()
                 continue
             batch = self.spool.peek(room, after_seq=last_seq)
-            batch = [m for m in batch if m.seq not in self._inflight]
+            with self._lock:
+                batch = [m for m in batch if m.seq not in self._inflight]
+                sent_at = time.monotonic()
+                for msg in batch:
+                    self._inflight[msg.seq] = sent_at
             if not batch:
                 self._wake.wait(0.2)
-                self._wake.clear()
                 continue
             for msg in batch:
                 self._send(msg)
                 last_seq = msg.seq
 
     def _send(self, msg: SpooledMessage) -> None:
-        with self._lock:
-            self._inflight[msg.seq] = time.monotonic()
         self.sent += 1
         fut = self.transport.publish(msg.topic, msg.payload)
         fut.add_done_callback(functools.partial(self._on_done, msg.seq))

@@ -42,11 +42,13 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
+INSERT_SQL = "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?, ?, ?, ?, ?)"
 RESERVE_BYTES = 512 * 1024
 UNCAPPED_PAGES = 1_073_741_823  # SQLite's default max_page_count
 LOW_PRIORITY_SUFFIX = "/telemetry"  # dropped first when the spool is full
-WAL_LIMIT_BYTES = 256 * 1024
-WAL_AUTOCHECKPOINT_PAGES = 64
+WAL_LIMIT_BYTES = 1024 * 1024
+WAL_AUTOCHECKPOINT_PAGES = 256
+CAPPED_AUTOCHECKPOINT_PAGES = 32
 
 
 def _disk_full(exc: sqlite3.Error) -> bool:
@@ -154,11 +156,12 @@ class Spool:
             return PutResult(len(items), dropped)
 
     def _insert(self, items: Sequence[tuple[str, str, bytes, float]]) -> None:
+        rows = [(i, t, p, c, 0 if t.endswith(LOW_PRIORITY_SUFFIX) else 1) for i, t, p, c in items]
+        if len(rows) == 1:  # one statement in autocommit mode is its own transaction: fewer round trips
+            self._db.execute(INSERT_SQL, rows[0])
+            return
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany(
-            "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?, ?, ?, ?, ?)",
-            [(i, t, p, c, 0 if t.endswith(LOW_PRIORITY_SUFFIX) else 1) for i, t, p, c in items],
-        )
+        self._db.executemany(INSERT_SQL, rows)
         self._db.execute("COMMIT")
 
     def _put_on_full_disk(self, items: Sequence[tuple[str, str, bytes, float]], incoming: int) -> PutResult:
@@ -213,7 +216,9 @@ class Spool:
             pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             st = os.statvfs(self.path.parent)
-            wal_budget = (WAL_AUTOCHECKPOINT_PAGES + 32) * (page_size + 24)
+            # on a full disk the WAL is checkpointed often, so it needs little room
+            self._db.execute(f"PRAGMA wal_autocheckpoint={CAPPED_AUTOCHECKPOINT_PAGES}")
+            wal_budget = (CAPPED_AUTOCHECKPOINT_PAGES + 32) * (page_size + 24)
             spare = max(0, st.f_bavail * st.f_frsize - wal_budget) // page_size
             self._db.execute(f"PRAGMA max_page_count={max(pages + spare, 8)}")
             self._capped = True
@@ -226,6 +231,7 @@ class Spool:
         if st.f_bavail * st.f_frsize >= 2 * RESERVE_BYTES + WAL_LIMIT_BYTES:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute(f"PRAGMA max_page_count={UNCAPPED_PAGES}")
+                self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
                 self._capped = False
                 log.info("spool disk has room again; growth cap lifted", extra={"path": str(self.path)})
             self._make_reserve()
