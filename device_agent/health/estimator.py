@@ -85,12 +85,16 @@ def c0_estimate(points: Sequence[CapacityPoint], settings: HealthSettings) -> fl
 
 
 def _thin(cycles: Sequence[float], soh: Sequence[float], n: int) -> tuple[ForecastPoint, ...]:
+    """At most ``n`` points of the trajectory, spaced geometrically: dense in the near term, where a user
+    looks first, sparse towards the far horizon; the first and the last point are always kept."""
     if not cycles:
         return ()
+    last = len(cycles) - 1
     if len(cycles) <= n:
         idx = list(range(len(cycles)))
     else:
-        idx = sorted({round(k * (len(cycles) - 1) / (n - 1)) for k in range(n)})
+        ratio = (last + 1) ** (1.0 / (n - 1))
+        idx = sorted({min(last, round(ratio**k) - 1) for k in range(n)} | {0, last})
     return tuple(
         ForecastPoint(cycle=float(cycles[k]), soh=float(soh[k]))
         for k in idx
