@@ -42,58 +42,45 @@ class AlarmBook:
         self._emit = emit
         self.active: dict[str, Alarm] = {}
 
+    def _alarm(
+        self,
+        code: str,
+        ts: float,
+        active: bool,
+        message: str,
+        severity: Severity | None = None,
+        details: dict[str, float | int | str | bool | None] | None = None,
+    ) -> Alarm:
+        return Alarm(
+            ts=ts,
+            code=code,
+            severity=severity or ALARMS[code].severity,
+            active=active,
+            message=message[:1024],
+            details=details or {},
+            source_id=self.source_id,
+            simulated=self.simulated,
+        )
+
     def raise_(
         self, code: str, ts: float, message: str | None = None, **details: float | int | str | bool | None
     ) -> bool:
         """Activate ``code``; returns True if this changed its state (and an Alarm was emitted)."""
         if code in self.active:
             return False
-        spec = ALARMS[code]
-        alarm = Alarm(
-            ts=ts,
-            code=code,
-            severity=spec.severity,
-            active=True,
-            message=(message or spec.text)[:1024],
-            details=details,
-            source_id=self.source_id,
-            simulated=self.simulated,
-        )
+        alarm = self._alarm(code, ts, True, message or ALARMS[code].text, details=details)
         self.active[code] = alarm
         self._emit(alarm)
         return True
 
     def clear(self, code: str, ts: float, message: str | None = None) -> bool:
-        alarm = self.active.pop(code, None)
-        if alarm is None:
+        if self.active.pop(code, None) is None:
             return False
-        self._emit(
-            Alarm(
-                ts=ts,
-                code=code,
-                severity="info",
-                active=False,
-                message=(message or f"cleared: {ALARMS[code].text}")[:1024],
-                source_id=self.source_id,
-                simulated=self.simulated,
-            )
-        )
+        self._emit(self._alarm(code, ts, False, message or f"cleared: {ALARMS[code].text}", severity="info"))
         return True
 
     def pulse(
         self, code: str, ts: float, message: str | None = None, **details: float | int | str | bool | None
     ) -> None:
         """A one-off event (e.g. 'N messages dropped'): emitted every time, never stays active."""
-        spec = ALARMS[code]
-        self._emit(
-            Alarm(
-                ts=ts,
-                code=code,
-                severity=spec.severity,
-                active=False,
-                message=(message or spec.text)[:1024],
-                details=details,
-                source_id=self.source_id,
-                simulated=self.simulated,
-            )
-        )
+        self._emit(self._alarm(code, ts, False, message or ALARMS[code].text, details=details))

@@ -200,40 +200,21 @@ class LocalShadowService:
             return
         token = request.get("clientToken") if isinstance(request, dict) else None
         echo = {"clientToken": token} if token is not None else {}
-        if op == "get":
-            doc = self.store.get(thing, shadow)
-            if doc is None:
-                self._publish(
-                    f"{base}/rejected",
-                    {
-                        "code": 404,
-                        "message": f"No shadow exists with name: '{shadow or thing}'",
-                        "timestamp": _now(),
-                        **echo,
-                    },
-                )
+
+        def reject(code: int, message: str) -> None:
+            self._publish(f"{base}/rejected", {"code": code, "message": message, "timestamp": _now(), **echo})
+
+        missing = f"No shadow exists with name: '{shadow or thing}'"
+        if op in ("get", "delete"):
+            found = self.store.get(thing, shadow) if op == "get" else self.store.delete(thing, shadow)
+            if found is None:
+                reject(404, missing)
             else:
-                self._publish(f"{base}/accepted", {**doc, **echo})
-        elif op == "delete":
-            done = self.store.delete(thing, shadow)
-            if done is None:
-                self._publish(
-                    f"{base}/rejected",
-                    {
-                        "code": 404,
-                        "message": f"No shadow exists with name: '{shadow or thing}'",
-                        "timestamp": _now(),
-                        **echo,
-                    },
-                )
-            else:
-                self._publish(f"{base}/accepted", {**done, **echo})
+                self._publish(f"{base}/accepted", {**found, **echo})
         elif op == "update":
             code, result = self.store.update(thing, shadow, request)
             if code:
-                self._publish(
-                    f"{base}/rejected", {"code": code, "message": result["message"], "timestamp": _now(), **echo}
-                )
+                reject(code, result["message"])
                 return
             self._publish(f"{base}/accepted", {**result["accepted"], **echo})
             self._publish(f"{base}/documents", {**result["documents"], **echo})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import stat
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -160,51 +161,24 @@ class MqttTransport:
 
     # -- messaging --------------------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        out: Future[None] = Future()
-        try:
-            inner, _packet_id = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)
-        except Exception as exc:
-            out.set_exception(TransportError(f"publish to {topic} failed: {exc}"))
-            return out
-
-        def _done(f: Future[Any]) -> None:
-            exc = f.exception()
-            if exc is not None:
-                out.set_exception(TransportError(f"publish to {topic} not acknowledged: {exc}"))
-            else:
-                out.set_result(None)
-
-        inner.add_done_callback(_done)
-        return out
+        return _acknowledged(
+            lambda: self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0], f"publish to {topic}"
+        )
 
     def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
         self._subs[topic] = handler
         return self._subscribe_one(topic, handler)
 
     def _subscribe_one(self, topic: str, handler: MessageHandler) -> Future[None]:
-        out: Future[None] = Future()
-
         def _on_message(topic: str, payload: bytes, **kwargs: Any) -> None:
             try:
                 handler(topic, payload)
             except Exception:
                 log.exception("mqtt message handler failed", extra={"topic": topic})
 
-        try:
-            inner, _ = self._conn.subscribe(topic, mqtt.QoS.AT_LEAST_ONCE, _on_message)
-        except Exception as exc:
-            out.set_exception(TransportError(f"subscribe {topic} failed: {exc}"))
-            return out
-
-        def _done(f: Future[Any]) -> None:
-            exc = f.exception()
-            if exc is not None:
-                out.set_exception(TransportError(f"subscribe {topic} failed: {exc}"))
-            else:
-                out.set_result(None)
-
-        inner.add_done_callback(_done)
-        return out
+        return _acknowledged(
+            lambda: self._conn.subscribe(topic, mqtt.QoS.AT_LEAST_ONCE, _on_message)[0], f"subscribe {topic}"
+        )
 
     def _resubscribe(self) -> None:
         for topic, handler in list(self._subs.items()):
@@ -212,3 +186,24 @@ class MqttTransport:
                 self._subscribe_one(topic, handler).result(self.settings.publish_timeout_s)
             except Exception as exc:
                 log.warning("mqtt resubscribe failed", extra={"topic": topic, "error": str(exc)[:200]})
+
+
+def _acknowledged(request: Callable[[], Future[Any]], what: str) -> Future[None]:
+    """Run an awscrt request and give a future that resolves on its acknowledgement or fails with a
+    TransportError naming ``what``."""
+    out: Future[None] = Future()
+    try:
+        inner = request()
+    except Exception as exc:
+        out.set_exception(TransportError(f"{what} failed: {exc}"))
+        return out
+
+    def _done(f: Future[Any]) -> None:
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(TransportError(f"{what} not acknowledged: {exc}"))
+        else:
+            out.set_result(None)
+
+    inner.add_done_callback(_done)
+    return out
