@@ -26,6 +26,7 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import math
@@ -47,7 +48,6 @@ from device_agent.health.model_files import (
     ModelFile,
     TensorSpec,
     read_model_file,
-    sha256_file,
 )
 from device_agent.messages import HealthMethod
 
@@ -419,12 +419,18 @@ def load_hybrid_model(model_dir: Path | str, *, num_threads: int = 1) -> HybridM
     tfl = d / mf.tflite_file
     if not tfl.is_file():
         raise ModelLoadError("missing", f"{tfl} does not exist")
-    sha = sha256_file(tfl)
+    # read once, check those bytes, and load those very bytes: a file swapped between the check and the
+    # load cannot slip in
+    try:
+        content = tfl.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError("missing", f"{tfl} cannot be read: {exc}") from exc
+    sha = hashlib.sha256(content).hexdigest()
     if sha != mf.tflite_sha256:
         raise ModelLoadError("sha_mismatch", f"{tfl} has sha256 {sha}, model.json says {mf.tflite_sha256}")
     interp_cls = _interpreter_class()
     try:
-        interp = interp_cls(model_path=str(tfl), num_threads=num_threads)
+        interp = interp_cls(model_content=content, num_threads=num_threads)
         interp.allocate_tensors()
     except Exception as exc:  # the interpreter raises ValueError/RuntimeError on a bad flatbuffer
         raise ModelLoadError("corrupt", f"{tfl} cannot be loaded: {exc}") from exc
