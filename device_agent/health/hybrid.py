@@ -361,6 +361,9 @@ class HybridModel:
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
         soh = self.soh_at(prep, out, c0_ah, cycles)
         eol = eol_from_trajectory(cycles, soh, eol_threshold)
+        # capacity does not come back by itself over a long horizon: the trajectory published is
+        # non-increasing (the EOL cycle above is computed from the model's own output, unchanged)
+        soh = np.minimum.accumulate(soh)
         if eol is not None:
             # up to end of life, but never fewer than MIN_AHEAD_CYCLES: past EOL the trajectory still shows
             keep = cycles <= max(eol + step, prep.last_cycle + MIN_AHEAD_CYCLES)
