@@ -28,6 +28,10 @@ def test_replay_writes_cycle_and_health_records(tmp_path):
     health = [x for x in records if x["kind"] == "health"]
     assert summary["cycles"] == sum(1 for x in records if x["kind"] in ("charge", "discharge"))
     assert len(discharges) == 102 and len(health) == 102
+    # the shipped hybrid model is used on every new cycle once there is enough history (physics before)
+    methods = [h["method"] for h in health]
+    assert methods[-1] == "hybrid" and methods.count("hybrid") >= 95
+    assert all(h["model_version"].startswith("hybrid-") for h in health if h["method"] == "hybrid")
     assert all(x["source_id"] == "replay:B0055" and x["simulated"] is False for x in records)
     # --start shifts every time stamp
     out2 = tmp_path / "shifted.jsonl"
