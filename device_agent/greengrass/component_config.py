@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider
+from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider, close_subscriptions
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
@@ -70,13 +70,7 @@ class ComponentConfig:
     def close(self) -> None:
         with self._lock:
             operations, self._operations = self._operations, []
-        for op in operations:
-            try:
-                op.close()
-            except Exception as exc:
-                log.debug("closing the configuration subscription failed: %s", exc)
-        if self._owned:
-            self.connection.stop()
+        close_subscriptions(operations, self.connection, self._owned, "configuration")
 
     def get(self, key_path: Sequence[str] | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """The configuration at ``key_path`` (default: this object's); a leaf comes as ``{name: value}``."""

@@ -244,6 +244,17 @@ def _close_client(client: Any) -> None:
         log.debug("closing the IPC client failed: %s", exc)
 
 
+def close_subscriptions(operations: list[Any], provider: ClientProvider, owned: bool, what: str) -> None:
+    """Close streaming operations (subscriptions), then the connection if this object owns it."""
+    for op in operations:
+        try:
+            op.close()
+        except Exception as exc:
+            log.debug("closing the %s subscription failed: %s", what, exc)
+    if owned:
+        provider.stop()
+
+
 def as_provider(client: Any) -> tuple[ClientProvider, bool]:
     """``(provider, owned)`` for what a user passed as ``client``: None → a new IpcConnection (owned);
     a provider → itself; a GreengrassCoreIPCClientV2 → a StaticConnection."""

@@ -24,8 +24,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider
+from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider, close_subscriptions
 from device_agent.shadow.client import CONFIG_SHADOW, DeltaHandler, ShadowError
+from device_agent.shadow.topics import shadow_prefix
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
@@ -92,9 +93,7 @@ class IpcShadowClient:
 
     @property
     def topic_prefix(self) -> str:
-        if self.shadow_name:
-            return f"$aws/things/{self.thing_name}/shadow/name/{self.shadow_name}"
-        return f"$aws/things/{self.thing_name}/shadow"
+        return shadow_prefix(self.thing_name, self.shadow_name or None)
 
     @property
     def delta_topic(self) -> str:
@@ -103,13 +102,7 @@ class IpcShadowClient:
     def close(self) -> None:
         with self._lock:
             operations, self._operations = self._operations, []
-        for op in operations:
-            try:
-                op.close()
-            except Exception as exc:
-                log.debug("closing the delta subscription failed: %s", exc)
-        if self._owned:
-            self.connection.stop()
+        close_subscriptions(operations, self.connection, self._owned, "delta")
 
     # -- requests ---------------------------------------------------------------------------------
     def _client(self, timeout: float) -> GreengrassCoreIPCClientV2:
