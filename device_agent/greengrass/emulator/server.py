@@ -74,6 +74,7 @@ from device_agent.greengrass.emulator.wire import (
     WireError,
     rpc_message,
 )
+from device_agent.uplink.transport import topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +212,7 @@ async def _until_eof(reader: asyncio.StreamReader) -> None:
         pass
 
 
-def mqtt_filter_matches(pattern: str, topic: str) -> bool:
-    """MQTT topic-filter matching (``+`` one level, ``#`` the rest, including the parent level)."""
-    p_parts = pattern.split("/")
-    t_parts = topic.split("/")
-    for k, p in enumerate(p_parts):
-        if p == "#":
-            return True
-        if k >= len(t_parts):
-            return False
-        if p not in ("+", t_parts[k]):
-            return False
-    return len(p_parts) == len(t_parts)
+mqtt_filter_matches = topic_matches  # the same MQTT filter rules as the uplink's transports
 
 
 def _valid_topic(topic: Any, *, is_filter: bool) -> str | None:
