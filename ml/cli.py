@@ -68,6 +68,16 @@ def _threshold(text: str) -> float:
     return v
 
 
+def _band(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 5.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the EOL band must be between 0 and 5 sigmas")
+    return v
+
+
 def _usage(message: str) -> int:
     print(f"battwin ml: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -145,6 +155,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = load_hybrid_model(model_dir)
     except ModelLoadError as exc:
         return _usage(f"model {model_dir}: {exc}")
+    if args.eol_band is not None:  # e.g. 0: score the mean forecast's own crossing instead of the model's band
+        model.spec = model.spec.model_copy(update={"eol_band_sigmas": args.eol_band})
     metrics = evaluate(
         cells, model, args.out, points=args.points, threshold=args.eol, max_cycles=args.max_cycles,
         plots=not args.no_plots, progress=not args.quiet,
@@ -154,6 +166,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(summary_table(metrics))
         print(f"wrote {args.out / 'predictions.csv'}, {args.out / 'metrics.json'} and plots")
     return EXIT_OK
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    from ml.crossval import crossval
+    from ml.data import CellFileError
+    from ml.evaluate import summary_table
+    from ml.train import ExportError, TrainConfig
+
+    _setup_logging(args.verbose)
+    overrides = {k: v for k in ("epochs", "seed") if (v := getattr(args, k)) is not None}
+    try:
+        cfg = TrainConfig.tiny_preset(**overrides) if args.tiny else TrainConfig(**overrides)
+        cells = _read_dirs(args.cells, cfg.max_cells_per_dataset)
+        result = crossval(cells, args.dataset, args.folds, cfg, args.out)
+    except ValidationError as exc:
+        return _usage(f"bad training option: {exc}")
+    except ExportError as exc:
+        print(f"battwin ml crossval: export failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (CellFileError, ValueError) as exc:
+        return _usage(str(exc))
+    for f in result.folds:
+        print(f"fold {f['fold']}: held out {', '.join(f['test_cells'])} (model {f['model_version']})")
+    print(summary_table(result.metrics))
+    print(f"wrote {args.out / 'predictions.csv'}, {args.out / 'metrics.json'}, {args.out / 'folds.json'}")
+    return EXIT_OK
+
+
+def _folds(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 2 <= v <= 50:
+        raise argparse.ArgumentTypeError(f"{text!r}: folds must be between 2 and 50")
+    return v
 
 
 def register(subparsers: Any) -> None:
@@ -189,10 +237,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eol", type=_threshold, default=0.8, help="end-of-life SoH threshold (default 0.8)")
     p.add_argument("--max-cycles", type=int, default=5000, dest="max_cycles",
                    help="how far ahead end of life is searched (default 5000 cycles)")
+    p.add_argument("--eol-band", type=_band, default=None, dest="eol_band", metavar="SIGMAS",
+                   help="override the model's EOL band (in the cell's scatter; 0 = the mean forecast's crossing)")
     p.add_argument("--no-plots", action="store_true", dest="no_plots")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("crossval", help="k-fold cross-validation by whole cells over one dataset's scorable cells")
+    p.add_argument("--cells", type=Path, action="append", required=True, metavar="DIR",
+                   help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)")
+    p.add_argument("--dataset", required=True, help="the dataset (folder name) whose cells are cross-validated")
+    p.add_argument("--folds", type=_folds, default=4, help="number of folds (default 4)")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tiny", action="store_true", help="CI-sized models (few cells, small network, few epochs)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_crossval)
 
 
 def main(argv: list[str] | None = None) -> int:

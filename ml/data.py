@@ -362,6 +362,59 @@ class Split:
         return "unused"
 
 
+#: a test cell needs this many valid rows: the three prediction points then each have a history and a future
+SCORABLE_MIN_ROWS = 20
+#: ... and its contract SoH (capacity / median of the first 5 valid rows) must stay in this band on all
+#: but SCORABLE_MAX_OUTSIDE of its valid rows
+SCORABLE_SOH_BAND = (0.5, 1.2)
+SCORABLE_MAX_OUTSIDE = 0.05
+
+
+@dataclass(frozen=True)
+class Scorability:
+    ok: bool
+    n_valid: int
+    frac_outside: float
+    reason: str
+
+
+def scorability(cell: Cell) -> Scorability:
+    """Whether the contract's SoH means a state of health for this cell, so that it can be a test cell.
+
+    The contract divides by C0 = the median of the first 5 valid rows. Where those rows come from a block
+    of runs under other conditions (NASA B0038-B0041: C0 0.06-1.06 Ah, later 1.7 Ah, "SoH" up to 22), or
+    a large part of the file is failed or cold high-current runs (B0042-B0044: 41 % of rows at SoH 0.04;
+    B0050: 45 %), or there are too few rows (B0052: 4), no forecast can be scored against that "SoH".
+    Such cells still train the model (its cleaning must cope with them); they are never test cells, and
+    ``battwin ml evaluate`` reports them separately. The rule looks at the data only, never at a model.
+    """
+    v = cell.capacity_ah[cell.valid]
+    n = len(v)
+    if n == 0:
+        return Scorability(False, 0, 1.0, "no valid rows")
+    soh = v / float(np.median(v[:5]))
+    lo, hi = SCORABLE_SOH_BAND
+    frac = float(np.mean((soh < lo) | (soh > hi)))
+    if n < SCORABLE_MIN_ROWS:
+        return Scorability(False, n, frac, f"{n} valid rows (< {SCORABLE_MIN_ROWS})")
+    if frac > SCORABLE_MAX_OUTSIDE:
+        return Scorability(
+            False, n, frac,
+            f"{100 * frac:.0f} % of valid rows have a contract SoH outside [{lo}, {hi}] "
+            f"(> {100 * SCORABLE_MAX_OUTSIDE:.0f} %)",
+        )
+    return Scorability(True, n, frac, "ok")
+
+
+def unscorable_cells(cells: Sequence[Cell]) -> dict[str, list[str]]:
+    """Per dataset, the cells that cannot be test cells (see :func:`scorability`)."""
+    out: dict[str, list[str]] = {}
+    for c in cells:
+        if not scorability(c).ok:
+            out.setdefault(c.dataset, []).append(c.cell)
+    return {ds: sorted(v) for ds, v in sorted(out.items())}
+
+
 def _systematic_pick(names: Sequence[str], frac: float, rng: random.Random) -> list[str]:
     """One random name from each consecutive block of round(1/frac) names (sorted): a stratified pick."""
     if frac <= 0 or len(names) < 2:
@@ -375,25 +428,37 @@ def _systematic_pick(names: Sequence[str], frac: float, rng: random.Random) -> l
 
 
 def split_cells(
-    cells: Sequence[Cell], test_frac: float, val_frac: float, seed: int
+    cells: Sequence[Cell],
+    test_frac: float,
+    val_frac: float,
+    seed: int,
+    *,
+    test_frac_by_dataset: dict[str, float] | None = None,
 ) -> Split:
     """Split by whole cells, per dataset: sorted by name, one test cell from each block of 1/test_frac
-    cells (seeded), then validation cells the same way from the rest. A cell is in exactly one part;
-    every dataset keeps at least one training cell."""
-    if not 0.0 <= test_frac < 1.0 or not 0.0 <= val_frac < 1.0:
-        raise ValueError("test_frac and val_frac must be in [0, 1)")
+    scorable cells (seeded; see :func:`scorability` — unscorable cells only ever train), then validation
+    cells the same way from the remaining scorable cells. A cell is in exactly one part; every dataset
+    keeps at least one training cell. ``test_frac_by_dataset`` overrides ``test_frac`` for the datasets
+    it names."""
+    fracs = dict(test_frac_by_dataset or {})
+    if not all(0.0 <= f < 1.0 for f in [test_frac, val_frac, *fracs.values()]):
+        raise ValueError("test_frac, val_frac and test_frac_by_dataset values must be in [0, 1)")
     by_ds: dict[str, list[str]] = {}
+    unscorable: set[tuple[str, str]] = set()
     for c in cells:
         by_ds.setdefault(c.dataset, []).append(c.cell)
+        if not scorability(c).ok:
+            unscorable.add((c.dataset, c.cell))
     train: dict[str, list[str]] = {}
     val: dict[str, list[str]] = {}
     test: dict[str, list[str]] = {}
     for ds in sorted(by_ds):
         names = sorted(set(by_ds[ds]))
         rng = random.Random(f"{seed}:{ds}")
-        te = _systematic_pick(names, test_frac, rng)
+        te = _systematic_pick([n for n in names if (ds, n) not in unscorable], fracs.get(ds, test_frac), rng)
         rest = [n for n in names if n not in te]
-        va = _systematic_pick(rest, val_frac, rng) if len(rest) > 2 else []
+        scorable_rest = [n for n in rest if (ds, n) not in unscorable]
+        va = _systematic_pick(scorable_rest, val_frac, rng) if len(rest) > 2 else []
         tr = [n for n in rest if n not in va]
         if not tr:
             tr, te = te[:1], te[1:]

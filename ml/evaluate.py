@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from device_agent.health.fade_law import fit_fade, forecast_eol
 from device_agent.health.hybrid import HybridModel
-from ml.data import Cell, clean_cell
+from ml.data import Cell, clean_cell, scorability
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class PointPrediction:
     eol_pred: dict[str, float | None] = field(default_factory=dict)
     fallback: dict[str, str | None] = field(default_factory=dict)
     eol_true: float | None = None
+    scorable: bool = True  # ml.data.scorability: whether the contract's SoH is a state of health here
 
 
 def prediction_k(p: float, n_valid: int) -> int:
@@ -114,6 +115,7 @@ def predict_cell_at(
         soh_true=soh[k:],
         target_ok=ok,
         eol_true=true_eol(soh, cycles, k, threshold),
+        scorable=scorability(cell).ok,
     )
     last = float(caps[k - 1] / c0_hist)
     pp.pred["persistence"] = np.full(len(targets), last)
@@ -163,6 +165,65 @@ def predict_cells(
             if pp is not None:
                 out.append(pp)
     return out
+
+
+# -- calibration of the EOL band --------------------------------------------------------------------
+
+EOL_BAND_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+EOL_MISS_COST = 1.0
+
+
+def calibrate_eol_band(
+    cells: Sequence[Cell],
+    model: HybridModel,
+    points: Sequence[float],
+    *,
+    threshold: float = 0.8,
+    max_cycles: int = 5000,
+    grid: Sequence[float] = EOL_BAND_GRID,
+) -> tuple[float, dict[str, Any]]:
+    """Choose the model's EOL band (``eol_band_sigmas``) on cells it was not trained on (validation).
+
+    For every cell and point with a true EOL after it (the evaluation's rule), the hybrid EOL is computed
+    for each band width in ``grid``; the cost of one is min(relative error, 1) (a miss costs 1). Each
+    dataset's mean cost counts equally; the smallest band with the lowest cost wins. Returns the band and
+    a table of the costs.
+    """
+    costs: dict[float, dict[str, list[float]]] = {float(k): {} for k in grid}
+    for cell in cells:
+        pts = cell.points()
+        n = len(pts)
+        if n < 2:
+            continue
+        caps = np.array([q.capacity_ah for q in pts])
+        cycles = np.array([q.cycle for q in pts])
+        soh = caps / float(np.median(caps[:C0_FIRST]))
+        for p in points:
+            k = prediction_k(p, n)
+            if k >= n:
+                continue
+            eol_true = true_eol(soh, cycles, k, threshold)
+            if eol_true is None:
+                continue
+            c0_hist = float(np.median(caps[: min(C0_FIRST, k)]))
+            prep = model.prepare(pts[:k], c0_hist)
+            if prep is None:
+                continue
+            out = model.correction(prep)
+            for band, per_ds in costs.items():
+                eol = model.forecast_from(prep, out, c0_hist, threshold, max_cycles, band_sigmas=band).eol_cycle
+                cost = EOL_MISS_COST if eol is None else min(abs(eol - eol_true) / eol_true, EOL_MISS_COST)
+                per_ds.setdefault(cell.dataset, []).append(cost)
+    table = {
+        str(band): {ds: float(np.mean(v)) for ds, v in sorted(per.items())} for band, per in costs.items()
+    }
+    scored = {band: float(np.mean(list(t.values()))) for band, t in zip(costs, table.values(), strict=True) if t}
+    if not scored:
+        return 0.0, {"grid": list(grid), "cost": table, "chosen": 0.0, "n_points": 0}
+    best = min(scored.values())
+    chosen = min(b for b, c in scored.items() if c <= best + 1e-12)
+    n_points = sum(len(v) for v in costs[float(grid[0])].values())
+    return chosen, {"grid": list(grid), "cost": table, "mean_cost": scored, "chosen": chosen, "n_points": n_points}
 
 
 # -- metrics ----------------------------------------------------------------------------------------
@@ -281,24 +342,42 @@ def compute_metrics(
     }
     for ds in sorted({pp.dataset for pp in preds}):
         dpreds = [pp for pp in preds if pp.dataset == ds]
-        d: dict[str, Any] = {"cells": sorted({pp.cell for pp in dpreds}), "methods": {}, "hybrid_wins": {}}
-        for m in METHODS:
-            mm: dict[str, Any] = {"all": method_metrics(dpreds, m)}
-            for p in points:
-                mm[f"p{p:g}"] = method_metrics([pp for pp in dpreds if pp.p == p], m)
-            d["methods"][m] = mm
-        for key in [*(f"p{p:g}" for p in points), "all"]:
-            sel = [pp for pp in dpreds if key in ("all", f"p{pp.p:g}")]
-            d["hybrid_wins"][key] = {
-                f"vs_{base}": {
-                    "cells_won": sum(1 for pp in sel if _cell_err(pp, "hybrid") < _cell_err(pp, base)),
-                    "cells_tied": sum(1 for pp in sel if _cell_err(pp, "hybrid") == _cell_err(pp, base)),
-                    "cells": len(sel),
-                }
-                for base in ("persistence", "physics")
-            }
-        out["datasets"][ds] = d
+        out["datasets"][ds] = _dataset_metrics(dpreds, points)
+        unscorable = sorted({pp.cell for pp in dpreds if not pp.scorable})
+        if unscorable:
+            kept = [pp for pp in dpreds if pp.scorable]
+            out.setdefault("scorable", {"rule": SCORABLE_RULE, "datasets": {}, "unscorable_cells": {}})
+            out["scorable"]["unscorable_cells"][ds] = unscorable
+            if kept:
+                out["scorable"]["datasets"][ds] = _dataset_metrics(kept, points)
     return out
+
+
+SCORABLE_RULE = (
+    "a cell is scored here if it has >= 20 valid rows and <= 5 % of them have a contract SoH outside "
+    "[0.5, 1.2] (ml.data.scorability); the other cells' contract SoH is relative to a C0 from runs under "
+    "other conditions or dominated by failed runs. The 'datasets' figures above include every cell."
+)
+
+
+def _dataset_metrics(dpreds: Sequence[PointPrediction], points: Sequence[float]) -> dict[str, Any]:
+    d: dict[str, Any] = {"cells": sorted({pp.cell for pp in dpreds}), "methods": {}, "hybrid_wins": {}}
+    for m in METHODS:
+        mm: dict[str, Any] = {"all": method_metrics(dpreds, m)}
+        for p in points:
+            mm[f"p{p:g}"] = method_metrics([pp for pp in dpreds if pp.p == p], m)
+        d["methods"][m] = mm
+    for key in [*(f"p{p:g}" for p in points), "all"]:
+        sel = [pp for pp in dpreds if key in ("all", f"p{pp.p:g}")]
+        d["hybrid_wins"][key] = {
+            f"vs_{base}": {
+                "cells_won": sum(1 for pp in sel if _cell_err(pp, "hybrid") < _cell_err(pp, base)),
+                "cells_tied": sum(1 for pp in sel if _cell_err(pp, "hybrid") == _cell_err(pp, base)),
+                "cells": len(sel),
+            }
+            for base in ("persistence", "physics")
+        }
+    return d
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -373,13 +452,16 @@ def summary_table(metrics: dict[str, Any]) -> str:
     RMSE pp: pooled over every (cell, target row); clean pp: only rows the offline cleaner labels ok;
     cell med: median over cells of each cell's RMSE; wins: cells where the hybrid's RMSE is lower than this
     method's; EOL rel: mean relative EOL error over predicted EOLs (misses in 'miss'); rel med: median
-    counting a miss as infinite; EOL |d|: mean absolute EOL error in cycles."""
+    counting a miss as infinite; EOL |d|: mean absolute EOL error in cycles. A dataset name with a ``*``:
+    its scorable cells only (see SCORABLE_RULE), shown where some of its cells are not scorable."""
     lines = [
         f"{'dataset':8s} {'point':6s} {'method':12s} {'RMSE pp':>8s} {'clean pp':>8s} {'cell med':>8s} "
         f"{'wins':>5s} {'1-step':>7s} "
         f"{'EOL n':>5s} {'miss':>4s} {'EOL rel':>8s} {'rel med':>8s} {'EOL |d|':>8s}"
     ]
-    for ds, d in metrics["datasets"].items():
+    sections = [(ds, d) for ds, d in metrics["datasets"].items()]
+    sections += [(f"{ds}*", d) for ds, d in metrics.get("scorable", {}).get("datasets", {}).items()]
+    for ds, d in sections:
         for key in [k for k in d["methods"]["hybrid"] if k != "all"] + ["all"]:
             for m in METHODS:
                 mm = d["methods"][m][key]

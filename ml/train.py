@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from device_agent.health.hybrid import SEQ_FEATURES, load_hybrid_model
+from device_agent.health.hybrid import SEQ_FEATURES, HybridModel, load_hybrid_model
 from device_agent.health.model_files import (
     MODEL_JSON,
     MODEL_TFLITE,
@@ -35,7 +35,7 @@ from device_agent.health.model_files import (
     sha256_file,
     write_model_file,
 )
-from ml.data import Cell, Split, fingerprint, read_cells_dir, split_cells
+from ml.data import Cell, Split, fingerprint, read_cells_dir, split_cells, unscorable_cells
 from ml.samples import SampleSet, build_samples, identity_spec
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ class TrainConfig(BaseModel):
     epochs: int = Field(default=80, ge=1, le=10_000)
     seed: int = 0
     test_frac: float = Field(default=0.25, ge=0.0, lt=1.0)
+    #: per-dataset test fractions: NASA, the benchmark of issue #4, has only 20 scorable cells; half of
+    #: them are held out so that its held-out figures rest on 10 cells, not 5
+    test_frac_by_dataset: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        default_factory=lambda: {"nasa": 0.5}
+    )
     val_frac: float = Field(default=0.15, ge=0.0, lt=1.0)
     window: int = Field(default=20, ge=2, le=512)
     horizons: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
@@ -84,6 +89,8 @@ class TrainConfig(BaseModel):
     eol_threshold: float = Field(default=0.8, gt=0.0, lt=1.0)
     max_cycles: int = Field(default=5000, ge=10)
     jobs: int | None = Field(default=None, ge=1)
+    #: the EOL band (see FeatureSpec.eol_band_sigmas): None = calibrated on the validation cells
+    eol_band_sigmas: float | None = Field(default=None, ge=0.0, le=5.0)
     tiny: bool = False
 
     @classmethod
@@ -283,6 +290,19 @@ def export_model(
     raise ExportError(f"no TFLite export kept the accuracy: {report['candidates']}")
 
 
+def _eol_band(cfg: TrainConfig, model: HybridModel, val_cells: Sequence[Cell]) -> tuple[float, dict[str, Any]]:
+    """The EOL band: fixed by the config, or calibrated on the validation cells (never the test cells)."""
+    if cfg.eol_band_sigmas is not None:
+        return cfg.eol_band_sigmas, {"chosen": cfg.eol_band_sigmas, "source": "config"}
+    from ml.evaluate import calibrate_eol_band
+
+    band, table = calibrate_eol_band(
+        val_cells, model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles
+    )
+    log.info("EOL band calibrated on %d validation points: %.1f sigma", table["n_points"], band)
+    return band, {**table, "source": "validation cells"}
+
+
 def _horizon_weights(cfg: TrainConfig) -> np.ndarray:
     h = np.asarray(cfg.horizons, dtype=float) ** cfg.horizon_weight_power
     return (np.concatenate([h / h.mean()])).astype(np.float32)
@@ -395,14 +415,19 @@ def train(
     *,
     report_dir: Path | None = None,
     cells: Sequence[Cell] | None = None,
+    split: Split | None = None,
 ) -> TrainResult:
-    """Train, export and evaluate; model.tflite + model.json go to out_dir, the report to report_dir."""
+    """Train, export and evaluate; model.tflite + model.json go to out_dir, the report to report_dir.
+    ``split`` replaces the config's split (cross-validation); cells in none of its parts are not used."""
     t_start = time.perf_counter()
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     all_cells = list(cells) if cells is not None else read_training_cells(cell_dirs, cfg.max_cells_per_dataset)
     if not all_cells:
         raise ValueError("no cells to train on")
-    split: Split = split_cells(all_cells, cfg.test_frac, cfg.val_frac, cfg.seed)
+    if split is None:
+        split = split_cells(
+            all_cells, cfg.test_frac, cfg.val_frac, cfg.seed, test_frac_by_dataset=cfg.test_frac_by_dataset
+        )
     role = {(c.dataset, c.cell): split.role(c.dataset, c.cell) for c in all_cells}
     train_cells = [c for c in all_cells if role[(c.dataset, c.cell)] == "train"]
     val_cells = [c for c in all_cells if role[(c.dataset, c.cell)] == "val"]
@@ -455,6 +480,7 @@ def train(
                 train_cells=split.train,
                 val_cells=split.val,
                 test_cells=split.test,
+                unscorable_cells=unscorable_cells(all_cells),
                 n_train_samples=len(train_s),
                 n_val_samples=len(val_s),
                 seed=cfg.seed,
@@ -474,6 +500,13 @@ def train(
             shutil.copyfile(work / KERAS_FILE, report_dir / KERAS_FILE)
 
     device_model = load_hybrid_model(out_dir)  # the files must load on the device runtime
+    band, calibration = _eol_band(cfg, device_model, val_cells)
+    if band != device_model.spec.eol_band_sigmas:
+        spec = spec.model_copy(update={"eol_band_sigmas": band})
+        mf = ModelFile.model_validate(mf.model_copy(update={"features": spec}).model_dump())
+        write_model_file(mf, out_dir / MODEL_JSON)
+        device_model = load_hybrid_model(out_dir)
+    export_report = {**export_report, "eol_band": calibration}
     metrics: dict[str, Any] = {}
     if test_cells:
         from ml.evaluate import evaluate
@@ -502,6 +535,8 @@ def write_training_report(
     if history.get("loss"):
         plot_history(history, report_dir / "loss.png")
     p = mf.provenance
+    unscorable = p.unscorable_cells
+    band: dict[str, Any] = mf.metrics.get("export", {}).get("eol_band", {})
     lines = [
         f"# battwin hybrid SoH model {mf.version}",
         "",
@@ -513,6 +548,10 @@ def write_training_report(
         f"- training time: {p.training_time_s:.1f} s (of which data preparation {p.prepare_time_s:.1f} s); "
         f"with evaluation and report: {total_s:.1f} s",
         f"- export: {mf.quantization}, {mf.tflite_bytes} bytes, parity max |dSoH| = {mf.parity_max_abs_soh:.2e}",
+        f"- test cells are drawn from scorable cells only (ml.data.scorability); not scorable, so training only: "
+        f"{unscorable or 'none'}",
+        f"- EOL band: {mf.features.eol_band_sigmas:g} sigma of each cell's scatter ({band.get('source', '-')}"
+        f"{'; mean cost per band ' + str(band['mean_cost']) if 'mean_cost' in band else ''})",
         "",
         "## Held-out cells (contract protocol, see metrics.json for every figure)",
         "",

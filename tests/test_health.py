@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from device_agent.config import HealthSettings
+from device_agent.health import fade_law
 from device_agent.health.estimator import Forecast, HealthEstimator
 from device_agent.health.fade_law import CapacityPoint, arrhenius, fit_fade, forecast_eol
 from device_agent.messages import CycleRecord
@@ -137,3 +138,42 @@ def test_physics_on_a_real_nasa_cell_gives_a_sane_forecast():
     h = est.estimate(rec)
     assert 0.5 < h.soh < 1.1
     assert h.initial_capacity_ah == pytest.approx(np.median([float(r["capacity_ah"]) for r in rows[:5]]))
+
+
+def _noisy_linear_fade(seed: int, n_points: int) -> list[CapacityPoint]:
+    rng = np.random.default_rng(seed)
+    n = np.arange(1, n_points + 1)
+    cap = 2.0 * np.exp(-0.003 * n) * (1 + rng.normal(0, 0.01, len(n)))  # linear fade (z = 1), 1 % scatter
+    return [CapacityPoint(float(a), float(b)) for a, b in zip(n, cap, strict=True)]
+
+
+def test_fade_shape_prior_keeps_short_noisy_histories_from_extreme_extrapolation(monkeypatch):
+    """15 cycles with 1 % scatter: without the prior on z the fit often picks a 'knee' (z up to 3) that
+    fits the noise and extrapolates 30 cycles ahead to a collapse; with it the forecast stays near the truth."""
+    truth = 2.0 * math.exp(-0.003 * 45)
+    assert fade_law.Z_PRIOR_WEIGHT == 10.0
+    errors: dict[float, list[float]] = {0.0: [], 10.0: []}
+    shapes: dict[float, list[float]] = {w: [] for w in errors}
+    for seed in range(20):
+        pts = _noisy_linear_fade(seed, 15)
+        for weight, errs in errors.items():
+            monkeypatch.setattr(fade_law, "Z_PRIOR_WEIGHT", weight)
+            fit = fit_fade(pts)
+            assert fit is not None
+            errs.append(abs(float(fit.project(np.array([45.0]))[0]) / truth - 1))
+            shapes[weight].append(fit.z)
+    assert max(shapes[0.0]) >= 2.5  # the failure the prior exists for
+    assert max(shapes[10.0]) < 2.0
+    assert np.mean(errors[10.0]) < 0.05 < np.mean(errors[0.0])
+
+
+def test_fade_shape_prior_does_not_override_a_long_history(monkeypatch):
+    rng = np.random.default_rng(1)
+    n = np.arange(1, 601)
+    cap = 2.0 * np.exp(-0.0004 * n**1.5 / math.sqrt(600)) * (1 + rng.normal(0, 0.005, len(n)))  # a knee: z = 1.5
+    pts = [CapacityPoint(float(a), float(b)) for a, b in zip(n, cap, strict=True)]
+    with_prior = fit_fade(pts)
+    monkeypatch.setattr(fade_law, "Z_PRIOR_WEIGHT", 0.0)
+    without = fit_fade(pts)
+    assert with_prior is not None and without is not None
+    assert with_prior.z == without.z == pytest.approx(1.5, abs=0.1)

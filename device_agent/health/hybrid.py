@@ -20,8 +20,10 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    with ``u`` and ``r`` interpolated linearly in log2(h) between the horizons and held constant beyond the
    last one; SoH = C / C0. ``w = 0`` is persistence at an offset, ``w = 1`` the physics prior; the trust
    form keeps the fade rate in the prior (fitted per cell) and lets the network judge how far the fit
-   can be extrapolated. End of life is the first cycle at which the forecast SoH falls below the
-   threshold (interpolated), RUL = EOL − last cycle.
+   can be extrapolated. End of life is the first cycle at which the forecast SoH, lowered by
+   ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual), falls below
+   the threshold (interpolated): when a measured capacity is expected to read below it. The band width
+   is calibrated on validation cells by the trainer. RUL = EOL − last cycle.
 """
 
 from __future__ import annotations
@@ -285,6 +287,13 @@ def log_rel_forecast(
     return np.asarray(np.clip(w * prep.base(t) + r, lo, hi))
 
 
+def eol_scatter(prep: Prepared, spec: FeatureSpec) -> float:
+    """The cell's measurement scatter in log capacity: the fade fit's RMS residual (capped); 0 without a fit."""
+    if prep.fit is None or not math.isfinite(prep.fit.rmse_log):
+        return 0.0
+    return float(min(max(prep.fit.rmse_log, 0.0), spec.eol_scatter_cap))
+
+
 def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:
     below = np.nonzero(soh < threshold)[0]
     if len(below) == 0:
@@ -355,20 +364,25 @@ class HybridModel:
         return self.soh_at(prep, self.correction(prep), c0_ah, target_cycles)
 
     def forecast_from(
-        self, prep: Prepared, out: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int
+        self, prep: Prepared, out: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int,
+        *, band_sigmas: float | None = None,
     ) -> Forecast:
         step = max(1.0, max_cycles / 2000.0)
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
         soh = self.soh_at(prep, out, c0_ah, cycles)
-        eol = eol_from_trajectory(cycles, soh, eol_threshold)
+        k = self.spec.eol_band_sigmas if band_sigmas is None else band_sigmas
+        scatter = eol_scatter(prep, self.spec)
+        eol = eol_from_trajectory(cycles, soh * math.exp(-k * scatter), eol_threshold)
+        mean_crossing = eol_from_trajectory(cycles, soh, eol_threshold) if eol is not None else None
         # capacity does not come back by itself over a long horizon: the trajectory published is
         # non-increasing (the EOL cycle above is computed from the model's own output, unchanged)
         soh = np.minimum.accumulate(soh)
-        if eol is not None:
-            # up to end of life, but never fewer than MIN_AHEAD_CYCLES: past EOL the trajectory still shows
-            keep = cycles <= max(eol + step, prep.last_cycle + MIN_AHEAD_CYCLES)
+        if eol is not None and mean_crossing is not None:
+            # up to where the forecast itself crosses the threshold (at or after the EOL, which is lowered by
+            # the band), but never fewer than MIN_AHEAD_CYCLES: past EOL the trajectory still shows
+            keep = cycles <= max(mean_crossing + step, eol + step, prep.last_cycle + MIN_AHEAD_CYCLES)
             cycles, soh = cycles[keep], soh[keep]
-        params: dict[str, float] = {"level_ah": prep.level_ah}
+        params: dict[str, float] = {"level_ah": prep.level_ah, "eol_band_sigmas": k, "scatter_log": scatter}
         if prep.fit is not None:
             params.update({f"prior_{k}": v for k, v in prep.fit.params().items()})
         k = len(self._horizons)

@@ -69,6 +69,12 @@ class FeatureSpec(_Strict):
     #: log(prior / level) is clipped to this range before it is a feature and the base of the forecast
     prior_clip: tuple[Finite, Finite] = (-1.5, 0.1)
     cleaning: CleaningSpec = CleaningSpec()
+    #: end of life = the first cycle at which the forecast, lowered by ``eol_band_sigmas`` × the cell's
+    #: own measurement scatter (the fade fit's RMS log residual, at most ``eol_scatter_cap``), is below the
+    #: threshold: when a measured capacity is expected to read below it, not the mean forecast. Calibrated
+    #: on the validation cells by the trainer (0 = the mean forecast's crossing)
+    eol_band_sigmas: Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)] = 0.0
+    eol_scatter_cap: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.1
 
     @model_validator(mode="after")
     def _lengths(self) -> FeatureSpec:
@@ -102,6 +108,8 @@ class Provenance(_Strict):
     train_cells: dict[str, list[str]]
     val_cells: dict[str, list[str]]
     test_cells: dict[str, list[str]]
+    #: cells whose contract SoH is no state of health (ml.data.scorability): never test cells, training only
+    unscorable_cells: dict[str, list[str]] = Field(default_factory=dict)
     n_train_samples: Annotated[int, Field(ge=0)]
     n_val_samples: Annotated[int, Field(ge=0)]
     seed: int

@@ -20,7 +20,9 @@ from ml.data import (
     read_bms_log,
     read_cell_csv,
     read_cells_dir,
+    scorability,
     split_cells,
+    unscorable_cells,
 )
 from tests.ml.ml_support import CELLS, need_cells
 from tests.support import NASA_LOGS
@@ -159,7 +161,44 @@ def test_split_is_by_whole_cells_and_seeded():
         assert tr and te
     assert split_cells(cells, 0.25, 0.15, seed=0) == sp
     assert split_cells(cells, 0.25, 0.15, seed=1).test != sp.test
-    assert len(sp.test["nasa"]) == 8  # one from each block of 4 cells (sorted by name)
+    assert len(sp.test["nasa"]) == 5  # one from each block of 4 of NASA's 20 scorable cells (sorted by name)
+    unscorable = set(unscorable_cells(cells)["nasa"])
+    for seed in range(5):  # whatever the seed, an unscorable cell only ever trains
+        s = split_cells(cells, 0.25, 0.15, seed=seed, test_frac_by_dataset={"nasa": 0.5})
+        assert len(s.test["nasa"]) == 10 and len(s.test["xjtu"]) == len(sp.test["xjtu"])
+        assert not unscorable & (set(s.test["nasa"]) | set(s.val["nasa"]))
+        assert unscorable <= set(s.train["nasa"])
+    with pytest.raises(ValueError, match="test_frac_by_dataset"):
+        split_cells(cells, 0.25, 0.15, seed=0, test_frac_by_dataset={"nasa": 1.0})
+
+
+def test_scorability_names_the_nasa_cells_whose_contract_soh_is_no_state_of_health():
+    cells = read_cells_dir(CELLS / "nasa")
+    verdict = {c.cell: scorability(c) for c in cells}
+    bad = sorted(n for n, v in verdict.items() if not v.ok)
+    # C0 from runs under other conditions (B0033, B0038-41), blocks of cold high-current runs at ~0.07 Ah
+    # (B0042-44), failed runs (B0050), 4 valid rows (B0052)
+    assert bad == ["B0033", "B0038", "B0039", "B0040", "B0041", "B0042", "B0043", "B0044", "B0050", "B0052"]
+    assert "valid rows (< 20)" in verdict["B0052"].reason
+    assert "outside [0.5, 1.2]" in verdict["B0039"].reason and verdict["B0039"].frac_outside > 0.5
+    assert verdict["B0055"].ok and verdict["B0055"].reason == "ok"
+    # the other datasets' cells are all scorable (checked on a sample of each)
+    for ds in ("tju", "hust", "mit", "xjtu"):
+        assert all(scorability(c).ok for c in read_cells_dir(CELLS / ds, limit=15))
+
+
+def test_scorability_is_decided_by_the_data_alone(tmp_path):
+    d = tmp_path / "lab"
+    d.mkdir()
+    fade = "\n".join(f"{i},{2.0 - 0.002 * i:.4f}" for i in range(1, 41))
+    (d / "good.csv").write_text("cycle,capacity_ah\n" + fade + "\n")
+    # the first five rows were measured under other conditions: C0 = 0.5 Ah, later rows read "SoH" 3.9
+    odd = "\n".join(f"{i},{0.5 if i <= 5 else 1.95:.4f}" for i in range(1, 41))
+    (d / "odd.csv").write_text("cycle,capacity_ah\n" + odd + "\n")
+    cells = {c.cell: c for c in read_cells_dir(d)}
+    assert scorability(cells["good"]).ok
+    s = scorability(cells["odd"])
+    assert not s.ok and s.frac_outside == pytest.approx(35 / 40)
 
 
 def test_fingerprint_is_content_based(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from device_agent.health.hybrid import load_hybrid_model
 from ml.cli import EXIT_OK, EXIT_USAGE, default_model_dir, main
 from ml.data import read_cell_csv
-from ml.evaluate import METHODS, PRED_COLUMNS, predict_cell_at, prediction_k
+from ml.evaluate import METHODS, PRED_COLUMNS, calibrate_eol_band, predict_cell_at, prediction_k
 from tests.ml.ml_support import CELLS, SHIPPED_MODEL, copy_cells, need_cells
 
 EVAL_CELLS = ("B0025", "B0045", "B0052", "B0055")  # clean, zeros, mostly NaN, long with regeneration
@@ -80,6 +80,43 @@ def test_evaluate_writes_the_contract_files(cells_dir, tmp_path, shipped_model_d
     assert all(r[6] == pers[0][6] for r in pers if r[1] == pers[0][1] and r[3] == pers[0][3])
     assert sorted(p.name for p in out.glob("*.png"))  # plots
     assert (out / "error_vs_horizon_nasa.png").stat().st_size > 1000
+    # B0052 (4 valid rows) is scored with the rest above, and the scorable cells again on their own
+    sc = metrics["scorable"]
+    assert sc["unscorable_cells"] == {"nasa": ["B0052"]} and "20 valid rows" in sc["rule"]
+    assert sc["datasets"]["nasa"]["cells"] == ["B0025", "B0045", "B0055"]
+    kept = sc["datasets"]["nasa"]["methods"]["persistence"]["all"]
+    assert kept["n_rows"] == nasa["methods"]["persistence"]["all"]["n_rows"] - len(expected["B0052"])
+    assert kept["n_cells"] == 3
+
+
+def test_eol_band_override_and_calibration(cells_dir, tmp_path, shipped_model_dir):
+    """--eol-band 0 scores the mean forecast's crossing; the model's own band never gives a later EOL.
+    calibrate_eol_band picks the band with the lowest cost on the cells it is given."""
+    runs = {}
+    for name, extra in (("model", []), ("zero", ["--eol-band", "0"])):
+        out = tmp_path / name
+        assert main(["ml", "evaluate", "--cells", str(cells_dir), "--model", str(shipped_model_dir),
+                     "--out", str(out), "--quiet", "--no-plots", *extra]) == EXIT_OK
+        m = json.loads((out / "metrics.json").read_text())
+        runs[name] = {(r["cell"], r["p"]): r["eol_pred"]
+                      for r in m["datasets"]["nasa"]["methods"]["hybrid"]["all"]["eol"]["cells"]}
+    assert runs["model"].keys() == runs["zero"].keys() and runs["model"]
+    model = load_hybrid_model(shipped_model_dir)
+    assert model.spec.eol_band_sigmas > 0
+    for key, eol in runs["model"].items():
+        zero = runs["zero"][key]
+        assert eol is not None and (zero is None or eol <= zero + 1e-9), key
+    assert any(zero is None or eol < zero for eol, zero in
+               ((runs["model"][k], runs["zero"][k]) for k in runs["model"]))
+    with pytest.raises(SystemExit):
+        main(["ml", "evaluate", "--cells", str(cells_dir), "--out", str(tmp_path / "x"), "--eol-band", "-1"])
+
+    cells = [read_cell_csv(cells_dir / f"{n}.csv") for n in ("B0045", "B0055")]
+    band, table = calibrate_eol_band(cells, model, [0.25, 0.5, 0.75], grid=(0.0, 1.0, 3.0))
+    costs = {float(k): v for k, v in table["mean_cost"].items()}
+    assert band in costs and costs[band] == min(costs.values())
+    assert table["n_points"] > 0 and set(table["cost"]["0.0"]) == {"nasa"}
+    assert all(0.0 <= c <= 1.0 for c in costs.values())
 
 
 def test_no_peeking_changed_future(cells_dir, shipped_model_dir, tmp_path):

@@ -62,8 +62,16 @@ def test_shipped_model_loads_and_is_a_health_model(shipped_model_dir):
     assert 0.5 < f.soh_now < 1.1
     assert list(f.cycles) == sorted(f.cycles) and f.cycles[0] > pts[49].cycle
     assert all(np.isfinite(f.soh))
-    if f.eol_cycle is not None:
-        assert f.soh[-1] < 0.8 <= max(f.soh[0], 0.8)
+    assert f.eol_cycle is not None  # B0055 ends at SoH 0.79: from cycle 50 its end of life is ahead
+    # the trajectory reaches the threshold; the EOL comes at or before the forecast's own crossing (the band)
+    assert f.soh[-1] < 0.8 <= max(f.soh[0], 0.8)
+    crossing = next(c for c, s in zip(f.cycles, f.soh, strict=True) if s < 0.8)
+    assert pts[49].cycle < f.eol_cycle <= crossing
+    assert f.params["eol_band_sigmas"] == m.spec.eol_band_sigmas
+    no_band = m.forecast_from(m.prepare(pts[:50], c0), m.correction(m.prepare(pts[:50], c0)), c0, 0.8, 5000,
+                              band_sigmas=0.0)
+    assert no_band.eol_cycle is not None and no_band.eol_cycle >= f.eol_cycle
+    assert no_band.eol_cycle == pytest.approx(crossing, abs=2 * (f.cycles[1] - f.cycles[0]))
     assert m.forecast(pts[:2], c0, 0.8, 5000) is None  # < 3 points: the estimator falls back to physics
 
 

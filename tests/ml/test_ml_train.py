@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,10 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_training_produces_a_device_model(tiny_trained):
     model_dir, report, elapsed = tiny_trained
-    assert elapsed < 120, f"the tiny training took {elapsed:.0f} s (CI budget 120 s)"
+    # the CI budget (2 min) is reported, never a pass/fail condition: test-artifacts/ml/tiny_training.json
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts" / "ml"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "tiny_training.json").write_text(json.dumps({"wall_s": round(elapsed, 1), "budget_s": 120}) + "\n")
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.json", "model.tflite"]
     mf = ModelFile.model_validate_json((model_dir / "model.json").read_text())
     assert mf.tflite_sha256 == sha256_file(model_dir / "model.tflite")
