@@ -30,7 +30,6 @@ def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
     ep = EntryPoint(name="full", value=TARGET, group="battwin.demo")
     monkeypatch.setattr(device_agent.demo, "entry_points", lambda group: [ep] if group == "battwin.demo" else [])
     before = {t.name for t in threading.enumerate()}
-    started = time.monotonic()
     rc = device_agent.demo.run_demo(
         duration_s=6,
         batteries=1,
@@ -40,8 +39,7 @@ def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
         table=False,
         install_signal_handlers=False,
     )
-    assert rc == 0
-    assert time.monotonic() - started < 40
+    assert rc == 0  # returned by itself after --duration (no signal was sent)
     out = capsys.readouterr().out
     assert "battwin demo (full stack)" in out and "dashboard on http://127.0.0.1:" in out
     assert "battery       sim-25c-1c" in out and "battery       bms-jbd-1" in out and "SIMULATED" in out
