@@ -274,6 +274,17 @@ def shown_forecast(health: dict[str, Any] | None, last_cycle: float) -> dict[str
     }
 
 
+def eol_band(fit_params: Any) -> dict[str, float] | None:
+    """The hybrid model's EOL band, from the health record's fit parameters: the EOL is where the forecast
+    lowered by ``sigmas`` × the cell's scatter (in log capacity) crosses the threshold. None without one."""
+    if not isinstance(fit_params, dict):
+        return None
+    k, scatter = _num(fit_params.get("eol_band_sigmas")), _num(fit_params.get("scatter_log"))
+    if k is None or scatter is None or k <= 0 or scatter <= 0:
+        return None
+    return {"sigmas": k, "scatter_log": scatter, "lowered_by": 1.0 - math.exp(-k * scatter)}
+
+
 def alarm_events(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Alarm records (oldest first) with their meaning: ``raised``, ``cleared`` (an inactive record after a
     raise of the same code) or ``event`` (an inactive record with nothing open: a one-off such as
@@ -332,6 +343,7 @@ def battery_view(
         "rul_cycles": _num((latest or {}).get("rul_cycles")),
         "method": (latest or {}).get("method"),
         "model_version": (latest or {}).get("model_version"),
+        "eol_band": eol_band((latest or {}).get("fit_params")),
         "estimate": {
             "cycle": [h.get("cycle_index") for h in health],
             "soh": [h.get("soh") for h in health],

@@ -14,7 +14,7 @@ from cloud.api.local_server import LocalApiServer
 from cloud.dashboard.api_client import HttpApi, InProcessApi, get_json
 from cloud.dashboard.server import Dashboard, DashboardServer
 from cloud.dashboard.shadow_control import IotDataShadowControl, shadow_view
-from cloud.dashboard.views import alarm_events, find_anomalies, shown_forecast, temperature_bins
+from cloud.dashboard.views import alarm_events, eol_band, find_anomalies, shown_forecast, temperature_bins
 from cloud.local_stack.aws_local import LocalAws
 from tests.dashboard.conftest import BMS_THING, REPLAY_THING, SIM_THING, fetch, wait_for
 
@@ -114,6 +114,16 @@ def test_forecast_is_cut_at_eol_or_a_readable_horizon() -> None:
     cut = shown_forecast({"forecast": flat, "eol_threshold": 0.8}, 100.0)
     assert cut["cycle"][-1] == 400.0 and cut["horizon"] == 4900.0
     assert shown_forecast(None, 0.0)["cycle"] == []
+
+
+def test_eol_band_comes_from_the_hybrid_health_record() -> None:
+    band = eol_band({"eol_band_sigmas": 3.0, "scatter_log": 0.02, "level_ah": 1.1})
+    assert band is not None and band["sigmas"] == 3.0
+    assert band["lowered_by"] == pytest.approx(1 - 2.718281828 ** -0.06, rel=1e-6)  # 5.8 %
+    # physics records (no band), a band of 0, a missing scatter or a malformed record: nothing to explain
+    for params in ({"k_c": 0.01, "z": 1.0}, {"eol_band_sigmas": 0.0, "scatter_log": 0.02},
+                   {"eol_band_sigmas": 3.0}, {"eol_band_sigmas": "3", "scatter_log": 0.02}, None, [1, 2]):
+        assert eol_band(params) is None, params
 
 
 def test_alarm_records_are_raised_cleared_or_events() -> None:

@@ -285,6 +285,11 @@
         ? "Forecast shown to cycle " + f.forecast.truncated_at.toFixed(0) + " of its " + (f.forecast.horizon || 0).toFixed(0) + "-cycle horizon" +
           (typeof f.eol_cycle === "number" ? "." : "; it does not reach the EOL threshold within the horizon.")
         : "";
+      if (f.eol_band && typeof f.eol_cycle === "number") {
+        fadeNote.textContent += " End of life is where a measured capacity is expected to read below the threshold: the " +
+          "forecast lowered by " + f.eol_band.sigmas.toFixed(1) + " × this cell's scatter (" +
+          (100 * f.eol_band.lowered_by).toFixed(1) + " %), so it comes before the dashed line crosses.";
+      }
     }
     Charts.line(document.getElementById("chart-fade"), {
       id: "fade", xType: "number", xLabel: "cycle", yLabel: "SoH", height: 260, hlines: hl, markers: fadeMarkers,
