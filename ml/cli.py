@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,23 @@ def _threshold(text: str) -> float:
     return v
 
 
-def _band(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v <= 5.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the EOL band must be between 0 and 5 sigmas")
-    return v
+def _in_range(cast: type[int] | type[float], lo: float, hi: float, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)`` within [lo, hi], else a message naming ``what``."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if cast is int else 'a number'}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} must be between {lo:g} and {hi:g}")
+        return v
+
+    return parse
+
+
+_band = _in_range(float, 0.0, 5.0, "the EOL band (in sigmas)")
+_folds = _in_range(int, 2, 50, "the number of folds")
 
 
 def _usage(message: str) -> int:
@@ -192,16 +202,6 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     print(summary_table(result.metrics))
     print(f"wrote {args.out / 'predictions.csv'}, {args.out / 'metrics.json'}, {args.out / 'folds.json'}")
     return EXIT_OK
-
-
-def _folds(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 2 <= v <= 50:
-        raise argparse.ArgumentTypeError(f"{text!r}: folds must be between 2 and 50")
-    return v
 
 
 def register(subparsers: Any) -> None:
