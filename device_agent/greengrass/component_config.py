@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider, close_subscriptions
+from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, StreamSubscription, as_provider
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
@@ -59,18 +58,13 @@ class ComponentConfig:
         self.key_path = list(key_path)
         provider, owned = as_provider(client)
         self.connection: ClientProvider = provider
-        self._owned = owned
-        self._lock = threading.Lock()
-        self._callbacks: list[UpdateCallback] = []
-        self._subscribed_on: object | None = None
-        self._operations: list[Any] = []
-        provider.add_connect_callback(self._on_connect)
+        self._updates: StreamSubscription[UpdateCallback] = StreamSubscription(
+            provider, owned, "configuration update", self._open_stream
+        )
         provider.start()
 
     def close(self) -> None:
-        with self._lock:
-            operations, self._operations = self._operations, []
-        close_subscriptions(operations, self.connection, self._owned, "configuration")
+        self._updates.close()
 
     def get(self, key_path: Sequence[str] | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """The configuration at ``key_path`` (default: this object's); a leaf comes as ``{name: value}``."""
@@ -98,56 +92,20 @@ class ComponentConfig:
         """Call ``callback(configuration, changed_key_path)`` after every change under ``key_path``. If
         connected, the subscription is made now and a failure raises ConfigurationError (the callback is
         then not registered); otherwise it is made when the connection comes up."""
-        with self._lock:
-            self._callbacks.append(callback)
         try:
-            client = self.connection.client()
-        except IpcUnavailable:
-            return  # subscribed when the connection comes up
-        future = self._subscribe(client)
-        if future is None:
-            return
-        try:
-            future.result(timeout)
+            self._updates.add(callback, timeout)
         except Exception as exc:
-            with self._lock:
-                self._callbacks.remove(callback)
-                if self._subscribed_on is client:
-                    self._subscribed_on = None
             detail = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc!s}"
             raise ConfigurationError(f"SubscribeToConfigurationUpdate failed: {detail}") from None
 
-    def _on_connect(self, client: GreengrassCoreIPCClientV2) -> None:
-        with self._lock:
-            self._operations = []
-        future = self._subscribe(client)
-        if future is not None:
-            future.add_done_callback(self._log_failure)
-
-    def _log_failure(self, future: concurrent.futures.Future[Any]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            log.error("SubscribeToConfigurationUpdate failed", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
-
-    def _subscribe(self, client: GreengrassCoreIPCClientV2) -> concurrent.futures.Future[Any] | None:
-        with self._lock:
-            if not self._callbacks or self._subscribed_on is client:
-                return None
-            self._subscribed_on = client
-        try:
-            response, operation = client.subscribe_to_configuration_update_async(
-                component_name=self.component_name,
-                key_path=list(self.key_path),
-                on_stream_event=self._on_event,
-                on_stream_error=self._on_stream_error,
-            )
-        except Exception as exc:
-            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            failed.set_exception(exc)
-            return failed
-        with self._lock:
-            self._operations.append(operation)
-        return response
+    def _open_stream(self, client: GreengrassCoreIPCClientV2) -> tuple[concurrent.futures.Future[Any], Any]:
+        response, operation = client.subscribe_to_configuration_update_async(
+            component_name=self.component_name,
+            key_path=list(self.key_path),
+            on_stream_event=self._on_event,
+            on_stream_error=self._on_stream_error,
+        )
+        return response, operation
 
     def _on_stream_error(self, error: Exception) -> bool:
         log.warning("configuration update stream error", extra={"error": str(error)[:300]})
@@ -161,9 +119,7 @@ class ComponentConfig:
         except ConfigurationError as exc:
             log.warning("could not re-read the configuration after an update", extra={"error": str(exc)[:300]})
             return
-        with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
+        for callback in self._updates.listeners():
             try:
                 callback(configuration, changed)
             except Exception:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider, close_subscriptions
+from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, StreamSubscription, as_provider
 from device_agent.shadow.client import CONFIG_SHADOW, DeltaHandler, ShadowError
 from device_agent.shadow.topics import shadow_prefix
 
@@ -83,12 +82,9 @@ class IpcShadowClient:
         self.shadow_name = shadow_name
         provider, owned = as_provider(client)
         self.connection: ClientProvider = provider
-        self._owned = owned
-        self._lock = threading.Lock()
-        self._handlers: list[DeltaHandler] = []
-        self._subscribed_on: object | None = None
-        self._operations: list[Any] = []
-        provider.add_connect_callback(self._on_connect)
+        self._deltas: StreamSubscription[DeltaHandler] = StreamSubscription(
+            provider, owned, "shadow delta", self._open_stream, {"topic": self.delta_topic}
+        )
         provider.start()
 
     @property
@@ -100,9 +96,7 @@ class IpcShadowClient:
         return f"{self.topic_prefix}/update/delta"
 
     def close(self) -> None:
-        with self._lock:
-            operations, self._operations = self._operations, []
-        close_subscriptions(operations, self.connection, self._owned, "delta")
+        self._deltas.close()
 
     # -- requests ---------------------------------------------------------------------------------
     def _client(self, timeout: float) -> GreengrassCoreIPCClientV2:
@@ -154,56 +148,16 @@ class IpcShadowClient:
         """Register ``handler(delta_state, version)``. If connected, the subscription is made now, and if
         it fails (refused: 401, connection lost: 503) ShadowError is raised and the handler is not
         registered; otherwise it is made when the connection comes up (and after every reconnection)."""
-        with self._lock:
-            self._handlers.append(handler)
         try:
-            client = self.connection.client()
-        except IpcUnavailable:
-            return
-        future = self._subscribe(client)
-        if future is None:
-            return
-        try:
-            future.result(timeout)
+            self._deltas.add(handler, timeout)
         except Exception as exc:
-            with self._lock:
-                self._handlers.remove(handler)
-                if self._subscribed_on is client:
-                    self._subscribed_on = None  # not subscribed: the next on_delta or reconnection tries again
             raise shadow_error(exc) from None
 
-    def _on_connect(self, client: GreengrassCoreIPCClientV2) -> None:
-        with self._lock:
-            self._operations = []
-        future = self._subscribe(client)
-        if future is not None:
-            future.add_done_callback(self._log_subscribe_failure)
-
-    def _log_subscribe_failure(self, future: concurrent.futures.Future[Any]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            log.error(
-                "subscribing to the shadow delta topic failed",
-                extra={"topic": self.delta_topic, "error": f"{type(exc).__name__}: {exc}"[:300]},
-            )
-
-    def _subscribe(self, client: GreengrassCoreIPCClientV2) -> concurrent.futures.Future[Any] | None:
-        """Subscribe on ``client`` unless already done (or nobody listens); the response future."""
-        with self._lock:
-            if not self._handlers or self._subscribed_on is client:
-                return None
-            self._subscribed_on = client
-        try:
-            response, operation = client.subscribe_to_topic_async(
-                topic=self.delta_topic, on_stream_event=self._on_event, on_stream_error=self._on_stream_error
-            )
-        except Exception as exc:
-            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
-            failed.set_exception(exc)
-            return failed
-        with self._lock:
-            self._operations.append(operation)
-        return response
+    def _open_stream(self, client: GreengrassCoreIPCClientV2) -> tuple[concurrent.futures.Future[Any], Any]:
+        response, operation = client.subscribe_to_topic_async(
+            topic=self.delta_topic, on_stream_event=self._on_event, on_stream_error=self._on_stream_error
+        )
+        return response, operation
 
     def _on_stream_error(self, error: Exception) -> bool:
         log.warning("shadow delta stream error", extra={"topic": self.delta_topic, "error": str(error)[:300]})
@@ -223,9 +177,7 @@ class IpcShadowClient:
         except (ValueError, KeyError, TypeError):
             log.warning("unparseable shadow delta", extra={"topic": self.delta_topic})
             return
-        with self._lock:
-            handlers = list(self._handlers)
-        for handler in handlers:
+        for handler in self._deltas.listeners():
             try:
                 handler(state, version)
             except Exception:
