@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from hardware.bms.options import DriverOptions
+from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
 from hardware.bms.polling import PolledSource
+from hardware.errors import SourceConfigError
 from hardware.transports.framing import FrameSpec, StreamFramer
 from hardware.transports.link import FrameLink
 from hardware.transports.serial_port import SerialLike, open_serial
 
+if TYPE_CHECKING:
+    from hardware.registry import SourceUrl
+
 log = logging.getLogger(__name__)
+
+
+def serial_source_kwargs(
+    kind: str, url: SourceUrl, settings: Any, default_baud: int, extra_options: Iterable[str] = ()
+) -> dict[str, Any]:
+    """What every serial BMS driver's ``create`` reads from its URL: the device path (required), the common
+    options (plus ``baud`` and the driver's ``extra_options``) and the baud rate; keyword arguments of
+    the driver's source class."""
+    if not url.path:
+        raise SourceConfigError(f"source URL {url.raw!r}: missing serial device path ({kind}:/dev/ttyUSB0)")
+    return {
+        "source_id": make_source_id(kind, url.path),
+        "path": url.path,
+        "options": parse_common_options(url, settings, extra_options={"baud", *extra_options}),
+        "baudrate": url.int_option("baud", default_baud),
+    }
 
 
 class SerialBmsSource(PolledSource):

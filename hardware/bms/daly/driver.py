@@ -33,9 +33,9 @@ from hardware.bms.daly.decode import (
     merge_temperatures,
 )
 from hardware.bms.daly.framing import HOST_RS485, HOST_UART, SPEC, build_request, parse_frame
-from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
+from hardware.bms.options import DriverOptions
 from hardware.bms.polling import build_sample
-from hardware.bms.serial_source import SerialBmsSource
+from hardware.bms.serial_source import SerialBmsSource, serial_source_kwargs
 from hardware.errors import SourceConfigError
 from hardware.registry import SourceUrl
 from hardware.transports.serial_port import SerialLike
@@ -115,21 +115,11 @@ class DalySource(SerialBmsSource):
 
 
 def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> DalySource:
-    if not url.path:
-        raise SourceConfigError(f"source URL {url.raw!r}: missing serial device path (daly:/dev/ttyUSB0)")
-    options = parse_common_options(url, settings, extra_options={"baud", "address", "current_sign"})
+    kwargs = serial_source_kwargs("daly", url, settings, DEFAULT_BAUD, extra_options={"address", "current_sign"})
     address = url.int_option("address", HOST_RS485)
     if address not in (HOST_RS485, HOST_UART):
         raise SourceConfigError(f"source URL {url.raw!r}: address must be 0x40 (RS485) or 0x80 (UART)")
     current_sign = url.int_option("current_sign", DEFAULT_CURRENT_SIGN)
     if current_sign not in (1, -1):
         raise SourceConfigError(f"source URL {url.raw!r}: current_sign must be 1 or -1")
-    return DalySource(
-        make_source_id("daly", url.path),
-        path=url.path,
-        options=options,
-        host_address=address,
-        current_sign=current_sign,
-        baudrate=url.int_option("baud", DEFAULT_BAUD),
-        port=port,
-    )
+    return DalySource(**kwargs, host_address=address, current_sign=current_sign, port=port)

@@ -13,10 +13,10 @@ from typing import Any
 from device_agent.messages import Sample
 from hardware.bms.jbd.decode import JbdBasicInfo, JbdCellVoltages, decode_response
 from hardware.bms.jbd.framing import REG_BASIC_INFO, REG_CELL_VOLTAGES, RESPONSE_SPEC, build_request
-from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
+from hardware.bms.options import DriverOptions
 from hardware.bms.polling import build_sample
-from hardware.bms.serial_source import SerialBmsSource
-from hardware.errors import DecodeError, SourceConfigError
+from hardware.bms.serial_source import SerialBmsSource, serial_source_kwargs
+from hardware.errors import DecodeError
 from hardware.registry import SourceUrl
 from hardware.transports.serial_port import SerialLike
 
@@ -71,13 +71,4 @@ class JbdSource(SerialBmsSource):
 
 
 def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> JbdSource:
-    if not url.path:
-        raise SourceConfigError(f"source URL {url.raw!r}: missing serial device path (jbd:/dev/ttyUSB0)")
-    options = parse_common_options(url, settings, extra_options={"baud"})
-    return JbdSource(
-        make_source_id("jbd", url.path),
-        path=url.path,
-        options=options,
-        baudrate=url.int_option("baud", DEFAULT_BAUD),
-        port=port,
-    )
+    return JbdSource(**serial_source_kwargs("jbd", url, settings, DEFAULT_BAUD), port=port)

@@ -14,10 +14,10 @@ from typing import Any
 from device_agent.messages import Sample
 from hardware.bms.jk.decode import decode_frame
 from hardware.bms.jk.framing import SPEC, TYPE_REQUEST, build_read_all_request
-from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
+from hardware.bms.options import DriverOptions
 from hardware.bms.polling import build_sample
-from hardware.bms.serial_source import SerialBmsSource
-from hardware.errors import DecodeError, SourceConfigError
+from hardware.bms.serial_source import SerialBmsSource, serial_source_kwargs
+from hardware.errors import DecodeError
 from hardware.registry import SourceUrl
 from hardware.transports.serial_port import SerialLike
 
@@ -69,13 +69,4 @@ class JkSource(SerialBmsSource):
 
 
 def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> JkSource:
-    if not url.path:
-        raise SourceConfigError(f"source URL {url.raw!r}: missing serial device path (jk:/dev/ttyUSB0)")
-    options = parse_common_options(url, settings, extra_options={"baud"})
-    return JkSource(
-        make_source_id("jk", url.path),
-        path=url.path,
-        options=options,
-        baudrate=url.int_option("baud", DEFAULT_BAUD),
-        port=port,
-    )
+    return JkSource(**serial_source_kwargs("jk", url, settings, DEFAULT_BAUD), port=port)
