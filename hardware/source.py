@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from device_agent.messages import Sample
+
+if TYPE_CHECKING:  # typing.Self from Python 3.11; annotations are not evaluated at run time
+    from typing_extensions import Self
 
 
 class Source(ABC):
@@ -34,7 +38,7 @@ class Source(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; must be safe to call twice."""
 
-    def __enter__(self) -> Source:
+    def __enter__(self) -> Self:
         self.open()
         return self
 

@@ -16,7 +16,6 @@ import logging
 import math
 import re
 import time
-from types import TracebackType
 from typing import Any
 
 from pydantic import ValidationError
@@ -73,15 +72,6 @@ class SimulatorSource(Source):
     def start_ts(self) -> float | None:
         """Unix time that simulated t_s = 0 maps to (None before :meth:`open`)."""
         return self._start_ts
-
-    def __enter__(self) -> SimulatorSource:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def open(self) -> None:
         if self._model is not None:
