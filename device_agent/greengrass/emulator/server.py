@@ -232,6 +232,16 @@ def _valid_topic(topic: Any, *, is_filter: bool) -> str | None:
     return None
 
 
+def _topic_arg(req: dict[str, Any], field: str, *, is_filter: bool) -> str:
+    """The request's topic (or filter) under ``field``; InvalidArgumentsError naming the problem."""
+    topic = req.get(field)
+    problem = _valid_topic(topic, is_filter=is_filter)
+    if problem:
+        raise IpcError("InvalidArgumentsError", f"invalid {field}: {problem}")
+    assert isinstance(topic, str)
+    return topic
+
+
 class NucleusEmulator:
     """The emulated nucleus; see the module docstring. Thread-safe; use as a context manager or start/stop."""
 
@@ -720,11 +730,7 @@ class NucleusEmulator:
 
     def _op_publish_to_iot_core(self, conn: _Connection, sid: int, req: dict[str, Any]) -> _Reply:
         assert conn.component is not None
-        topic = req.get("topicName")
-        problem = _valid_topic(topic, is_filter=False)
-        if problem:
-            raise IpcError("InvalidArgumentsError", f"invalid topicName: {problem}")
-        assert isinstance(topic, str)
+        topic = _topic_arg(req, "topicName", is_filter=False)
         qos = self._qos(req.get("qos"))
         payload = self._b64(req.get("payload"), "payload")
         if len(payload) > MAX_IOT_PAYLOAD:
@@ -743,11 +749,7 @@ class NucleusEmulator:
 
     def _op_subscribe_to_iot_core(self, conn: _Connection, sid: int, req: dict[str, Any]) -> _Reply:
         assert conn.component is not None
-        topic = req.get("topicName")
-        problem = _valid_topic(topic, is_filter=True)
-        if problem:
-            raise IpcError("InvalidArgumentsError", f"invalid topicName: {problem}")
-        assert isinstance(topic, str)
+        topic = _topic_arg(req, "topicName", is_filter=True)
         self._qos(req.get("qos"))
         self._authorize(conn.component, MQTT_PROXY, "SubscribeToIoTCore", topic)
         if self._forwarder is not None and topic not in self._forward_subs:
@@ -765,11 +767,7 @@ class NucleusEmulator:
     # -- operations: local pub/sub ----------------------------------------------------------------
     def _op_publish_to_topic(self, conn: _Connection, sid: int, req: dict[str, Any]) -> _Reply:
         assert conn.component is not None
-        topic = req.get("topic")
-        problem = _valid_topic(topic, is_filter=False)
-        if problem:
-            raise IpcError("InvalidArgumentsError", f"invalid topic: {problem}")
-        assert isinstance(topic, str)
+        topic = _topic_arg(req, "topic", is_filter=False)
         message = req.get("publishMessage") or {}
         if not isinstance(message, dict):
             raise IpcError("InvalidArgumentsError", "publishMessage must be an object")
@@ -788,11 +786,7 @@ class NucleusEmulator:
 
     def _op_subscribe_to_topic(self, conn: _Connection, sid: int, req: dict[str, Any]) -> _Reply:
         assert conn.component is not None
-        topic = req.get("topic")
-        problem = _valid_topic(topic, is_filter=True)
-        if problem:
-            raise IpcError("InvalidArgumentsError", f"invalid topic: {problem}")
-        assert isinstance(topic, str)
+        topic = _topic_arg(req, "topic", is_filter=True)
         mode = req.get("receiveMode")
         if mode not in (None, "RECEIVE_ALL_MESSAGES", "RECEIVE_MESSAGES_FROM_OTHERS"):
             raise IpcError("InvalidArgumentsError", f"invalid receiveMode {mode!r}")
