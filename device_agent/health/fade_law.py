@@ -27,6 +27,7 @@ End of life is the first cycle at which C/C0_ref falls below the threshold; RUL 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,58 +142,76 @@ class FadeFit:
         return {"c0_ah": self.c0_ah, "k_c": self.k_c, "k_t": self.k_t, "z": self.z, "rmse_log": self.rmse_log}
 
 
-def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weighted least squares with columns 1.. constrained ≥ 0 (column 0, the intercept, is free).
+def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares with columns 1.. constrained ≥ 0 (column 0, the intercept, is free), for a
+    stack of problems at once: ``design`` (Z, n, m), weights ``w`` (Z, n), one ``y`` (n). Returns the
+    coefficients (Z, m) and the weighted errors (Z,).
 
     Solved on the normal equations (at most 3×3) for every active set; the feasible one with the
-    smallest weighted error wins.
+    smallest weighted error wins (the unconstrained solution, where feasible, is the optimum).
     """
-    xw = design * w[:, None]
-    gram = design.T @ xw
-    rhs = xw.T @ y
-    yy = float(y @ (w * y))
-    ncols = design.shape[1]
-    try:  # the unconstrained solution, if feasible, is the constrained optimum too
-        full = np.linalg.solve(gram + 1e-12 * np.eye(ncols), rhs)
-        if not any(full[1:] < 0):
-            return full, yy - 2.0 * float(full @ rhs) + float(full @ gram @ full)
-    except np.linalg.LinAlgError:
-        pass
-    best: tuple[np.ndarray, float] | None = None
-    for mask in range((1 << (ncols - 1)) - 1):
-        cols = [0] + [c for c in range(1, ncols) if mask >> (c - 1) & 1]
-        g = gram[np.ix_(cols, cols)]
-        try:
-            coef_sub = np.linalg.solve(g + 1e-12 * np.eye(len(cols)), rhs[cols])
-        except np.linalg.LinAlgError:
-            continue
-        if any(coef_sub[1:] < 0):
-            continue
-        coef = np.zeros(ncols)
-        coef[cols] = coef_sub
-        sse = yy - 2.0 * float(coef @ rhs) + float(coef @ gram @ coef)
-        if best is None or sse < best[1]:
-            best = (coef, sse)
-    if best is None:  # only if even the intercept-only system was singular (all weights zero)
-        return np.zeros(ncols), math.inf
-    return best
+    nz, _n, m = design.shape
+    xw = design * w[:, :, None]
+    gram = np.einsum("znm,znk->zmk", design, xw)
+    rhs = np.einsum("znm,n->zm", xw, y)
+    yy = (w * y) @ y
+    try:
+        coef = np.linalg.solve(gram + 1e-12 * np.eye(m), rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:  # a singular system (all weights zero): solve them one by one below
+        coef = np.full((nz, m), np.nan)
+        todo = np.ones(nz, dtype=bool)
+    else:
+        todo = np.any(coef[:, 1:] < 0, axis=1)
+    sse = yy - 2.0 * np.einsum("zm,zm->z", coef, rhs) + np.einsum("zm,zmk,zk->z", coef, gram, coef)
+    idx = np.nonzero(todo)[0]
+    if len(idx):
+        # the constrained problems: every smaller active set (the intercept always in), for all of them at once
+        best_coef = np.zeros((len(idx), m))
+        best_sse = np.full(len(idx), math.inf)
+        g_all, r_all = gram[idx], rhs[idx]
+        for mask in range((1 << (m - 1)) - 1):
+            cols = [0] + [c for c in range(1, m) if mask >> (c - 1) & 1]
+            g = g_all[:, cols][:, :, cols] + 1e-12 * np.eye(len(cols))
+            try:
+                sub = np.linalg.solve(g, r_all[:, cols, None])[:, :, 0]
+            except np.linalg.LinAlgError:  # (all weights zero) one by one, skipping the singular ones
+                sub = np.full((len(idx), len(cols)), np.nan)
+                for j in range(len(idx)):
+                    with contextlib.suppress(np.linalg.LinAlgError):
+                        sub[j] = np.linalg.solve(g[j], r_all[j, cols])
+            c = np.zeros((len(idx), m))
+            c[:, cols] = sub
+            e = yy[idx] - 2.0 * np.einsum("zm,zm->z", c, r_all) + np.einsum("zm,zmk,zk->z", c, g_all, c)
+            better = np.all(np.isfinite(sub), axis=1) & ~np.any(sub[:, 1:] < 0, axis=1) & (e < best_sse)
+            best_coef[better], best_sse[better] = c[better], e[better]
+        # no feasible set at all (only if even the intercept-only system was singular): zeros, an infinite error
+        coef[idx], sse[idx] = best_coef, best_sse
+    return coef, sse
 
 
-def _fit_for_z(axes: StressAxes, y: np.ndarray, z: float, use_time: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    cols = [np.ones_like(y), -(axes.x_n**z)]
+def _fit_for_zs(
+    axes: StressAxes, y: np.ndarray, zs: Sequence[float], use_time: bool
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """The robust fit (IRLS with Huber weights) for each shape z in ``zs``, all z at once:
+    (coefficients, residuals, weighted SSE) per z."""
+    zv = np.asarray(zs, dtype=float)
+    nz, n = len(zv), len(y)
+    cols = [np.ones((nz, n)), -(axes.x_n[None, :] ** zv[:, None])]
     if use_time:
-        cols.append(-axes.x_t)
-    design = np.column_stack(cols)
-    w = np.ones_like(y)
-    coef = np.zeros(design.shape[1])
+        cols.append(np.broadcast_to(-axes.x_t, (nz, n)))
+    design = np.stack(cols, axis=2)
+    w = np.ones((nz, n))
+    coef = np.zeros((nz, design.shape[2]))
     for _ in range(IRLS_ITERATIONS):
         coef, _sse = _nn_lstsq(design, y, w)
-        resid = y - design @ coef
-        scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-6
+        resid = y - np.einsum("znm,zm->zn", design, coef)
+        med = np.median(resid, axis=1, keepdims=True)
+        scale = 1.4826 * np.median(np.abs(resid - med), axis=1, keepdims=True) + 1e-6
         u = np.abs(resid) / (HUBER_K * scale)
         w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
-    resid = y - design @ coef
-    return coef, resid, float(np.sum(w * resid**2))
+    resid = y - np.einsum("znm,zm->zn", design, coef)
+    sse = np.sum(w * resid**2, axis=1)
+    return [(coef[i], resid[i], float(sse[i])) for i in range(nz)]
 
 
 def _z_score(sse: float, n: int, z: float) -> float:
@@ -212,22 +231,22 @@ def fit_fade(points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID) 
     y = np.log(np.array([p.capacity_ah for p in valid]))
     use_time = bool(np.any(axes.x_t > 0))
     grid = list(z_grid)
+    n = len(y)
     results: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
 
-    n = len(y)
+    def fit_all(ks: list[int]) -> None:
+        results.update(zip(ks, _fit_for_zs(axes, y, [grid[k] for k in ks], use_time), strict=True))
 
-    def evaluate(k: int) -> float:
-        if k not in results:
-            results[k] = _fit_for_z(axes, y, grid[k], use_time)
+    def score(k: int) -> float:
         return _z_score(results[k][2], n, grid[k])
 
     coarse = list(range(0, len(grid), 5))
     if coarse[-1] != len(grid) - 1:
         coarse.append(len(grid) - 1)
-    k_best = min(coarse, key=evaluate)
-    for k in range(max(0, k_best - 4), min(len(grid), k_best + 5)):
-        evaluate(k)
-    k_best = min(results, key=evaluate)
+    fit_all(coarse)
+    k_best = min(coarse, key=score)
+    fit_all([k for k in range(max(0, k_best - 4), min(len(grid), k_best + 5)) if k not in results])
+    k_best = min(results, key=score)
     coef, resid, _ = results[k_best]
     return FadeFit(
         ln_c0=float(coef[0]),

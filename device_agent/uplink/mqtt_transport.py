@@ -10,6 +10,7 @@ here with exponential backoff until it succeeds or ``stop()`` is called.
 
 from __future__ import annotations
 
+import functools
 import logging
 import stat
 import threading
@@ -161,9 +162,15 @@ class MqttTransport:
 
     # -- messaging --------------------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        return _acknowledged(
-            lambda: self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0], f"publish to {topic}"
-        )
+        # the hot path of the spool's publisher: no closure per message, the error text is built on failure only
+        out: Future[None] = Future()
+        try:
+            inner = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0]
+        except Exception as exc:
+            out.set_exception(TransportError(f"publish to {topic} failed: {exc}"))
+            return out
+        inner.add_done_callback(functools.partial(_settle, out, "publish to", topic))
+        return out
 
     def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
         self._subs[topic] = handler
@@ -177,7 +184,7 @@ class MqttTransport:
                 log.exception("mqtt message handler failed", extra={"topic": topic})
 
         return _acknowledged(
-            lambda: self._conn.subscribe(topic, mqtt.QoS.AT_LEAST_ONCE, _on_message)[0], f"subscribe {topic}"
+            lambda: self._conn.subscribe(topic, mqtt.QoS.AT_LEAST_ONCE, _on_message)[0], "subscribe", topic
         )
 
     def _resubscribe(self) -> None:
@@ -188,22 +195,22 @@ class MqttTransport:
                 log.warning("mqtt resubscribe failed", extra={"topic": topic, "error": str(exc)[:200]})
 
 
-def _acknowledged(request: Callable[[], Future[Any]], what: str) -> Future[None]:
+def _settle(out: Future[None], verb: str, target: str, inner: Future[Any]) -> None:
+    exc = inner.exception()
+    if exc is not None:
+        out.set_exception(TransportError(f"{verb} {target} not acknowledged: {exc}"))
+    else:
+        out.set_result(None)
+
+
+def _acknowledged(request: Callable[[], Future[Any]], verb: str, target: str) -> Future[None]:
     """Run an awscrt request and give a future that resolves on its acknowledgement or fails with a
-    TransportError naming ``what``."""
+    TransportError naming what was asked (``verb target``)."""
     out: Future[None] = Future()
     try:
         inner = request()
     except Exception as exc:
-        out.set_exception(TransportError(f"{what} failed: {exc}"))
+        out.set_exception(TransportError(f"{verb} {target} failed: {exc}"))
         return out
-
-    def _done(f: Future[Any]) -> None:
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(TransportError(f"{what} not acknowledged: {exc}"))
-        else:
-            out.set_result(None)
-
-    inner.add_done_callback(_done)
+    inner.add_done_callback(functools.partial(_settle, out, verb, target))
     return out

@@ -24,6 +24,8 @@ class Publisher:
         self.spool = spool
         self.transport = transport
         self.inflight_max = inflight
+        # the window is refilled in batches of this many, not one message per acknowledgement
+        self._refill_at = max(1, inflight // 4)
         self.ack_timeout_s = ack_timeout_s
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -75,7 +77,6 @@ class Publisher:
     def _run(self) -> None:
         last_seq = 0
         last_timeout_check = 0.0
-        refill_at = max(1, self.inflight_max // 4)
         while not self._stop.is_set():
             self._wake.clear()  # cleared before looking, so a notify during this pass is not lost
             self._commit_acks()
@@ -99,7 +100,7 @@ class Publisher:
                 self.transport.wait_connected(0.2)
                 continue
             room = self.inflight_max - inflight
-            if inflight and room < refill_at:  # refill in batches, not one message per acknowledgement
+            if inflight and room < self._refill_at:
                 self._wake.wait(0.05)
                 continue
             batch = self.spool.peek(room, after_seq=last_seq)
@@ -127,13 +128,18 @@ class Publisher:
                 self._acked.append(seq)
                 if self.first_ack_monotonic is None:
                     self.first_ack_monotonic = time.monotonic()
+                # wake the loop when a refill's worth is acknowledged or nothing else is in flight (waking it
+                # on every acknowledgement costs more than the publish itself at high rates)
+                wake = len(self._acked) >= self._refill_at or len(self._acked) >= len(self._inflight)
             else:
                 self.failures += 1
                 self._failed = True
                 self._inflight.pop(seq, None)
+                wake = True
         if exc is not None:
             log.debug("publish failed; will resend", extra={"seq": seq, "error": str(exc)[:200]})
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def _commit_acks(self) -> None:
         with self._lock:
