@@ -96,3 +96,33 @@ def test_full_spool_drops_telemetry_before_alarms_and_health(tmp_path):
     ids = [m.id for m in s.peek(1000)]
     assert ids[:2] == ["alarm-1", "health-1"]  # the oldest, but not telemetry: kept
     assert "tel0" not in ids and "tel99" in ids
+
+
+def test_ack_while_a_put_holds_the_spool_does_not_wait_and_is_never_resent(tmp_path):
+    path = tmp_path / "s.db"
+    s = Spool(path)
+    fill(s, 5)
+    first_two = [m.seq for m in s.peek(2)]
+    with s._lock:  # a put in progress on the agent's thread
+        t = threading.Thread(target=s.ack, args=(first_two,))
+        t.start()
+        t.join(2)
+        assert not t.is_alive()  # the publisher was not held up
+        # acknowledged but not deleted yet: never handed out again
+        assert [m.id for m in s.peek(10)] == ["id2", "id3", "id4"]
+    fill(s, 1, start=5)  # the next put deletes them
+    assert s.pending == 4
+    s.close()
+    assert [m.id for m in Spool(path).peek(10)] == ["id2", "id3", "id4", "id5"]
+
+
+def test_acknowledged_messages_are_deleted_on_close(tmp_path):
+    path = tmp_path / "s.db"
+    s = Spool(path)
+    fill(s, 3)
+    with s._lock:
+        t = threading.Thread(target=s.ack, args=([s.peek(1)[0].seq],))
+        t.start()
+        t.join(2)
+    s.close()
+    assert [m.id for m in Spool(path).peek(10)] == ["id1", "id2"]

@@ -62,7 +62,7 @@ class Publisher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._commit_acks()
+        self._commit_acks(wait=True)
 
     def wait_empty(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -141,11 +141,12 @@ class Publisher:
         if wake:
             self._wake.set()
 
-    def _commit_acks(self) -> None:
+    def _commit_acks(self, wait: bool = False) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
+        # called even with nothing new: the spool may still hold acknowledgements it could not delete at once
+        self.spool.ack(acked, wait=wait)
         if acked:
-            self.spool.ack(acked)
             self.acked += len(acked)
             with self._lock:
                 for s in acked:

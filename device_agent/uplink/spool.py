@@ -87,6 +87,8 @@ class Spool:
         self.max_bytes = max_bytes
         self.policy = policy
         self._lock = threading.Lock()
+        self._ack_lock = threading.Lock()  # guards _acked only (never held while waiting for _lock)
+        self._acked: list[int] = []  # acknowledged, not yet deleted (see ack)
         try:
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,17 @@ class Spool:
             raise SpoolError(f"spool {self.path}: integrity check failed: {check[0]}")
         self._bytes = int(row[0])
         self._count = int(row[1])
+        # the publisher reads through a connection of its own: in WAL mode a reader does not wait for the
+        # writer, so reading the next batch to send does not hold up the agent's puts (an in-memory database
+        # exists only in its one connection, so it reads through that)
+        self._read_lock = threading.Lock()
+        self._reader = self._db
+        if str(self.path) != ":memory:":
+            try:
+                self._reader = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                self._reader.execute("PRAGMA query_only=ON")
+            except sqlite3.DatabaseError as exc:
+                raise SpoolError(f"spool {self.path}: cannot open for reading: {exc}") from exc
         self.dropped_total = int(self.get_state("spool.dropped_total", 0))
         self._closed = False
         self._puts = 0
@@ -128,6 +141,8 @@ class Spool:
             return PutResult(0, 0)
         incoming = sum(len(p) for _, _, p, _ in items)
         with self._lock:
+            if self._acked:  # acknowledgements left by the publisher while the spool was busy
+                self._apply_acks()
             dropped = 0
             if self._bytes + incoming > self.max_bytes:
                 if self.policy == "drop_newest" or incoming > self.max_bytes:
@@ -260,41 +275,69 @@ class Spool:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def peek(self, limit: int, after_seq: int = 0) -> list[SpooledMessage]:
-        """The oldest messages (seq > after_seq), oldest first."""
-        with self._lock:
-            rows = self._db.execute(
+        """The oldest messages (seq > after_seq), oldest first; acknowledged ones are never returned."""
+        # the acknowledged set is read before the rows: a row in the snapshot read below whose delete commits
+        # meanwhile was acknowledged before this point (acknowledgements leave the set only once deleted)
+        with self._ack_lock:
+            gone = set(self._acked) if self._acked else None
+        lock = self._read_lock if self._reader is not self._db else self._lock
+        with lock:
+            rows = self._reader.execute(
                 "SELECT seq, id, topic, payload, created FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [SpooledMessage(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+        return [SpooledMessage(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows if gone is None or r[0] not in gone]
 
-    def ack(self, seqs: Iterable[int]) -> int:
-        """Delete acknowledged messages. Returns how many were still there."""
-        seq_list = list(seqs)
-        if not seq_list:
-            return 0
-        with self._lock:
-            removed = 0
-            freed = 0
-            self._db.execute("BEGIN IMMEDIATE")
+    def ack(self, seqs: Iterable[int], *, wait: bool = False) -> None:
+        """Delete acknowledged messages (their ``seq``).
+
+        The deletion is done at once if the spool is free; if a put holds it at this moment, it is left to
+        the next put (or the next call) instead of waiting: under a steady stream of puts, a waiting
+        acknowledgement would hold the publisher up far longer than the delete takes. Until deleted, an
+        acknowledged message is not returned by :meth:`peek`; after a crash in between it is sent again (at
+        least once; the message id identifies the duplicate). ``wait=True`` deletes before returning.
+        """
+        new = list(seqs)
+        with self._ack_lock:
+            self._acked.extend(new)
+            if not self._acked:
+                return
+        if self._lock.acquire(blocking=wait):
             try:
-                for start in range(0, len(seq_list), 500):
-                    chunk = seq_list[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    row = self._db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE seq IN ({marks})",  # noqa: S608
-                        chunk,
-                    ).fetchone()
-                    self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
-                    removed += int(row[0])
-                    freed += int(row[1])
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._rollback()
-                raise
-            self._bytes -= freed
-            self._count -= removed
-            return removed
+                self._apply_acks()
+            finally:
+                self._lock.release()
+
+    def _apply_acks(self) -> None:
+        """Delete the acknowledged messages (lock held). On a database error they stay queued for the next try.
+        They leave the queue only once the delete is committed (peek relies on it)."""
+        with self._ack_lock:
+            seq_list = list(self._acked)  # ack() only appends: these stay the first len(seq_list) entries
+        if not seq_list or self._closed:
+            return
+        removed = 0
+        freed = 0
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(seq_list), 500):
+                chunk = seq_list[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                row = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE seq IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchone()
+                self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
+                removed += int(row[0])
+                freed += int(row[1])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.warning("spool: deleting acknowledged messages failed; will retry", extra={"error": str(exc)[:200]})
+            return
+        with self._ack_lock:
+            del self._acked[: len(seq_list)]
+        self._bytes -= freed
+        self._count -= removed
 
     @property
     def pending(self) -> int:
@@ -318,7 +361,11 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             if not self._closed:
+                self._apply_acks()
                 self._closed = True
+                with self._read_lock:
+                    if self._reader is not self._db:
+                        self._reader.close()
                 self._db.close()
                 if self._reserve is not None:
                     self._reserve.unlink(missing_ok=True)
