@@ -379,7 +379,9 @@ class Agent:
     def _enqueue(self, kind: MessageKind, body: Message, ts: float) -> None:
         msg_id = new_message_id()
         if isinstance(body, Telemetry):
-            body_json = b'{"samples":' + _SAMPLES_JSON.dump_json(list(body.samples)) + b"}"
+            # a reading the source does not have (no SoC, no cell voltages) is left out rather than sent as null:
+            # a fifth fewer bytes per sample (IoT Core bills by 5 KB); every reader parses with the defaults
+            body_json = b'{"samples":' + _SAMPLES_JSON.dump_json(list(body.samples), exclude_none=True) + b"}"
             simulated = any(s.simulated for s in body.samples)
         else:
             body_json = body.model_dump_json().encode()

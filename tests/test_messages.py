@@ -115,3 +115,30 @@ def test_envelope_body_must_match_its_kind():
     wrong = Envelope.model_validate({**env.model_dump(), "kind": "health"})
     with pytest.raises(ValidationError):
         wrong.parsed_body()
+
+
+def test_agent_telemetry_leaves_out_missing_readings_and_reads_back_the_same(tmp_path):
+    from device_agent.agent import Agent
+    from device_agent.config import AgentConfig
+    from device_agent.uplink.spool import Spool
+    from device_agent.uplink.transport import MemoryTransport
+    from hardware.simulator.settings import SimulatorSettings
+    from hardware.simulator.source import SimulatorSource
+
+    cfg = AgentConfig(thing_name="pack-1", telemetry={"batch_max_samples": 2}, shadow={"enabled": False})
+    agent = Agent(cfg, SimulatorSource(SimulatorSettings()), MemoryTransport(), Spool(tmp_path / "s.db"))
+    bare = Sample(ts=1.0, voltage_v=3.7, current_a=-1.0, source_id="bms", simulated=True)
+    full = Sample(
+        ts=2.0, voltage_v=3.6, current_a=-1.0, temperatures_c=(25.0,), soc_pct=50.0,
+        cell_voltages_v=(3.6,), source_id="bms", simulated=True,
+    )
+    agent.process(bare)
+    agent.process(full)
+    (msg,) = [m for m in agent.spool.peek(10) if m.topic.endswith("/telemetry")]
+    raw = json.loads(msg.payload)["body"]["samples"]
+    assert "soc_pct" not in raw[0] and "cell_voltages_v" not in raw[0]  # not sent as null
+    assert raw[0]["simulated"] is True and raw[1]["soc_pct"] == 50.0
+    # what the cloud reads back (as cloud/ingest does) is what the agent had
+    body = Telemetry.model_validate(Envelope.model_validate_json(msg.payload).body)
+    assert body == Telemetry(samples=(bare, full))
+    agent.close()

@@ -1,9 +1,10 @@
 import sqlite3
 import threading
+import time
 
 import pytest
 
-from device_agent.uplink.spool import Spool, SpoolError
+from device_agent.uplink.spool import ACK_BATCH, ACK_DELAY_S, Spool, SpoolError
 
 
 def fill(spool, n, size=100, start=0):
@@ -101,28 +102,39 @@ def test_full_spool_drops_telemetry_before_alarms_and_health(tmp_path):
 def test_ack_while_a_put_holds_the_spool_does_not_wait_and_is_never_resent(tmp_path):
     path = tmp_path / "s.db"
     s = Spool(path)
-    fill(s, 5)
-    first_two = [m.seq for m in s.peek(2)]
+    fill(s, 65)
+    batch = [m.seq for m in s.peek(ACK_BATCH + 10)]  # a full batch: due for deletion at once
     with s._lock:  # a put in progress on the agent's thread
-        t = threading.Thread(target=s.ack, args=(first_two,))
+        t = threading.Thread(target=s.ack, args=(batch,))
         t.start()
         t.join(2)
         assert not t.is_alive()  # the publisher was not held up
         # acknowledged but not deleted yet: never handed out again
-        assert [m.id for m in s.peek(10)] == ["id2", "id3", "id4"]
-    fill(s, 1, start=5)  # the next put deletes them
-    assert s.pending == 4
+        assert [m.id for m in s.peek(100)] == [f"id{k}" for k in range(60, 65)]
+    assert s.pending == 65
+    fill(s, 1, start=65)  # the next put deletes them, in its own transaction
+    assert s.pending == 6 and s.bytes_used == 600
     s.close()
-    assert [m.id for m in Spool(path).peek(10)] == ["id2", "id3", "id4", "id5"]
+    assert [m.id for m in Spool(path).peek(100)] == [f"id{k}" for k in range(60, 66)]
+
+
+def test_acknowledgements_are_deleted_in_batches_or_after_a_short_delay(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    fill(s, 3)
+    first = s.peek(1)[0].seq
+    s.ack([first])
+    assert s.pending == 3 and [m.id for m in s.peek(10)] == ["id1", "id2"]  # queued, not handed out
+    time.sleep(ACK_DELAY_S * 2)
+    s.ack([])  # the publisher's next pass: the oldest waited long enough
+    assert s.pending == 2
+    s.ack([m.seq for m in s.peek(10)], wait=True)  # stop(): deleted before returning
+    assert s.pending == 0 and s.bytes_used == 0
 
 
 def test_acknowledged_messages_are_deleted_on_close(tmp_path):
     path = tmp_path / "s.db"
     s = Spool(path)
     fill(s, 3)
-    with s._lock:
-        t = threading.Thread(target=s.ack, args=([s.peek(1)[0].seq],))
-        t.start()
-        t.join(2)
+    s.ack([s.peek(1)[0].seq])
     s.close()
     assert [m.id for m in Spool(path).peek(10)] == ["id1", "id2"]

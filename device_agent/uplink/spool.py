@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ LOW_PRIORITY_SUFFIX = "/telemetry"  # dropped first when the spool is full
 WAL_LIMIT_BYTES = 1024 * 1024
 WAL_AUTOCHECKPOINT_PAGES = 1000
 CAPPED_AUTOCHECKPOINT_PAGES = 32
+ACK_BATCH = 50  # acknowledgements deleted together (see Spool.ack)
+ACK_DELAY_S = 0.05  # ... or once the oldest has waited this long
 
 
 def _disk_full(exc: sqlite3.Error) -> bool:
@@ -89,6 +92,7 @@ class Spool:
         self._lock = threading.Lock()
         self._ack_lock = threading.Lock()  # guards _acked only (never held while waiting for _lock)
         self._acked: list[int] = []  # acknowledged, not yet deleted (see ack)
+        self._acked_since = 0.0  # monotonic time the oldest of them was queued
         try:
             if str(self.path) != ":memory:":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,8 +145,6 @@ class Spool:
             return PutResult(0, 0)
         incoming = sum(len(p) for _, _, p, _ in items)
         with self._lock:
-            if self._acked:  # acknowledgements left by the publisher while the spool was busy
-                self._apply_acks()
             dropped = 0
             if self._bytes + incoming > self.max_bytes:
                 if self.policy == "drop_newest" or incoming > self.max_bytes:
@@ -171,13 +173,18 @@ class Spool:
             return PutResult(len(items), dropped)
 
     def _insert(self, items: Sequence[tuple[str, str, bytes, float]]) -> None:
+        """Insert (lock held), in the same transaction deleting the acknowledged messages still queued."""
         rows = [(i, t, p, c, 0 if t.endswith(LOW_PRIORITY_SUFFIX) else 1) for i, t, p, c in items]
-        if len(rows) == 1:  # one statement in autocommit mode is its own transaction: fewer round trips
+        with self._ack_lock:
+            acked = list(self._acked)
+        if len(rows) == 1 and not acked:  # one statement in autocommit mode is its own transaction
             self._db.execute(INSERT_SQL, rows[0])
             return
         self._db.execute("BEGIN IMMEDIATE")
+        removed, freed = self._delete(acked) if acked else (0, 0)
         self._db.executemany(INSERT_SQL, rows)
         self._db.execute("COMMIT")
+        self._acks_deleted(len(acked), removed, freed)
 
     def _put_on_full_disk(self, items: Sequence[tuple[str, str, bytes, float]], incoming: int) -> PutResult:
         """The filesystem is full. From here the spool lives inside the space it already has:
@@ -291,51 +298,68 @@ class Spool:
     def ack(self, seqs: Iterable[int], *, wait: bool = False) -> None:
         """Delete acknowledged messages (their ``seq``).
 
-        The deletion is done at once if the spool is free; if a put holds it at this moment, it is left to
-        the next put (or the next call) instead of waiting: under a steady stream of puts, a waiting
-        acknowledgement would hold the publisher up far longer than the delete takes. Until deleted, an
-        acknowledged message is not returned by :meth:`peek`; after a crash in between it is sent again (at
-        least once; the message id identifies the duplicate). ``wait=True`` deletes before returning.
+        Acknowledgements are queued and deleted in batches: within the next put's own transaction (one
+        commit instead of two), or here once ``ACK_BATCH`` are queued or the oldest has waited
+        ``ACK_DELAY_S`` — and then only if no put holds the spool at this moment: under a steady stream of
+        puts, waiting for the spool would hold the publisher up far longer than the delete takes.
+        ``wait=True`` deletes everything queued before returning. A queued message is never returned by
+        :meth:`peek`; after a crash before its delete it is sent again (at least once; its id identifies
+        the duplicate).
         """
         new = list(seqs)
+        now = time.monotonic()
         with self._ack_lock:
+            if new and not self._acked:
+                self._acked_since = now
             self._acked.extend(new)
             if not self._acked:
                 return
-        if self._lock.acquire(blocking=wait):
+            due = wait or len(self._acked) >= ACK_BATCH or now - self._acked_since >= ACK_DELAY_S
+        if due and self._lock.acquire(blocking=wait):
             try:
                 self._apply_acks()
             finally:
                 self._lock.release()
 
     def _apply_acks(self) -> None:
-        """Delete the acknowledged messages (lock held). On a database error they stay queued for the next try.
-        They leave the queue only once the delete is committed (peek relies on it)."""
+        """Delete the queued acknowledgements (lock held). On a database error they stay queued for the next
+        try. They leave the queue only once the delete is committed (peek relies on it)."""
         with self._ack_lock:
-            seq_list = list(self._acked)  # ack() only appends: these stay the first len(seq_list) entries
+            seq_list = list(self._acked)
         if not seq_list or self._closed:
             return
-        removed = 0
-        freed = 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            for start in range(0, len(seq_list), 500):
-                chunk = seq_list[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                row = self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE seq IN ({marks})",  # noqa: S608
-                    chunk,
-                ).fetchone()
-                self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
-                removed += int(row[0])
-                freed += int(row[1])
+            removed, freed = self._delete(seq_list)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             log.warning("spool: deleting acknowledged messages failed; will retry", extra={"error": str(exc)[:200]})
             return
+        self._acks_deleted(len(seq_list), removed, freed)
+
+    def _delete(self, seq_list: Sequence[int]) -> tuple[int, int]:
+        """Delete messages by seq inside the open transaction: (how many were still there, their bytes)."""
+        removed = 0
+        freed = 0
+        for start in range(0, len(seq_list), 500):
+            chunk = seq_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            row = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE seq IN ({marks})",  # noqa: S608
+                chunk,
+            ).fetchone()
+            self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
+            removed += int(row[0])
+            freed += int(row[1])
+        return removed, freed
+
+    def _acks_deleted(self, n_queued: int, removed: int, freed: int) -> None:
+        """The first ``n_queued`` queued acknowledgements were deleted (committed). ack() only appends, so
+        they are still the first ones in the queue."""
         with self._ack_lock:
-            del self._acked[: len(seq_list)]
+            del self._acked[:n_queued]
+            self._acked_since = time.monotonic()
         self._bytes -= freed
         self._count -= removed
 
