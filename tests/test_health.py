@@ -177,3 +177,23 @@ def test_fade_shape_prior_does_not_override_a_long_history(monkeypatch):
     without = fit_fade(pts)
     assert with_prior is not None and without is not None
     assert with_prior.z == without.z == pytest.approx(1.5, abs=0.1)
+
+
+def test_each_shape_is_fitted_as_if_alone_and_a_rising_history_is_held_flat():
+    """fit_fade solves all candidate shapes z in one pass: a shape's fit must not depend on the others in
+    the pass, and a negative fade rate is never fitted (a rising history is not extrapolated upwards)."""
+    pts = synthetic(noise=0.01, n=120, seed=4)
+    axes = fade_law.stress_axes(pts)
+    y = np.log([p.capacity_ah for p in pts])
+    zs = [0.5, 1.0, 1.5, 2.5]
+    together = fade_law._fit_for_zs(axes, y, zs, use_time=False)
+    for z, (coef, resid, sse) in zip(zs, together, strict=True):
+        ((alone_coef, alone_resid, alone_sse),) = fade_law._fit_for_zs(axes, y, [z], use_time=False)
+        np.testing.assert_allclose(coef, alone_coef, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(resid, alone_resid, rtol=1e-9, atol=1e-12)
+        assert sse == pytest.approx(alone_sse, rel=1e-9)
+    rising = [CapacityPoint(cycle=float(c), capacity_ah=1.8 + 0.002 * c, temperature_c=25.0) for c in range(1, 60)]
+    fit = fit_fade(rising)
+    assert fit is not None and fit.k_c == 0.0 and fit.k_t == 0.0
+    assert fit.project(np.array([200.0]))[0] == pytest.approx(fit.c0_ah)
+

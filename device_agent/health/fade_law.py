@@ -142,6 +142,18 @@ class FadeFit:
         return {"c0_ah": self.c0_ah, "k_c": self.k_c, "k_t": self.k_t, "z": self.z, "rmse_log": self.rmse_log}
 
 
+def _solve_stack(g: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Solve the stack of small systems g[i] x = r[i]; a singular one (all weights zero) gives NaNs."""
+    try:
+        return np.asarray(np.linalg.solve(g, r[:, :, None])[:, :, 0])
+    except np.linalg.LinAlgError:  # one by one, so that one singular system does not spoil the others
+        out = np.full(r.shape, np.nan)
+        for j in range(len(r)):
+            with contextlib.suppress(np.linalg.LinAlgError):
+                out[j] = np.linalg.solve(g[j], r[j])
+        return out
+
+
 def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least squares with columns 1.. constrained ≥ 0 (column 0, the intercept, is free), for a
     stack of problems at once: ``design`` (Z, n, m), weights ``w`` (Z, n), one ``y`` (n). Returns the
@@ -150,38 +162,29 @@ def _nn_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndar
     Solved on the normal equations (at most 3×3) for every active set; the feasible one with the
     smallest weighted error wins (the unconstrained solution, where feasible, is the optimum).
     """
-    nz, _n, m = design.shape
+    m = design.shape[2]
     xw = design * w[:, :, None]
     gram = np.einsum("znm,znk->zmk", design, xw)
     rhs = np.einsum("znm,n->zm", xw, y)
     yy = (w * y) @ y
-    try:
-        coef = np.linalg.solve(gram + 1e-12 * np.eye(m), rhs[:, :, None])[:, :, 0]
-    except np.linalg.LinAlgError:  # a singular system (all weights zero): solve them one by one below
-        coef = np.full((nz, m), np.nan)
-        todo = np.ones(nz, dtype=bool)
-    else:
-        todo = np.any(coef[:, 1:] < 0, axis=1)
-    sse = yy - 2.0 * np.einsum("zm,zm->z", coef, rhs) + np.einsum("zm,zmk,zk->z", coef, gram, coef)
-    idx = np.nonzero(todo)[0]
+
+    def sse_of(c: np.ndarray, g: np.ndarray, r: np.ndarray, y2: np.ndarray) -> np.ndarray:
+        return np.asarray(y2 - 2.0 * np.einsum("zm,zm->z", c, r) + np.einsum("zm,zmk,zk->z", c, g, c))
+
+    coef = _solve_stack(gram + 1e-12 * np.eye(m), rhs)
+    sse = sse_of(coef, gram, rhs, yy)
+    idx = np.nonzero(~np.all(np.isfinite(coef), axis=1) | np.any(coef[:, 1:] < 0, axis=1))[0]
     if len(idx):
-        # the constrained problems: every smaller active set (the intercept always in), for all of them at once
+        # the constrained problems: every smaller active set (the intercept always in), all problems at once
         best_coef = np.zeros((len(idx), m))
         best_sse = np.full(len(idx), math.inf)
         g_all, r_all = gram[idx], rhs[idx]
         for mask in range((1 << (m - 1)) - 1):
             cols = [0] + [c for c in range(1, m) if mask >> (c - 1) & 1]
-            g = g_all[:, cols][:, :, cols] + 1e-12 * np.eye(len(cols))
-            try:
-                sub = np.linalg.solve(g, r_all[:, cols, None])[:, :, 0]
-            except np.linalg.LinAlgError:  # (all weights zero) one by one, skipping the singular ones
-                sub = np.full((len(idx), len(cols)), np.nan)
-                for j in range(len(idx)):
-                    with contextlib.suppress(np.linalg.LinAlgError):
-                        sub[j] = np.linalg.solve(g[j], r_all[j, cols])
+            sub = _solve_stack(g_all[:, cols][:, :, cols] + 1e-12 * np.eye(len(cols)), r_all[:, cols])
             c = np.zeros((len(idx), m))
             c[:, cols] = sub
-            e = yy[idx] - 2.0 * np.einsum("zm,zm->z", c, r_all) + np.einsum("zm,zmk,zk->z", c, g_all, c)
+            e = sse_of(c, g_all, r_all, yy[idx])
             better = np.all(np.isfinite(sub), axis=1) & ~np.any(sub[:, 1:] < 0, axis=1) & (e < best_sse)
             best_coef[better], best_sse[better] = c[better], e[better]
         # no feasible set at all (only if even the intercept-only system was singular): zeros, an infinite error
