@@ -162,15 +162,9 @@ class MqttTransport:
 
     # -- messaging --------------------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        # the hot path of the spool's publisher: no closure per message, the error text is built on failure only
-        out: Future[None] = Future()
-        try:
-            inner = self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0]
-        except Exception as exc:
-            out.set_exception(TransportError(f"publish to {topic} failed: {exc}"))
-            return out
-        inner.add_done_callback(functools.partial(_settle, out, "publish to", topic))
-        return out
+        return _acknowledged(
+            lambda: self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0], "publish to", topic
+        )
 
     def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
         self._subs[topic] = handler
@@ -196,6 +190,7 @@ class MqttTransport:
 
 
 def _settle(out: Future[None], verb: str, target: str, inner: Future[Any]) -> None:
+    """Resolve ``out`` from awscrt's future (the error text is built only on failure)."""
     exc = inner.exception()
     if exc is not None:
         out.set_exception(TransportError(f"{verb} {target} not acknowledged: {exc}"))
