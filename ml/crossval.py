@@ -6,8 +6,10 @@ model ``i`` never sees fold ``i`` of the chosen dataset, and every scorable cell
 exactly once, by the model that did not train on it. The other datasets train every fold as in the
 shipped model's split (their test cells are left out, unused). Unscorable cells always train.
 
-Writes ``predictions.csv`` and ``metrics.json`` (the evaluation contract, pooled over the folds), plus
-``folds.json`` (which cells each fold held out, each fold's model version and EOL band) into OUT_DIR; the
+Writes ``predictions.csv`` and ``metrics.json`` (the evaluation contract, pooled over the folds),
+``folds.json`` (which cells each fold held out, each fold's model version and EOL band) and
+``eol_rules.json`` (end-of-life rules compared on the same out-of-fold forecasts, see
+:mod:`ml.eol_rules`) into OUT_DIR; the
 fold models go to ``OUT_DIR/fold-<i>/`` (kept, so every figure can be reproduced with ``ml evaluate``).
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from device_agent.health.hybrid import load_hybrid_model
 from ml.data import Cell, Split, scorability, split_cells
+from ml.eol_rules import compare_cells, summarise
 from ml.evaluate import PointPrediction, compute_metrics, predict_cells, write_json, write_predictions
 from ml.train import TrainConfig, train
 
@@ -33,6 +36,7 @@ class CrossValResult:
     metrics: dict[str, Any]
     folds: list[dict[str, Any]]
     predictions: list[PointPrediction]
+    eol_rules: dict[str, Any]
 
 
 def fold_splits(cells: Sequence[Cell], dataset: str, k: int, cfg: TrainConfig) -> list[Split]:
@@ -69,6 +73,7 @@ def crossval(
     out_dir.mkdir(parents=True, exist_ok=True)
     preds: list[PointPrediction] = []
     folds: list[dict[str, Any]] = []
+    rule_rows: list[dict[str, Any]] = []
     for i, split in enumerate(fold_splits(cells, dataset, k, cfg)):
         log.info("fold %d/%d: holding out %s", i + 1, k, split.test[dataset])
         fold_dir = out_dir / f"fold-{i}"
@@ -78,6 +83,8 @@ def crossval(
         preds += predict_cells(
             test, model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles, progress=False
         )
+        rules = compare_cells(test, model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles)
+        rule_rows += [{**row, "fold": i, "model_eol_band": model.spec.eol_band_sigmas} for row in rules]
         folds.append({
             "fold": i,
             "test_cells": split.test[dataset],
@@ -91,4 +98,6 @@ def crossval(
     write_predictions(preds, out_dir / "predictions.csv")
     write_json(metrics, out_dir / "metrics.json")
     write_json(folds, out_dir / "folds.json")
-    return CrossValResult(metrics=metrics, folds=folds, predictions=preds)
+    eol_rules = {"dataset": dataset, "rules": summarise(rule_rows, cfg.eval_points), "points": rule_rows}
+    write_json(eol_rules, out_dir / "eol_rules.json")
+    return CrossValResult(metrics=metrics, folds=folds, predictions=preds, eol_rules=eol_rules)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from device_agent.health.model_files import ModelFile
@@ -52,6 +53,14 @@ def test_crossval_cli_scores_every_scorable_cell_out_of_fold(tiny_data, tmp_path
         assert not set(f["test_cells"]) & set(mf.provenance.val_cells["nasa"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["crossval"]["k"] == 2 and set(metrics["datasets"]) == {"nasa"}
+    # the EOL rules are compared on the same forecasts: the device's own rule gives the hybrid's EOL
+    rules = json.loads((out / "eol_rules.json").read_text())
+    hybrid_eol = metrics["datasets"]["nasa"]["methods"]["hybrid"]["all"]["eol"]["cells"]
+    shipped = {(c["cell"], c["p"]): c["eol_pred"] for c in hybrid_eol}
+    assert rules["points"] and {(r["cell"], r["p"]) for r in rules["points"]} == set(shipped)
+    for r in rules["points"]:
+        assert r["eol_pred"]["hybrid_model_band"] == pytest.approx(shipped[(r["cell"], r["p"])])
+    assert {"physics", "prior_band_0", "first_passage_prior"} <= set(rules["rules"])
     assert "fold 0: held out" in capsys.readouterr().out
 
     assert main(["ml", "crossval", "--cells", str(tiny_data[0]), "--dataset", "mit", "--out", str(tmp_path / "x"),
@@ -60,3 +69,15 @@ def test_crossval_cli_scores_every_scorable_cell_out_of_fold(tiny_data, tmp_path
     with pytest.raises(SystemExit):
         main(["ml", "crossval", "--cells", str(tiny_data[0]), "--dataset", "nasa", "--folds", "1",
               "--out", str(tmp_path / "y")])
+
+
+def test_first_passage_fires_earlier_the_more_measurements_scatter_and_never_far_above():
+    from ml.eol_rules import first_passage_eol
+
+    cycles = np.arange(1.0, 401.0)
+    line = 1.0 - 0.001 * cycles  # crosses 0.8 at cycle 200
+    tight = first_passage_eol(cycles, line, 0.0, 1.0, 0.001, 0.8)
+    loose = first_passage_eol(cycles, line, 0.0, 1.0, 0.03, 0.8)
+    assert tight == pytest.approx(200.0, abs=2.0)
+    assert loose is not None and 150.0 < loose < tight  # a reading below comes before the trend crosses
+    assert first_passage_eol(cycles, np.full(400, 0.95), 0.0, 1.0, 0.01, 0.8) is None  # 15 sigma above
