@@ -30,7 +30,7 @@ import numpy as np
 from device_agent.health.fade_law import fit_fade, forecast_eol
 from device_agent.health.hybrid import HybridModel, Prepared, eol_from_trajectory, eol_scatter
 from ml.data import Cell
-from ml.evaluate import C0_FIRST, prediction_k, true_eol
+from ml.evaluate import eol_points
 
 BANDS = (0, 1, 2, 3)
 MAX_ROWS = 20_000
@@ -82,28 +82,15 @@ def compare_cells(
 ) -> list[dict[str, Any]]:
     """For every cell and point with a true EOL after it: each rule's predicted EOL."""
     rows: list[dict[str, Any]] = []
-    for cell in cells:
-        pts = cell.points()
-        n = len(pts)
-        if n < 2:
-            continue
-        caps = np.array([q.capacity_ah for q in pts])
-        cycles = np.array([q.cycle for q in pts])
-        soh = caps / float(np.median(caps[:C0_FIRST]))
-        for p in points:
-            k = prediction_k(p, n)
-            truth = true_eol(soh, cycles, k, threshold) if k < n else None
-            hist = pts[:k]
-            c0 = float(np.median(caps[: min(C0_FIRST, k)]))
-            prep = model.prepare(hist, c0)
-            if truth is None or prep is None:
-                continue
-            fit = fit_fade(hist)
-            phys = forecast_eol(fit, c0, threshold, max_cycles, step=max(1.0, max_cycles / 2000.0))[2] if fit else None
-            spacing = float(np.median(np.diff(cycles[:k]))) if k > 1 else 1.0
-            eols = rule_eols(model, prep, model.correction(prep), c0, threshold, max_cycles, phys, max(spacing, 1e-3))
-            rows.append({"dataset": cell.dataset, "cell": cell.cell, "p": p, "at_cycle": float(cycles[k - 1]),
-                         "eol_true": truth, "eol_pred": eols})
+    step = max(1.0, max_cycles / 2000.0)
+    for ep in eol_points(cells, model, points, threshold):
+        fit = fit_fade(ep.history)
+        phys = forecast_eol(fit, ep.c0, threshold, max_cycles, step=step)[2] if fit is not None else None
+        known = np.array([q.cycle for q in ep.history])
+        spacing = max(float(np.median(np.diff(known))), 1e-3) if len(known) > 1 else 1.0
+        eols = rule_eols(model, ep.prep, model.correction(ep.prep), ep.c0, threshold, max_cycles, phys, spacing)
+        rows.append({"dataset": ep.cell.dataset, "cell": ep.cell.cell, "p": ep.p, "at_cycle": float(known[-1]),
+                     "eol_true": ep.eol_true, "eol_pred": eols})
     return rows
 
 

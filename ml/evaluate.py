@@ -25,7 +25,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from device_agent.health.fade_law import fit_fade, forecast_eol
-from device_agent.health.hybrid import HybridModel
+from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol
+from device_agent.health.hybrid import HybridModel, Prepared
 from ml.data import Cell, clean_cell, scorability
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,43 @@ EOL_BAND_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 EOL_MISS_COST = 1.0
 
 
+@dataclass(frozen=True)
+class EolPoint:
+    """A cell and prediction point with a true end of life after it, and the model's inputs there."""
+
+    cell: Cell
+    p: float
+    history: list[CapacityPoint]  # the valid rows up to and including the point
+    eol_true: float
+    c0: float  # the contract's C0 over the rows known at the point
+    prep: Prepared
+
+
+def eol_points(
+    cells: Sequence[Cell], model: HybridModel, points: Sequence[float], threshold: float
+) -> Iterator[EolPoint]:
+    """Every cell and point with a true EOL after it (the evaluation's rule) that the model can forecast from."""
+    for cell in cells:
+        pts = cell.points()
+        n = len(pts)
+        if n < 2:
+            continue
+        caps = np.array([q.capacity_ah for q in pts])
+        cycles = np.array([q.cycle for q in pts])
+        soh = caps / float(np.median(caps[:C0_FIRST]))
+        for p in points:
+            k = prediction_k(p, n)
+            if k >= n:
+                continue
+            eol_true = true_eol(soh, cycles, k, threshold)
+            if eol_true is None:
+                continue
+            c0 = float(np.median(caps[: min(C0_FIRST, k)]))
+            prep = model.prepare(pts[:k], c0)
+            if prep is not None:
+                yield EolPoint(cell, p, pts[:k], eol_true, c0, prep)
+
+
 def calibrate_eol_band(
     cells: Sequence[Cell],
     model: HybridModel,
@@ -190,30 +227,12 @@ def calibrate_eol_band(
     a table of the costs.
     """
     costs: dict[float, dict[str, list[float]]] = {float(k): {} for k in grid}
-    for cell in cells:
-        pts = cell.points()
-        n = len(pts)
-        if n < 2:
-            continue
-        caps = np.array([q.capacity_ah for q in pts])
-        cycles = np.array([q.cycle for q in pts])
-        soh = caps / float(np.median(caps[:C0_FIRST]))
-        for p in points:
-            k = prediction_k(p, n)
-            if k >= n:
-                continue
-            eol_true = true_eol(soh, cycles, k, threshold)
-            if eol_true is None:
-                continue
-            c0_hist = float(np.median(caps[: min(C0_FIRST, k)]))
-            prep = model.prepare(pts[:k], c0_hist)
-            if prep is None:
-                continue
-            out = model.correction(prep)
-            for band, per_ds in costs.items():
-                eol = model.forecast_from(prep, out, c0_hist, threshold, max_cycles, band_sigmas=band).eol_cycle
-                cost = EOL_MISS_COST if eol is None else min(abs(eol - eol_true) / eol_true, EOL_MISS_COST)
-                per_ds.setdefault(cell.dataset, []).append(cost)
+    for ep in eol_points(cells, model, points, threshold):
+        out = model.correction(ep.prep)
+        for band, per_ds in costs.items():
+            eol = model.forecast_from(ep.prep, out, ep.c0, threshold, max_cycles, band_sigmas=band).eol_cycle
+            cost = EOL_MISS_COST if eol is None else min(abs(eol - ep.eol_true) / ep.eol_true, EOL_MISS_COST)
+            per_ds.setdefault(ep.cell.dataset, []).append(cost)
     table = {
         str(band): {ds: float(np.mean(v)) for ds, v in sorted(per.items())} for band, per in costs.items()
     }
