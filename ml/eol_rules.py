@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.health.fade_law import fit_fade, forecast_eol
+from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
 from device_agent.health.hybrid import HybridModel, Prepared, eol_from_trajectory, eol_scatter
 from ml.data import Cell
 from ml.evaluate import eol_points
@@ -60,7 +60,7 @@ def rule_eols(
     model: HybridModel, prep: Prepared, out: np.ndarray, c0: float, threshold: float, max_cycles: int,
     physics_eol: float | None, spacing: float,
 ) -> dict[str, float | None]:
-    step = max(1.0, max_cycles / 2000.0)
+    step = forecast_step(max_cycles)
     cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
     hybrid = model.soh_at(prep, out, c0, cycles)
     prior = prep.level_ah * np.exp(prep.base(cycles)) / c0
@@ -82,10 +82,9 @@ def compare_cells(
 ) -> list[dict[str, Any]]:
     """For every cell and point with a true EOL after it: each rule's predicted EOL."""
     rows: list[dict[str, Any]] = []
-    step = max(1.0, max_cycles / 2000.0)
     for ep in eol_points(cells, model, points, threshold):
         fit = fit_fade(ep.history)
-        phys = forecast_eol(fit, ep.c0, threshold, max_cycles, step=step)[2] if fit is not None else None
+        phys = None if fit is None else forecast_eol(fit, ep.c0, threshold, max_cycles, forecast_step(max_cycles))[2]
         known = np.array([q.cycle for q in ep.history])
         spacing = max(float(np.median(np.diff(known))), 1e-3) if len(known) > 1 else 1.0
         eols = rule_eols(model, ep.prep, model.correction(ep.prep), ep.c0, threshold, max_cycles, phys, spacing)

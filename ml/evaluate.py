@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol
+from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol, forecast_step
 from device_agent.health.hybrid import HybridModel, Prepared
 from ml.data import Cell, clean_cell, scorability
 
@@ -124,7 +124,7 @@ def predict_cell_at(
     fit = fit_fade(hist) if len(hist) >= 3 else None
     if fit is not None:
         pp.pred["physics"] = fit.project(targets) / c0_hist
-        step = max(1.0, max_cycles / 2000.0)
+        step = forecast_step(max_cycles)
         pp.eol_pred["physics"] = forecast_eol(fit, c0_hist, threshold, max_cycles, step=step)[2]
         pp.fallback["physics"] = None
     else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from device_agent.config import HealthSettings
-from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol
+from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol, forecast_step
 from device_agent.messages import CycleRecord, ForecastPoint, Health, HealthMethod
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class PhysicsModel:
         fit = fit_fade(points)
         if fit is None:
             return None
-        step = max(1.0, max_cycles / 2000.0)
+        step = forecast_step(max_cycles)
         cycles, soh, eol = forecast_eol(fit, c0_ah, eol_threshold, max_cycles, step=step)
         soh_now = float(fit.fitted()[-1] / c0_ah)
         return Forecast(soh_now=soh_now, cycles=cycles.tolist(), soh=soh.tolist(), eol_cycle=eol, params=fit.params())

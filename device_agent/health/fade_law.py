@@ -43,6 +43,7 @@ Z_PRIOR_WEIGHT = 10.0
 HUBER_K = 1.5
 IRLS_ITERATIONS = 3
 MIN_AHEAD_STEPS = 50
+FORECAST_POINTS = 2000  # the most points a forecast trajectory has (see forecast_step)
 
 
 def arrhenius(temperature_c: float | None) -> float:
@@ -259,6 +260,12 @@ def fit_fade(points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID) 
         rmse_log=float(np.sqrt(np.mean(resid**2))),
         axes=axes,
     )
+
+
+def forecast_step(max_cycles: float) -> float:
+    """Spacing of a forecast's cycle grid: every cycle, or coarser so that ``max_cycles`` ahead takes at most
+    ``FORECAST_POINTS`` points."""
+    return max(1.0, max_cycles / FORECAST_POINTS)
 
 
 def forecast_eol(

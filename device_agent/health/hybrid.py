@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from device_agent.health.estimator import Forecast, ModelError
-from device_agent.health.fade_law import CapacityPoint, FadeFit, fit_fade
+from device_agent.health.fade_law import CapacityPoint, FadeFit, fit_fade, forecast_step
 from device_agent.health.model_files import (
     MODEL_JSON,
     CleaningSpec,
@@ -367,7 +367,7 @@ class HybridModel:
         self, prep: Prepared, out: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int,
         *, band_sigmas: float | None = None,
     ) -> Forecast:
-        step = max(1.0, max_cycles / 2000.0)
+        step = forecast_step(max_cycles)
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
         soh = self.soh_at(prep, out, c0_ah, cycles)
         k = self.spec.eol_band_sigmas if band_sigmas is None else band_sigmas
