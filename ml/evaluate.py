@@ -124,8 +124,7 @@ def predict_cell_at(
     fit = fit_fade(hist) if len(hist) >= 3 else None
     if fit is not None:
         pp.pred["physics"] = fit.project(targets) / c0_hist
-        step = forecast_step(max_cycles)
-        pp.eol_pred["physics"] = forecast_eol(fit, c0_hist, threshold, max_cycles, step=step)[2]
+        pp.eol_pred["physics"] = forecast_eol(fit, c0_hist, threshold, max_cycles, step=forecast_step(max_cycles))[2]
         pp.fallback["physics"] = None
     else:
         pp.pred["physics"] = pp.pred["persistence"]

@@ -196,4 +196,3 @@ def test_each_shape_is_fitted_as_if_alone_and_a_rising_history_is_held_flat():
     fit = fit_fade(rising)
     assert fit is not None and fit.k_c == 0.0 and fit.k_t == 0.0
     assert fit.project(np.array([200.0]))[0] == pytest.approx(fit.c0_ah)
-
