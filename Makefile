@@ -5,14 +5,27 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit
+.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit lock
 
-$(STAMP): pyproject.toml
+LOCKS  := requirements/dev.lock requirements/device.lock requirements/device-32bit.lock
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --no-header \
+	-c requirements/constraints.txt
+
+# installs from the lock only (hashes checked); the project itself goes in editable, without resolving anything
+$(STAMP): requirements/dev.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[device,ml,cloud,dev]"
+	$(PIP) install --quiet --require-hashes --only-binary=:all: -r requirements/dev.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# regenerate the locks from pyproject.toml (keeps the versions already locked unless pyproject needs others)
+lock: $(STAMP)
+	$(UV_COMPILE) pyproject.toml --all-extras -o requirements/dev.lock
+	$(UV_COMPILE) pyproject.toml requirements/device.in --extra device --extra litert \
+		-c requirements/dev.lock -o requirements/device.lock
+	$(UV_COMPILE) pyproject.toml requirements/device.in --extra device \
+		-c requirements/dev.lock -o requirements/device-32bit.lock
 
 venv: $(STAMP)
 

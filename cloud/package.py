@@ -24,13 +24,12 @@ import hashlib
 import io
 import logging
 import tarfile
+import tomllib
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-
-import tomllib
 
 log = logging.getLogger("battwin.cloud.package")
 

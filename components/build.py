@@ -29,15 +29,11 @@ import hashlib
 import json
 import shutil
 import sys
+import tomllib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (the project's dependencies include tomli there)
-    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = "com.battwin.Agent"

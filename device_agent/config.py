@@ -8,10 +8,10 @@ state later, so a field is checked the same way wherever it comes from.
 from __future__ import annotations
 
 import contextvars
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,

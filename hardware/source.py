@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from device_agent.messages import Sample
 
 if TYPE_CHECKING:  # typing.Self from Python 3.11; annotations are not evaluated at run time
-    from typing_extensions import Self
+    from typing import Self
 
 
 class Source(ABC):

@@ -231,7 +231,7 @@ def test_configuration_get_update_and_subscribe(emulator, ipc_client):
     events = Collector()
     ipc_client.subscribe_to_configuration_update(key_path=["source"], on_stream_event=events)
     emulator.update_configuration({"source": {"sample_interval_s": 5.0}, "log_level": "DEBUG"})  # a deployment
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ipc_client.update_configuration(key_path=["source"], timestamp=now, value_to_merge={"url": "replay:/tmp/x.csv"})
     stale = now - datetime.timedelta(hours=1)  # an older write does not override a newer one
     ipc_client.update_configuration(key_path=["source"], timestamp=stale, value_to_merge={"url": "simulator"})

@@ -36,7 +36,7 @@ def _name(cn: str) -> x509.Name:
 
 
 def _cert(subject: str, key, issuer: str, issuer_key, ca: bool = False, san: str | None = None) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     b = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
