@@ -122,7 +122,7 @@ class SpoolSettings(Section):
 
 
 class ShadowSettings(Section):
-    #: follow the named shadow for live configuration (MQTT: IoT Core shadow topics; Greengrass: ShadowManager)
+    #: follow the named shadow for live configuration (IoT Core's shadow topics, over MQTT or Greengrass IPC)
     enabled: bool = True
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9:_\-]{1,64}$")] = "battwin-config"
     timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 10.0

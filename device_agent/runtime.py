@@ -66,15 +66,8 @@ def load_health_model(config: AgentConfig) -> tuple[HealthModel | None, str | No
 
 
 def build_shadow(config: AgentConfig, transport: Transport) -> ShadowClient:
-    if os.environ.get(GG_SOCKET_ENV) and os.environ.get("SVCUID"):
-        try:
-            from device_agent.greengrass.ipc_shadow import IpcShadowClient
-        except ImportError:
-            pass
-        else:
-            # share the transport's IPC connection: one socket per process, and its reconnect counter
-            # (which the config sync watches) then describes the shadow's link too
-            return IpcShadowClient(config.thing_name, config.shadow.name, client=getattr(transport, "connection", None))
+    """The shadow over IoT Core's shadow topics on the agent's own transport: MQTT, or under Greengrass
+    PublishToIoTCore / SubscribeToIoTCore (both nuclei; lite has no shadow IPC)."""
     return MqttShadowClient(transport, config.thing_name, config.shadow.name, config.shadow.topic_root)
 
 

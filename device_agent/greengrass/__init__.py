@@ -1,7 +1,7 @@
 """Running the agent as AWS IoT Greengrass v2 components.
 
-* :mod:`~device_agent.greengrass.ipc_transport` — the uplink Transport over IPC (PublishToIoTCore);
-* :mod:`~device_agent.greengrass.ipc_shadow` — the ShadowClient over IPC (ShadowManager);
+* :mod:`~device_agent.greengrass.ipc_transport` — the uplink Transport over IPC (PublishToIoTCore), which
+  also carries the configuration shadow (IoT Core's shadow topics, ``device_agent.shadow.mqtt_shadow``);
 * :mod:`~device_agent.greengrass.component_config` — the component configuration over IPC;
 * :mod:`~device_agent.greengrass.connection` — the shared, self-healing IPC connection;
 * :mod:`~device_agent.greengrass.emulator` — a local nucleus emulator for development and tests

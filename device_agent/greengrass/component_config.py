@@ -46,7 +46,9 @@ def agent_overrides(configuration: Mapping[str, Any]) -> dict[str, Any]:
 
 class ComponentConfig:
     """See the module docstring. ``component_name`` None = the calling component; ``key_path`` selects a
-    subtree (``["health"]``). ``client`` as for :class:`~device_agent.greengrass.ipc_shadow.IpcShadowClient`."""
+    subtree (``["health"]``). ``client``: None (a connection from the environment, owned and closed by
+    :meth:`close`), an :class:`~device_agent.greengrass.connection.IpcConnection` to share (e.g. the
+    transport's ``connection``), or a ready ``GreengrassCoreIPCClientV2``."""
 
     def __init__(
         self,

@@ -41,8 +41,8 @@ def _is_modeled_refusal(exc: BaseException) -> bool:
 
 
 class IpcTransport:
-    """Transport over IPC. ``connection`` may be shared with the shadow client and configuration reader
-    (``IpcShadowClient(thing, client=transport.connection)``); by default the transport makes its own
+    """Transport over IPC. ``connection`` may be shared with the configuration reader
+    (``ComponentConfig(client=transport.connection)``); by default the transport makes its own
     from the environment the nucleus sets, and closes it on :meth:`stop`."""
 
     def __init__(

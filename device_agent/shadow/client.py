@@ -1,9 +1,9 @@
-"""The device-shadow interface the agent's configuration sync uses, with two implementations:
+"""The device-shadow interface the agent's configuration sync uses.
 
-* ``device_agent.shadow.mqtt_shadow.MqttShadowClient`` — IoT Core's reserved shadow topics over MQTT
-  (``$aws/things/<thing>/shadow/name/<shadow>/get|update`` and their ``accepted``/``rejected``/``delta``);
-* ``device_agent.greengrass.ipc_shadow.IpcShadowClient`` — Greengrass ShadowManager over IPC
-  (GetThingShadow / UpdateThingShadow, delta via SubscribeToTopic on the local delta topic).
+Its implementation is ``device_agent.shadow.mqtt_shadow.MqttShadowClient``: IoT Core's reserved shadow
+topics (``$aws/things/<thing>/shadow/name/<shadow>/get|update`` and their ``accepted``/``rejected``/
+``delta``/``documents``) over any transport — MQTT directly, or Greengrass IPC (PublishToIoTCore /
+SubscribeToIoTCore), which works on nucleus classic and lite alike (lite has no shadow IPC).
 
 Documents follow AWS IoT's shadow format: ``{"state": {"desired": {...}, "reported": {...}}, "version": n,
 "metadata": {...}, "timestamp": t}``; a delta message is ``{"state": {...}, "version": n, ...}``.

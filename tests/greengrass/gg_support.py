@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
@@ -16,13 +17,44 @@ AGENT = "com.battwin.Agent"
 MODEL = "com.battwin.SohModel"
 AGENT_RECIPE = REPO / "recipes" / f"{AGENT}.yaml"
 MODEL_RECIPE = REPO / "recipes" / f"{MODEL}.yaml"
-DELTA_TOPIC = f"$aws/things/{THING}/shadow/name/battwin-config/update/delta"
+SHADOW = "battwin-config"
+SHADOW_PREFIX = f"$aws/things/{THING}/shadow/name/{SHADOW}"
+DELTA_TOPIC = f"{SHADOW_PREFIX}/update/delta"
+
+#: the Agent's accessControl as agreed for both nuclei (interface 4 of the issue-13 work): IoT Core only —
+#: telemetry topics, and the battwin-config shadow through IoT Core's shadow topics (no ShadowManager)
+AGENT_ACCESS_CONTROL: dict[str, Any] = {
+    "aws.greengrass.ipc.mqttproxy": {
+        f"{AGENT}:mqttproxy:1": {
+            "operations": ["aws.greengrass#PublishToIoTCore"],
+            "resources": [
+                "battwin/{iot:thingName}/*",
+                "$aws/things/{iot:thingName}/shadow/name/battwin-config/get",
+                "$aws/things/{iot:thingName}/shadow/name/battwin-config/update",
+            ],
+        },
+        f"{AGENT}:mqttproxy:2": {
+            "operations": ["aws.greengrass#SubscribeToIoTCore"],
+            "resources": [
+                "$aws/things/{iot:thingName}/shadow/name/battwin-config/get/+",
+                "$aws/things/{iot:thingName}/shadow/name/battwin-config/update/+",
+            ],
+        },
+    }
+}
 
 
 def load_yaml(path: Path) -> Any:
     import yaml
 
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def agent_recipe() -> dict[str, Any]:
+    """The Agent's recipe with :data:`AGENT_ACCESS_CONTROL` (what recipes/ holds once interface 4 is in)."""
+    recipe = load_yaml(AGENT_RECIPE)
+    recipe["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"] = copy.deepcopy(AGENT_ACCESS_CONTROL)
+    return recipe
 
 
 def broad_recipe(component: str = "com.battwin.Test") -> dict[str, Any]:

@@ -10,6 +10,9 @@ nucleus. What it implements:
   and optionally forwarded to a real MQTT broker; SubscribeToIoTCore receives what
   :meth:`NucleusEmulator.deliver_from_cloud` injects, what components publish to "IoT Core" (as the
   cloud broker echoes it), or, when forwarding, what the broker delivers.
+* **IoT Core's shadow service** (when not forwarding): a PublishToIoTCore to a shadow request topic
+  (``$aws/things/<thing>/shadow[/name/<shadow>]/get|update|delete``) is answered on its ``accepted`` /
+  ``rejected`` / ``delta`` / ``documents`` topics as IoT Core does (see ``cloud_shadow``).
 * **local pub/sub**: PublishToTopic / SubscribeToTopic with MQTT wildcards and receive modes.
 * **ShadowManager**: Get/Update/DeleteThingShadow with its semantics (see ``shadows``); updates publish
   ``…/update/delta|documents|accepted`` (or ``…/rejected``) on local pub/sub as binary JSON messages.
@@ -50,6 +53,7 @@ from device_agent.greengrass.emulator.acl import (
     AccessControl,
     shadow_resource,
 )
+from device_agent.greengrass.emulator.cloud_shadow import CloudShadowService, cloud_order
 from device_agent.greengrass.emulator.config_store import ConfigStore
 from device_agent.greengrass.emulator.recipe import (
     component_name,
@@ -264,6 +268,8 @@ class NucleusEmulator:
         self.forward_url = forward_mqtt
         self.configs = ConfigStore()
         self.shadows = ShadowStore(max_shadow_bytes)
+        self.cloud_shadow = CloudShadowService(self.shadows)  # IoT Core's shadow topics, when not forwarding
+        self._operations: list[tuple[str, str]] = []
         self._tokens: dict[str, str] = {}
         if recipe is not None:
             data = load_recipe(recipe if isinstance(recipe, Mapping) else Path(recipe))
@@ -389,6 +395,12 @@ class NucleusEmulator:
         with self._cond:
             return list(self._denials)
 
+    @property
+    def operations(self) -> list[tuple[str, str]]:
+        """Every IPC operation requested so far, in order: (component, operation without the namespace)."""
+        with self._cond:
+            return list(self._operations)
+
     def clear_published(self) -> None:
         with self._cond:
             self._published.clear()
@@ -504,7 +516,8 @@ class NucleusEmulator:
     def update_shadow(
         self, document: Mapping[str, Any], shadow_name: str | None = None, thing_name: str | None = None
     ) -> dict[str, Any]:
-        """Update a shadow as the cloud sync would (no authorization); publishes the local events."""
+        """Update a shadow as the cloud would (no authorization): publishes ShadowManager's local events and,
+        when not forwarding, IoT Core's shadow messages to SubscribeToIoTCore subscribers."""
 
         def _update() -> dict[str, Any]:
             thing = thing_name or self.thing_name
@@ -512,6 +525,9 @@ class NucleusEmulator:
             self._shadow_changed()
             for topic, payload in result.events:
                 self._deliver_local(topic, payload, SHADOW_MANAGER_COMPONENT)
+            if self._forwarder is None:  # and IoT Core's shadow topics, to SubscribeToIoTCore subscribers
+                for topic, payload in cloud_order(result):
+                    self._deliver_iot(topic, payload)
             return result.response
 
         return self._call(_update)
@@ -664,6 +680,8 @@ class NucleusEmulator:
         operation = msg.get_str(OPERATION) or ""
         name = operation.removeprefix(NS)
         assert conn.component is not None
+        with self._cond:
+            self._operations.append((conn.component, name))
         handler = self._handlers.get(name) if operation.startswith(NS) else None
         if handler is None:
             unsupported = f"{operation or '(no operation)'} is not supported by the emulator"
@@ -745,7 +763,18 @@ class NucleusEmulator:
         else:
             loop = self._require_loop()
             loop.call_soon(self._deliver_iot, topic, payload)  # the cloud echoes it to subscribers
+            loop.call_soon(self._answer_cloud_shadow, topic, payload)
         return _Reply(NS + "PublishToIoTCoreResponse", {})
+
+    # -- hook: IoT Core's shadow service (cloud_shadow) -------------------------------------------
+    def _answer_cloud_shadow(self, topic: str, payload: bytes) -> None:
+        answers = self.cloud_shadow.handle(topic, payload)
+        if answers is None:
+            return
+        self._shadow_changed()
+        for answer_topic, answer in answers:
+            self._deliver_iot(answer_topic, answer)
+
 
     def _op_subscribe_to_iot_core(self, conn: _Connection, sid: int, req: dict[str, Any]) -> _Reply:
         assert conn.component is not None

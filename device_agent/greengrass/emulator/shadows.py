@@ -166,13 +166,8 @@ class ShadowStore:
 
     def update(self, thing_name: str, shadow_name: str | None, payload: bytes) -> ShadowResult:
         prefix = topic_prefix(thing_name, shadow_name)
-        token: str | None = None
-        try:
-            request, token = self._parse_update(payload)
-            return self._apply(thing_name, shadow_name or "", request, token, prefix)
-        except ShadowRequestError as exc:
-            exc.client_token = token
-            raise
+        request, token = self._parse_update(payload)  # refusals carry the request's clientToken once known
+        return self._apply(thing_name, shadow_name or "", request, token, prefix)
 
     def rejected_event(
         self, thing_name: str, shadow_name: str | None, op: str, exc: ShadowRequestError
