@@ -199,3 +199,25 @@ def test_agent_applies_shadow_config_live_and_rejects_with_reasons(broker, tmp_p
         svc.stop()
     # the refusal was also raised as an alarm through the spool
     assert accepted["alarms"]
+
+
+def test_client_uses_two_subscriptions_and_takes_only_its_own_answer():
+    from device_agent.shadow.mqtt_shadow import MqttShadowClient
+    from device_agent.uplink.transport import MemoryTransport
+
+    transport = MemoryTransport()
+    prefix = "$aws/things/t1/shadow/name/battwin-config"
+
+    def service(topic: str, payload: bytes) -> None:  # another client's answer first, then ours
+        if topic == f"{prefix}/get":
+            token = json.loads(payload)["clientToken"]
+            for who, version in (("someone-else", 9), (token, 3)):
+                body = {"state": {"desired": {"log_level": "DEBUG"}}, "version": version, "clientToken": who}
+                transport.publish(f"{prefix}/get/accepted", json.dumps(body).encode())
+
+    transport.on_publish = service
+    client = MqttShadowClient(transport, "t1")
+    doc = client.get(timeout=5)
+    assert doc is not None and doc["version"] == 3 and client.version == 3
+    assert [pattern for pattern, _ in transport._handlers] == [f"{prefix}/get/+", f"{prefix}/update/+"]
+    assert [t for t, _ in transport.published if not t.endswith("/accepted")] == [f"{prefix}/get"]

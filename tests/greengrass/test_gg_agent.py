@@ -21,7 +21,7 @@ from device_agent.messages import Envelope
 from device_agent.runtime import build_transport
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
-from tests.greengrass.gg_support import AGENT, AGENT_RECIPE, DELTA_TOPIC, MODEL, THING, load_yaml
+from tests.greengrass.gg_support import AGENT, AGENT_RECIPE, MODEL, SHADOW_PREFIX, THING, agent_recipe, load_yaml
 from tests.support import REPO
 
 
@@ -112,7 +112,8 @@ def _get(doc: Any, *keys: str) -> Any:
     return doc
 
 
-def test_run_lifecycle_starts_the_agent_on_ipc(emulator, tmp_path):
+def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
+    emulator = make_emulator(agent_recipe())  # the agreed accessControl: the shadow through IoT Core topics
     # a deployment that merges faster sampling and small batches into the default configuration
     ctx, lifecycle = _lifecycle(
         tmp_path, _configuration(source={"sample_interval_s": 0.02}, telemetry={"batch_max_samples": 5})
@@ -125,9 +126,9 @@ def test_run_lifecycle_starts_the_agent_on_ipc(emulator, tmp_path):
     )
     try:
         arrived = emulator.wait_for(lambda ms: any(m.topic.endswith("/telemetry") for m in ms), timeout=40)
-        # live configuration through ShadowManager: the agent follows its delta topic, applies a desired
-        # change and reports it back (the lead's config sync, over IpcShadowClient, within accessControl)
-        following = emulator.wait_for_subscriptions("pubsub", DELTA_TOPIC, 1, timeout=20)
+        # live configuration through IoT Core's shadow topics (PublishToIoTCore / SubscribeToIoTCore, no
+        # shadow IPC): the agent follows update/+, applies a desired change and reports it back
+        following = emulator.wait_for_subscriptions("iot", f"{SHADOW_PREFIX}/update/+", 1, timeout=20)
         reported = emulator.wait_for_shadow(lambda doc: bool(doc and doc["state"].get("reported")), SHADOW, timeout=20)
         emulator.update_shadow({"state": {"desired": {"telemetry": {"batch_max_samples": 3}}}}, SHADOW)
         applied = emulator.wait_for_shadow(
@@ -144,7 +145,8 @@ def test_run_lifecycle_starts_the_agent_on_ipc(emulator, tmp_path):
     assert following and reported and applied, log[-3000:]
     assert proc.returncode == 0, log[-3000:]
     assert emulator.denials == []
-    kinds = {m.topic for m in emulator.published}
+    assert not [op for _, op in emulator.operations if op.endswith("ThingShadow")]
+    kinds = {m.topic for m in emulator.published} - {f"{SHADOW_PREFIX}/get", f"{SHADOW_PREFIX}/update"}
     assert f"battwin/{THING}/telemetry" in kinds and all(t.startswith(f"battwin/{THING}/") for t in kinds)
     telemetry = next(json.loads(m.payload) for m in emulator.published if m.topic.endswith("/telemetry"))
     assert telemetry["thing"] == THING and 1 <= len(telemetry["body"]["samples"]) <= 5

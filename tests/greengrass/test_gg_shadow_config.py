@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,7 +94,9 @@ def test_deltas_from_the_cloud_and_after_a_nucleus_restart(agent_emulator, ipc_t
     assert deltas.wait(2)
     assert deltas.items[1] == ({"health": {"eol_threshold": 0.7}, "telemetry": {"decimation": 2}}, 3)
     # the agent reports what it applied: the delta is resolved and no further delta is published
-    accepted = shadow.update({"state": {"reported": {"health": {"eol_threshold": 0.7}, "telemetry": {"decimation": 2}}}})
+    accepted = shadow.update(
+        {"state": {"reported": {"health": {"eol_threshold": 0.7}, "telemetry": {"decimation": 2}}}}
+    )
     assert accepted["version"] == 4
     doc = shadow.get()
     assert doc is not None and "delta" not in doc["state"]
@@ -189,8 +190,13 @@ def test_access_control_allows_exactly_the_shadow_topics_of_this_thing(agent_emu
     assert agent_emulator.denials == []
     # negative control: another thing's shadow, another shadow, the classic shadow, delete, broader filters
     other = "$aws/things/other-thing/shadow/name/battwin-config"
-    refused_publish = [f"{other}/get", f"{other}/update", f"$aws/things/{THING}/shadow/name/other/update",
-                       f"$aws/things/{THING}/shadow/get", f"{SHADOW_PREFIX}/delete"]
+    refused_publish = [
+        f"{other}/get",
+        f"{other}/update",
+        f"$aws/things/{THING}/shadow/name/other/update",
+        f"$aws/things/{THING}/shadow/get",
+        f"{SHADOW_PREFIX}/delete",
+    ]
     refused_subscribe = [f"{other}/get/+", f"{other}/update/+", f"{SHADOW_PREFIX}/#", f"$aws/things/{THING}/shadow/#"]
     for topic in refused_publish:
         with pytest.raises(UnauthorizedError):

@@ -80,10 +80,7 @@ class CloudShadowService:
         echo = {"clientToken": token} if token is not None else {}
         prefix = topic_prefix(thing, shadow)
         try:
-            if op == "get":
-                body = self.store.get(thing, shadow)
-            else:
-                body = self.store.delete(thing, shadow).response
+            body = self.store.get(thing, shadow) if op == "get" else self.store.delete(thing, shadow).response
         except ShadowRequestError as exc:
             # IoT Core names the shadow (the named shadow, or the thing for the classic one)
             missing = ShadowRequestError(exc.kind, exc.code, f"No shadow exists with name: '{shadow or thing}'", token)

@@ -775,7 +775,6 @@ class NucleusEmulator:
         for answer_topic, answer in answers:
             self._deliver_iot(answer_topic, answer)
 
-
     def _op_subscribe_to_iot_core(self, conn: _Connection, sid: int, req: dict[str, Any]) -> _Reply:
         assert conn.component is not None
         topic = _topic_arg(req, "topicName", is_filter=True)
