@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -206,18 +206,6 @@ class AgentConfig(BaseSettings):
         sources.append(_NucleusThingName(settings_cls))
         return tuple(sources)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _thing_name_required_under_a_nucleus(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "thing_name" not in data:
-            asked = os.environ.get(THING_NAME_ENV) == "" or bool(os.environ.get(NUCLEUS_SOCKET_ENV))
-            if asked:
-                raise ValueError(
-                    f"thing_name: no thing name: {THING_NAME_ENV} is unset or empty and {NUCLEUS_THING_NAME_ENV} "
-                    "(which the Greengrass nucleus sets) is not set either"
-                )
-        return data
-
 
 _TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("battwin_toml", default=None)
 
@@ -236,16 +224,18 @@ def format_validation_error(exc: ValidationError, origin: str = "config") -> lis
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
     """Load and validate; raise ConfigError naming each bad field."""
+    toml: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist or is not a file")
         try:
             with path.open("rb") as fh:
-                tomllib.load(fh)  # syntax check with a clear message before pydantic-settings reads it
+                toml = tomllib.load(fh)  # syntax check with a clear message before pydantic-settings reads it
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"config file {path}: cannot read: {exc}") from None
+    _check_thing_name_source(toml, overrides or {})
     token = _TOML_PATH.set(path)
     try:
         return AgentConfig(**(overrides or {}))
@@ -254,6 +244,24 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None
     finally:
         _TOML_PATH.reset(token)
+
+
+def _check_thing_name_source(toml: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Under a nucleus, or with ``BATTWIN_THING_NAME`` set empty, the thing name must come from somewhere:
+    the development default would publish under a name the nucleus does not authorise."""
+    asked = os.environ.get(THING_NAME_ENV) == "" or bool(os.environ.get(NUCLEUS_SOCKET_ENV))
+    given = (
+        overrides.get("thing_name")
+        or os.environ.get(THING_NAME_ENV)
+        or toml.get("thing_name")
+        or os.environ.get(NUCLEUS_THING_NAME_ENV)
+    )
+    if asked and not given:
+        message = (
+            f"thing_name: no thing name: {THING_NAME_ENV} is unset or empty and {NUCLEUS_THING_NAME_ENV} "
+            "(which the Greengrass nucleus sets) is not set either"
+        )
+        raise ConfigError(message)
 
 
 def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
