@@ -9,13 +9,17 @@ Two modes:
       greengrass-build/recipes/<name>-<version>.yaml
 
 * ``--gdk`` (what the ``custom_build_command`` of a ``gdk-config.json`` runs, from that project folder):
-  the project's one component into ``./greengrass-build/``, the recipe written as
-  ``greengrass-build/recipes/recipe.yaml`` — the name ``gdk component publish`` reads back before it
-  uploads the artifacts and writes ``<name>-<version>.yaml`` with the real bucket.
+  the project's one component into ``./greengrass-build/``, the recipe written under the name
+  ``gdk component publish`` reads back (``gdk_recipe_file_name``): GDK 1.6 finds the project's
+  ``recipe.json`` or ``recipe.yaml``, follows a symlink and takes the target's file name — here
+  ``greengrass-build/recipes/com.battwin.Agent.yaml``, as ``recipe.yaml`` links to ``recipes/com.battwin.Agent.yaml``.
+  Publish then writes ``<name>-<version>.yaml`` with the real bucket.
 
 In both, artifact URIs are GDK's placeholders ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``
 and every URI must name a file that was built. The agent's artifact is ``battwin-agent.zip`` (the
-``device_agent`` and ``hardware`` packages + ``requirements.txt``, reproducible: same sources, same bytes);
+``device_agent`` and ``hardware`` packages + the locked device requirements ``requirements/device.lock`` and
+``requirements/device-32bit.lock`` that ``device_agent/bootstrap.py`` installs; reproducible: same sources,
+same bytes);
 the model's are ``model.tflite`` + ``model.json`` from ``components/com.battwin.SohModel/model/``, checked
 against each other (the sha256 the model card states).
 
@@ -29,7 +33,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,8 +46,10 @@ AGENT_ZIP = "battwin-agent.zip"
 AGENT_PACKAGES = ("device_agent", "hardware")
 PACKAGE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".toml", ".tflite")
 PACKAGE_FILES = ("py.typed",)
-#: dependencies the component does not need on the device (the demo's embedded broker)
-EXCLUDED_REQUIREMENTS = frozenset({"amqtt"})
+#: the locked device requirements (64-bit Python with ai-edge-litert, 32-bit without), copied from the repo
+DEVICE_LOCKS = ("requirements/device.lock", "requirements/device-32bit.lock")
+#: the names GDK looks for in a project folder (GDKProject._get_recipe_file, GDK CLI 1.6)
+GDK_RECIPE_NAMES = ("recipe.json", "recipe.yaml")
 MODEL_FILES = ("model.tflite", "model.json")
 URI_PREFIX = "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -84,20 +89,15 @@ def source_recipe(name: str, repo: Path = REPO) -> Path:
     return path
 
 
-def agent_requirements(repo: Path = REPO) -> list[str]:
-    """The agent's runtime requirements: the project's dependencies + the ``device`` extra, less the
-    packages the component does not use on the device."""
-    with (repo / "pyproject.toml").open("rb") as fh:
-        project = tomllib.load(fh)["project"]
-    reqs = [*project.get("dependencies", []), *project.get("optional-dependencies", {}).get("device", [])]
-    out = []
-    for req in reqs:
-        name = req.split(";")[0].split("[")[0]
-        for sep in ("==", ">=", "<=", "~=", "!=", ">", "<", " "):
-            name = name.split(sep)[0]
-        if name.strip().lower() not in EXCLUDED_REQUIREMENTS:
-            out.append(req.strip())
-    return out
+def gdk_recipe_file_name(project: Path) -> str:
+    """The file name ``gdk component publish`` reads from ``greengrass-build/recipes/`` for ``project``.
+
+    GDK's own rule: exactly one of ``recipe.json`` / ``recipe.yaml`` in the project folder, resolved (a symlink
+    followed to its target), and that file's name."""
+    found = [project / name for name in GDK_RECIPE_NAMES if (project / name).exists()]
+    if len(found) != 1:
+        raise BuildError(f"{project}: GDK needs exactly one of {' or '.join(GDK_RECIPE_NAMES)} (found {len(found)})")
+    return found[0].resolve().name
 
 
 # -- artifacts ------------------------------------------------------------------------------------
@@ -115,10 +115,12 @@ def _package_files(repo: Path) -> list[Path]:
 def build_agent_zip(dest_dir: Path, repo: Path = REPO) -> Path:
     """``battwin-agent.zip``: reproducible (sorted entries, fixed timestamps and modes)."""
     dest = dest_dir / AGENT_ZIP
-    requirements = "\n".join(agent_requirements(repo)) + "\n"
+    missing = [lock for lock in DEVICE_LOCKS if not (repo / lock).is_file()]
+    if missing:
+        raise BuildError(f"{AGENT}: {', '.join(missing)} missing (make lock writes them)")
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
         entries = [(p.relative_to(repo).as_posix(), p.read_bytes()) for p in _package_files(repo)]
-        entries.append(("requirements.txt", requirements.encode()))
+        entries += [(lock, (repo / lock).read_bytes()) for lock in DEVICE_LOCKS]
         for arcname, data in sorted(entries):
             info = zipfile.ZipInfo(arcname, date_time=ZIP_DATE)
             info.external_attr = 0o644 << 16
@@ -182,6 +184,9 @@ def dump_recipe(recipe: dict[str, Any], path: Path) -> None:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     _Dumper.add_representer(str, _str)
+    if path.suffix == ".json":  # GDK reads the built recipe by its extension
+        path.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+        return
     text = yaml.dump(recipe, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True)
     path.write_text("---\n" + text, encoding="utf-8")
 
@@ -252,14 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.gdk:
-            name, settings = gdk_config(Path.cwd() / "gdk-config.json")
-            out = args.out or Path.cwd() / BUILD_DIR
+            project = Path.cwd()
+            name, settings = gdk_config(project / "gdk-config.json")
+            out = args.out or project / BUILD_DIR
             recipe, artifacts = build_component(
                 name,
                 out,
                 version=str(settings.get("version", "")),
                 author=settings.get("author"),
-                recipe_filename="recipe.yaml",
+                recipe_filename=gdk_recipe_file_name(project),
                 model_dir=args.model_dir,
             )
             results = [(recipe, artifacts)]

@@ -3,16 +3,23 @@
 Precedence, lowest first: defaults < TOML file < environment (``BATTWIN_`` prefix, ``__`` between nested
 names, e.g. ``BATTWIN_MQTT__URL``) < CLI flags. The same model validates the device shadow's desired
 state later, so a field is checked the same way wherever it comes from.
+
+The thing name: an unset or empty ``BATTWIN_THING_NAME`` (and none in the TOML file or on the command line)
+falls back to ``AWS_IOT_THING_NAME``, which the Greengrass nucleus (classic and lite) gives every component.
+Under a nucleus (its IPC socket variable set) or with ``BATTWIN_THING_NAME`` set empty, a missing thing
+name is an error rather than the development default.
 """
 
 from __future__ import annotations
 
 import contextvars
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +31,12 @@ from hardware.simulator.settings import SimulatorSettings
 
 PosFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 ThingName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_\-]+$")]
+
+THING_NAME_ENV = "BATTWIN_THING_NAME"
+#: the core device's thing name, set by the nucleus (classic and lite) for every component
+NUCLEUS_THING_NAME_ENV = "AWS_IOT_THING_NAME"
+#: set by the nucleus for every component: the agent runs under Greengrass
+NUCLEUS_SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 
 
 class ConfigError(ValueError):
@@ -130,6 +143,34 @@ class ShadowSettings(Section):
     topic_root: Annotated[str, Field(pattern=r"^\$?[A-Za-z0-9_\-]{1,32}$")] = "$aws"
 
 
+class _DropEmptyThingName(PydanticBaseSettingsSource):
+    """The environment source, with an empty ``BATTWIN_THING_NAME`` treated as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._inner()
+        if values.get("thing_name") == "":
+            values = {k: v for k, v in values.items() if k != "thing_name"}
+        return values
+
+
+class _NucleusThingName(PydanticBaseSettingsSource):
+    """``thing_name`` from ``AWS_IOT_THING_NAME`` (the lowest-priority source above the defaults)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        value = os.environ.get(NUCLEUS_THING_NAME_ENV, "")
+        return {"thing_name": value} if value else {}
+
+
 class AgentConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BATTWIN_",
@@ -159,9 +200,10 @@ class AgentConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = _TOML_PATH.get()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _DropEmptyThingName(settings_cls, env_settings)]
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        sources.append(_NucleusThingName(settings_cls))
         return tuple(sources)
 
 
@@ -182,16 +224,18 @@ def format_validation_error(exc: ValidationError, origin: str = "config") -> lis
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
     """Load and validate; raise ConfigError naming each bad field."""
+    toml: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist or is not a file")
         try:
             with path.open("rb") as fh:
-                tomllib.load(fh)  # syntax check with a clear message before pydantic-settings reads it
+                toml = tomllib.load(fh)  # syntax check with a clear message before pydantic-settings reads it
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"config file {path}: cannot read: {exc}") from None
+    _check_thing_name_source(toml, overrides or {})
     token = _TOML_PATH.set(path)
     try:
         return AgentConfig(**(overrides or {}))
@@ -200,6 +244,24 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None
     finally:
         _TOML_PATH.reset(token)
+
+
+def _check_thing_name_source(toml: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Under a nucleus, or with ``BATTWIN_THING_NAME`` set empty, the thing name must come from somewhere:
+    the development default would publish under a name the nucleus does not authorise."""
+    asked = os.environ.get(THING_NAME_ENV) == "" or bool(os.environ.get(NUCLEUS_SOCKET_ENV))
+    given = (
+        overrides.get("thing_name")
+        or os.environ.get(THING_NAME_ENV)
+        or toml.get("thing_name")
+        or os.environ.get(NUCLEUS_THING_NAME_ENV)
+    )
+    if asked and not given:
+        message = (
+            f"thing_name: no thing name: {THING_NAME_ENV} is unset or empty and {NUCLEUS_THING_NAME_ENV} "
+            "(which the Greengrass nucleus sets) is not set either"
+        )
+        raise ConfigError(message)
 
 
 def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:

@@ -30,6 +30,38 @@ def test_precedence_toml_env_cli(tmp_path, monkeypatch):
     assert c.thing_name == "from-cli" and c.mqtt.url == "mqtt://env:1883"
 
 
+def test_thing_name_falls_back_to_the_nucleus_thing_name(tmp_path, monkeypatch):
+    for var in ("BATTWIN_THING_NAME", "AWS_IOT_THING_NAME", "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"):
+        monkeypatch.delenv(var, raising=False)
+    assert load_config().thing_name == "battwin-sim-1"  # outside Greengrass: the development default
+    monkeypatch.setenv("AWS_IOT_THING_NAME", "core-7")  # what the nucleus (classic and lite) sets
+    assert load_config().thing_name == "core-7"
+    monkeypatch.setenv("BATTWIN_THING_NAME", "")  # empty counts as unset
+    assert load_config().thing_name == "core-7"
+    assert load_config(write(tmp_path, 'thing_name = "from-toml"\n')).thing_name == "from-toml"
+    monkeypatch.setenv("BATTWIN_THING_NAME", "from-env")
+    assert load_config().thing_name == "from-env"
+    assert load_config(None, {"thing_name": "from-cli"}).thing_name == "from-cli"
+    monkeypatch.setenv("AWS_IOT_THING_NAME", "has space")
+    monkeypatch.delenv("BATTWIN_THING_NAME")
+    with pytest.raises(ConfigError, match="thing_name"):  # validated like any other source
+        load_config()
+
+
+@pytest.mark.parametrize("setting", ["empty BATTWIN_THING_NAME", "under a nucleus"])
+def test_no_thing_name_at_all_is_a_clear_error(monkeypatch, setting):
+    monkeypatch.delenv("AWS_IOT_THING_NAME", raising=False)
+    monkeypatch.delenv("BATTWIN_THING_NAME", raising=False)
+    monkeypatch.delenv("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", raising=False)
+    if setting == "under a nucleus":
+        monkeypatch.setenv("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", "/tmp/ipc.socket")
+    else:
+        monkeypatch.setenv("BATTWIN_THING_NAME", "")
+    with pytest.raises(ConfigError) as err:
+        load_config()
+    assert "BATTWIN_THING_NAME" in str(err.value) and "AWS_IOT_THING_NAME" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "text,field",
     [

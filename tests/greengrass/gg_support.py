@@ -111,3 +111,63 @@ class Collector:
     def wait_until(self, predicate: Callable[[list[Any]], bool], timeout: float = 10.0) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: predicate(self.items), timeout)
+
+
+# -- which lifecycle each nucleus runs, as their sources decide it -------------------------------------
+def _platform_matches(platform: dict[str, Any], target: dict[str, str]) -> bool:
+    """Classic's PlatformHelper.isAttributeSatisfied: every attribute must match; "*" matches anything
+    (also an attribute the device has no label for, such as `runtime` on an older classic)."""
+    for key, template in platform.items():
+        if template == "*" or (key in ("os", "architecture") and template in ("all", "any")):
+            continue
+        if target.get(key) != template:
+            return False
+    return True
+
+
+def _filter_platform(source: Any, keywords: set[str], selectors: list[str]) -> Any:
+    """Classic's PlatformResolver.filterPlatform (lifecycle selection keys)."""
+    if not isinstance(source, dict):
+        return source
+    if any(key in keywords for key in source):
+        chosen = next((source[s] for s in selectors if source.get(s) is not None), source.get("all"))
+        return None if chosen is None else _filter_platform(chosen, keywords, selectors)
+    out = {k: _filter_platform(v, keywords, selectors) for k, v in source.items()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def classic_lifecycle(recipe: dict[str, Any], architecture: str) -> dict[str, Any]:
+    """The lifecycle nucleus classic runs on linux/<architecture> (RecipeLoader.convertLifecycleFromFile):
+    the first matching manifest's own Lifecycle, else the global one filtered by its selection keys."""
+    target = {"os": "linux", "architecture": architecture}  # classic has no `runtime` label before 2.14
+    manifests = recipe.get("Manifests") or []
+    manifest = next((m for m in manifests if _platform_matches(m.get("Platform") or {}, target)), None)
+    if manifest is None:
+        raise LookupError(f"classic: no manifest for linux/{architecture}")
+    if manifest.get("Lifecycle"):
+        return dict(manifest["Lifecycle"])
+    keywords = {s for m in manifests for s in m.get("Selections") or []} | {"all"}
+    return _filter_platform(recipe.get("Lifecycle") or {}, keywords, list(manifest.get("Selections") or [])) or {}
+
+
+def lite_lifecycle(recipe: dict[str, Any], architecture: str) -> dict[str, Any]:
+    """The lifecycle nucleus lite 2.6 runs (ggl-recipe select_linux_lifecycle): only manifests whose
+    Platform.runtime is "*" or "aws_nucleus_lite"; the manifest's own non-empty Lifecycle, else the global
+    Lifecycle's entry for the first of its Selections that is "all" or "linux" (no Selections: "all")."""
+    for manifest in recipe.get("Manifests") or []:
+        platform = manifest.get("Platform") or {}
+        if platform.get("runtime") not in ("*", "aws_nucleus_lite"):
+            continue
+        if platform.get("os") not in ("linux", "*", "all"):
+            continue
+        if platform.get("architecture") not in (None, "", "*", architecture):
+            continue
+        if manifest.get("Lifecycle"):
+            return dict(manifest["Lifecycle"])
+        chosen = None
+        for selection in manifest.get("Selections") or ["all"]:  # lite keeps the last one found
+            found = (recipe.get("Lifecycle") or {}).get(selection) if selection in ("all", "linux") else None
+            chosen = found if isinstance(found, dict) else chosen
+        if chosen is not None:
+            return dict(chosen)
+    raise LookupError(f"lite: no lifecycle for linux/{architecture}")

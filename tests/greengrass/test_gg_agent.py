@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +16,23 @@ from typing import Any
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
-from device_agent.greengrass.emulator.recipe import LifecycleContext, interpolate, select_manifest
+from device_agent.greengrass.emulator.recipe import LifecycleContext, interpolate
 from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.messages import Envelope
 from device_agent.runtime import build_transport
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
-from tests.greengrass.gg_support import AGENT, AGENT_RECIPE, MODEL, SHADOW_PREFIX, THING, agent_recipe, load_yaml
+from tests.greengrass.gg_support import (
+    AGENT,
+    AGENT_RECIPE,
+    DELTA_TOPIC,
+    MODEL,
+    SHADOW_PREFIX,
+    THING,
+    agent_recipe,
+    lite_lifecycle,
+    load_yaml,
+)
 from tests.support import REPO
 
 
@@ -83,22 +94,25 @@ def _lifecycle(tmp_path: Path, configuration: dict[str, Any]) -> tuple[Lifecycle
     python = venv_bin / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
-    return ctx, select_manifest(recipe, "linux", "amd64")["Lifecycle"]
+    return ctx, lite_lifecycle(recipe, "amd64")  # the global lifecycle (classic picks the same one)
 
 
 def _configuration(**merge: dict[str, Any]) -> dict[str, Any]:
     conf = load_yaml(AGENT_RECIPE)["ComponentConfiguration"]["DefaultConfiguration"]
-    conf["thing_name"] = THING  # interpolateComponentConfiguration
     for section, values in merge.items():
         conf[section] = {**conf.get(section, {}), **values} if isinstance(values, dict) else values
     return conf
 
 
-def _step_env(ctx: LifecycleContext, step: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
-    # the component's environment: what the recipe sets, on top of a plain one (none of this process' Python knobs)
-    drop = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+def _step_env(
+    ctx: LifecycleContext, lifecycle: dict[str, Any], step: dict[str, Any], extra: dict[str, str]
+) -> dict[str, str]:
+    # the component's environment: what the recipe sets (the lifecycle's Setenv, then the step's), on top of a
+    # plain one (none of this process' Python knobs, no thing name but the nucleus')
+    drop = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "AWS_IOT_THING_NAME")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATTWIN_") and k not in drop}
-    env.update({k: interpolate(str(v), ctx.resolver(AGENT), strict=True) for k, v in step.get("Setenv", {}).items()})
+    for setenv in (lifecycle.get("Setenv", {}), step.get("Setenv", {})):
+        env.update({k: interpolate(str(v), ctx.resolver(AGENT), strict=True) for k, v in setenv.items()})
     env.update(extra)
     return env
 
@@ -118,9 +132,9 @@ def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     ctx, lifecycle = _lifecycle(
         tmp_path, _configuration(source={"sample_interval_s": 0.02}, telemetry={"batch_max_samples": 5})
     )
-    run = lifecycle["Run"]
+    run = lifecycle["run"]
     script = interpolate(run["Script"], ctx.resolver(AGENT), strict=True)
-    env = _step_env(ctx, run, emulator.env())
+    env = _step_env(ctx, lifecycle, run, emulator.env())  # AWS_IOT_THING_NAME from the nucleus
     proc = subprocess.Popen(
         ["sh", "-c", script], env=env, cwd=ctx.work_path(AGENT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -164,35 +178,53 @@ def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     assert not any((REPO / "device_agent").as_posix().lstrip("/") in p for p in cached), cached
 
 
-def test_run_lifecycle_refuses_an_uninterpolated_thing_name(emulator, tmp_path):
-    conf = _configuration()
-    conf["thing_name"] = "{iot:thingName}"  # what a nucleus without interpolateComponentConfiguration passes
-    ctx, lifecycle = _lifecycle(tmp_path, conf)
-    run = lifecycle["Run"]
+def test_run_lifecycle_without_a_thing_name_fails_clearly(emulator, tmp_path):
+    ctx, lifecycle = _lifecycle(tmp_path, _configuration())
+    run = lifecycle["run"]
+    env = _step_env(ctx, lifecycle, run, {k: v for k, v in emulator.env().items() if k != "AWS_IOT_THING_NAME"})
     result = subprocess.run(
         ["sh", "-c", interpolate(run["Script"], ctx.resolver(AGENT), strict=True)],
-        env=_step_env(ctx, run, emulator.env()),
+        env=env,
         capture_output=True,
-        timeout=30,
+        timeout=60,
         check=False,
     )
-    assert result.returncode == 78
-    assert b"interpolateComponentConfiguration" in result.stderr
+    assert result.returncode != 0
+    assert b"AWS_IOT_THING_NAME" in result.stderr + result.stdout, result.stderr[-2000:]
 
 
-def test_install_lifecycle_keeps_an_up_to_date_venv(tmp_path):
+def test_install_lifecycle_unpacks_a_zip_left_packed(tmp_path):
+    """Lite's local deployment leaves the ZIP packed: install unpacks it into the work folder and runs the
+    bootstrap from there; run then starts the agent from that copy."""
     ctx, lifecycle = _lifecycle(tmp_path, _configuration())
-    install = lifecycle["Install"]
-    venv = ctx.work_path(AGENT) / "venv"
-    requirements = ctx.decompressed_path(AGENT) / "battwin-agent" / "requirements.txt"
-    (venv / "battwin-requirements.txt").write_bytes(requirements.read_bytes())
+    install = lifecycle["install"]
+    unpacked = ctx.decompressed_path(AGENT) / "battwin-agent"
+    shutil.rmtree(unpacked)  # nothing unpacked by the nucleus; the ZIP is in {artifacts:path}
+    # python3 as the device has it, except that the bootstrap call is recorded instead of building a venv
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    record = tmp_path / "bootstrap-args"
+    (shims / "python3").write_text(
+        f'#!/bin/sh\ncase "$1" in *bootstrap.py) echo "$@" > "{record}"; exit 0;; esac\nexec "{sys.executable}" "$@"\n'
+    )
+    (shims / "python3").chmod(0o755)
+    env = _step_env(ctx, lifecycle, install, {})
+    env["PATH"] = f"{shims}:{env['PATH']}"
     result = subprocess.run(
         ["sh", "-c", interpolate(install["Script"], ctx.resolver(AGENT), strict=True)],
-        env=_step_env(ctx, install, {}),
+        env=env,
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode()
-    assert b"is up to date" in result.stdout  # nothing was downloaded or rebuilt
-    assert (venv / "bin" / "python").is_file()
+    app = ctx.work_path(AGENT) / "battwin-agent"
+    assert (app / "device_agent" / "cli.py").is_file() and (app / "requirements" / "device.lock").is_file()
+    venv = ctx.work_path(AGENT) / "venv"
+    assert record.read_text().split() == [f"{app}/device_agent/bootstrap.py", "--app", str(app), "--venv", str(venv)]
+    run = lifecycle["run"]  # the run step falls back to the same copy
+    probe = interpolate(run["Script"], ctx.resolver(AGENT), strict=True).replace("exec ", 'echo "$PYTHONPATH" #', 1)
+    shown = subprocess.run(
+        ["sh", "-c", probe], env=_step_env(ctx, lifecycle, run, {}), capture_output=True, timeout=30, check=True
+    )
+    assert shown.stdout.decode().strip() == str(app)

@@ -1,5 +1,6 @@
-"""Recipes and GDK configurations checked against their documented formats (written here as JSON Schema)
-and against what the agent needs: platforms, lifecycle, variables, least-privilege access, configuration."""
+"""Recipes and GDK configurations checked against their formats (written here as JSON Schema: the part of the
+recipe format both nucleus classic and nucleus lite 2.6 accept) and against what the agent needs: platforms,
+one lifecycle both nuclei pick, variables lite can fill in, sizes, least-privilege access, configuration."""
 
 from __future__ import annotations
 
@@ -15,14 +16,29 @@ import pytest
 from components.build import build_component, check_versions
 from device_agent.config import AgentConfig
 from device_agent.greengrass.emulator.recipe import RECIPE_VARIABLE, VARIABLE_LIKE, LifecycleContext, interpolate
-from tests.greengrass.gg_support import AGENT, AGENT_RECIPE, MODEL, MODEL_RECIPE, THING, fake_model, load_yaml
+from tests.greengrass.gg_support import (
+    AGENT,
+    AGENT_RECIPE,
+    MODEL,
+    MODEL_RECIPE,
+    THING,
+    classic_lifecycle,
+    fake_model,
+    lite_lifecycle,
+    load_yaml,
+)
 from tests.support import REPO
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
-STEP_NAMES = ("Bootstrap", "Install", "Startup", "Run", "Shutdown", "Recover")
+# lite 2.6 looks the steps up by their lower-case names and their fields by the PascalCase ones
+# (recipe2unit, ggl-recipe); classic reads lifecycle keys case-insensitively (config Topics)
+STEP_NAMES = ("bootstrap", "install", "startup", "run", "shutdown", "recover")
+#: lite's recipe buffer (a bigger recipe: "Insufficient memory for file") and GDK's limit
+LITE_MAX_RECIPE_BYTES = 8196
+GDK_MAX_RECIPE_BYTES = 16000
 
-# The recipe format (RecipeFormatVersion 2020-01-25) as the Greengrass developer guide's recipe reference
-# documents it, with its PascalCase keys.
+# The recipe format (RecipeFormatVersion 2020-01-25) of the Greengrass developer guide's recipe reference,
+# narrowed to what nucleus lite also accepts.
 _STEP = {
     "oneOf": [
         {"type": "string", "minLength": 1},
@@ -51,7 +67,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {"Setenv": {"$ref": "#/$defs/setenv"}, **{name: _STEP for name in STEP_NAMES}},
-            "not": {"required": ["Startup", "Run"]},  # a component has one or the other
+            "not": {"required": ["startup", "run"]},  # a component has one or the other
         },
         "permission": {"enum": ["NONE", "OWNER", "ALL"]},
     },
@@ -87,7 +103,12 @@ RECIPE_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"DefaultConfiguration": {"type": "object"}},
         },
-        "Lifecycle": {"type": "object"},
+        # the global lifecycle under a selection key both nuclei resolve ("all", or "linux" when selected)
+        "Lifecycle": {
+            "type": "object",
+            "propertyNames": {"enum": ["all", "linux"]},
+            "additionalProperties": {"$ref": "#/$defs/lifecycle"},
+        },
         "Manifests": {
             "type": "array",
             "minItems": 1,
@@ -96,7 +117,12 @@ RECIPE_SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {
                     "Name": {"type": "string"},
-                    "Platform": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "Platform": {  # lite skips a manifest without runtime; classic matches "*" always
+                        "type": "object",
+                        "required": ["os", "architecture", "runtime"],
+                        "properties": {"runtime": {"enum": ["*", "aws_nucleus_lite"]}},
+                        "additionalProperties": {"type": "string"},
+                    },
                     "Lifecycle": {"$ref": "#/$defs/lifecycle"},
                     "Selections": {"type": "array", "items": {"type": "string"}},
                     "Artifacts": {
@@ -199,8 +225,12 @@ def test_the_schemas_reject_what_they_should():
         {**good, "RecipeFormatVersion": "2021-01-01"},
         {**good, "ComponentVersion": "1.0"},
         {**good, "componentname": "lowercase keys are not the documented format"},
-        {**good, "Manifests": [{"Lifecycle": {"Run": {"RequiresPrivilege": False}}}]},  # no Script
-        {**good, "Manifests": [{"Lifecycle": {"Run": "a", "Startup": "b"}}]},
+        {**good, "Lifecycle": {"all": {"run": {"RequiresPrivilege": False}}}},  # no Script
+        {**good, "Lifecycle": {"all": {"run": "a", "startup": "b"}}},
+        {**good, "Lifecycle": {"all": {"Run": "true"}}},  # lite does not know "Run"
+        {**good, "Lifecycle": {"all": {"run": {"script": "true"}}}},  # nor "script"
+        {**good, "Lifecycle": {"run": "true"}},  # lite finds no "all" (or "linux") key
+        {**good, "Manifests": [{"Platform": {"os": "linux", "architecture": "amd64"}}]},  # lite skips it
     ):
         with pytest.raises(AssertionError):
             _validate(broken, RECIPE_SCHEMA)
@@ -222,11 +252,13 @@ def test_source_recipes_follow_the_recipe_format(path):
     assert {(m["Platform"]["os"], m["Platform"]["architecture"]) for m in recipe["Manifests"]} == PLATFORMS
     assert len(recipe["Manifests"]) == len(PLATFORMS)
     first = recipe["Manifests"][0]
-    for manifest in recipe["Manifests"][1:]:  # the same Python code everywhere
-        assert manifest.get("Lifecycle") == first.get("Lifecycle") and manifest["Artifacts"] == first["Artifacts"]
-    for manifest in recipe["Manifests"]:
+    for manifest in recipe["Manifests"]:  # the same artifacts everywhere; the lifecycle is the global one
+        assert manifest["Platform"]["runtime"] == "*"  # "aws_nucleus_lite" would make classic skip it
+        assert "Lifecycle" not in manifest and "Selections" not in manifest
+        assert manifest["Artifacts"] == first["Artifacts"]
         for artifact in manifest["Artifacts"]:
             assert artifact["URI"].startswith("s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/")
+    assert path.stat().st_size < 6000  # room to grow under lite's 8,196 B
 
 
 def test_built_recipes_follow_the_recipe_format(built_recipes):
@@ -235,32 +267,91 @@ def test_built_recipes_follow_the_recipe_format(built_recipes):
         assert recipe["ComponentName"] == name
 
 
+def test_built_recipes_fit_lite_and_gdk(built_recipes, tmp_path):
+    out = tmp_path / "gg-build"
+    model = fake_model(tmp_path / "model")
+    bucket = "b" * 63  # the longest S3 bucket name: what `gdk component publish` puts into the URIs
+    for name in (AGENT, MODEL):
+        path = build_component(name, out, model_dir=model)[0]
+        text = path.read_text(encoding="utf-8")
+        published = text.replace("BUCKET_NAME", bucket).replace("COMPONENT_NAME", name)
+        as_json = json.dumps(load_yaml(path), indent=2).replace("BUCKET_NAME", bucket)
+        for form in (text, published, as_json):
+            size = len(form.encode())
+            assert size < LITE_MAX_RECIPE_BYTES, f"{name}: {size} B"
+            assert size < GDK_MAX_RECIPE_BYTES, f"{name}: {size} B"
+        assert len(text.encode()) < 6000, f"{name}: {len(text.encode())} B as built"
+
+
+def _steps(lifecycle: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in lifecycle.items() if k != "Setenv"}
+
+
+@pytest.mark.parametrize("architecture", ["amd64", "aarch64", "arm"])
+def test_both_nuclei_run_the_same_lifecycle(built_recipes, architecture):
+    for name, recipe in built_recipes.items():
+        lite = lite_lifecycle(recipe, architecture)
+        assert lite == classic_lifecycle(recipe, architecture), name
+        assert lite == recipe["Lifecycle"]["all"]
+        for step, body in _steps(lite).items():
+            assert step in STEP_NAMES  # lower case: lite ignores "Run", "Install"
+            if isinstance(body, dict):
+                assert set(body) <= {"Script", "Setenv", "Timeout", "RequiresPrivilege", "Skipif"}, body
+        assert "run" in lite  # lite fails a component without a run step (and waits 300 s on install-only)
+    with pytest.raises(LookupError):
+        lite_lifecycle(built_recipes[AGENT], "riscv64")
+
+
+def test_the_lifecycle_rules_tell_the_nuclei_apart():
+    # what issue 13 found on lite: no runtime, or a global lifecycle without a selection key, is not found
+    old = {
+        "Manifests": [{"Platform": {"os": "linux", "architecture": "amd64"}, "Lifecycle": {"Run": "x"}}],
+    }
+    assert classic_lifecycle(old, "amd64") == {"Run": "x"}
+    with pytest.raises(LookupError):
+        lite_lifecycle(old, "amd64")
+    plain_global = {
+        "Manifests": [{"Platform": {"os": "linux", "architecture": "*", "runtime": "*"}}],
+        "Lifecycle": {"run": "x"},
+    }
+    assert classic_lifecycle(plain_global, "arm") == {"run": "x"}
+    with pytest.raises(LookupError):
+        lite_lifecycle(plain_global, "arm")
+
+
 def test_agent_lifecycle(built_recipes):
     recipe = built_recipes[AGENT]
-    lifecycle = recipe["Manifests"][0]["Lifecycle"]
-    install, run = lifecycle["Install"], lifecycle["Run"]
+    lifecycle = recipe["Lifecycle"]["all"]
+    install, run = lifecycle["install"], lifecycle["run"]
+    shared = lifecycle["Setenv"]
+    # the unpacked artifact whether or not {artifacts:decompressedPath} ends with "/"; the ZIP as a fallback
+    assert shared["AGENT_APP"] == "{artifacts:decompressedPath}/battwin-agent"
+    assert shared["AGENT_ZIP"] == "{artifacts:path}/battwin-agent.zip"
+    assert shared["AGENT_UNPACKED"].startswith("{work:path}/") and shared["AGENT_VENV"] == "{work:path}/venv"
     assert install["RequiresPrivilege"] is False and install["Timeout"] >= 900
-    assert "python3 -m venv" in install["Script"] and "--requirement" in install["Script"]
-    assert "{artifacts:decompressedPath}/battwin-agent" in install["Script"]
+    assert 'python3 -m zipfile -e "$AGENT_ZIP" "$AGENT_APP"' in install["Script"]
+    assert re.search(
+        r'python3 "\$AGENT_APP/device_agent/bootstrap\.py" --app "\$AGENT_APP" --venv "\$AGENT_VENV"', install["Script"]
+    )
     assert run["RequiresPrivilege"] is False
-    assert run["Setenv"]["PYTHONPATH"] == "{artifacts:decompressedPath}/battwin-agent"
-    assert re.search(r'exec "\{work:path\}/venv/bin/python" -m device_agent\.cli run', run["Script"])
-    assert '--model-dir "{com.battwin.SohModel:artifacts:path}"' in run["Script"]
-    assert "Startup" not in lifecycle and "Shutdown" not in lifecycle  # the nucleus SIGTERMs Run; the agent drains
-    artifact = recipe["Manifests"][0]["Artifacts"][0]
-    assert artifact == {
-        "URI": "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/battwin-agent.zip",
-        "Unarchive": "ZIP",
-    }
-    deps = recipe["ComponentDependencies"]
-    assert deps[MODEL]["DependencyType"] == "SOFT"  # a new model version is hot-swapped, not a restart
-    assert "aws.greengrass.ShadowManager" in deps
-
-
-def test_model_component_is_artifact_only(built_recipes):
-    recipe = built_recipes[MODEL]
+    assert re.search(r'exec "\$AGENT_VENV/bin/python" -m device_agent\.cli run$', run["Script"])
+    assert "model" not in run["Script"]  # no versioned model path: a new model changes no lifecycle text
+    assert "startup" not in lifecycle and "shutdown" not in lifecycle  # the nucleus SIGTERMs run; the agent drains
     for manifest in recipe["Manifests"]:
-        assert "Lifecycle" not in manifest
+        assert manifest["Artifacts"] == [
+            {"URI": "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/battwin-agent.zip", "Unarchive": "ZIP"}
+        ]
+    # lite resolves SOFT dependencies too: only the model, which is deployed with the agent
+    assert recipe["ComponentDependencies"] == {
+        MODEL: {"VersionRequirement": ">=1.0.0 <2.0.0", "DependencyType": "SOFT"}  # SOFT: no restart
+    }
+
+
+def test_model_component_has_a_harmless_run_step(built_recipes):
+    recipe = built_recipes[MODEL]
+    assert recipe["Lifecycle"] == {"all": {"run": "true"}}  # lite fails an artifact-only component
+    assert "ComponentDependencies" not in recipe
+    for manifest in recipe["Manifests"]:
         assert [a["URI"].rsplit("/", 1)[-1] for a in manifest["Artifacts"]] == ["model.tflite", "model.json"]
         assert all(a["Unarchive"] == "NONE" and a["Permission"]["Read"] == "ALL" for a in manifest["Artifacts"])
 
@@ -275,15 +366,16 @@ def test_every_recipe_variable_is_known_and_resolves():
         # anything shaped like {x:y} is a real recipe variable (no shell ${VAR:-default} the nucleus would mangle)
         for token in VARIABLE_LIKE.findall(text):
             assert RECIPE_VARIABLE.fullmatch(token), token
-        deps = set(recipe.get("ComponentDependencies", {}))
-        for match in RECIPE_VARIABLE.finditer(text):
-            assert match.group("component") in (None, *deps), f"{match.group(0)}: not a dependency"
-        for manifest in recipe["Manifests"]:
-            for step in (manifest.get("Lifecycle") or {}).values():
-                interpolate(json.dumps(step), ctx.resolver(recipe["ComponentName"]), strict=True)
-    lifecycle_text = json.dumps(agent["Manifests"][0]["Lifecycle"])
+        # lite: "Unhandled variable substitution" for another component's variables
+        assert not any(m.group("component") for m in RECIPE_VARIABLE.finditer(text)), path.name
+        # lite fills in {iot:thingName} in accessControl (at authorisation) only, not in configuration
+        outside = {k: v for k, v in recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration", {}).items()}
+        outside.pop("accessControl", None)
+        assert "{iot:" not in json.dumps(outside) + json.dumps(recipe.get("Lifecycle")), path.name
+        interpolate(json.dumps(recipe["Lifecycle"]), ctx.resolver(recipe["ComponentName"]), strict=True)
+    lifecycle_text = json.dumps(agent["Lifecycle"])
     assert "{artifacts:decompressedPath}" in lifecycle_text and "{work:path}" in lifecycle_text
-    assert conf["thing_name"] == "{iot:thingName}"
+    assert "thing_name" not in conf  # the agent takes AWS_IOT_THING_NAME from the nucleus
 
 
 def test_access_control_is_least_privilege():
@@ -295,23 +387,15 @@ def test_access_control_is_least_privilege():
         for op in policy["operations"]
         for resource in policy["resources"]
     }
-    assert granted == {
-        ("aws.greengrass.ipc.mqttproxy", "aws.greengrass#PublishToIoTCore", "battwin/{iot:thingName}/*"),
-        (
-            "aws.greengrass.ShadowManager",
-            "aws.greengrass#GetThingShadow",
-            "$aws/things/{iot:thingName}/shadow/name/battwin-config",
-        ),
-        (
-            "aws.greengrass.ShadowManager",
-            "aws.greengrass#UpdateThingShadow",
-            "$aws/things/{iot:thingName}/shadow/name/battwin-config",
-        ),
-        (
-            "aws.greengrass.ipc.pubsub",
-            "aws.greengrass#SubscribeToTopic",
-            "$aws/things/{iot:thingName}/shadow/name/battwin-config/update/delta",
-        ),
+    shadow = "$aws/things/{iot:thingName}/shadow/name/battwin-config"
+    publish, subscribe = "aws.greengrass#PublishToIoTCore", "aws.greengrass#SubscribeToIoTCore"
+    mqtt = "aws.greengrass.ipc.mqttproxy"
+    assert granted == {  # interface 4 of issue 13: the shadow over the IoT Core topics, no ShadowManager
+        (mqtt, publish, "battwin/{iot:thingName}/*"),
+        (mqtt, publish, f"{shadow}/get"),
+        (mqtt, publish, f"{shadow}/update"),
+        (mqtt, subscribe, f"{shadow}/get/+"),
+        (mqtt, subscribe, f"{shadow}/update/+"),
     }
     assert conf["mqtt"]["topic_prefix"] == "battwin"  # the prefix the mqttproxy policy allows
 
@@ -329,12 +413,13 @@ def test_default_configuration_maps_onto_agent_config(monkeypatch):
     recipe = load_yaml(AGENT_RECIPE)
     conf = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     settings = {k: v for k, v in conf.items() if k != "accessControl"}
-    settings["thing_name"] = THING
-    expected = AgentConfig.model_validate(settings)  # the same names and validation as the agent's config
+    expected = AgentConfig.model_validate(
+        {**settings, "thing_name": THING}
+    )  # the same names and validation as the agent's config
     leaves = _leaves(settings)
     assert all(v is not None for v in leaves.values())  # null would interpolate to "" and fail validation
 
-    run = recipe["Manifests"][0]["Lifecycle"]["Run"]
+    run = recipe["Lifecycle"]["all"]["run"]
     mapped: dict[tuple[str, ...], str] = {}
     for var, value in run["Setenv"].items():
         if not var.startswith("BATTWIN_"):
@@ -355,6 +440,7 @@ def test_default_configuration_maps_onto_agent_config(monkeypatch):
     for key in list(os.environ):
         if key.startswith("BATTWIN_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_IOT_THING_NAME", THING)  # what the nucleus gives every component
     for var, value in run["Setenv"].items():
         if var.startswith("BATTWIN_"):
             monkeypatch.setenv(var, interpolate(value, ctx.resolver(AGENT), strict=True))
@@ -367,6 +453,7 @@ def test_default_configuration_maps_onto_agent_config(monkeypatch):
     assert str(from_env.spool.path) == "/greengrass/v2/work/com.battwin.Agent/spool.db"
     assert str(from_env.health.model_root) == "/greengrass/v2/packages/artifacts/com.battwin.SohModel"
     assert from_env.shadow.name == "battwin-config"  # the shadow accessControl allows
+    assert from_env.thing_name == THING
 
 
 @pytest.mark.parametrize("path", GDK_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))

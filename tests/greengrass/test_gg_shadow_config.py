@@ -290,9 +290,9 @@ def test_component_config_get_and_updates(gg_env):
     config = ComponentConfig()
     try:
         whole = config.get()
-        assert whole["thing_name"] == THING and "accessControl" in whole
+        assert "thing_name" not in whole and "accessControl" in whole
         agent = AgentConfig.model_validate(agent_overrides(whole))  # the configuration is AgentConfig-shaped
-        assert agent.thing_name == THING and agent.source.url == "simulator"
+        assert agent.source.url == "simulator"
         assert config.get(["health", "eol_threshold"]) == {"eol_threshold": 0.8}
         with pytest.raises(ConfigurationError, match="ResourceNotFoundError"):
             config.get(["nope"])
