@@ -212,7 +212,9 @@ def build_component(
         if name == AGENT:
             artifacts = [build_agent_zip(artifact_dir, repo)]
         elif name == MODEL:
-            artifacts = build_model_artifacts(artifact_dir, model_dir or repo / "device_agent" / "health" / "shipped_model")
+            artifacts = build_model_artifacts(
+                artifact_dir, model_dir or repo / "device_agent" / "health" / "shipped_model"
+            )
         else:
             raise BuildError(f"unknown component {name}; known: {', '.join(COMPONENTS)}")
         built = build_recipe(recipe, version, author, artifact_dir)

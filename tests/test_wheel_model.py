@@ -41,9 +41,21 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copy(REPO / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out),
-         str(src)],
-        check=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        timeout=600,
     )
     (whl,) = out.glob("battwin-*.whl")
     return whl
@@ -63,7 +75,8 @@ def test_an_installed_copy_finds_and_loads_the_shipped_model(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
-        check=True, timeout=600,
+        check=True,
+        timeout=600,
     )
     env = {
         "PATH": "/usr/bin:/bin",

@@ -165,15 +165,20 @@ class ModelManager:
         try:
             if root is not None:
                 if model_dir is not None:
-                    log.info("health.model_root is set: the model folder given is not used",
-                             extra={"model_dir": str(model_dir), "model_root": str(root)})
+                    log.info(
+                        "health.model_root is set: the model folder given is not used",
+                        extra={"model_dir": str(model_dir), "model_root": str(root)},
+                    )
                 last = self._last_good(Path(root))
                 if last is not None:
                     self._try(last, "root")
                 self.check_root(Path(root))
                 if self.current_dir is None and self.runtime_missing is None:
-                    self._notes.append(f"no version under {root} passed its checks" if version_dirs(Path(root))
-                                       else f"no model version under {root}")
+                    self._notes.append(
+                        f"no version under {root} passed its checks"
+                        if version_dirs(Path(root))
+                        else f"no model version under {root}"
+                    )
             elif model_dir is not None and model_dir != shipped:
                 self._try(Path(model_dir), "dir")
             if self.current_dir is None and self.runtime_missing is None:
