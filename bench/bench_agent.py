@@ -179,7 +179,7 @@ print(json.dumps({"max_rss_mb": hwm_kb / 1024, "samples": stats.samples, "health
 
 
 def bench_rss(broker: Broker, work: Path) -> dict[str, object]:
-    model_dir = REPO / "components" / "com.battwin.SohModel" / "model"
+    model_dir = REPO / "device_agent" / "health" / "shipped_model"
     out = subprocess.run(
         [
             sys.executable,

@@ -17,10 +17,15 @@ Two modes:
 
 In both, artifact URIs are GDK's placeholders ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``
 and every URI must name a file that was built. The agent's artifact is ``battwin-agent.zip`` (the
+<<<<<<< HEAD
 ``device_agent`` and ``hardware`` packages + the locked device requirements ``requirements/device.lock`` and
 ``requirements/device-32bit.lock`` that ``device_agent/bootstrap.py`` installs; reproducible: same sources,
 same bytes);
 the model's are ``model.tflite`` + ``model.json`` from ``components/com.battwin.SohModel/model/``, checked
+=======
+``device_agent`` and ``hardware`` packages + ``requirements.txt``, reproducible: same sources, same bytes);
+the model's are ``model.tflite`` + ``model.json`` from ``device_agent/health/shipped_model/``, checked
+>>>>>>> model-live
 against each other (the sha256 the model card states).
 
 Runs on the standard library plus PyYAML, also as a plain script (``python3 ../build.py --gdk``).
@@ -217,7 +222,9 @@ def build_component(
         if name == AGENT:
             artifacts = [build_agent_zip(artifact_dir, repo)]
         elif name == MODEL:
-            artifacts = build_model_artifacts(artifact_dir, model_dir or repo / "components" / MODEL / "model")
+            artifacts = build_model_artifacts(
+                artifact_dir, model_dir or repo / "device_agent" / "health" / "shipped_model"
+            )
         else:
             raise BuildError(f"unknown component {name}; known: {', '.join(COMPONENTS)}")
         built = build_recipe(recipe, version, author, artifact_dir)

@@ -113,10 +113,13 @@ class HealthSettings(Section):
     min_cycles_for_fit: Annotated[int, Field(ge=2, le=1000)] = 3
     #: directory with model.tflite + model.json; None = the shipped model if there is one (else physics only)
     model_dir: Path | None = None
-    #: with no model_dir, use the model shipped in components/com.battwin.SohModel/model
+    #: with no model_dir, use the model shipped in the package (device_agent/health/shipped_model)
     use_shipped_model: bool = True
-    #: models are only loaded from inside this directory (the SohModel component's artifacts); None = anywhere
+    #: the SohModel component's artifact root: the agent loads the newest version folder under it that passes
+    #: its checks and watches for newer ones (models are only loaded from inside it); None = anywhere
     model_root: Path | None = None
+    #: how often the model root (or model_dir) is looked at for a new model
+    model_poll_s: Annotated[float, Field(ge=0.01, le=3600.0)] = 30.0
     model_version_pin: Annotated[str, Field(max_length=64)] | None = None
     forecast_max_cycles: Annotated[int, Field(ge=10, le=1_000_000)] = 5000
 

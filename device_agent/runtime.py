@@ -86,12 +86,15 @@ def attach_config_sync(agent: Agent, shadow: ShadowClient) -> ConfigSync:
     return sync
 
 
-def attach_model_manager(agent: Agent, model_dir: Path, watch_s: float = 10.0) -> ModelManager:
-    """Load the health model (checked) and keep watching it — and, with ``health.model_root``, for newer
-    model versions appearing there; a bad new model is refused with an alarm, the old one keeps running."""
-    manager = ModelManager(agent)
-    manager.swap(model_dir)
-    manager.watch(watch_s, root=agent.config.health.model_root)
+def attach_model_manager(agent: Agent, model_dir: Path | None = None, watch_s: float | None = None) -> ModelManager:
+    """Choose the health model and keep watching: with ``health.model_root`` the last good version (kept in
+    the agent's state store), else the newest under the root that passes its checks, else the shipped model;
+    newer versions are switched to live once checked, a bad one is refused with an alarm and the model in
+    use keeps running (see health.model_manager). Without a root, ``model_dir`` (or the shipped model)."""
+    health = agent.config.health
+    manager = ModelManager(agent, store=agent.state)
+    manager.start(model_dir if model_dir is not None else health.model_dir)
+    manager.watch(watch_s if watch_s is not None else health.model_poll_s, root=health.model_root)
     agent.on_shutdown.append(manager.stop)
     return manager
 
@@ -99,9 +102,8 @@ def attach_model_manager(agent: Agent, model_dir: Path, watch_s: float = 10.0) -
 def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agent:
     source = create_source(config.source.url, config.source)
     agent = Agent(config, source, transport or build_transport(config))
-    model_dir = model_dir_for(config)
-    if model_dir is not None:
-        agent.model_manager = attach_model_manager(agent, model_dir)
+    if config.health.model_root is not None or model_dir_for(config) is not None:
+        agent.model_manager = attach_model_manager(agent, config.health.model_dir)
     if config.shadow.enabled:
         attach_config_sync(agent, build_shadow(config, agent.transport))
     return agent

@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-MODEL_REL = Path("components") / "com.battwin.SohModel" / "model"
+MODEL_REL = Path("device_agent") / "health" / "shipped_model"
 MODEL_ENV = "BATTWIN_ML_MODEL_DIR"
 
 
 def default_model_dir() -> Path:
-    """The model the device ships with: ``$BATTWIN_ML_MODEL_DIR``, else ``components/com.battwin.SohModel/model``
+    """The model the device ships with: ``$BATTWIN_ML_MODEL_DIR``, else ``device_agent/health/shipped_model``
     of the repository this package lives in, else of the current directory or one of its parents."""
     env = os.environ.get(MODEL_ENV)
     if env:

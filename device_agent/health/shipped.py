@@ -1,7 +1,10 @@
-"""Where the model the device ships with lives (the ``com.battwin.SohModel`` component's files).
+"""Where the model the device ships with lives: ``shipped_model/`` next to this module.
 
-Under Greengrass the agent is told the component's artifact path (``--model-dir``). Run from a checkout or
-an install next to it, the agent finds the shipped model here by itself.
+The model files (``model.tflite`` + ``model.json``) are package data of ``device_agent.health``: a checkout,
+the Greengrass agent artifact and a wheel install (``pip install battwin[device]``) all carry them, and the
+``com.battwin.SohModel`` component is built from the same folder (components/build.py). It is the agent's
+last resort when no model under ``health.model_root`` passes its checks (see model_manager).
+``$BATTWIN_SHIPPED_MODEL_DIR`` names another folder instead.
 """
 
 from __future__ import annotations
@@ -9,15 +12,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-MODEL_REL = Path("components") / "com.battwin.SohModel" / "model"
+from device_agent.health.model_files import MODEL_JSON, MODEL_TFLITE
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_model"
 MODEL_ENV = "BATTWIN_SHIPPED_MODEL_DIR"
 
 
 def shipped_model_dir() -> Path | None:
+    """The shipped model's folder, or None if its files are missing (e.g. a build that left them out)."""
     env = os.environ.get(MODEL_ENV)
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / MODEL_REL)
-    for c in candidates:
-        if (c / "model.json").is_file() and (c / "model.tflite").is_file():
-            return c
+    candidate = Path(env) if env else SHIPPED_MODEL_DIR
+    if (candidate / MODEL_JSON).is_file() and (candidate / MODEL_TFLITE).is_file():
+        return candidate
     return None

@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS agent_state (
     source_id TEXT PRIMARY KEY,
     value     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agent_facts (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -73,6 +77,24 @@ class StateStore:
             value = json.loads(row[0])
         except ValueError:
             log.warning("saved agent state unreadable; starting afresh", extra={"source_id": source_id})
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put_fact(self, key: str, value: dict[str, Any]) -> None:
+        """Keep one JSON object under ``key`` (device-wide, not per source; e.g. the last good health model)."""
+        data = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO agent_facts (key, value) VALUES (?, ?)", (key, data))
+
+    def get_fact(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM agent_facts WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            log.warning("saved agent fact unreadable; ignored", extra={"key": key})
             return None
         return value if isinstance(value, dict) else None
 

@@ -10,7 +10,7 @@ import pytest
 from tests.support import DATA, IN_CI, REPO
 
 CELLS = DATA / "cells"
-SHIPPED_MODEL = REPO / "components" / "com.battwin.SohModel" / "model"
+SHIPPED_MODEL = REPO / "device_agent" / "health" / "shipped_model"
 SHIPPED_REPORT = REPO / "components" / "com.battwin.SohModel" / "report"
 #: small real subsets for the tiny training run: NASA cells with zeros (B0045), NaNs (B0050), a cold
 #: excursion (B0042) and clean ones, plus a few XJTU cells
