@@ -39,6 +39,8 @@ class ConnectionServer(EmulatorCore):
     """Listening, connections and dispatch (a mixin of NucleusEmulator)."""
 
     socket_path: str
+    max_ipc_message_bytes: int | None
+    oversized_frames: int
     _server: asyncio.AbstractServer | None
 
     async def _listen(self) -> None:
@@ -69,9 +71,9 @@ class ConnectionServer(EmulatorCore):
 
     # -- internals: connections -------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(writer)
+        conn = Connection(writer, self.rules.error_body)
         self._conns.add(conn)
-        decoder = MessageDecoder()
+        decoder = MessageDecoder(self.max_ipc_message_bytes)
         try:
             while not conn.closing and not conn.closed:
                 data = await reader.read(65536)
@@ -87,6 +89,8 @@ class ConnectionServer(EmulatorCore):
                     self._dispatch(conn, msg)
                     if conn.closing:
                         break
+                if decoder.oversized is not None and not conn.closing:
+                    self._close_oversized(conn, decoder.oversized)
                 await writer.drain()
             if conn.linger:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -97,6 +101,18 @@ class ConnectionServer(EmulatorCore):
             with contextlib.suppress(Exception):
                 await writer.drain()
             self._drop(conn)
+
+    def _close_oversized(self, conn: Connection, length: int) -> None:
+        """A frame over ``max_ipc_message_bytes``: the connection is closed without an answer (lite's ggipcd:
+        "EventStream packet does not fit in configured IPC buffer size.", ``ipc_server.c``)."""
+        with self._cond:
+            self.oversized_frames += 1
+            self._cond.notify_all()
+        log.warning(
+            "IPC frame larger than the nucleus' buffer; closing the connection",
+            extra={"component": conn.component, "bytes": length, "limit": self.max_ipc_message_bytes},
+        )
+        conn.closing = True
 
     def _dispatch(self, conn: Connection, msg: Message) -> None:
         mtype, sid = msg.message_type, msg.stream_id
@@ -159,6 +175,10 @@ class ConnectionServer(EmulatorCore):
         name = operation.removeprefix(NS)
         assert conn.component is not None
         handler = self._handlers.get(name) if operation.startswith(NS) else None
+        if handler is not None and not self.rules.serves(name):
+            log.warning("Unhandled operation requested: %s.", operation)  # lite's ggipcd: ipc_dispatch.c
+            conn.send_error(sid, "ServiceError", "", {})
+            return
         if handler is None:
             unsupported = f"{operation or '(no operation)'} is not supported by the emulator"
             conn.send_error(sid, "ServiceError", unsupported, {})

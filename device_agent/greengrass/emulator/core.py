@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from device_agent.greengrass.emulator.acl import MQTT_PROXY, AccessControl
 from device_agent.greengrass.emulator.config_store import ConfigStore
+from device_agent.greengrass.emulator.flavours import FlavourRules
+from device_agent.greengrass.emulator.recipe import interpolate_tree, thing_name_resolver
 from device_agent.greengrass.emulator.shadows import ShadowStore
 from device_agent.greengrass.emulator.streams import NS, Connection, Reply, Stream
 from device_agent.uplink.transport import topic_matches
@@ -122,6 +124,7 @@ class EmulatorCore:
 
     thing_name: str
     component: str
+    rules: FlavourRules
     configs: ConfigStore
     shadows: ShadowStore
     connects: int
@@ -139,6 +142,12 @@ class EmulatorCore:
     _stream_counts: dict[tuple[str, str], int]
     _shadow_generation: int
     _handlers: dict[str, Handler]
+
+    def _stored_configuration(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """A component's configuration as this nucleus stores it (classic interpolates ``{iot:thingName}``)."""
+        if self.rules.interpolate_configuration:
+            return dict(interpolate_tree(configuration, thing_name_resolver(self.thing_name)))
+        return configuration
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -173,7 +182,9 @@ class EmulatorCore:
 
     def _authorize(self, component: str, destination: str, operation: str, resource: str) -> None:
         try:
-            acl = AccessControl.from_configuration(self.configs.tree(component))
+            # lite keeps {iot:thingName} in the stored configuration and substitutes it here (ipc_authz.c)
+            conf = {"accessControl": self.configs.tree(component).get("accessControl")}
+            acl = AccessControl.from_configuration(interpolate_tree(conf, thing_name_resolver(self.thing_name)))
             allowed = acl.allows(destination, NS + operation, resource)
         except ValueError:
             allowed = False

@@ -20,6 +20,16 @@ nucleus. What it implements:
   as ``interpolateComponentConfiguration`` does); refusals are UnauthorizedError and are recorded in
   :attr:`NucleusEmulator.denials`.
 
+* **flavours** (``flavour="classic" | "lite"``, see ``flavours``): which operations are served, how errors
+  are written, the IPC frame limit, how configuration and lifecycles are interpolated.
+* **deployments** (:meth:`NucleusEmulator.deploy`, :meth:`NucleusEmulator.deploy_build`, see ``deployment``):
+  recipes and artifacts laid out under ``root``, install and run steps run as processes with the nucleus'
+  environment, a component restarted only when its interpolated lifecycle changed.
+
+Module layout: ``streams`` (per-connection objects), ``core`` (shared state, authorization), ``connection``
+(socket server and dispatch), ``ops_iot`` / ``ops_pubsub`` / ``ops_shadow`` / ``ops_config`` (operations),
+``flavours``, ``resolve`` (recipe → lifecycle), ``deployment``, ``processes``; this module assembles them.
+
 Operations it does not implement are answered with ServiceError. Responses to a request always precede
 the stream events the request causes (as the nucleus' ordered executors make it in practice).
 """
@@ -51,15 +61,15 @@ from device_agent.greengrass.emulator.core import (
     PublishedMessage,
     log,
 )
+from device_agent.greengrass.emulator.deployment import Deployments
+from device_agent.greengrass.emulator.flavours import Flavour, rules_for
 from device_agent.greengrass.emulator.ops_config import ConfigurationOps
 from device_agent.greengrass.emulator.ops_iot import IoTCoreOps
 from device_agent.greengrass.emulator.ops_shadow import ShadowOps
 from device_agent.greengrass.emulator.recipe import (
     component_name,
     default_configuration,
-    interpolate_tree,
     load_recipe,
-    thing_name_resolver,
 )
 from device_agent.greengrass.emulator.shadows import DEFAULT_MAX_DOCUMENT_BYTES, ShadowRequestError, ShadowStore
 from device_agent.greengrass.emulator.streams import Connection
@@ -69,7 +79,7 @@ __all__ = ["SOCKET_ENV", "TOKEN_ENV", "Denial", "IpcError", "NucleusEmulator", "
 UNIX_PATH_MAX = 107
 
 
-class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps):
+class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps, Deployments):
     """The emulated nucleus; see the module docstring. Thread-safe; use as a context manager or start/stop."""
 
     def __init__(
@@ -83,7 +93,22 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps)
         configuration: Mapping[str, Any] | None = None,
         forward_mqtt: str | None = None,
         max_shadow_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        flavour: Flavour = "classic",
+        max_ipc_message_bytes: int | None = None,
+        root: str | os.PathLike[str] | None = None,
+        region: str = "us-east-1",
     ) -> None:
+        """``flavour`` picks the nucleus answered like (see ``flavours``); ``max_ipc_message_bytes`` closes a
+        connection that sends a bigger frame (None: the flavour's limit, none on classic); ``root`` is the
+        Greengrass root folder deployments lay components out in (see :meth:`deploy`)."""
+        self.rules = rules_for(flavour)
+        self.flavour = self.rules.name
+        self.max_ipc_message_bytes = (
+            max_ipc_message_bytes if max_ipc_message_bytes is not None else self.rules.max_ipc_message_bytes
+        )
+        self.oversized_frames = 0
+        self.region = region
+        self._init_deployments(Path(root) if root is not None else None)
         self.socket_path = str(socket_path)
         if len(os.fsencode(self.socket_path)) > UNIX_PATH_MAX:
             raise ValueError(f"socket path is longer than {UNIX_PATH_MAX} bytes: {self.socket_path}")
@@ -95,13 +120,13 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps)
         if recipe is not None:
             data = load_recipe(recipe if isinstance(recipe, Mapping) else Path(recipe))
             name = component or component_name(data)
-            conf = interpolate_tree(default_configuration(data), thing_name_resolver(thing_name))
+            conf = self._stored_configuration(default_configuration(data))
         elif component is not None:
             name, conf = component, {}
         else:
             raise ValueError("give a recipe or a component name")
         if configuration is not None:
-            conf = interpolate_tree(dict(configuration), thing_name_resolver(thing_name))
+            conf = self._stored_configuration(dict(configuration))
         self.component = name
         self.svcuid = svcuid or secrets.token_urlsafe(24)
         self._tokens[self.svcuid] = name
@@ -163,6 +188,7 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps)
         return self
 
     def stop(self) -> None:
+        self._stop_components()
         loop = self._loop
         if loop is None:
             return
@@ -188,14 +214,19 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps)
         asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
         asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
 
-    def env(self) -> dict[str, str]:
-        """The variables a component process gets from the nucleus."""
-        return {TOKEN_ENV: self.svcuid, SOCKET_ENV: self.socket_path, "AWS_IOT_THING_NAME": self.thing_name}
+    def env(self, svcuid: str | None = None) -> dict[str, str]:
+        """The variables a component process gets from the nucleus (``svcuid``: another component's token)."""
+        return {
+            TOKEN_ENV: svcuid or self.svcuid,
+            SOCKET_ENV: self.socket_path,
+            "AWS_IOT_THING_NAME": self.thing_name,
+            "AWS_REGION": self.region,
+        }
 
     def add_component(self, name: str, configuration: Mapping[str, Any] | None = None) -> str:
         """Register another component (e.g. a test peer); returns its SVCUID."""
         token = secrets.token_urlsafe(24)
-        conf = interpolate_tree(dict(configuration or {}), thing_name_resolver(self.thing_name))
+        conf = self._stored_configuration(dict(configuration or {}))
         AccessControl.from_configuration(conf)
 
         def _add() -> None:

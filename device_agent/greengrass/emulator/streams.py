@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,12 @@ from device_agent.greengrass.emulator.wire import (
 )
 
 NS = "aws.greengrass#"
+
+ErrorBody = Callable[[str, str, dict[str, Any]], dict[str, Any]]
+
+
+def default_error_body(shape: str, message: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"message": message, **fields}
 
 
 @dataclass
@@ -62,8 +68,10 @@ class Stream:
 
 
 class Connection:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, error_body: ErrorBody | None = None) -> None:
         self.writer = writer
+        #: how this nucleus writes an error's payload (see ``flavours.FlavourRules.error_body``)
+        self.error_body = error_body or default_error_body
         self.component: str | None = None
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
@@ -90,7 +98,7 @@ class Connection:
 
     def send_error(self, stream_id: int, shape: str, message: str, fields: Mapping[str, Any]) -> None:
         headers = [Header.string(CONTENT_TYPE, JSON), Header.string(SERVICE_MODEL_TYPE, NS + shape)]
-        body = {"message": message, **fields}
+        body = self.error_body(shape, message, dict(fields))
         self.send(
             rpc_message(
                 MessageType.APPLICATION_ERROR,
