@@ -73,6 +73,8 @@ def build_sources(build_dir: Path, components: Iterable[str] | None = None) -> l
     recipe files preferred over other names of the same component)."""
     wanted = set(components) if components is not None else None
     chosen: dict[str, Path] = {}
+    if not (build_dir / "recipes").is_dir():
+        raise DeploymentError(str(build_dir), "not a greengrass-build folder: it has no recipes/ folder")
     for path in sorted((build_dir / "recipes").iterdir()):
         if path.suffix not in (".yaml", ".yml", ".json"):
             continue
@@ -110,6 +112,7 @@ class Deployments(EmulatorCore):
         self, build_dir: str | os.PathLike[str], components: Iterable[str] | None = None, **options: Any
     ) -> DeploymentResult:
         """Deploy the components of a greengrass-build folder (all, or those named); see :meth:`deploy`."""
+        self._require_root()
         return self.deploy(build_sources(Path(build_dir), components), **options)
 
     def deploy(
@@ -125,8 +128,7 @@ class Deployments(EmulatorCore):
         ``configuration`` merges values into a component's default configuration; ``install_overrides``
         replaces a component's install script by another one (tests: an already-built venv) without
         changing what counts as its lifecycle."""
-        if self.root is None:
-            raise ValueError("this emulator has no root folder: give NucleusEmulator(root=...)")
+        self._require_root()
         with self._deploy_lock:
             return self._deploy(
                 [(Path(r), Path(a) if a is not None else None) for r, a in sources],
@@ -151,6 +153,11 @@ class Deployments(EmulatorCore):
             return self._cond.wait_for(lambda: self._states.get(name) in wanted, timeout)
 
     # -- internals ----------------------------------------------------------------------------------
+    def _require_root(self) -> Path:
+        if self.root is None:
+            raise ValueError("this emulator has no root folder: give NucleusEmulator(root=...)")
+        return self.root
+
     def _set_state(self, name: str, state: str) -> None:
         with self._cond:
             self._states[name] = state
