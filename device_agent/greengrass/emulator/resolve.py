@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def _phase(lifecycle: Mapping[str, Any], key: str, rules: FlavourRules) -> Any:
     return None
 
 
-def _script(step: Any, rules: FlavourRules) -> tuple[str | None, dict[str, Any]]:
+def _script(step: Any, rules: FlavourRules, component: str) -> tuple[str | None, dict[str, Any]]:
     """A step's script and its own Setenv (a step is a string or a mapping with Script)."""
     if step is None:
         return None, {}
@@ -148,7 +148,7 @@ def _script(step: Any, rules: FlavourRules) -> tuple[str | None, dict[str, Any]]
         script = _phase(step, "Script", rules) if rules.case_sensitive_lifecycle else _phase(step, "script", rules)
         setenv = _phase(step, "Setenv", rules) if rules.case_sensitive_lifecycle else _phase(step, "setenv", rules)
         return (str(script) if script is not None else None), dict(setenv or {})
-    raise DeploymentError("lifecycle", f"a lifecycle step must be a script or a mapping, not {type(step).__name__}")
+    raise DeploymentError(component, f"a lifecycle step must be a script or a mapping, not {type(step).__name__}")
 
 
 def interpolate_steps(
@@ -160,7 +160,7 @@ def interpolate_steps(
     env: dict[str, Any] = dict(_phase(lc, setenv_key, rules) or {})
     scripts: dict[str, str | None] = {}
     for phase in PHASES:
-        script, step_env = _script(_phase(lc, phase, rules), rules)
+        script, step_env = _script(_phase(lc, phase, rules), rules, component.name)
         scripts[phase] = script
         if phase != "install":
             env.update(step_env)
@@ -183,7 +183,7 @@ def interpolate_steps(
 
 def _substituter(
     component: ComponentRecipe, rules: FlavourRules, context: LifecycleContext, configuration: Mapping[str, Any]
-) -> Any:
+) -> Callable[[str], str]:
     if not rules.every_brace_is_a_variable:
         resolve = context.resolver(component.name)
         return lambda text: interpolate(text, resolve)
