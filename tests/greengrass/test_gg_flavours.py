@@ -182,3 +182,10 @@ def test_lite_errors_carry_its_own_fields(make_emulator):
 def test_unknown_flavour_is_refused(socket_path):
     with pytest.raises(ValueError, match="unknown nucleus flavour 'mini'"):
         NucleusEmulator(socket_path, THING, AGENT_RECIPE, flavour="mini")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_dependencies_on_built_in_components_are_not_resolved(nucleus, tmp_path):
+    deps = {"aws.greengrass.TokenExchangeService": {"DependencyType": "HARD"}, "aws.greengrass.Nucleus": {}}
+    write_component(tmp_path / "b", probe_recipe(APP, dependencies=deps))
+    assert nucleus.deploy_build(tmp_path / "b").installed == [APP]

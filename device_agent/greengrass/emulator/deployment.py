@@ -16,7 +16,9 @@ they were. Then, in dependency order, a new component is installed and started; 
 install script changed is reinstalled; one whose interpolated lifecycle (run/startup script or Setenv)
 changed is restarted (classic: ``GenericExternalService``'s config watcher; every component's lifecycle
 is re-interpolated, so a dependency's new version changes ``{Dep:artifacts:path}``); any other keeps
-running untouched. Lite deletes a component's previous version's artifacts once the new one is deployed.
+running untouched. Lite redeploys a component of the deployment only when its version changed, the
+deployment configures it, or it is not RUNNING/FINISHED (a new lifecycle under the same version is not
+picked up), and deletes a component's previous version's artifacts once the new one is deployed.
 Each component gets its own SVCUID and the nucleus' environment (SVCUID, the IPC socket,
 AWS_IOT_THING_NAME, AWS_REGION) plus its Setenv.
 """
@@ -213,8 +215,16 @@ class Deployments(EmulatorCore):
                 self._lay_out(comp, artifacts.get(name), context)
             token = old.token if old is not None else secrets.token_urlsafe(24)
             self._call(self._register, token, name, configs[name])
-            reinstall = old is None or old.version != comp.version or old.steps.install != new_steps.install
-            restart = old is not None and old.steps.fingerprint() != new_steps.fingerprint()
+            if rules.redeploy_on_version_only:  # lite: deployment_handler.c
+                with self._cond:
+                    settled = self._states.get(name) in ("RUNNING", "FINISHED")
+                changed = old is None or old.version != comp.version or name in configuration or not settled
+                reinstall, restart = name in incoming and changed, False
+                if not reinstall and old is not None:
+                    new_steps = old.steps  # what runs is what was deployed
+            else:  # classic: GenericExternalService reinstalls / restarts on these changes
+                reinstall = old is None or old.version != comp.version or old.steps.install != new_steps.install
+                restart = old is not None and old.steps.fingerprint() != new_steps.fingerprint()
             self._deployed[name] = Deployed(name, comp.version, comp, token, new_steps)
             if reinstall:
                 self._processes.stop(name)

@@ -25,7 +25,13 @@ lite (aws-greengrass-lite)
       else is "Unhandled variable substitution: <text>." (``modules/ggl-config-interpolation/src/interpolation.c``);
     * configuration is stored as written: ``{iot:thingName}`` is substituted only in accessControl resources
       when a request is authorized (``modules/ggipcd/src/ipc_authz.c``);
-    * dependencies, SOFT ones included, are resolved and a missing one fails the deployment;
+    * dependencies, SOFT ones included, are resolved and a missing one fails the deployment, except
+      aws.greengrass.Nucleus, TokenExchangeService and Cli, which it skips (``modules/ggdeploymentd/src/
+      deployment_handler.c``);
+    * a component of a deployment is redeployed (its units regenerated and started again) only when its version
+      changed, the deployment updates its configuration, or it is not RUNNING/FINISHED; a changed lifecycle
+      under the same version is not picked up ("Component … is already running. Will not redeploy.",
+      ``deployment_handler.c``);
     * IPC: only the operations in :data:`LITE_OPERATIONS` (``modules/ggipcd/src/services``); any other is
       "Unhandled operation requested" and answered with a ServiceError without a message
       (``modules/ggipcd/src/ipc_dispatch.c``); error bodies carry ``_message`` / ``_errorCode``
@@ -69,6 +75,11 @@ CLASSIC_PLATFORM_COMPONENTS = frozenset(
     }
 )
 
+#: dependencies lite never resolves (deployment_handler.c)
+LITE_BUILT_IN_COMPONENTS = frozenset(
+    {"aws.greengrass.Nucleus", "aws.greengrass.TokenExchangeService", "aws.greengrass.Cli"}
+)
+
 
 @dataclass(frozen=True)
 class FlavourRules:
@@ -84,6 +95,7 @@ class FlavourRules:
     interpolate_configuration: bool
     available_components: frozenset[str]
     needs_run_step: bool
+    redeploy_on_version_only: bool
     keeps_old_artifacts: bool
     unarchives_local_artifacts: bool
 
@@ -110,6 +122,7 @@ CLASSIC = FlavourRules(
     interpolate_configuration=True,
     available_components=CLASSIC_PLATFORM_COMPONENTS,
     needs_run_step=False,
+    redeploy_on_version_only=False,
     keeps_old_artifacts=True,
     unarchives_local_artifacts=True,
 )
@@ -125,8 +138,9 @@ LITE = FlavourRules(
     cross_component_variables=False,
     trailing_slash_paths=True,
     interpolate_configuration=False,
-    available_components=frozenset(),
+    available_components=LITE_BUILT_IN_COMPONENTS,
     needs_run_step=True,
+    redeploy_on_version_only=True,
     keeps_old_artifacts=False,
     unarchives_local_artifacts=False,
 )
