@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
         "--forward-mqtt", metavar="URL", help="also publish to / subscribe on this broker (mqtt://host:1883)"
     )
     p.add_argument("--svcuid", help="auth token to accept (default: a random one)")
+    p.add_argument(
+        "--flavour", choices=["classic", "lite"], default="classic", help="answer like this nucleus (default classic)"
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_emulate)
@@ -61,6 +64,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             component=args.component,
             svcuid=args.svcuid,
             forward_mqtt=args.forward_mqtt,
+            flavour=args.flavour,
         )
         emulator.start()
     except (ValueError, OSError) as exc:

@@ -331,7 +331,8 @@ class StreamSubscription(Generic[L]):
         exc = future.exception()
         if exc is not None:
             log.error(
-                "subscribing to the %s stream failed", self._what,
+                "subscribing to the %s stream failed",
+                self._what,
                 extra={**self._log_extra, "error": f"{type(exc).__name__}: {exc}"[:300]},
             )
 

@@ -22,19 +22,27 @@ def socket_path() -> Iterator[str]:
 
 
 @pytest.fixture
-def emulator(socket_path: str) -> Iterator[NucleusEmulator]:
+def flavour() -> str:
+    """The nucleus the emulator answers like; a test runs on both with
+    ``@pytest.mark.parametrize("flavour", FLAVOURS)``."""
+    return "classic"
+
+
+@pytest.fixture
+def emulator(socket_path: str, flavour: str) -> Iterator[NucleusEmulator]:
     """The emulator serving the Agent's own recipe (its accessControl) for thing THING."""
-    emu = NucleusEmulator(socket_path, THING, AGENT_RECIPE).start()
+    emu = NucleusEmulator(socket_path, THING, AGENT_RECIPE, flavour=flavour).start()
     yield emu
     emu.stop()
 
 
 @pytest.fixture
-def make_emulator(socket_path: str) -> Iterator[Callable[..., NucleusEmulator]]:
+def make_emulator(socket_path: str, flavour: str) -> Iterator[Callable[..., NucleusEmulator]]:
     """An emulator with a custom recipe/configuration (e.g. a broader accessControl)."""
     started: list[NucleusEmulator] = []
 
     def make(recipe: Any = None, **kwargs: Any) -> NucleusEmulator:
+        kwargs.setdefault("flavour", flavour)
         emu = NucleusEmulator(socket_path, kwargs.pop("thing", THING), recipe, **kwargs).start()
         started.append(emu)
         return emu
@@ -75,3 +83,9 @@ def gg_env(emulator: NucleusEmulator, monkeypatch: pytest.MonkeyPatch) -> Nucleu
     for key, value in emulator.env().items():
         monkeypatch.setenv(key, value)
     return emulator
+
+
+@pytest.fixture
+def nucleus(make_emulator: Callable[..., NucleusEmulator], tmp_path: Path) -> NucleusEmulator:
+    """An emulator (of the ``flavour`` fixture's kind) that deploys into ``tmp_path/greengrass``."""
+    return make_emulator(component="com.test.Host", root=tmp_path / "greengrass")

@@ -25,7 +25,6 @@ from hardware.simulator.source import SimulatorSource
 from tests.greengrass.gg_support import (
     AGENT,
     AGENT_RECIPE,
-    DELTA_TOPIC,
     MODEL,
     SHADOW_PREFIX,
     THING,

@@ -24,6 +24,9 @@ def test_register_adds_gg_emulate():
     )
     assert args.gg_command == "emulate" and args.thing == "t1" and args.forward_mqtt == "mqtt://h:1"
     assert str(args.recipe) == "recipes/com.battwin.Agent.yaml" and callable(args.func)
+    assert args.flavour == "classic"
+    lite = parser.parse_args(["gg", "emulate", "--socket", "/tmp/x.sock", "--thing", "t1", "--flavour", "lite"])
+    assert lite.flavour == "lite"
 
 
 def test_emulate_prints_the_environment_and_serves_the_real_client(socket_path):

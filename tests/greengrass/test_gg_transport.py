@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from device_agent.greengrass.connection import IpcConnection, IpcUnavailable
+from device_agent.greengrass.emulator import FLAVOURS
 from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.uplink.transport import Transport, TransportError
 from tests.greengrass.gg_support import THING, Collector, broad_recipe
@@ -23,6 +24,7 @@ def _stop(transport: IpcTransport) -> None:
     transport.connection.stop()  # a connection passed in is not the transport's to close
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_is_a_transport_and_reads_the_environment(gg_env):
     transport: Transport = IpcTransport()  # what runtime.build_transport makes under Greengrass
     try:
@@ -42,6 +44,7 @@ def test_outside_greengrass_it_says_so(monkeypatch):
         IpcTransport()
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_publish_futures_resolve_and_arrive_in_order(emulator):
     transport = _transport(emulator)
     transport.start()
@@ -56,6 +59,7 @@ def test_publish_futures_resolve_and_arrive_in_order(emulator):
         _stop(transport)
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_refused_publish_fails_late_and_is_logged_once(emulator, caplog):
     transport = _transport(emulator, refused_retry_delay_s=0.05)
     transport.start()
@@ -72,6 +76,7 @@ def test_refused_publish_fails_late_and_is_logged_once(emulator, caplog):
         _stop(transport)
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_not_connected_publish_fails_at_once(emulator):
     conn = IpcConnection(emulator.socket_path, "wrong-token", reconnect_min_s=0.05, reconnect_max_s=0.1)
     transport = IpcTransport(conn)
@@ -86,6 +91,7 @@ def test_not_connected_publish_fails_at_once(emulator):
         conn.stop()
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_subscribe_before_and_after_connecting(make_emulator):
     emu = make_emulator(broad_recipe())
     transport = _transport(emu)
@@ -106,6 +112,7 @@ def test_subscribe_before_and_after_connecting(make_emulator):
         _stop(transport)
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_reconnects_after_a_nucleus_restart_and_resubscribes(make_emulator):
     emu = make_emulator(broad_recipe())
     transport = _transport(emu)

@@ -4,6 +4,9 @@
 It is a development tool: it is not installed as part of the edge agent's behaviour on a real core.
 """
 
+from device_agent.greengrass.emulator.deployment import DeploymentResult, build_sources
+from device_agent.greengrass.emulator.flavours import FLAVOURS, Flavour
+from device_agent.greengrass.emulator.resolve import DeploymentError
 from device_agent.greengrass.emulator.server import (
     SOCKET_ENV,
     TOKEN_ENV,
@@ -15,11 +18,16 @@ from device_agent.greengrass.emulator.server import (
 )
 
 __all__ = [
+    "FLAVOURS",
     "SOCKET_ENV",
     "TOKEN_ENV",
     "Denial",
+    "DeploymentError",
+    "DeploymentResult",
+    "Flavour",
     "IpcError",
     "NucleusEmulator",
     "PublishedMessage",
+    "build_sources",
     "short_socket_path",
 ]

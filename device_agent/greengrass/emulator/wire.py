@@ -262,18 +262,24 @@ def rpc_message(
 class MessageDecoder:
     """Incremental decoder: ``feed()`` bytes as they arrive, get the complete messages back."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message_len: int | None = None) -> None:
         self._buf = bytearray()
+        #: a frame longer than this stops decoding; its length is kept in ``oversized``
+        self.max_message_len = max_message_len
+        self.oversized: int | None = None
 
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
         out: list[Message] = []
-        while len(self._buf) >= PRELUDE_LEN:
+        while len(self._buf) >= PRELUDE_LEN and self.oversized is None:
             total, headers_len, prelude_crc = struct.unpack(">III", self._buf[:PRELUDE_LEN])
             if zlib.crc32(self._buf[:8]) != prelude_crc:
                 raise WireError("prelude CRC mismatch")
             if total < MIN_MESSAGE_LEN or total > MAX_MESSAGE_LEN:
                 raise WireError(f"bad message length {total}")
+            if self.max_message_len is not None and total > self.max_message_len:
+                self.oversized = total  # known from the prelude, as a fixed receive buffer knows it
+                break
             if headers_len > MAX_HEADERS_LEN or headers_len > total - MIN_MESSAGE_LEN:
                 raise WireError(f"bad headers length {headers_len}")
             if len(self._buf) < total:
