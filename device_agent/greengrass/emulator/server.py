@@ -62,10 +62,12 @@ from device_agent.greengrass.emulator.shadows import DEFAULT_MAX_DOCUMENT_BYTES,
 from device_agent.greengrass.emulator.wire import (
     CONTENT_TYPE,
     JSON,
+    MAX_MESSAGE_LEN,
     OPERATION,
     RPC_VERSION,
     SERVICE_MODEL_TYPE,
     VERSION,
+    FrameTooLarge,
     Header,
     Message,
     MessageDecoder,
@@ -256,7 +258,13 @@ class NucleusEmulator:
         configuration: Mapping[str, Any] | None = None,
         forward_mqtt: str | None = None,
         max_shadow_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        max_ipc_message_bytes: int | None = None,
     ) -> None:
+        # -- message size limit (nucleus lite: GGL_IPC_MAX_MSG_LEN = 10,000) -----------------------
+        #: a frame larger than this (prelude to CRC) closes the connection without a reply, as lite's ggipcd
+        #: does; None = no limit beyond the event-stream format's own
+        self.max_ipc_message_bytes = max_ipc_message_bytes
+        self.oversized_closes = 0
         self.socket_path = str(socket_path)
         if len(os.fsencode(self.socket_path)) > UNIX_PATH_MAX:
             raise ValueError(f"socket path is longer than {UNIX_PATH_MAX} bytes: {self.socket_path}")
@@ -577,7 +585,7 @@ class NucleusEmulator:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(writer)
         self._conns.add(conn)
-        decoder = MessageDecoder()
+        decoder = MessageDecoder(self.max_ipc_message_bytes or MAX_MESSAGE_LEN)
         try:
             while not conn.closing and not conn.closed:
                 data = await reader.read(65536)
@@ -585,6 +593,9 @@ class NucleusEmulator:
                     break
                 try:
                     messages = decoder.feed(data)
+                except FrameTooLarge as exc:  # the size limit: close without a word, as ggipcd does
+                    self._oversized(exc)
+                    break
                 except WireError as exc:
                     log.warning("malformed event-stream data; closing the connection", extra={"error": str(exc)})
                     conn.protocol_error(str(exc))
@@ -594,6 +605,9 @@ class NucleusEmulator:
                     if conn.closing:
                         break
                 await writer.drain()
+                if decoder.oversized is not None and not conn.closing:  # after the messages before it
+                    self._oversized(decoder.oversized)
+                    break
             if conn.linger:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_until_eof(reader), 2.0)
@@ -603,6 +617,12 @@ class NucleusEmulator:
             with contextlib.suppress(Exception):
                 await writer.drain()
             self._drop(conn)
+
+    def _oversized(self, exc: FrameTooLarge) -> None:
+        log.warning("IPC message exceeds the size limit; closing the connection", extra={"error": str(exc)})
+        with self._cond:
+            self.oversized_closes += 1
+            self._cond.notify_all()
 
     def _dispatch(self, conn: _Connection, msg: Message) -> None:
         mtype, sid = msg.message_type, msg.stream_id

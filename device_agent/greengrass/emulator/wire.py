@@ -48,6 +48,15 @@ class WireError(ValueError):
     """The bytes are not a valid event-stream message (bad length, CRC, header)."""
 
 
+class FrameTooLarge(WireError):
+    """A message's prelude announces more bytes than the receiver's limit."""
+
+    def __init__(self, total: int, limit: int) -> None:
+        super().__init__(f"message of {total} bytes exceeds the limit of {limit}")
+        self.total = total
+        self.limit = limit
+
+
 class HeaderType(IntEnum):
     BOOL_TRUE = 0
     BOOL_FALSE = 1
@@ -262,10 +271,15 @@ def rpc_message(
 class MessageDecoder:
     """Incremental decoder: ``feed()`` bytes as they arrive, get the complete messages back."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message_len: int = MAX_MESSAGE_LEN) -> None:
         self._buf = bytearray()
+        self.max_message_len = max_message_len
+        #: set once a prelude announced a message over ``max_message_len`` (nothing after it is decoded)
+        self.oversized: FrameTooLarge | None = None
 
     def feed(self, data: bytes) -> list[Message]:
+        if self.oversized is not None:
+            raise self.oversized
         self._buf += data
         out: list[Message] = []
         while len(self._buf) >= PRELUDE_LEN:
@@ -274,6 +288,11 @@ class MessageDecoder:
                 raise WireError("prelude CRC mismatch")
             if total < MIN_MESSAGE_LEN or total > MAX_MESSAGE_LEN:
                 raise WireError(f"bad message length {total}")
+            if total > self.max_message_len:  # the messages before it are returned; the next feed raises
+                self.oversized = FrameTooLarge(total, self.max_message_len)
+                if out:
+                    break
+                raise self.oversized
             if headers_len > MAX_HEADERS_LEN or headers_len > total - MIN_MESSAGE_LEN:
                 raise WireError(f"bad headers length {headers_len}")
             if len(self._buf) < total:
