@@ -170,7 +170,7 @@ def test_the_agent_with_default_telemetry_settings_publishes_everything_under_li
 
 # -- a message already spooled that is too big -------------------------------------------------------------
 def _spool_with_oversized_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """A spool as an older version left it: a small message, a 150-sample telemetry batch (~28 KB), an
+    """A spool as an older version left it: a small message, a 150-sample telemetry batch (25,287 B), an
     oversized health message (not splittable) and a small message after them."""
     spool = Spool(path)
     samples = _samples(150)
