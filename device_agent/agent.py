@@ -37,15 +37,16 @@ from device_agent.messages import (
 )
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.publisher import Publisher
+from device_agent.uplink.sizing import telemetry_overhead
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.state_store import StateStore
-from device_agent.uplink.transport import Transport
+from device_agent.uplink.transport import Transport, payload_budget
 from hardware.errors import DataFileError, SourceError, SourceExhausted, SourceUnavailable
 from hardware.source import Source
 
 log = logging.getLogger(__name__)
 
-_SAMPLES_JSON: TypeAdapter[list[Sample]] = TypeAdapter(list[Sample])
+_SAMPLE_JSON: TypeAdapter[Sample] = TypeAdapter(Sample)
 
 EOL_HYSTERESIS = 0.02
 DROP_ALARM_EVERY_S = 60.0  # SoH must recover this much above the threshold to clear the EOL alarm
@@ -63,29 +64,50 @@ class AgentStats:
     started_monotonic: float = field(default_factory=time.monotonic)
 
 
-class TelemetryBatcher:
-    """Collects samples into batches by count or by age (sample time)."""
+@dataclass(frozen=True, slots=True)
+class TelemetryBatch:
+    samples: list[Sample]
+    #: the samples as the JSON array the envelope carries (readings a source lacks left out, not null)
+    samples_json: bytes
 
-    def __init__(self, max_samples: int, max_age_s: float, decimation: int = 1) -> None:
+
+class TelemetryBatcher:
+    """Collects samples into batches by count, by age (sample time), and by size: with ``max_bytes`` (the
+    transport's payload budget less the envelope around the samples) a batch is closed before the next
+    sample would make its envelope too big for the transport; ``max_samples`` stays an upper bound."""
+
+    def __init__(self, max_samples: int, max_age_s: float, decimation: int = 1, max_bytes: int | None = None) -> None:
         self.max_samples = max_samples
         self.max_age_s = max_age_s
         self.decimation = decimation
+        self.max_bytes = max_bytes
         self._buf: list[Sample] = []
+        self._enc: list[bytes] = []
+        self._bytes = 0  # the samples' JSON with the commas between them
         self._n = 0
 
-    def add(self, sample: Sample) -> list[Sample] | None:
+    def add(self, sample: Sample) -> TelemetryBatch | None:
         self._n += 1
         if (self._n - 1) % self.decimation:
             return None
+        enc = _SAMPLE_JSON.dump_json(sample, exclude_none=True)
+        closed = None
+        if self._buf and self.max_bytes is not None and self._bytes + 1 + len(enc) > self.max_bytes:
+            closed = self.take()
         self._buf.append(sample)
+        self._enc.append(enc)
+        self._bytes += len(enc) + (1 if len(self._enc) > 1 else 0)
+        if closed is not None:
+            return closed
         if len(self._buf) >= self.max_samples or sample.ts - self._buf[0].ts >= self.max_age_s:
             return self.take()
         return None
 
-    def take(self) -> list[Sample] | None:
+    def take(self) -> TelemetryBatch | None:
         if not self._buf:
             return None
-        out, self._buf = self._buf, []
+        out = TelemetryBatch(self._buf, b"[" + b",".join(self._enc) + b"]")
+        self._buf, self._enc, self._bytes = [], [], 0
         return out
 
 
@@ -106,7 +128,11 @@ class Agent:
         self.spool = spool or Spool(config.spool.path, config.spool.max_bytes, config.spool.policy)
         self.state = StateStore(self.spool.path)
         self.publisher = Publisher(
-            self.spool, transport, inflight=config.mqtt.inflight, ack_timeout_s=config.mqtt.publish_timeout_s
+            self.spool,
+            transport,
+            inflight=config.mqtt.inflight,
+            ack_timeout_s=config.mqtt.publish_timeout_s,
+            on_too_large=self._message_too_large,
         )
         self.stats = AgentStats()
         self.on_message = on_message
@@ -115,7 +141,10 @@ class Agent:
         self.tracker = CycleTracker(config.tracker, source.source_id, simulated=simulated)
         self.estimator = HealthEstimator(config.health, source.source_id, model=health_model, simulated=simulated)
         self.batcher = TelemetryBatcher(
-            config.telemetry.batch_max_samples, config.telemetry.batch_max_age_s, config.telemetry.decimation
+            config.telemetry.batch_max_samples,
+            config.telemetry.batch_max_age_s,
+            config.telemetry.decimation,
+            self._telemetry_bytes(),
         )
         self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.on_shutdown: list[Callable[[], None]] = []
@@ -244,6 +273,7 @@ class Agent:
         self.batcher.max_samples = config.telemetry.batch_max_samples
         self.batcher.max_age_s = config.telemetry.batch_max_age_s
         self.batcher.decimation = config.telemetry.decimation
+        self.batcher.max_bytes = self._telemetry_bytes()
         if hasattr(self.source, "interval_s"):
             self.source.interval_s = config.source.sample_interval_s
         logging.getLogger().setLevel(config.log_level)
@@ -371,17 +401,36 @@ class Agent:
         log.warning("alarm", extra={"code": alarm.code, "active": alarm.active, "alarm_message": alarm.message})
         self._enqueue("alarms", alarm, alarm.ts)
 
-    def _emit_telemetry(self, batch: list[Sample]) -> None:
+    def _emit_telemetry(self, batch: TelemetryBatch) -> None:
         self.stats.telemetry_batches += 1
-        self._enqueue("telemetry", Telemetry.model_construct(samples=tuple(batch)), batch[-1].ts)
+        samples = batch.samples
+        body = Telemetry.model_construct(samples=tuple(samples))
+        self._enqueue("telemetry", body, samples[-1].ts, samples_json=batch.samples_json)
+
+    def _telemetry_bytes(self) -> int | None:
+        """What the samples of one telemetry batch may take: the transport's payload budget on the telemetry
+        topic less the envelope around them (None: the transport states no limit)."""
+        budget = payload_budget(self.transport, self.topic("telemetry"))
+        return None if budget is None else max(1, budget - telemetry_overhead(self.config.thing_name))
+
+    def _message_too_large(self, topic: str, size: int, limit: int) -> None:
+        """The publisher deleted a spooled message the transport cannot carry (called on its thread)."""
+        message = f"a {size}-byte message on {topic} exceeds the transport's {limit}-byte limit; deleted unsent"
+        self.call_soon(
+            lambda: self.alarms.pulse("message_too_large", self.now(), message, topic=topic, size=size, limit=limit)
+        )
 
     # -- spool ------------------------------------------------------------------------------------
-    def _enqueue(self, kind: MessageKind, body: Message, ts: float) -> None:
+    def _enqueue(self, kind: MessageKind, body: Message, ts: float, samples_json: bytes | None = None) -> None:
         msg_id = new_message_id()
         if isinstance(body, Telemetry):
             # a reading the source does not have (no SoC, no cell voltages) is left out rather than sent as null:
             # a fifth fewer bytes per sample (IoT Core bills by 5 KB); every reader parses with the defaults
-            body_json = b'{"samples":' + _SAMPLES_JSON.dump_json(list(body.samples), exclude_none=True) + b"}"
+            if samples_json is None:
+                samples_json = (
+                    b"[" + b",".join(_SAMPLE_JSON.dump_json(s, exclude_none=True) for s in body.samples) + b"]"
+                )
+            body_json = b'{"samples":' + samples_json + b"}"
             simulated = any(s.simulated for s in body.samples)
         else:
             body_json = body.model_dump_json().encode()

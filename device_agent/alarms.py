@@ -25,6 +25,7 @@ ALARMS: dict[str, AlarmSpec] = {
         AlarmSpec("source_offline", "critical", "the battery source stopped answering; data is stale"),
         AlarmSpec("source_fallback_simulator", "warning", "the source is offline; simulated data is being sent"),
         AlarmSpec("spool_dropped", "warning", "the offline spool is full; messages were dropped"),
+        AlarmSpec("message_too_large", "warning", "a spooled message exceeds the transport's size limit; deleted"),
         AlarmSpec("model_unavailable", "warning", "the health model is missing or invalid; physics-only estimate"),
         AlarmSpec("model_rejected", "warning", "a new health model was refused; the previous one keeps running"),
         AlarmSpec("eol_reached", "critical", "state of health is below the end-of-life threshold"),

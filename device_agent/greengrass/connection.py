@@ -3,8 +3,12 @@
 :class:`IpcConnection` connects with the unmodified ``GreengrassCoreIPCClientV2`` (socket and token from
 ``AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`` and ``SVCUID``, which the nucleus sets for every
 component), notices when the connection drops (the nucleus restarted, the socket broke) and connects again
-with exponential backoff. Users register ``on_connect`` callbacks to (re)establish their subscriptions on
-every new connection. :class:`StaticConnection` wraps a client someone else made (no reconnects).
+with exponential backoff and jitter (``hardware.transports.backoff``: 0.5 s doubling to 60 s, each wait
+uniform in its upper half). A connection that drops again within ``healthy_after_s`` does not restart the
+schedule, so a nucleus that closes every connection (lite's ggipcd does so on a frame over its limit) sees
+a handful of attempts a minute, not hundreds a second. Users register ``on_connect`` callbacks to
+(re)establish their subscriptions on every new connection. :class:`StaticConnection` wraps a client
+someone else made (no reconnects).
 
 Stream events run on a single-threaded executor, so a subscriber sees its events in order; a callback may
 make synchronous IPC calls (responses are completed on awscrt's event-loop thread, not the executor).
@@ -20,6 +24,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from hardware.transports.backoff import Backoff
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
@@ -102,8 +108,9 @@ class IpcConnection:
         svcuid: str | None = None,
         *,
         connect_timeout_s: float = 10.0,
-        reconnect_min_s: float = 0.2,
-        reconnect_max_s: float = 10.0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 60.0,
+        healthy_after_s: float = 30.0,
     ) -> None:
         self._socket_path = socket_path or os.environ.get(SOCKET_ENV, "")
         self._token = svcuid or os.environ.get(TOKEN_ENV, "")
@@ -112,6 +119,7 @@ class IpcConnection:
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
+        self.backoff = Backoff(reconnect_min_s, reconnect_max_s, jitter=0.5, healthy_after_s=healthy_after_s)
         self._lock = threading.Lock()
         self._client: GreengrassCoreIPCClientV2 | None = None
         self._generation = 0
@@ -122,6 +130,7 @@ class IpcConnection:
         self._thread: threading.Thread | None = None
         self.connects = 0
         self.disconnects = 0
+        self.connect_attempts = 0
 
     @property
     def socket_path(self) -> str:
@@ -168,7 +177,7 @@ class IpcConnection:
 
     # -- the connect loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self.reconnect_min_s
+        was_connected = False
         while not self._stopping.is_set():
             if self._connected.is_set():
                 self._wake.wait()
@@ -178,17 +187,24 @@ class IpcConnection:
                 stale, self._client = self._client, None
             if stale is not None:
                 _close_client(stale)
+            if was_connected:  # the connection dropped: wait before the next attempt (never at once)
+                was_connected = False
+                delay = self.backoff.failed()
+                log.info("IPC reconnecting", extra={"socket": self._socket_path, "retry_s": round(delay, 3)})
+                if self._stopping.wait(delay):
+                    return
             try:
+                self.connect_attempts += 1
                 client = self._connect_once()
             except Exception as exc:  # the nucleus is down, restarting, or refused us
+                delay = self.backoff.failed()
                 detail = f"{type(exc).__name__}: {exc}"[:300]
-                extra = {"socket": self._socket_path, "error": detail, "retry_s": delay}
+                extra = {"socket": self._socket_path, "error": detail, "retry_s": round(delay, 3)}
                 log.warning("IPC connect failed, retrying", extra=extra)
                 if self._stopping.wait(delay):
                     return
-                delay = min(delay * 2, self.reconnect_max_s)
                 continue
-            delay = self.reconnect_min_s
+            self.backoff.connected()
             with self._lock:
                 if self._stopping.is_set():
                     _close_client(client)
@@ -197,6 +213,7 @@ class IpcConnection:
                 self._connected.set()
                 self.connects += 1
                 callbacks = list(self._callbacks)
+            was_connected = True
             log.info("IPC connected to the nucleus", extra={"socket": self._socket_path, "connects": self.connects})
             _run_callbacks(callbacks, client)
 

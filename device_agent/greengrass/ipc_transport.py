@@ -4,6 +4,13 @@
   answers. The nucleus answers once it has taken the message (into its MQTT spooler or onto the wire,
   depending on its version and connectivity) — its spooler is in memory by default, so the agent's
   durable SQLite spool stays in front and a message leaves it only after this acknowledgement.
+* Size: a PublishToIoTCore request travels as one event-stream frame whose JSON carries the payload in
+  base64; nucleus lite refuses frames over 10,000 bytes (``GGL_IPC_MAX_MSG_LEN``: its ggipcd closes the
+  socket). :meth:`IpcTransport.max_payload_bytes` is the largest payload whose frame fits
+  ``max_message_bytes`` (10,000 by default, on both nuclei, so the component runs unchanged on either):
+  ``3 * ((max_message_bytes - 252 - len(topic)) // 4)``, where 252 bytes are the frame's fixed cost, measured
+  with the awsiotsdk client (prelude 12 + headers 192 + JSON keys and quotes 44 + CRC 4); e.g. 7,287 bytes on
+  ``battwin/gg-test-thing/telemetry``. A bigger publish fails with MessageTooLarge and is not sent.
 * ``subscribe`` → SubscribeToIoTCore; subscriptions are made again after every reconnection.
 * ``connected`` / ``wait_connected`` reflect the IPC connection to the nucleus (not the nucleus' own
   connection to IoT Core, which it manages and buffers for us); the connection is re-established
@@ -15,13 +22,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider
-from device_agent.uplink.transport import MessageHandler, TransportError
+from device_agent.uplink.transport import MessageHandler, MessageTooLarge, TransportError
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
@@ -29,6 +37,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QOS_AT_LEAST_ONCE = "1"  # awsiot.greengrasscoreipc.model.QOS.AT_LEAST_ONCE
+#: nucleus lite's GGL_IPC_MAX_MSG_LEN (the classic nucleus accepts far more; IoT Core then allows 128 KiB)
+IPC_MAX_MESSAGE_BYTES = 10_000
+#: a PublishToIoTCore frame without its topic and base64 payload, as awsiotsdk writes it: prelude (12), headers
+#: (:message-type, :message-flags, :stream-id, operation, service-model-type, :content-type: 192), the JSON
+#: ``{"topicName": "", "qos": "1", "payload": ""}`` (44) and the CRC (4); measured against the emulator
+PUBLISH_FRAME_OVERHEAD = 252
+
+
+def publish_payload_budget(topic: str, max_message_bytes: int = IPC_MAX_MESSAGE_BYTES) -> int:
+    """The largest payload whose PublishToIoTCore frame on ``topic`` is at most ``max_message_bytes``."""
+    topic_json = len(json.dumps(topic)) - 2  # as the client escapes it
+    room = max_message_bytes - PUBLISH_FRAME_OVERHEAD - topic_json
+    return max(0, 3 * (room // 4))  # base64: 4 characters per 3 bytes, the last group padded
 
 
 def _is_modeled_refusal(exc: BaseException) -> bool:
@@ -50,8 +71,10 @@ class IpcTransport:
         connection: ClientProvider | GreengrassCoreIPCClientV2 | None = None,
         *,
         refused_retry_delay_s: float = 5.0,
+        max_message_bytes: int = IPC_MAX_MESSAGE_BYTES,
     ) -> None:
         provider, owned = as_provider(connection)
+        self.max_message_bytes = max_message_bytes
         self.connection: ClientProvider = provider
         self._owned = owned
         self.refused_retry_delay_s = refused_retry_delay_s
@@ -103,8 +126,15 @@ class IpcTransport:
         return int(getattr(self.connection, "disconnects", 0))
 
     # -- publish ----------------------------------------------------------------------------------
+    def max_payload_bytes(self, topic: str) -> int:
+        return publish_payload_budget(topic, self.max_message_bytes)
+
     def publish(self, topic: str, payload: bytes) -> Future[None]:
         out: Future[None] = Future()
+        budget = self.max_payload_bytes(topic)
+        if len(payload) > budget:  # never sent: the nucleus would close the connection
+            out.set_exception(MessageTooLarge(topic, len(payload), budget))
+            return out
         try:
             client = self.connection.client()
             inner = client.publish_to_iot_core_async(topic_name=topic, qos=QOS_AT_LEAST_ONCE, payload=payload)

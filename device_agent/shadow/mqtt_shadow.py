@@ -22,7 +22,8 @@ Semantics (AWS IoT Developer Guide, "Device Shadow service MQTT topics"):
   reads the shadow again instead and hands on the delta of that current document. This also recovers when
   the versions went back (a shadow deleted for more than 48 hours starts again from 0);
 * a request whose publish the transport fails (not connected, refused by a policy) fails at once with
-  503 instead of waiting for an answer that cannot come; no answer in time is 504.
+  503 instead of waiting for an answer that cannot come (413 when it is larger than the transport carries);
+  no answer in time is 504.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 from device_agent.shadow.client import CONFIG_SHADOW, DeltaHandler, ShadowError
 from device_agent.shadow.topics import AWS_ROOT, shadow_prefix
-from device_agent.uplink.transport import Transport
+from device_agent.uplink.transport import MessageTooLarge, Transport
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ class MqttShadowClient:
         def _sent(f: Future[None]) -> None:
             exc = f.exception()
             if exc is not None and not fut.done():
-                fut.set_exception(ShadowError(503, f"shadow {op} request not sent: {exc}"))
+                # too large for the link (IoT Core would answer 413 too): not sent, so no answer will come
+                code = 413 if isinstance(exc, MessageTooLarge) else 503
+                fut.set_exception(ShadowError(code, f"shadow {op} request not sent: {exc}"))
 
         try:
             self.transport.publish(f"{self.prefix}/{op}", payload).add_done_callback(_sent)

@@ -5,7 +5,14 @@ amqtt). URLs: ``mqtt://host:1883`` (plain TCP, for local brokers) and ``mqtts://
 ``cert_file`` + ``key_file`` it is mutual TLS as IoT Core requires, ``ca_file`` overrides the trust store).
 
 awscrt reconnects by itself only after a first successful connection, so the initial connect is retried
-here with exponential backoff until it succeeds or ``stop()`` is called.
+here until it succeeds or ``stop()`` is called, with exponential backoff and jitter
+(``hardware.transports.backoff``: ``reconnect_min_s`` doubling to ``reconnect_max_s``, each wait uniform in
+its upper half). After that awscrt reconnects on its own schedule: ``reconnect_min_s`` (at least 1 s)
+doubling to ``reconnect_max_s``, without jitter, restarted once a connection has stayed up 10 s.
+
+Size: AWS IoT Core accepts publishes up to 128 KiB; :meth:`MqttTransport.max_payload_bytes` counts the whole
+PUBLISH packet (fixed header, topic, packet id) against it, and a bigger publish fails with MessageTooLarge
+without being sent (IoT Core would disconnect the client).
 """
 
 from __future__ import annotations
@@ -23,9 +30,14 @@ from urllib.parse import urlsplit
 from awscrt import io, mqtt
 
 from device_agent.config import MqttSettings
-from device_agent.uplink.transport import MessageHandler, TransportError
+from device_agent.uplink.transport import MessageHandler, MessageTooLarge, TransportError
+from hardware.transports.backoff import Backoff
 
 log = logging.getLogger(__name__)
+
+#: AWS IoT Core's message size limit, applied to the whole PUBLISH packet
+MQTT_MAX_MESSAGE_BYTES = 128 * 1024
+_PUBLISH_HEADER_BYTES = 5 + 2 + 2  # fixed header (1 + up to 4 length bytes), topic length, packet id
 
 
 def _check_key_permissions(path: Path) -> None:
@@ -90,6 +102,8 @@ class MqttTransport:
         self._ever_connected = False
         self.connects = 0
         self.interruptions = 0
+        self.connect_attempts = 0
+        self.backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, jitter=0.5)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,19 +112,20 @@ class MqttTransport:
             self._thread.start()
 
     def _connect_loop(self) -> None:
-        delay = self.settings.reconnect_min_s
         while not self._stopping.is_set():
             try:
+                self.connect_attempts += 1
                 result: dict[str, Any] = self._conn.connect().result(self.settings.connect_timeout_s + 5)
             except Exception as exc:
+                delay = self.backoff.failed()
                 log.info(
                     "mqtt connect failed, retrying",
-                    extra={"broker": f"{self.host}:{self.port}", "error": str(exc)[:200], "retry_s": delay},
+                    extra={"broker": f"{self.host}:{self.port}", "error": str(exc)[:200], "retry_s": round(delay, 3)},
                 )
                 if self._stopping.wait(delay):
                     return
-                delay = min(delay * 2, self.settings.reconnect_max_s)
                 continue
+            self.backoff.succeeded()
             self._ever_connected = True
             self.connects += 1
             log.info(
@@ -161,10 +176,16 @@ class MqttTransport:
         self._connected.set()
 
     # -- messaging --------------------------------------------------------------------------------
+    def max_payload_bytes(self, topic: str) -> int:
+        return MQTT_MAX_MESSAGE_BYTES - _PUBLISH_HEADER_BYTES - len(topic.encode())
+
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        return _acknowledged(
-            lambda: self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0], "publish to", topic
-        )
+        budget = self.max_payload_bytes(topic)
+        if len(payload) > budget:
+            out: Future[None] = Future()
+            out.set_exception(MessageTooLarge(topic, len(payload), budget))
+            return out
+        return _acknowledged(lambda: self._conn.publish(topic, payload, mqtt.QoS.AT_LEAST_ONCE)[0], "publish to", topic)
 
     def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
         self._subs[topic] = handler

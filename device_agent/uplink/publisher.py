@@ -3,6 +3,13 @@
 A message is deleted from the spool only after its acknowledgement. If the connection drops, unacked
 messages stay in the spool and are sent again after reconnecting, in their original order (the broker
 may then see a message twice; the message id lets the cloud drop the duplicate).
+
+A message larger than the transport carries on its topic (``Transport.max_payload_bytes``) is never sent as
+is — sending it would only break the connection, again after every reconnect. A telemetry batch is split
+into parts that fit (``sizing.split_telemetry``: same samples, same order, ids derived from the original's),
+sent in its place; the spooled row is deleted once every part is acknowledged. Any other oversized message
+is deleted from the spool and reported through ``on_too_large(topic, size, limit)`` (the agent raises the
+``message_too_large`` alarm). Either way what follows is not held up.
 """
 
 from __future__ import annotations
@@ -11,17 +18,29 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
-from device_agent.uplink.spool import Spool, SpooledMessage
-from device_agent.uplink.transport import Transport
+from device_agent.uplink.sizing import NotSplittable, split_telemetry
+from device_agent.uplink.spool import LOW_PRIORITY_SUFFIX, Spool, SpooledMessage
+from device_agent.uplink.transport import Transport, payload_budget
+
+TooLargeHandler = Callable[[str, int, int], None]
 
 log = logging.getLogger(__name__)
 
 
 class Publisher:
-    def __init__(self, spool: Spool, transport: Transport, inflight: int = 50, ack_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        transport: Transport,
+        inflight: int = 50,
+        ack_timeout_s: float = 30.0,
+        on_too_large: TooLargeHandler | None = None,
+    ) -> None:
         self.spool = spool
+        self.on_too_large = on_too_large
         self.transport = transport
         self.inflight_max = inflight
         # the window is refilled in batches of this many, not one message per acknowledgement
@@ -37,6 +56,8 @@ class Publisher:
         self.sent = 0
         self.acked = 0
         self.failures = 0
+        self.split = 0  # oversized telemetry messages sent as parts
+        self.dropped_too_large = 0  # oversized messages deleted unsent
         self.first_ack_monotonic: float | None = None
 
     def start(self) -> None:
@@ -118,8 +139,60 @@ class Publisher:
 
     def _send(self, msg: SpooledMessage) -> None:
         self.sent += 1
-        fut = self.transport.publish(msg.topic, msg.payload)
+        budget = payload_budget(self.transport, msg.topic)
+        if budget is not None and len(msg.payload) > budget:
+            fut = self._send_oversized(msg, budget)
+        else:
+            fut = self.transport.publish(msg.topic, msg.payload)
         fut.add_done_callback(functools.partial(self._on_done, msg.seq))
+
+    def _send_oversized(self, msg: SpooledMessage, budget: int) -> Future[None]:
+        """Split an oversized telemetry message into parts and send them (the future resolves when all are
+        acknowledged, fails if any fails); delete any other oversized message unsent."""
+        done: Future[None] = Future()
+        parts: list[tuple[str, bytes]] = []
+        if msg.topic.endswith(LOW_PRIORITY_SUFFIX):
+            try:
+                parts = split_telemetry(msg.payload, budget)
+            except NotSplittable as exc:
+                log.warning("an oversized telemetry message cannot be split", extra={"id": msg.id, "error": str(exc)})
+        if not parts:
+            self.dropped_too_large += 1
+            log.error(
+                "message larger than the transport carries; deleted from the spool unsent",
+                extra={"id": msg.id, "topic": msg.topic, "size": len(msg.payload), "limit": budget},
+            )
+            if self.on_too_large is not None:
+                try:
+                    self.on_too_large(msg.topic, len(msg.payload), budget)
+                except Exception:
+                    log.exception("the too-large handler failed")
+            done.set_result(None)  # acknowledged as handled: the row is deleted, what follows goes on
+            return done
+        self.split += 1
+        log.warning(
+            "telemetry message larger than the transport carries; sent in parts",
+            extra={"id": msg.id, "topic": msg.topic, "size": len(msg.payload), "limit": budget, "parts": len(parts)},
+        )
+        futures = [self.transport.publish(msg.topic, payload) for _, payload in parts]
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def _part_done(f: Future[None]) -> None:
+            exc = f.exception()
+            with lock:
+                if done.done():
+                    return
+                if exc is not None:
+                    done.set_exception(exc)
+                    return
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    done.set_result(None)
+
+        for f in futures:
+            f.add_done_callback(_part_done)
+        return done
 
     def _on_done(self, seq: int, fut: Future[None]) -> None:
         exc = fut.exception()

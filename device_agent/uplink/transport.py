@@ -2,7 +2,9 @@
 
 A transport publishes bytes to a topic and resolves the returned future once the broker acknowledged
 the message (MQTT QoS 1 PUBACK, or the Greengrass nucleus' response). It reconnects by itself; the
-publisher watches ``connected`` and only sends while connected. Like httpx's MockTransport,
+publisher watches ``connected`` and only sends while connected. A transport declares the largest payload it
+can carry on a topic (:meth:`Transport.max_payload_bytes`, derived from its limit on the framed message); the
+agent sizes telemetry batches to it and the publisher never sends a bigger one. Like httpx's MockTransport,
 :class:`MemoryTransport` is a complete transport without a network, for tests and offline tools.
 """
 
@@ -18,6 +20,22 @@ MessageHandler = Callable[[str, bytes], None]
 
 class TransportError(RuntimeError):
     """A publish or subscribe failed (not connected, refused, timed out)."""
+
+
+class MessageTooLarge(TransportError):
+    """The message does not fit the transport's limit; it was not sent (sending it would break the link)."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(f"message on {topic} is {size} bytes; the transport carries at most {limit} here")
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+
+
+def payload_budget(transport: object, topic: str) -> int | None:
+    """The largest payload ``transport`` carries on ``topic`` (None: no limit it knows of)."""
+    limit = getattr(transport, "max_payload_bytes", None)
+    return limit(topic) if callable(limit) else None
 
 
 class Transport(Protocol):
@@ -38,11 +56,16 @@ class Transport(Protocol):
     def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
         """Receive messages on ``topic`` (filters with + and # allowed); kept across reconnects."""
 
+    def max_payload_bytes(self, topic: str) -> int | None:
+        """The largest payload a publish on ``topic`` may carry (None: no limit); a bigger one fails with
+        :class:`MessageTooLarge` without being sent."""
+
 
 class MemoryTransport:
     """Records what is published. ``online = False`` makes it behave like a lost connection."""
 
-    def __init__(self, online: bool = True, fail_every: int = 0) -> None:
+    def __init__(self, online: bool = True, fail_every: int = 0, max_payload: int | None = None) -> None:
+        self.max_payload = max_payload
         self.published: list[tuple[str, bytes]] = []
         self._online = threading.Event()
         if online:
@@ -72,8 +95,14 @@ class MemoryTransport:
     def wait_connected(self, timeout: float) -> bool:
         return self._online.wait(timeout)
 
+    def max_payload_bytes(self, topic: str) -> int | None:
+        return self.max_payload
+
     def publish(self, topic: str, payload: bytes) -> Future[None]:
         fut: Future[None] = Future()
+        if self.max_payload is not None and len(payload) > self.max_payload:
+            fut.set_exception(MessageTooLarge(topic, len(payload), self.max_payload))
+            return fut
         with self._lock:
             self._n += 1
             fail = (self.fail_every and self._n % self.fail_every == 0) or not self._online.is_set()

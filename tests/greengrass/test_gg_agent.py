@@ -17,7 +17,7 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.emulator.recipe import LifecycleContext, interpolate
-from device_agent.greengrass.ipc_transport import IpcTransport
+from device_agent.greengrass.ipc_transport import IpcTransport, publish_payload_budget
 from device_agent.messages import Envelope
 from device_agent.runtime import build_transport
 from hardware.simulator.settings import SimulatorSettings
@@ -67,7 +67,11 @@ def test_agent_publishes_everything_through_the_nucleus(gg_env, tmp_path):
     for kind, ids in accepted.items():
         got = list(dict.fromkeys(e.id for e in envelopes if e.kind == kind))
         assert got == ids, f"{kind}: sent {len(ids)}, the nucleus recorded {len(got)} (or out of order)"
-    assert len(accepted["telemetry"]) == 60 and accepted["cycles"]
+    # batches close at 50 samples or earlier, before the envelope would exceed the IPC payload budget
+    batches = [len(e.body["samples"]) for e in envelopes if e.kind == "telemetry"]
+    assert sum(batches) == 3000 and max(batches) <= 50 and accepted["cycles"]
+    budget = publish_payload_budget(f"battwin/{THING}/telemetry")
+    assert max(len(m.payload) for m in gg_env.published) <= budget
     assert gg_env.denials == []
 
 
