@@ -127,7 +127,9 @@ class Deployments(EmulatorCore):
     ) -> DeploymentResult:
         """Deploy (recipe file, artifact folder or None) pairs; see the module docstring.
 
-        ``configuration`` merges values into a component's default configuration; ``install_overrides``
+        ``configuration`` merges values into a component's configuration (its existing one on the device,
+        over the recipe's defaults for keys it does not have yet; a first deployment: the defaults), as the
+        nucleus merges a deployment's configuration update; ``install_overrides``
         replaces a component's install script by another one (tests: an already-built venv) without
         changing what counts as its lifecycle."""
         self._require_root()
@@ -198,6 +200,8 @@ class Deployments(EmulatorCore):
             old = self._deployed.get(name)
             if name in incoming and (old is None or old.version != comp.version or name in configuration):
                 conf = self._stored_configuration(default_configuration(comp.recipe))
+                if old is not None:  # both nuclei keep a deployed component's values: a merge applies on top
+                    _merge(conf, self._call(self.configs.tree, name))
                 _merge(conf, configuration.get(name) or {})
                 AccessControl.from_configuration(conf)
             else:
