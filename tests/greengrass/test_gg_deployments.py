@@ -175,3 +175,19 @@ def test_a_deployments_configuration_merges_onto_what_the_component_has(nucleus,
     assert result.installed == [app] and nucleus.component_pid(app) not in (None, pid)
     conf = nucleus.configuration(app)
     assert (conf["a"], conf["b"], conf["c"]) == (10, 20, 3)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_steps_own_setenv_reaches_that_step_only(nucleus, tmp_path):
+    app = "com.test.Env"
+    recipe = probe_recipe(app)
+    lifecycle = recipe["Manifests"][0]["Lifecycle"]
+    show = 'echo "$BT_INSTALL/$BT_RUN/$BT_SETENV" >'
+    lifecycle["install"] = {"Script": f"{show} install.txt", "Setenv": {"BT_INSTALL": "i"}}
+    lifecycle["run"] = {"Script": f"{show} run.txt; {lifecycle['run']}", "Setenv": {"BT_RUN": "r"}}
+    write_component(tmp_path / "b", recipe)
+    nucleus.deploy_build(tmp_path / "b")
+    _wait_reports(nucleus, app, 1)
+    work = tmp_path / "greengrass" / "work" / app
+    # the lifecycle's Setenv (BT_SETENV) in both; each step's own only in that step
+    assert (work / "install.txt").read_text() == "i//x\n" and (work / "run.txt").read_text() == "/r/x\n"

@@ -277,13 +277,13 @@ class Deployments(EmulatorCore):
                 with zipfile.ZipFile(archive) as zf:
                     zf.extractall(unpacked / archive.stem)  # zipfile drops absolute and ".." parts
 
-    def _env(self, token: str, steps: Steps) -> dict[str, str]:
+    def _env(self, token: str, steps: Steps, *, install: bool = False) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {TOKEN_ENV: token, SOCKET_ENV: self.socket_path, "AWS_IOT_THING_NAME": self.thing_name}
             | {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
         )
-        env.update(dict(steps.setenv))
+        env.update(dict(steps.install_setenv if install else steps.setenv))
         return env
 
     def _install_and_start(
@@ -294,7 +294,12 @@ class Deployments(EmulatorCore):
         if script is not None:
             self._set_state(name, "NEW")
             code = self._processes.install(
-                name, script, self._env(token, steps), ctx.work_path(name), self.root / "logs" / f"{name}.log", timeout
+                name,
+                script,
+                self._env(token, steps, install=True),
+                ctx.work_path(name),
+                self.root / "logs" / f"{name}.log",
+                timeout,
             )
             if code != 0:
                 self._set_state(name, "BROKEN")
