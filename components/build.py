@@ -17,15 +17,10 @@ Two modes:
 
 In both, artifact URIs are GDK's placeholders ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``
 and every URI must name a file that was built. The agent's artifact is ``battwin-agent.zip`` (the
-<<<<<<< HEAD
 ``device_agent`` and ``hardware`` packages + the locked device requirements ``requirements/device.lock`` and
 ``requirements/device-32bit.lock`` that ``device_agent/bootstrap.py`` installs; reproducible: same sources,
 same bytes);
-the model's are ``model.tflite`` + ``model.json`` from ``components/com.battwin.SohModel/model/``, checked
-=======
-``device_agent`` and ``hardware`` packages + ``requirements.txt``, reproducible: same sources, same bytes);
 the model's are ``model.tflite`` + ``model.json`` from ``device_agent/health/shipped_model/``, checked
->>>>>>> model-live
 against each other (the sha256 the model card states).
 
 Runs on the standard library plus PyYAML, also as a plain script (``python3 ../build.py --gdk``).
@@ -258,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, help=f"output folder (default: <repo>/{BUILD_DIR}, or ./{BUILD_DIR} with --gdk)"
     )
     parser.add_argument(
-        "--model-dir", type=Path, help="where model.tflite + model.json are (default: the component's model/)"
+        "--model-dir", type=Path, help="model.tflite + model.json (default: device_agent/health/shipped_model/)"
     )
     parser.add_argument("--gdk", action="store_true", help="GDK custom build: the component of ./gdk-config.json")
     args = parser.parse_args(argv)

@@ -155,3 +155,39 @@ def test_deploying_needs_a_root_folder_and_a_build_folder(socket_path, tmp_path)
     emu = NucleusEmulator(socket_path, THING, component="com.test.Host", root=tmp_path / "gg")
     with pytest.raises(DeploymentError, match="not a greengrass-build folder"):
         emu.deploy_build(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_deployments_configuration_merges_onto_what_the_component_has(nucleus, tmp_path):
+    """As both nuclei merge a configuration update: onto the component's existing configuration (the
+    recipe's defaults only the first time, or for keys it does not have yet), not onto the defaults again."""
+    app = "com.test.Conf"
+    recipe = probe_recipe(app, run="exec sleep 600")
+    recipe["ComponentConfiguration"]["DefaultConfiguration"].update({"a": 1, "b": 2})
+    recipe["Manifests"][0]["Lifecycle"]["Setenv"] = {"BT_A": "{configuration:/a}", "BT_B": "{configuration:/b}"}
+    write_component(tmp_path / "b1", recipe)
+    nucleus.deploy_build(tmp_path / "b1", configuration={app: {"a": 10}})
+    pid = nucleus.component_pid(app)
+    recipe["ComponentVersion"] = "1.1.0"  # a new version with a new default key, and a second merge
+    recipe["ComponentConfiguration"]["DefaultConfiguration"]["c"] = 3
+    write_component(tmp_path / "b2", recipe)
+    result = nucleus.deploy_build(tmp_path / "b2", configuration={app: {"b": 20}})
+    assert result.installed == [app] and nucleus.component_pid(app) not in (None, pid)
+    conf = nucleus.configuration(app)
+    assert (conf["a"], conf["b"], conf["c"]) == (10, 20, 3)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_steps_own_setenv_reaches_that_step_only(nucleus, tmp_path):
+    app = "com.test.Env"
+    recipe = probe_recipe(app)
+    lifecycle = recipe["Manifests"][0]["Lifecycle"]
+    show = 'echo "$BT_INSTALL/$BT_RUN/$BT_SETENV" >'
+    lifecycle["install"] = {"Script": f"{show} install.txt", "Setenv": {"BT_INSTALL": "i"}}
+    lifecycle["run"] = {"Script": f"{show} run.txt; {lifecycle['run']}", "Setenv": {"BT_RUN": "r"}}
+    write_component(tmp_path / "b", recipe)
+    nucleus.deploy_build(tmp_path / "b")
+    _wait_reports(nucleus, app, 1)
+    work = tmp_path / "greengrass" / "work" / app
+    # the lifecycle's Setenv (BT_SETENV) in both; each step's own only in that step
+    assert (work / "install.txt").read_text() == "i//x\n" and (work / "run.txt").read_text() == "/r/x\n"

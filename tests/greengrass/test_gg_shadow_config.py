@@ -313,14 +313,14 @@ def test_component_config_of_a_subtree_and_of_another_component(emulator):
     health = ComponentConfig(key_path=["health"], client=conn)
     model = ComponentConfig("com.battwin.SohModel", client=conn)
     try:
-        assert health.get() == {"eol_threshold": 0.8}
+        assert health.get() == {"eol_threshold": 0.8, "model_poll_s": 30.0}
         assert model.get() == {"model_version": "1.0.0"}
         seen = Collector()
         health.on_update(lambda conf, path: seen((conf, path)))
         emulator.update_configuration({"log_level": "DEBUG"})  # outside ["health"]: not reported
         emulator.update_configuration({"eol_threshold": 0.7}, key_path=["health"])
         assert seen.wait(1)
-        assert seen.items == [({"eol_threshold": 0.7}, ["health", "eol_threshold"])]
+        assert seen.items == [({"eol_threshold": 0.7, "model_poll_s": 30.0}, ["health", "eol_threshold"])]
         assert emulator.configuration(AGENT)["log_level"] == "DEBUG"
     finally:
         health.close()

@@ -41,6 +41,7 @@ class ConnectionServer(EmulatorCore):
     socket_path: str
     max_ipc_message_bytes: int | None
     oversized_frames: int
+    max_frame_bytes: int
     _server: asyncio.AbstractServer | None
 
     async def _listen(self) -> None:
@@ -85,6 +86,9 @@ class ConnectionServer(EmulatorCore):
                     log.warning("malformed event-stream data; closing the connection", extra={"error": str(exc)})
                     conn.protocol_error(str(exc))
                     messages = []
+                if decoder.largest > self.max_frame_bytes:
+                    with self._cond:
+                        self.max_frame_bytes = decoder.largest
                 for msg in messages:
                     self._dispatch(conn, msg)
                     if conn.closing:

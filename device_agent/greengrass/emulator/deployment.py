@@ -127,7 +127,9 @@ class Deployments(EmulatorCore):
     ) -> DeploymentResult:
         """Deploy (recipe file, artifact folder or None) pairs; see the module docstring.
 
-        ``configuration`` merges values into a component's default configuration; ``install_overrides``
+        ``configuration`` merges values into a component's configuration (its existing one on the device,
+        over the recipe's defaults for keys it does not have yet; a first deployment: the defaults), as the
+        nucleus merges a deployment's configuration update; ``install_overrides``
         replaces a component's install script by another one (tests: an already-built venv) without
         changing what counts as its lifecycle."""
         self._require_root()
@@ -198,6 +200,8 @@ class Deployments(EmulatorCore):
             old = self._deployed.get(name)
             if name in incoming and (old is None or old.version != comp.version or name in configuration):
                 conf = self._stored_configuration(default_configuration(comp.recipe))
+                if old is not None:  # both nuclei keep a deployed component's values: a merge applies on top
+                    _merge(conf, self._call(self.configs.tree, name))
                 _merge(conf, configuration.get(name) or {})
                 AccessControl.from_configuration(conf)
             else:
@@ -273,13 +277,13 @@ class Deployments(EmulatorCore):
                 with zipfile.ZipFile(archive) as zf:
                     zf.extractall(unpacked / archive.stem)  # zipfile drops absolute and ".." parts
 
-    def _env(self, token: str, steps: Steps) -> dict[str, str]:
+    def _env(self, token: str, steps: Steps, *, install: bool = False) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {TOKEN_ENV: token, SOCKET_ENV: self.socket_path, "AWS_IOT_THING_NAME": self.thing_name}
             | {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
         )
-        env.update(dict(steps.setenv))
+        env.update(dict(steps.install_setenv if install else steps.setenv))
         return env
 
     def _install_and_start(
@@ -290,7 +294,12 @@ class Deployments(EmulatorCore):
         if script is not None:
             self._set_state(name, "NEW")
             code = self._processes.install(
-                name, script, self._env(token, steps), ctx.work_path(name), self.root / "logs" / f"{name}.log", timeout
+                name,
+                script,
+                self._env(token, steps, install=True),
+                ctx.work_path(name),
+                self.root / "logs" / f"{name}.log",
+                timeout,
             )
             if code != 0:
                 self._set_state(name, "BROKEN")

@@ -56,7 +56,8 @@ class Steps:
     install: str | None
     startup: str | None
     run: str | None
-    setenv: tuple[tuple[str, str], ...]
+    setenv: tuple[tuple[str, str], ...]  # the run/startup steps': the lifecycle's Setenv, then the step's
+    install_setenv: tuple[tuple[str, str], ...] = ()  # the install step's: the lifecycle's, then its own
 
     def fingerprint(self) -> str:
         """The text whose change makes the nucleus restart the component (lifecycle and Setenv)."""
@@ -157,20 +158,26 @@ def interpolate_steps(
     """The component's scripts and Setenv after the flavour's interpolation (errors: DeploymentError)."""
     lc = component.lifecycle
     setenv_key = "Setenv" if rules.case_sensitive_lifecycle else "setenv"
-    env: dict[str, Any] = dict(_phase(lc, setenv_key, rules) or {})
+    shared: dict[str, Any] = dict(_phase(lc, setenv_key, rules) or {})
+    env, install_env = dict(shared), dict(shared)  # a step's own Setenv applies to that step only
     scripts: dict[str, str | None] = {}
     for phase in PHASES:
         script, step_env = _script(_phase(lc, phase, rules), rules, component.name)
         scripts[phase] = script
-        if phase != "install":
-            env.update(step_env)
+        (install_env if phase == "install" else env).update(step_env)
     sub = _substituter(component, rules, context, configuration)
     out: dict[str, str | None] = {p: (sub(s) if s is not None else None) for p, s in scripts.items()}
-    setenv: list[tuple[str, str]] = []
-    for key, value in env.items():
-        if rules.every_brace_is_a_variable and not isinstance(value, str):
-            raise DeploymentError(component.name, "Invalid lifecycle Setenv, Key values must be String")
-        setenv.append((str(key), sub(format_value(value))))
+
+    def resolved(variables: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        pairs: list[tuple[str, str]] = []
+        for key, value in variables.items():
+            if rules.every_brace_is_a_variable and not isinstance(value, str):
+                raise DeploymentError(component.name, "Invalid lifecycle Setenv, Key values must be String")
+            pairs.append((str(key), sub(format_value(value))))
+        return tuple(pairs)
+
+    setenv = resolved(env)
+    install_setenv = resolved(install_env)
     if rules.needs_run_step and out["run"] is None and out["startup"] is None:
         found = ", ".join(sorted(str(k) for k in lc)) or "nothing"
         raise DeploymentError(
@@ -178,7 +185,7 @@ def interpolate_steps(
             "no run or startup step: nucleus lite needs one (a lower-case 'run' or 'startup' key; "
             f"the lifecycle has {found}); an artifact-only or install-only component fails its deployment",
         )
-    return Steps(out["install"], out["startup"], out["run"], tuple(setenv))
+    return Steps(out["install"], out["startup"], out["run"], setenv, install_setenv)
 
 
 def _substituter(

@@ -111,6 +111,7 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps,
             max_ipc_message_bytes if max_ipc_message_bytes is not None else self.rules.max_ipc_message_bytes
         )
         self.oversized_frames = 0
+        self.max_frame_bytes = 0  # the longest IPC frame received so far (any connection)
         self.region = region
         self._init_deployments(Path(root) if root is not None else None)
         self.socket_path = str(socket_path)

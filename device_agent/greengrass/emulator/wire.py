@@ -267,6 +267,8 @@ class MessageDecoder:
         #: a frame longer than this stops decoding; its length is kept in ``oversized``
         self.max_message_len = max_message_len
         self.oversized: int | None = None
+        #: the longest frame decoded so far (bytes, prelude to CRC)
+        self.largest = 0
 
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
@@ -286,6 +288,7 @@ class MessageDecoder:
                 break
             frame = bytes(self._buf[:total])
             del self._buf[:total]
+            self.largest = max(self.largest, total)
             (message_crc,) = struct.unpack(">I", frame[-CRC_LEN:])
             if zlib.crc32(frame[:-CRC_LEN]) != message_crc:
                 raise WireError("message CRC mismatch")
