@@ -7,7 +7,7 @@
 #
 # Environment (all optional):
 #   PI_CHECK_ROOT    the arm64 userland, reused when complete   (default /var/tmp/battwin-pi-check/bookworm-arm64)
-#   PI_CHECK_LOG     NASA log to replay                          (default /work/shared/data/bms-logs/nasa_pcoe/B0052.csv.gz)
+#   PI_CHECK_LOG     NASA log to replay                          (default /work/shared/data/bms-logs/nasa_pcoe/B0047.csv.gz)
 #   PI_CHECK_MIRROR  Debian mirror for debootstrap               (default http://deb.debian.org/debian)
 #   PI_CHECK_TOL     largest allowed |SoH(host) - SoH(arm64)|    (default 1e-4)
 #   PYTHON           host Python with the dev dependencies      (default python3)
@@ -20,7 +20,7 @@ set -Eeuo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ROOT="${PI_CHECK_ROOT:-/var/tmp/battwin-pi-check/bookworm-arm64}"
-LOG_FILE="${PI_CHECK_LOG:-/work/shared/data/bms-logs/nasa_pcoe/B0052.csv.gz}"
+LOG_FILE="${PI_CHECK_LOG:-/work/shared/data/bms-logs/nasa_pcoe/B0047.csv.gz}"
 MIRROR="${PI_CHECK_MIRROR:-http://deb.debian.org/debian}"
 TOL="${PI_CHECK_TOL:-1e-4}"
 PYTHON="${PYTHON:-python3}"
