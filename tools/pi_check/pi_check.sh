@@ -144,6 +144,7 @@ main() {
     step prepare
     mount_once "$ROOT/proc" -t proc proc
     mount_once "$ROOT/dev" --bind /dev
+    mount_once "$ROOT/sys" -t sysfs sysfs # LiteRT/XNNPACK reads the CPU list from /sys
     cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
     # the host's pip configuration and CA bundle (the package index may sit behind a TLS-inspecting proxy)
     cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
