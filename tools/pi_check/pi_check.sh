@@ -37,7 +37,12 @@ CURRENT_STEP="setup"
 T0=$SECONDS
 
 say() { printf 'pi-check: %s\n' "$*" >&2; }
-fail() { say "FAILED in step '$CURRENT_STEP': $*"; exit 1; }
+REPORTED=""
+fail() {
+    say "FAILED in step '$CURRENT_STEP': $*"
+    REPORTED=1
+    exit 1
+}
 
 cleanup() {
     local rc=$?
@@ -48,7 +53,7 @@ cleanup() {
         umount "${MOUNTS[i]}" 2>/dev/null || umount -l "${MOUNTS[i]}" 2>/dev/null || say "could not unmount ${MOUNTS[i]}"
     done
     rm -rf "$WORK"
-    if [[ $rc -ne 0 && "$CURRENT_STEP" != "done" ]]; then
+    if [[ $rc -ne 0 && -z "$REPORTED" ]]; then
         say "FAILED in step '$CURRENT_STEP' (exit $rc); see the output above"
     fi
 }
@@ -240,5 +245,5 @@ EOF
     say "$(printf '%-14s %4ss' total "$TOTAL") — PASSED (qemu $QEMU_VERSION)"
 }
 
-# all of it parsed before anything runs: editing this file during a run cannot break that run
-main "$@"
+# all of it parsed before anything runs, and exit before bash reads on: editing this file cannot break a run
+main "$@"; exit $?
