@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit lock
+.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit lock pi-check
 
 LOCKS  := requirements/dev.lock requirements/device.lock requirements/device-32bit.lock
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --no-header \
@@ -57,3 +57,9 @@ audit: $(STAMP)
 	$(PIP) install --quiet pip-audit==2.10.1
 	$(PY) -c "import tomllib;d=tomllib.load(open('pyproject.toml','rb'));deps=d['project']['dependencies']+sum(d['project']['optional-dependencies'].values(),[]);print('\n'.join(sorted({x.split(';')[0].strip() for x in deps if '==' in x})))" > .audit-pins.txt
 	$(VENV)/bin/pip-audit --requirement .audit-pins.txt --no-deps --disable-pip --strict
+
+# Raspberry Pi userland check (root; ~10 min, first run longer): the device wheel installed from device.lock in a
+# Debian arm64 userland under qemu-user, a NASA replay compared with this host's, `battwin run` to a host mosquitto.
+# Needs debootstrap, mosquitto, mosquitto-clients and qemu-user-static >= 8 (bookworm-backports). hardware/README.md
+pi-check: $(STAMP)
+	PYTHON=$(abspath $(PY)) tools/pi_check/pi_check.sh
