@@ -107,7 +107,8 @@ main() {
     [[ -x "$MOSQUITTO" ]] || fail "mosquitto not found: apt-get install mosquitto"
     command -v mosquitto_sub >/dev/null || fail "mosquitto_sub not found: apt-get install mosquitto-clients"
     [[ -f "$LOG_FILE" ]] || fail "NASA log not found: $LOG_FILE (set PI_CHECK_LOG)"
-    MODEL_DIR="$REPO/components/com.battwin.SohModel/model"
+    # the model shipped in the package: the arm64 side must find it inside the installed wheel (no --model-dir)
+    MODEL_DIR="$REPO/device_agent/health/shipped_model"
     [[ -f "$MODEL_DIR/model.tflite" ]] || fail "shipped model not found in $MODEL_DIR"
     say "qemu $QEMU_VERSION ($QEMU); userland $ROOT; log $LOG_FILE"
 
@@ -161,14 +162,13 @@ main() {
     fi
     # the device package exactly as shipped: a wheel of this repo (pure Python), its locks, the model, the log
     rm -rf "$ROOT$APP_IN" "$ROOT/opt/battwin-check"
-    mkdir -p "$ROOT$APP_IN/requirements" "$ROOT$APP_IN/device_agent" "$ROOT/opt/battwin-check/model"
+    mkdir -p "$ROOT$APP_IN/requirements" "$ROOT$APP_IN/device_agent" "$ROOT/opt/battwin-check"
     (cd "$REPO" && "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/dist" .) ||
         fail "pip wheel --no-deps of $REPO"
     WHEEL="$(ls "$WORK"/dist/battwin-*.whl)"
     cp "$WHEEL" "$ROOT/opt/battwin-check/"
     cp "$REPO"/requirements/device.lock "$REPO"/requirements/device-32bit.lock "$ROOT$APP_IN/requirements/"
     cp "$REPO/device_agent/bootstrap.py" "$ROOT$APP_IN/device_agent/"
-    cp "$MODEL_DIR"/* "$ROOT/opt/battwin-check/model/"
     cp "$LOG_FILE" "$ROOT/opt/battwin-check/"
     LOG_IN="/opt/battwin-check/$(basename "$LOG_FILE")"
 
@@ -186,8 +186,8 @@ main() {
 
     # ---------------------------------------------------------------------------------------------------------------
     step replay-arm64
-    in_chroot "$VENV_IN/bin/battwin" replay "$LOG_IN" --out /opt/battwin-check/arm64.jsonl \
-        --model-dir /opt/battwin-check/model || fail "battwin replay in the arm64 userland"
+    in_chroot "$VENV_IN/bin/battwin" replay "$LOG_IN" --out /opt/battwin-check/arm64.jsonl ||
+        fail "battwin replay in the arm64 userland (the model shipped in the wheel)"
     cp "$ROOT/opt/battwin-check/arm64.jsonl" "$WORK/arm64.jsonl"
 
     step replay-host
@@ -224,7 +224,7 @@ EOF
     SUB_PID=$!
     in_chroot "$VENV_IN/bin/battwin" run --thing "$THING" --source "replay:$LOG_IN" --sample-interval 0.01 \
         --broker "mqtt://127.0.0.1:$PORT" --spool /opt/battwin-check/spool.db --max-samples "$SAMPLES" \
-        --model-dir /opt/battwin-check/model --set telemetry.batch_max_samples=20 --log-level INFO \
+        --set telemetry.batch_max_samples=20 --log-level INFO \
         >"$WORK/run.log" 2>&1 || { tail -30 "$WORK/run.log" >&2; fail "battwin run in the arm64 userland"; }
     # the agent has stopped after flushing; give the subscriber until it has the telemetry (bounded wait on a condition)
     for _ in $(seq 1 150); do
