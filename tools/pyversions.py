@@ -159,7 +159,7 @@ def prepare(version: str, recreate: bool) -> tuple[Path, float]:
         shutil.rmtree(venv, ignore_errors=True)
         _run([find_python(version), "-m", "venv", venv])
         (venv / "requirements.txt").write_text(reqs)
-        pip = [py, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+        pip: list[str | Path] = [py, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
         _run([*pip, "--require-hashes", "--only-binary=:all:", "-r", venv / "requirements.txt"])
         _run([*pip, "--no-deps", "--no-build-isolation", "-e", "."])
         stamp.write_text(stamp_text)
