@@ -3,9 +3,10 @@
 For each version (3.12 and 3.13 by default) a venv ``.venv-<version>`` is made with that interpreter (found on
 PATH, or through pyenv), filled from ``requirements/dev.lock`` — hashes checked, wheels only — with just the
 packages these tests need (the device's and the cloud handlers' dependencies and the test tools, each with what
-it depends on as the lock's ``# via`` lines say; not TensorFlow, matplotlib, the demo broker or the linters), and
-the project is installed into it in editable mode. Then pytest runs the selection below. A venv is reused;
-when the subset of the lock changed, pip brings it up to date (``--recreate`` makes it anew). Prints how long the install and the tests took per version.
+it depends on as the lock's ``# via`` lines say; not TensorFlow, matplotlib, Playwright or the linters), and the
+project is installed into it in editable mode. Then pytest runs the selection below. A venv is reused; when the
+subset of the lock changed, pip brings it up to date (``--recreate`` makes it anew). Prints how long the install
+and the tests took per version.
 
 Usage: ``python tools/pyversions.py [--versions 3.12 3.13] [--recreate] [-- extra pytest arguments]``.
 Stdlib only: it runs with any of the interpreters.
