@@ -18,9 +18,12 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hardware.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from hardware.bms.daly.decode import DalyCellVoltageFrame, DalyTemperatureFrame
 
 PROTOCOLS = ("jbd", "daly", "jk", "sbs", "sunspec802")
 
@@ -71,7 +74,7 @@ def _decode_sunspec(frame: bytes) -> Result:
     return {"protocol": "sunspec802", **_values(decode_model_802(registers))}
 
 
-def _daly_per_frame(data_id: int, frame: Any, count: int | None) -> Result:
+def _daly_per_frame(data_id: int, frame: DalyCellVoltageFrame | DalyTemperatureFrame, count: int | None) -> Result:
     """One 0x95 / 0x96 frame on its own (a fragment of a multi-frame reply): the cell or sensor numbers it
     carries with their values, as peers that decode frame by frame show it."""
     from hardware.bms.daly.decode import DalyCellVoltageFrame, frame_cells, frame_sensors
