@@ -13,18 +13,8 @@ from tests.ml.ml_support import copy_cells, need_cells, need_tensorflow
 
 def test_hyperparameters_from_cli_and_sm_hps():
     hps = parse_hyperparameters(
-        [
-            "--epochs",
-            "3",
-            "--tiny",
-            "True",
-            "--test-frac=0.3",
-            "--model_dir",
-            "s3://b/k",
-            "--dataset_weights",
-            '{"nasa": 2}',
-            "--verbose",
-        ],
+        ["--epochs", "3", "--tiny", "True", "--test-frac=0.3", "--model_dir", "s3://b/k", "--dataset_weights",
+         '{"nasa": 2}', "--verbose"],
         json.dumps({"epochs": 9, "seed": 4}),
     )
     assert hps == {
