@@ -17,14 +17,8 @@ def test_hyperparameters_from_cli_and_sm_hps():
          '{"nasa": 2}', "--verbose"],
         json.dumps({"epochs": 9, "seed": 4}),
     )
-    assert hps == {
-        "epochs": 3,
-        "seed": 4,
-        "tiny": True,
-        "test_frac": 0.3,
-        "dataset_weights": {"nasa": 2},
-        "verbose": True,
-    }
+    assert hps == {"epochs": 3, "seed": 4, "tiny": True, "test_frac": 0.3, "dataset_weights": {"nasa": 2},
+                   "verbose": True}
     with pytest.raises(ValueError, match="unexpected argument"):
         parse_hyperparameters(["stray"], None)
 
