@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit lock pi-check
+.PHONY: demo test lint typecheck pytest bench gg-build clean venv audit lock pi-check pyversions
 
 LOCKS  := requirements/dev.lock requirements/device.lock requirements/device-32bit.lock
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --no-header \
@@ -48,6 +48,11 @@ bench: $(STAMP)
 
 gg-build: $(STAMP)
 	$(PY) -m components.build
+
+# the device path and the cloud handlers' tests on Python 3.12 and 3.13 too (venvs .venv-3.12, .venv-3.13 from a
+# subset of requirements/dev.lock; tools/pyversions.py says which); PYVERSIONS_ARGS="--versions 3.13 -- -x" etc.
+pyversions:
+	$(PYTHON) tools/pyversions.py $(PYVERSIONS_ARGS)
 
 clean:
 	rm -rf $(VENV) greengrass-build .pytest_cache .mypy_cache .ruff_cache

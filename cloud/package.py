@@ -3,11 +3,12 @@
 * ``lambda.zip`` — the code of every battwin Lambda: the handlers' part of the ``cloud`` package
   (``ingest``, ``api``, ``retrain`` and their shared modules), ``device_agent.messages`` (the wire format
   the ingest validates against) with the two small modules it and ``cloud`` need, and pydantic with its
-  dependencies copied from this environment (boto3 is part of the Lambda runtime). pydantic-core is
-  compiled: the zip is for the ``python3.11`` runtime on ``x86_64``, and building it from an environment
-  whose pydantic-core wheel is not ``cp311 manylinux x86_64`` fails (``--site-packages DIR`` can point at
-  a directory filled by ``pip install --platform manylinux2014_x86_64 --only-binary=:all:
-  --python-version 3.11 --target DIR pydantic``).
+  dependencies (boto3 is part of the Lambda runtime). pydantic-core is compiled and the zip is for the
+  ``python3.13`` runtime on ``x86_64``, whatever Python builds it: the wheels of these distributions for
+  that runtime are downloaded by pip from the package index, pinned and hash-checked by
+  ``requirements/dev.lock``, and kept in a cache (``~/.cache/battwin/lambda-wheels``, or
+  ``BATTWIN_LAMBDA_WHEELS``). ``--site-packages DIR`` uses an installed directory instead (its
+  pydantic-core must be ``cp313 manylinux x86_64``).
 * ``training-source.tar.gz`` — SageMaker script-mode source: ``battwin_train.py`` (runs
   ``ml.sagemaker_entry`` as ``__main__`` with the source root on ``sys.path``), the ``ml``,
   ``device_agent`` and ``hardware`` packages, and ``requirements.txt`` with the project's pinned
@@ -23,7 +24,13 @@ import gzip
 import hashlib
 import io
 import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import tomllib
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -34,8 +41,14 @@ from pathlib import Path
 log = logging.getLogger("battwin.cloud.package")
 
 REPO = Path(__file__).resolve().parents[1]
-LAMBDA_RUNTIME = "python3.11"
+#: the Lambda runtime of every function (cloud/template.yaml says the same; a test compares them)
+LAMBDA_RUNTIME = "python3.13"
+LAMBDA_PYTHON = LAMBDA_RUNTIME.removeprefix("python")
+LAMBDA_ABI = "cp" + LAMBDA_PYTHON.replace(".", "")
 LAMBDA_ARCHITECTURE = "x86_64"
+LAMBDA_PLATFORM = "manylinux2014_x86_64"
+LOCK = REPO / "requirements" / "dev.lock"
+WHEEL_CACHE = Path(os.environ.get("BATTWIN_LAMBDA_WHEELS") or Path.home() / ".cache" / "battwin" / "lambda-wheels")
 #: what the Lambdas import from the project: these modules and packages only (not the CLI, the deployer,
 #: the local stack or the dashboard)
 LAMBDA_PROJECT_FILES = (
@@ -132,13 +145,74 @@ def check_platform(site_packages: Path | None = None) -> str:
     if wheel is None:
         raise PackageError("pydantic-core has no WHEEL metadata; cannot tell its platform")
     tags = [line.split(":", 1)[1].strip() for line in wheel.read_text().splitlines() if line.startswith("Tag:")]
-    ok = [t for t in tags if t.startswith("cp311-") and "manylinux" in t and t.endswith(LAMBDA_ARCHITECTURE)]
+    ok = [t for t in tags if t.startswith(f"{LAMBDA_ABI}-") and "manylinux" in t and t.endswith(LAMBDA_ARCHITECTURE)]
     if not ok:
         raise PackageError(
             f"pydantic-core here is built for {tags}, not for the Lambda runtime ({LAMBDA_RUNTIME}, "
-            f"{LAMBDA_ARCHITECTURE}); pass --site-packages with a manylinux x86_64 cp311 install"
+            f"{LAMBDA_ARCHITECTURE}); pass --site-packages with a manylinux x86_64 {LAMBDA_ABI} install"
         )
     return ok[0]
+
+
+_LOCK_ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==")
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lambda_requirements(lock_text: str) -> str:
+    """The lock's entries (pin and hashes) of the distributions the zip carries."""
+    wanted = {_canon(d) for d in LAMBDA_DISTRIBUTIONS}
+    out: list[str] = []
+    keep = False
+    for line in lock_text.splitlines():
+        m = _LOCK_ENTRY.match(line)
+        if m:
+            keep = _canon(m["name"]) in wanted
+            if keep:
+                out.append(line)
+        elif keep and line.strip().startswith("--hash="):
+            out.append(line)
+    found = {_canon(m["name"]) for m in map(_LOCK_ENTRY.match, out) if m}
+    if found != wanted:
+        raise PackageError(f"{LOCK.name} does not pin {sorted(wanted - found)}")
+    return "\n".join(out) + "\n"
+
+
+def lambda_site_packages(cache: Path | None = None, lock: Path = LOCK) -> Path:
+    """A directory with the Lambda runtime's wheels of :data:`LAMBDA_DISTRIBUTIONS` unpacked: downloaded once
+    (pip, wheels only, for ``LAMBDA_ABI`` on ``LAMBDA_PLATFORM``, hashes from the lock), then reused."""
+    reqs = lambda_requirements(lock.read_text())
+    key = hashlib.sha256(f"{LAMBDA_ABI} {LAMBDA_PLATFORM}\n{reqs}".encode()).hexdigest()[:16]
+    root = (cache or WHEEL_CACHE) / key
+    site = root / "site-packages"
+    if (site / ".complete").is_file():
+        return site
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        work = Path(tmp)
+        (work / "requirements.txt").write_text(reqs)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+               "--only-binary=:all:", "--require-hashes", "--platform", LAMBDA_PLATFORM, "--python-version",
+               LAMBDA_PYTHON, "--implementation", "cp", "--abi", LAMBDA_ABI, "--dest", str(work / "wheels"),
+               "-r", str(work / "requirements.txt")]  # fmt: skip
+        log.info("downloading the Lambda runtime's wheels", extra={"runtime": LAMBDA_RUNTIME, "cache": str(root)})
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)  # noqa: S603
+        if done.returncode != 0:
+            raise PackageError(
+                f"could not download the {LAMBDA_RUNTIME} {LAMBDA_ARCHITECTURE} wheels of "
+                f"{', '.join(LAMBDA_DISTRIBUTIONS)} from the package index ({done.stderr.strip()[-500:]}); "
+                "pass --site-packages DIR with them installed instead"
+            )
+        unpacked = work / "site-packages"
+        for wheel in sorted((work / "wheels").glob("*.whl")):
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(unpacked)  # noqa: S202 - hash-checked wheels; zipfile keeps members inside
+        (unpacked / ".complete").write_text(reqs)
+        shutil.rmtree(site, ignore_errors=True)
+        unpacked.rename(site)
+    return site
 
 
 def _zip(entries: Iterable[tuple[str, bytes]]) -> bytes:
@@ -153,6 +227,10 @@ def _zip(entries: Iterable[tuple[str, bytes]]) -> bytes:
 
 
 def build_lambda_zip(repo: Path = REPO, site_packages: Path | None = None) -> Artifact:
+    """The zip for :data:`LAMBDA_RUNTIME`; third-party code from ``site_packages`` if given, else from the
+    runtime's wheels (:func:`lambda_site_packages`)."""
+    if site_packages is None:
+        site_packages = lambda_site_packages()
     check_platform(site_packages)
     entries: dict[str, bytes] = {}
     for package in LAMBDA_PROJECT_PACKAGES:

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_lazy(module, func))
+        p.set_defaults(func=_lazy(module, func), passthrough=True)
 
     for ep in entry_points(group="battwin.cli"):
         try:
@@ -213,7 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # a pass-through command hands every argument to its own parser; argparse's REMAINDER does not take an
+    # option that comes first (`battwin emulate --help`, `battwin emulate --seed 3 daly`), so those come back
+    # as unknown and are put in front of the rest
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not getattr(args, "passthrough", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.rest = [*unknown, *args.rest]
     try:
         return int(args.func(args))
     except (ConfigError, UsageError) as exc:

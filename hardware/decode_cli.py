@@ -6,7 +6,9 @@ model 802 block, big-endian, from its ID register). Every key carries its unit (
 ``current_a``, ``soc_pct``, ``cell_voltages_v``, ``temperatures_c`` ...). A frame that fails prints
 ``{"error": "<type>", "message": "..."}`` and makes the exit status 1. Daly 0x95 (cell voltages) and
 0x96 (temperatures) frames passed together are merged into one object (trimmed to the cell/sensor
-count of a 0x94 frame passed in the same call). Spaces, colons and dashes inside HEX are ignored.
+count of a 0x94 frame passed in the same call). A 0x95 / 0x96 frame that is not part of a whole reply (one
+frame alone, or frames with gaps) is printed by itself with the cell (sensor) numbers it carries: frame n
+of 0x95 carries cells 3n-2..3n, of 0x96 sensors 7n-6..7n. Spaces, colons and dashes inside HEX are ignored.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hardware.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from hardware.bms.daly.decode import DalyCellVoltageFrame, DalyTemperatureFrame
 
 PROTOCOLS = ("jbd", "daly", "jk", "sbs", "sunspec802")
 
@@ -69,23 +74,42 @@ def _decode_sunspec(frame: bytes) -> Result:
     return {"protocol": "sunspec802", **_values(decode_model_802(registers))}
 
 
+def _daly_per_frame(data_id: int, frame: DalyCellVoltageFrame | DalyTemperatureFrame, count: int | None) -> Result:
+    """One 0x95 / 0x96 frame on its own (a fragment of a multi-frame reply): the cell or sensor numbers it
+    carries with their values, as peers that decode frame by frame show it."""
+    from hardware.bms.daly.decode import DalyCellVoltageFrame, frame_cells, frame_sensors
+
+    if isinstance(frame, DalyCellVoltageFrame):
+        cells = frame_cells(frame, count)
+        return {"protocol": "daly", "data_id": f"0x{data_id:02x}", "frame_number": frame.frame_number,
+                "cells": list(cells), "cell_voltages_v": list(cells.values())}  # fmt: skip
+    sensors = frame_sensors(frame, count)
+    return {"protocol": "daly", "data_id": f"0x{data_id:02x}", "frame_number": frame.frame_number,
+            "sensors": list(sensors), "temperatures_c": list(sensors.values())}  # fmt: skip
+
+
 def _run_daly(frames: list[bytes | BaseException], current_sign: int) -> list[Result]:
     from hardware.bms.daly.decode import (
+        CELLS_PER_FRAME,
         ID_CELL_VOLTAGES,
         ID_TEMPERATURES,
+        TEMPS_PER_FRAME,
         DalyCellVoltageFrame,
         DalyStatusInfo,
         DalyTemperatureFrame,
         decode_payload,
         merge_cell_voltages,
         merge_temperatures,
+        missing_frames,
     )
     from hardware.bms.daly.framing import HOST_RS485, HOST_UART, parse_frame
 
     results: list[Result | None] = []
-    cell_frames: list[DalyCellVoltageFrame] = []
-    temp_frames: list[DalyTemperatureFrame] = []
-    slots: dict[int, int] = {}
+    # the 0x95 / 0x96 frames with the index of the placeholder each one holds in ``results``
+    series: dict[int, list[tuple[int, DalyCellVoltageFrame | DalyTemperatureFrame]]] = {
+        ID_CELL_VOLTAGES: [],
+        ID_TEMPERATURES: [],
+    }
     status: DalyStatusInfo | None = None
     for item in frames:
         if isinstance(item, BaseException):
@@ -102,35 +126,37 @@ def _run_daly(frames: list[bytes | BaseException], current_sign: int) -> list[Re
             results.append(_error(exc))
             continue
         if isinstance(values, DalyCellVoltageFrame | DalyTemperatureFrame):
-            if isinstance(values, DalyCellVoltageFrame):
-                cell_frames.append(values)
-            else:
-                temp_frames.append(values)
-            if parsed.data_id not in slots:
-                slots[parsed.data_id] = len(results)
-                results.append(None)
+            series[parsed.data_id].append((len(results), values))
+            results.append(None)
             continue
         if isinstance(values, DalyStatusInfo):
             status = values
         results.append({"protocol": "daly", "data_id": f"0x{parsed.data_id:02x}", **_values(values)})
-    if ID_CELL_VOLTAGES in slots:
-        index = slots[ID_CELL_VOLTAGES]
+
+    for data_id, got in series.items():
+        if not got:
+            continue
+        cells = data_id == ID_CELL_VOLTAGES
+        count = (status.cell_count if cells else status.temperature_sensor_count) if status else None
+        numbers = [f.frame_number for _, f in got]
+        per_frame = CELLS_PER_FRAME if cells else TEMPS_PER_FRAME
+        if missing_frames(numbers, per_frame, count) or (len(got) == 1 and count is None):
+            # not a whole reply (one frame, or frames with gaps): each frame says what it carries
+            for index, frame in got:
+                results[index] = _daly_per_frame(data_id, frame, count)
+            continue
+        # a whole multi-frame reply: merged into the place of its first frame
         try:
-            cells = merge_cell_voltages(cell_frames, status.cell_count if status else None)
-            results[index] = {"protocol": "daly", "data_id": "0x95",
-                              "frames": sorted({f.frame_number for f in cell_frames}),
-                              "cell_voltages_v": list(cells)}  # fmt: skip
+            if cells:
+                merged: Result = {"cell_voltages_v": list(merge_cell_voltages(
+                    [f for _, f in got if isinstance(f, DalyCellVoltageFrame)], count))}  # fmt: skip
+            else:
+                merged = {"temperatures_c": list(merge_temperatures(
+                    [f for _, f in got if isinstance(f, DalyTemperatureFrame)], count))}  # fmt: skip
+            results[got[0][0]] = {"protocol": "daly", "data_id": f"0x{data_id:02x}", "frames": sorted(set(numbers)),
+                                  **merged}  # fmt: skip
         except ProtocolError as exc:
-            results[index] = _error(exc)
-    if ID_TEMPERATURES in slots:
-        index = slots[ID_TEMPERATURES]
-        try:
-            temps = merge_temperatures(temp_frames, status.temperature_sensor_count if status else None)
-            results[index] = {"protocol": "daly", "data_id": "0x96",
-                              "frames": sorted({f.frame_number for f in temp_frames}),
-                              "temperatures_c": list(temps)}  # fmt: skip
-        except ProtocolError as exc:
-            results[index] = _error(exc)
+            results[got[0][0]] = _error(exc)
     return [r for r in results if r is not None]
 
 
@@ -187,12 +213,17 @@ def decode_frames(protocol: str, hex_frames: list[str], current_sign: int = 1, a
     return _run_simple(frames, decoders[protocol])
 
 
-def main_decode(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="battwin decode", description="Decode captured BMS frames to JSON.")
     parser.add_argument("protocol", choices=PROTOCOLS)
     parser.add_argument("frames", nargs="+", metavar="HEX")
     parser.add_argument("--current-sign", type=int, choices=(1, -1), default=1, help="daly: 0x90 current sign")
     parser.add_argument("--address", type=lambda s: int(s, 0), default=0x0B, help="sbs: device address (PEC)")
+    return parser
+
+
+def main_decode(argv: list[str]) -> int:
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on bad usage; return its status instead

@@ -80,7 +80,44 @@ def dataset_dirs(channel: Path) -> list[Path]:
     raise FileNotFoundError(f"training channel {channel} holds no <dataset>/*.csv")
 
 
+#: what the code needs (pyproject's requires-python) and the oldest SageMaker TensorFlow image for such a
+#: Python: the images are py310 up to TensorFlow 2.18 and py312 from 2.19 (cloud/retrain/start.py
+#: TRAINING_IMAGE_PATTERN, cloud/template.yaml TrainingImageUri refuse older ones before a job starts)
+MIN_PYTHON = (3, 11)
+MIN_TENSORFLOW = (2, 19)
+
+
+def _tensorflow_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def check_runtime(python: tuple[int, ...] | None = None, tensorflow: str | None = None) -> None:
+    """Refuse, with a message saying which image to use, an image whose Python or TensorFlow is too old."""
+    python = tuple(sys.version_info[:2]) if python is None else python
+    tensorflow = _tensorflow_version() if tensorflow is None else tensorflow
+    problems = []
+    if python[:2] < MIN_PYTHON:
+        problems.append(f"Python {'.'.join(map(str, python[:2]))} (needs >= {'.'.join(map(str, MIN_PYTHON))})")
+    if tensorflow is not None:
+        parts = tuple(int(p) for p in tensorflow.split(".")[:2] if p.isdigit())
+        if parts < MIN_TENSORFLOW:
+            problems.append(f"TensorFlow {tensorflow} (needs >= {'.'.join(map(str, MIN_TENSORFLOW))})")
+    if problems:
+        raise SystemExit(
+            f"this training image has {' and '.join(problems)}; use a SageMaker TensorFlow >= 2.19 py312 "
+            "image (tensorflow-training:2.19.0-cpu-py312 or later)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    check_runtime()
     from ml.train import TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -70,12 +70,23 @@ def _hyperparameters(text: str) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
 
 
+#: the training images the code runs on: SageMaker's TensorFlow framework image (script mode, which
+#: ``sagemaker_program`` needs) of TensorFlow >= 2.19 for Python >= 3.11 — the Python the project needs; the
+#: TensorFlow images are py310 up to 2.18 and py312 from 2.19. cloud/template.yaml's TrainingImageUri has the
+#: same AllowedPattern (with "" for the pinned default, PINNED_TRAINING_IMAGE in the stack's region).
+TRAINING_IMAGE_PATTERN = (
+    r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/tensorflow-training:"
+    r"2\.(19|[2-9][0-9])\.[0-9]+-(cpu|gpu)-py3(1[1-9]|[2-9][0-9])(-[A-Za-z0-9._-]+)?$"
+)
+PINNED_TRAINING_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/tensorflow-training:2.19.0-cpu-py312"
+
+
 class StartSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     bucket: str
     registry_table: str
-    image_uri: str = Field(min_length=1)
+    image_uri: str = Field(pattern=TRAINING_IMAGE_PATTERN)
     role_arn: str = Field(min_length=1)
     source_uri: str = Field(pattern=r"^s3://[^/]+/.+")
     lake_prefix: str = DEFAULT_LAKE_PREFIX

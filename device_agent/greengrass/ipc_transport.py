@@ -16,8 +16,9 @@
   connection to IoT Core, which it manages and buffers for us); the connection is re-established
   automatically if the nucleus restarts.
 * A publish the nucleus refuses (UnauthorizedError for a topic outside the component's accessControl,
-  InvalidArgumentsError …) fails only after ``refused_retry_delay_s``, so a misconfiguration makes the
-  publisher retry slowly instead of spinning; the refusal is logged (once per topic and error).
+  ServiceError for a full spooler, InvalidArgumentsError …) fails only after ``refused_retry_delay_s``, so a
+  misconfiguration makes the publisher retry slowly instead of spinning; the refusal is logged (once per topic
+  and error) as what it is (:func:`describe_refusal`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ def publish_payload_budget(topic: str, max_message_bytes: int = IPC_MAX_MESSAGE_
     topic_json = len(json.dumps(topic)) - 2  # as the client escapes it
     room = max_message_bytes - PUBLISH_FRAME_OVERHEAD - topic_json
     return max(0, 3 * (room // 4))  # base64: 4 characters per 3 bytes, the last group padded
+
+
+def describe_refusal(kind: str, message: str) -> tuple[int, str]:
+    """The log level and text for a publish the nucleus refused with error ``kind`` and ``message``: only an
+    UnauthorizedError points at the accessControl; a full spooler (the classic nucleus answers ServiceError
+    "... Spooler queue is full and new message would not be added into spooler") says so; anything else
+    says what the nucleus answered."""
+    if kind == "UnauthorizedError":
+        return logging.ERROR, (
+            "the nucleus refused a publish as not authorized; check the component's accessControl "
+            "(aws.greengrass.ipc.mqttproxy, aws.greengrass#PublishToIoTCore) and the topic settings"
+        )
+    low = message.lower()
+    if "spool" in low and "full" in low:
+        return logging.WARNING, (
+            "the nucleus' MQTT spooler is full (the core is offline or its spooler is smaller than the backlog); "
+            "the message stays in the agent's spool and is sent again"
+        )
+    return logging.ERROR, f"the nucleus refused a publish with {kind}: {message[:300]}"
 
 
 def _is_modeled_refusal(exc: BaseException) -> bool:
@@ -165,10 +185,8 @@ class IpcTransport:
             first = key not in self._refusals_logged
             self._refusals_logged.add(key)
         if first:
-            log.error(
-                "the nucleus refused a publish; check the component's accessControl and topic settings",
-                extra={"topic": topic, "error": kind, "detail": message[:300]},
-            )
+            level, text = describe_refusal(kind, message)
+            log.log(level, text, extra={"topic": topic, "error": kind, "detail": message[:300]})
         error = TransportError(f"publish to {topic} refused: {kind}: {message}")
         if self.refused_retry_delay_s <= 0 or self._stopped.is_set():
             out.set_exception(error)

@@ -127,6 +127,8 @@ class Resolver:
                 return self.eval(arg[0]) == self.eval(arg[1])
             if key == "Fn::Not":
                 return not self.eval(arg[0])
+            if key == "Fn::And":
+                return all(self.eval(x) for x in arg)
             if key == "Condition":
                 return self.condition(arg)
         return {k: v for k, v in ((k, self.eval(v)) for k, v in node.items()) if v is not NO_VALUE}

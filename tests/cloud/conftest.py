@@ -21,6 +21,7 @@ TEST_PARAMS = {
     "TrainingImageUri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.19.0-cpu-py312",
     "QuickSightPrincipalArn": f"arn:aws:quicksight:{REGION}:{ACCOUNT}:user/default/fleet-admin",
     "GreengrassTokenExchangeRoleName": "GreengrassV2TokenExchangeRole",
+    "ComponentArtifactBucket": "battwin-greengrass-artifacts-us-east-1-123456789012",
     "AgentComponentVersion": "1.2.0",
     "TrainOnSimulated": "true",
     "MinValidRows": "3",

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import pytest
 
 import device_agent.cli as battwin_cli
-from cloud.package import build_lambda_zip, build_training_source
+from cloud.package import LAMBDA_RUNTIME, build_lambda_zip, build_training_source
+from tests.support import IN_CI
 
 CLI_STACK = "battwin-cli"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.19.0-cpu-py312"
@@ -126,8 +126,6 @@ def test_deploy_refuses_unknown_parameters(
     )
     assert code == 2
     assert "unknown template parameter(s) ['RetrainShedule']" in capsys.readouterr().err
-    assert run("cloud", "deploy", "--stack", "battwin-typo", "--artifact-bucket", "battwin-cli-artifacts") == 2
-    assert "need a value: --param TrainingImageUri=..." in capsys.readouterr().err
     assert run("cloud", "outputs", "--stack", "battwin-typo") == 2
 
 
@@ -152,8 +150,23 @@ def test_package_is_reproducible_and_complete(with_plugin: None, tmp_path: Path)
     assert (tmp_path / "lambda.zip").read_bytes() == a.data
 
 
+def _lambda_python() -> str:
+    """An interpreter of the Lambda runtime's Python (python3.13): on PATH or through pyenv; without one the
+    test fails in CI and is skipped elsewhere."""
+    from tools.pyversions import find_python
+
+    try:
+        return str(find_python(LAMBDA_RUNTIME.removeprefix("python")))
+    except SystemExit as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
 def test_lambda_package_imports_with_only_the_runtime_boto3(tmp_path: Path) -> None:
-    """Unpacked, the zip plus boto3 (which the Lambda runtime provides) is enough for every handler."""
+    """Unpacked, the zip plus boto3 (which the Lambda runtime provides) is enough for every handler, run by the
+    Lambda runtime's Python (the zip's pydantic-core is built for it)."""
+    python = _lambda_python()
     code = tmp_path / "task"
     zipfile.ZipFile(io.BytesIO(build_lambda_zip().data)).extractall(code)
     runtime = tmp_path / "runtime"
@@ -176,7 +189,7 @@ def test_lambda_package_imports_with_only_the_runtime_boto3(tmp_path: Path) -> N
     )
     env = {"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1"}
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script, str(code), str(runtime)],
+        [python, "-I", "-S", "-c", script, str(code), str(runtime)],
         capture_output=True,
         text=True,
         env=env,

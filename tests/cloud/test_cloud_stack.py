@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
+from cloud.package import LAMBDA_RUNTIME
 from cloud.tables import HISTORY_BY_TIME_INDEX
 from tests.cloud.cloud_support import ACCOUNT, REGION, Resolver, policy_document
 from tests.cloud.conftest import FUNCTIONS, MOTO_SKIPPED_TYPES, STACK, TEST_PARAMS
@@ -75,7 +76,7 @@ def test_functions(aws: dict[str, Any], physical_ids: dict[str, str], lambda_env
     }
     for short, logical in FUNCTIONS.items():
         conf = aws["lambda"].get_function_configuration(FunctionName=physical_ids[logical])
-        assert conf["Runtime"] == "python3.11" and conf["Handler"] == handlers[short]
+        assert conf["Runtime"] == LAMBDA_RUNTIME and conf["Handler"] == handlers[short]
         assert conf["Role"].split("/")[-1].startswith(f"{STACK}-")
     # the environment CloudFormation resolved is complete for each handler's settings
     from cloud.api.handler import Api
@@ -112,6 +113,20 @@ def test_iam_roles_and_policies(aws: dict[str, Any], physical_ids: dict[str, str
     # the conditional policy on the existing Greengrass token exchange role
     tes = iam.list_role_policies(RoleName=TEST_PARAMS["GreengrassTokenExchangeRoleName"])["PolicyNames"]
     assert f"{STACK}-read-released-models" in tes
+    # and the GDK artifact bucket: a device reads the published components' artifacts with this role
+    assert f"{STACK}-read-component-artifacts" in tes
+    doc = policy_document(
+        iam.get_role_policy(
+            RoleName=TEST_PARAMS["GreengrassTokenExchangeRoleName"], PolicyName=f"{STACK}-read-component-artifacts"
+        )["PolicyDocument"]
+    )
+    (statement,) = doc["Statement"]
+    bucket = TEST_PARAMS["ComponentArtifactBucket"]
+    assert statement["Action"] == "s3:GetObject"
+    assert statement["Resource"] == [
+        f"arn:aws:s3:::{bucket}/com.battwin.Agent/*",
+        f"arn:aws:s3:::{bucket}/com.battwin.SohModel/*",
+    ]
 
 
 def test_iot_policy_is_scoped_to_the_connecting_thing(aws: dict[str, Any], stack: Any) -> None:

@@ -14,6 +14,8 @@ from cfnlint.api import ManualArgs, lint_file
 
 from cloud.deploy import template_parameters
 from cloud.lake import lake_rows, partition_prefix
+from cloud.package import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
+from cloud.retrain.start import PINNED_TRAINING_IMAGE, TRAINING_IMAGE_PATTERN, StartSettings
 from cloud.tables import HISTORY_BY_TIME_INDEX
 from device_agent.messages import Alarm, Envelope, envelope
 from tests.cloud.cloud_support import TEMPLATE, Resolver, load_template, run_agent
@@ -52,12 +54,7 @@ def test_cfn_lint_passes() -> None:
 def test_parameters_read_by_the_deployer(tpl: dict[str, Any]) -> None:
     found = template_parameters(TEMPLATE.read_text())
     assert found == {k: "Default" in v for k, v in tpl["Parameters"].items()}
-    assert [k for k, has_default in found.items() if not has_default] == [
-        "CodeBucket",
-        "CodeKey",
-        "TrainingSourceKey",
-        "TrainingImageUri",
-    ]
+    assert [k for k, has_default in found.items() if not has_default] == ["CodeBucket", "CodeKey", "TrainingSourceKey"]
 
 
 def test_bucket_is_encrypted_private_and_tls_only(tpl: dict[str, Any]) -> None:
@@ -177,7 +174,7 @@ def test_lambda_handlers_and_environment(tpl: dict[str, Any]) -> None:
     for props in functions.values():
         module, func = props["Handler"].rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), func))
-        assert props["Runtime"] == "python3.11" and props["Architectures"] == ["x86_64"]
+        assert props["Runtime"] == LAMBDA_RUNTIME == "python3.13" and props["Architectures"] == [LAMBDA_ARCHITECTURE]
         assert props["Code"] == {"S3Bucket": "code", "S3Key": "lambda.zip"}
         assert not any(k.startswith("AWS_") for k in props["Environment"]["Variables"])  # reserved by Lambda
 
@@ -341,3 +338,73 @@ def test_template_file_is_where_the_cli_expects_it() -> None:
     from cloud.deploy import TEMPLATE as DEPLOY_TEMPLATE
 
     assert Path(DEPLOY_TEMPLATE) == TEMPLATE
+
+
+#: SageMaker TensorFlow training images: (uri, whether the code runs on it)
+IMAGES = [
+    ("763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.19.0-cpu-py312", True),
+    (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.19.0-gpu-py312-cu125-ubuntu22.04-sagemaker",
+        True,
+    ),
+    ("763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.21.0-cpu-py313", True),
+    ("763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.18.0-cpu-py310", False),
+    ("763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.16.2-gpu-py310", False),
+    ("763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.19.0-cpu-py310", False),
+    ("763104351884.dkr.ecr.eu-west-1.amazonaws.com/tensorflow-training:2.9.1-cpu-py39", False),
+    ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/my-trainer:latest", False),
+]
+
+
+def test_training_image_pattern_is_the_one_the_retrain_lambda_checks(tpl: dict[str, Any]) -> None:
+    assert tpl["Parameters"]["TrainingImageUri"]["AllowedPattern"] == f"^$|{TRAINING_IMAGE_PATTERN}"
+
+
+@pytest.mark.parametrize(("uri", "supported"), IMAGES, ids=[u.split(":")[-1] for u, _ in IMAGES])
+def test_training_images_whose_python_the_code_does_not_support_are_refused(
+    tpl: dict[str, Any], uri: str, supported: bool
+) -> None:
+    # CloudFormation matches AllowedPattern against the whole value
+    assert bool(re.fullmatch(tpl["Parameters"]["TrainingImageUri"]["AllowedPattern"], uri)) == supported
+    settings = {"bucket": "b", "registry_table": "t", "role_arn": "arn:r", "source_uri": "s3://c/src.tar.gz"}
+    if supported:
+        assert StartSettings(image_uri=uri, **settings).image_uri == uri
+    else:
+        with pytest.raises(ValueError, match="image_uri"):
+            StartSettings(image_uri=uri, **settings)
+
+
+def test_training_image_defaults_to_the_pinned_one_in_the_stack_region(tpl: dict[str, Any]) -> None:
+    r = static_resolver(tpl, TrainingImageUri="")
+    pinned = PINNED_TRAINING_IMAGE.format(region=r.pseudo["AWS::Region"])
+    assert re.fullmatch(TRAINING_IMAGE_PATTERN, pinned)
+    env = r.properties("RetrainStartFunction")["Environment"]["Variables"]
+    assert env["TRAINING_IMAGE_URI"] == pinned
+    stmts = _statements(tpl, r)
+    pull = next(s for lg, s in stmts if lg == "SageMakerTrainingRole" and s["Sid"] == "PullTrainingImage")
+    assert pull["Resource"] == f"arn:aws:ecr:{r.pseudo['AWS::Region']}:763104351884:repository/tensorflow-training"
+    # a given image is used as given
+    given = IMAGES[2][0]
+    env = static_resolver(tpl, TrainingImageUri=given).properties("RetrainStartFunction")["Environment"]["Variables"]
+    assert env["TRAINING_IMAGE_URI"] == given
+
+
+def test_token_exchange_role_reads_the_gdk_artifact_bucket(tpl: dict[str, Any]) -> None:
+    bucket = "battwin-greengrass-artifacts-eu-west-1-123456789012"
+    r = static_resolver(tpl, GreengrassTokenExchangeRoleName="TES", ComponentArtifactBucket=bucket)
+    assert r.condition("GrantArtifactRead")
+    props = r.properties("TokenExchangeArtifactReadPolicy")
+    assert props["Roles"] == ["TES"]
+    (statement,) = props["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == "s3:GetObject"
+    assert statement["Resource"] == [
+        f"arn:aws:s3:::{bucket}/com.battwin.Agent/*",
+        f"arn:aws:s3:::{bucket}/com.battwin.SohModel/*",
+    ]
+    # no policy without the role or without the bucket
+    assert not static_resolver(tpl, ComponentArtifactBucket=bucket).condition("GrantArtifactRead")
+    assert not static_resolver(tpl, GreengrassTokenExchangeRoleName="TES").condition("GrantArtifactRead")
+    # the bucket name is checked like S3 does (lower case, 3-63 characters)
+    pattern = tpl["Parameters"]["ComponentArtifactBucket"]["AllowedPattern"]
+    assert re.fullmatch(pattern, bucket) and re.fullmatch(pattern, "")
+    assert not re.fullmatch(pattern, "Battwin_Artifacts") and not re.fullmatch(pattern, "arn:aws:s3:::x")

@@ -12,7 +12,7 @@ from hardware.emulators.cli import build_parser, main_emulate, run_emulator
 from hardware.emulators.sunspec_model import battery_model
 from hardware.registry import create_source
 from hardware.sbs.pec import read_word_pec
-from tests.hardware.hw_support import make_feed, settings
+from tests.hardware.hw_support import corpus_records, make_feed, require_corpus, settings
 
 JBD_BASIC = "dd03001d0618000001f201f400002c7c00000000000080640304030b8b0b8a0b84fa8d77"
 
@@ -62,6 +62,63 @@ def test_decode_daly_merges_multi_frame_replies(capsys: pytest.CaptureFixture[st
     assert out[3]["current_a"] == -20.0 and out[3]["soc_pct"] == 60.0
     code, out = _run(["daly", "--current-sign", "-1", frames[4]], capsys)
     assert out[0]["current_a"] == 20.0
+
+
+def _daly_cell_frames() -> list[dict[str, object]]:
+    require_corpus()
+    frames = [
+        r
+        for r in corpus_records("daly.jsonl", "daly_uart")
+        if r["register_or_id"] == "0x95" and r["checksum_valid"] and r["direction"] == "response"
+    ]
+    assert frames, "the corpus has no 0x95 frames"
+    return frames
+
+
+def test_decode_daly_single_cell_voltage_frame_of_a_real_reply(capsys: pytest.CaptureFixture[str]) -> None:
+    """One 0x95 frame of a multi-frame reply decodes on its own and says which cells it carries."""
+    checked = 0
+    for record in _daly_cell_frames():
+        code, out = _run(["daly", str(record["hex"])], capsys)
+        assert code == 0, out
+        (result,) = out
+        n = int(str(record["hex"])[8:10], 16)  # the data's first byte: the frame number
+        assert result["data_id"] == "0x95" and result["frame_number"] == n
+        assert result["cells"] == [3 * n - 2, 3 * n - 1, 3 * n]
+        expected = record.get("expected")
+        if isinstance(expected, dict):
+            assert expected["frame_number"] == n
+            assert result["cell_voltages_v"] == expected["cell_voltages_v"]
+            checked += 1
+    assert checked, "no 0x95 frame of the corpus has expected values"
+
+
+def test_decode_daly_fragments_and_whole_replies(capsys: pytest.CaptureFixture[str]) -> None:
+    frames = {int(str(r["hex"])[8:10], 16): str(r["hex"]) for r in _daly_cell_frames()}
+    assert {1, 3, 4} <= set(frames)
+    # frames with a gap: each one by itself; a 0x94 of the same call trims the padding past the last cell
+    status = _daly(0x94, bytes([8, 1, 0, 0, 0, 0, 0, 0]))
+    code, out = _run(["daly", status, frames[3], frames[1]], capsys)
+    assert code == 0
+    assert [o.get("frame_number") for o in out] == [None, 3, 1]
+    assert out[1]["cells"] == [7, 8] and len(out[1]["cell_voltages_v"]) == 2
+    assert out[2]["cells"] == [1, 2, 3]
+    # a whole reply is still merged into one object
+    whole = _daly(0x95, bytes([2, 0x0E, 0x10, 0x0E, 0x11, 0x0E, 0x12, 0]))
+    code, out = _run(["daly", _daly(0x94, bytes([5, 1, 0, 0, 0, 0, 0, 0])), whole, frames[1]], capsys)
+    assert code == 0
+    assert out[1]["frames"] == [1, 2] and len(out[1]["cell_voltages_v"]) == 5
+    assert out[1]["cell_voltages_v"][3:] == [3.6, 3.601]
+    # a frame number 0 is still refused
+    code, out = _run(["daly", _daly(0x95, bytes([0, 0x0E, 0x10, 0, 0, 0, 0, 0]))], capsys)
+    assert code == 1 and out[0]["error"] == "DecodeError"
+
+
+def test_decode_daly_single_temperature_frame(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(["daly", _daly(0x96, bytes([2, 65, 66, 67, 68, 69, 70, 71]))], capsys)
+    assert code == 0
+    assert out == [{"protocol": "daly", "data_id": "0x96", "frame_number": 2, "sensors": list(range(8, 15)),
+                    "temperatures_c": [25, 26, 27, 28, 29, 30, 31]}]  # fmt: skip
 
 
 def test_decode_jk_sbs_sunspec(capsys: pytest.CaptureFixture[str]) -> None:

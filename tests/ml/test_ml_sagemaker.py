@@ -7,7 +7,7 @@ import json
 import pytest
 
 from device_agent.health.hybrid import load_hybrid_model
-from ml.sagemaker_entry import dataset_dirs, main, parse_hyperparameters
+from ml.sagemaker_entry import check_runtime, dataset_dirs, main, parse_hyperparameters
 from tests.ml.ml_support import copy_cells, need_cells, need_tensorflow
 
 
@@ -63,3 +63,23 @@ def test_sagemaker_entry_tiny_run(tmp_path, monkeypatch, capsys, tiny_data):
     assert (output_dir / "metrics.json").is_file() and (output_dir / "predictions.csv").is_file()
     out = capsys.readouterr().out
     assert "held_out_nasa_hybrid_rmse_pp=" in out and f"model_version={m.version}" in out
+
+
+@pytest.mark.parametrize(
+    ("python", "tensorflow", "refused"),
+    [
+        ((3, 10), "2.18.0", "Python 3.10 (needs >= 3.11) and TensorFlow 2.18.0 (needs >= 2.19)"),
+        ((3, 10), "2.19.0", "Python 3.10 (needs >= 3.11)"),
+        ((3, 12), "2.16.1", "TensorFlow 2.16.1 (needs >= 2.19)"),
+    ],
+)
+def test_trainer_refuses_an_image_too_old_for_the_code(python, tensorflow, refused):
+    with pytest.raises(SystemExit, match="tensorflow-training:2.19.0-cpu-py312") as exc:
+        check_runtime(python, tensorflow)
+    assert refused in str(exc.value)
+
+
+def test_trainer_runs_on_the_pinned_image_and_newer():
+    for python, tensorflow in (((3, 12), "2.19.0"), ((3, 12), "2.21.0"), ((3, 13), "2.21.0")):
+        check_runtime(python, tensorflow)
+    check_runtime()  # this environment (Python >= 3.11, tensorflow-cpu 2.21 when the ml extra is installed)

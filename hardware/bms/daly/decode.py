@@ -264,6 +264,29 @@ def merge_cell_voltages(frames: Iterable[DalyCellVoltageFrame], cell_count: int 
     return tuple(cells[:cell_count])
 
 
+def missing_frames(frame_numbers: Iterable[int], per_frame: int, count: int | None) -> list[int]:
+    """Frame numbers a complete multi-frame reply would still need: frames 1..ceil(count / per_frame) when
+    the cell/sensor ``count`` is known, else 1..the highest number seen."""
+    seen = set(frame_numbers)
+    needed = -(-count // per_frame) if count is not None else max(seen, default=0)
+    return [n for n in range(1, needed + 1) if n not in seen]
+
+
+def frame_cells(frame: DalyCellVoltageFrame, cell_count: int | None = None) -> dict[int, float]:
+    """What one 0x95 frame carries: cell number (1-based) -> voltage. Frame n carries cells 3n-2..3n; cells
+    past a known ``cell_count`` are padding and left out."""
+    first = (frame.frame_number - 1) * CELLS_PER_FRAME + 1
+    return {first + i: v for i, v in enumerate(frame.cell_voltages_v) if cell_count is None or first + i <= cell_count}
+
+
+def frame_sensors(frame: DalyTemperatureFrame, sensor_count: int | None = None) -> dict[int, int]:
+    """What one 0x96 frame carries: sensor number (1-based) -> temperature; frame n carries 7n-6..7n."""
+    first = (frame.frame_number - 1) * TEMPS_PER_FRAME + 1
+    return {
+        first + i: t for i, t in enumerate(frame.temperatures_c) if sensor_count is None or first + i <= sensor_count
+    }
+
+
 def merge_temperatures(frames: Iterable[DalyTemperatureFrame], sensor_count: int | None = None) -> tuple[int, ...]:
     by_number = _by_number(frames, "0x96")
     if sensor_count is None:
