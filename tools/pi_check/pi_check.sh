@@ -8,7 +8,7 @@
 # Environment (all optional):
 #   PI_CHECK_ROOT    the arm64 userland, reused when complete   (default /var/tmp/battwin-pi-check/bookworm-arm64)
 #   PI_CHECK_LOG     NASA log to replay                          (default /work/shared/data/bms-logs/nasa_pcoe/B0047.csv.gz)
-#   PI_CHECK_MIRROR  Debian mirror for debootstrap               (default http://deb.debian.org/debian)
+#   PI_CHECK_MIRROR  Debian mirror for debootstrap               (default: the host's own apt mirror)
 #   PI_CHECK_TOL     largest allowed |SoH(host) - SoH(arm64)|    (default 1e-4)
 #   PYTHON           host Python with the dev dependencies      (default python3)
 #   MOSQUITTO        mosquitto binary                            (default: from PATH or /usr/sbin/mosquitto)
@@ -21,7 +21,14 @@ set -Eeuo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ROOT="${PI_CHECK_ROOT:-/var/tmp/battwin-pi-check/bookworm-arm64}"
 LOG_FILE="${PI_CHECK_LOG:-/work/shared/data/bms-logs/nasa_pcoe/B0047.csv.gz}"
-MIRROR="${PI_CHECK_MIRROR:-http://deb.debian.org/debian}"
+# the host's own Debian mirror (the first URIs: of its deb822 sources, else of sources.list)
+host_mirror() {
+    local uri
+    uri="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
+    [[ -n "$uri" ]] || uri="$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)"
+    echo "$uri"
+}
+MIRROR="${PI_CHECK_MIRROR:-$(host_mirror)}"
 TOL="${PI_CHECK_TOL:-1e-4}"
 PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" # host-side Python runs this checkout's code
@@ -99,6 +106,7 @@ main() {
     step preflight
     [[ $(id -u) -eq 0 ]] || fail "must run as root (debootstrap, chroot and mounts need it)"
     command -v debootstrap >/dev/null || fail "debootstrap not found: apt-get install debootstrap"
+    [[ -n "$MIRROR" ]] || fail "no Debian mirror in the host's apt sources: set PI_CHECK_MIRROR"
     QEMU="$(command -v qemu-aarch64-static || true)"
     [[ -n "$QEMU" ]] || fail "qemu-aarch64-static not found: apt-get install -t bookworm-backports qemu-user-static"
     QEMU_VERSION="$("$QEMU" --version | head -1 | sed -E 's/.*version ([0-9.]+).*/\1/')"
