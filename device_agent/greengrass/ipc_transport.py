@@ -19,6 +19,21 @@
   ServiceError for a full spooler, InvalidArgumentsError …) fails only after ``refused_retry_delay_s``, so a
   misconfiguration makes the publisher retry slowly instead of spinning; the refusal is logged (once per topic
   and error) as what it is (:func:`describe_refusal`).
+* In flight (:class:`InflightBudget`): nucleus lite's iotcored keeps every QoS 1 publish it wrote to IoT Core in
+  a store of 15,000 bytes and at most 10 records until IoT Core's PUBACK (``modules/iotcored/src/mqtt.c``:
+  ``IOTCORED_UNACKED_PACKET_BUFFER_SIZE`` = 3 × 5,000, ``IOTCORED_MQTT_MAX_PUBLISH_RECORDS``); a publish that
+  does not fit is refused (``MQTTPublishStoreFailed`` → ServiceError "Failed to publish the message."). Lite
+  answers PublishToIoTCore as soon as the packet is written, before the PUBACK, so the transport counts a
+  publish as occupying that store from the request until ``store_hold_s`` after the answer (an allowance for
+  IoT Core's round trip), and sends a new one only while at most ``max_inflight_messages`` (8) packets and
+  ``max_inflight_bytes`` (14,000) MQTT PUBLISH bytes (:func:`mqtt_publish_packet_bytes`) are counted; the
+  others wait in order. 8 records and 14,000 B leave two records and 1,000 B of the store to the nucleus'
+  own publishers (fleet status) and the shadow; the same bounds apply on the classic nucleus, so the
+  component runs unchanged on either. A ServiceError (lite's full store, classic's full spooler) pauses
+  every publish with exponential backoff (``service_retry_min_s`` doubling to ``service_retry_max_s``, with
+  jitter) and doubles ``store_hold_s`` (at most ``MAX_STORE_HOLD_S``; it decays back on success); the refused
+  publish and those waiting fail when the pause ends, so the publisher sends them again from its spool, in
+  order. Nothing is lost: a spooled message is deleted only after the nucleus accepted it.
 """
 
 from __future__ import annotations
@@ -26,11 +41,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider
 from device_agent.uplink.transport import MessageHandler, MessageTooLarge, TransportError
+from hardware.transports.backoff import Backoff
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
@@ -44,6 +64,24 @@ IPC_MAX_MESSAGE_BYTES = 10_000
 #: (:message-type, :message-flags, :stream-id, operation, service-model-type, :content-type: 192), the JSON
 #: ``{"topicName": "", "qos": "1", "payload": ""}`` (44) and the CRC (4); measured against the emulator
 PUBLISH_FRAME_OVERHEAD = 252
+#: nucleus lite's iotcored store of QoS 1 publishes awaiting IoT Core's PUBACK (modules/iotcored/src/mqtt.c)
+LITE_UNACKED_STORE_BYTES = 15_000
+LITE_UNACKED_STORE_RECORDS = 10
+#: what the transport keeps in flight by default: under lite's store with room for the nucleus' own publishes
+DEFAULT_INFLIGHT_MESSAGES = 8
+DEFAULT_INFLIGHT_BYTES = 14_000
+#: how long after the nucleus' answer a publish is still counted (lite answers before IoT Core's PUBACK)
+DEFAULT_STORE_HOLD_S = 0.5
+MAX_STORE_HOLD_S = 8.0
+
+
+def mqtt_publish_packet_bytes(topic: str, payload_len: int, qos: int = 1) -> int:
+    """The size of the MQTT 3.1.1 PUBLISH packet the nucleus writes for ``topic`` and a ``payload_len``-byte
+    payload: fixed header (1 byte + the remaining length's 1–4 bytes), topic (2-byte length + UTF-8),
+    packet id (2 bytes, QoS > 0) and the payload — what lite's iotcored keeps in its store."""
+    remaining = 2 + len(topic.encode()) + (2 if qos > 0 else 0) + payload_len
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length_bytes + remaining
 
 
 def publish_payload_budget(topic: str, max_message_bytes: int = IPC_MAX_MESSAGE_BYTES) -> int:
@@ -81,10 +119,50 @@ def _is_modeled_refusal(exc: BaseException) -> bool:
     return isinstance(exc, GreengrassCoreIPCError)
 
 
+@dataclass
+class _Pending:
+    """A publish waiting for room in the in-flight budget."""
+
+    topic: str
+    payload: bytes
+    size: int  # its MQTT PUBLISH packet, bytes
+    out: Future[None] = field(default_factory=Future)
+
+
+class InflightBudget:
+    """Records and bytes counted in flight (see the module docstring); admitting is all-or-nothing. Not
+    thread-safe by itself: the transport holds its lock around every call."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError(f"the in-flight budget must be positive, got {max_messages} messages, {max_bytes} B")
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.messages = 0
+        self.bytes = 0
+        self.peak_messages = 0
+        self.peak_bytes = 0
+
+    def admit(self, size: int) -> bool:
+        """Count a ``size``-byte packet if it fits (a lone packet always does: it could never go otherwise)."""
+        if self.messages >= self.max_messages or (self.messages and self.bytes + size > self.max_bytes):
+            return False
+        self.messages += 1
+        self.bytes += size
+        self.peak_messages = max(self.peak_messages, self.messages)
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        return True
+
+    def release(self, size: int) -> None:
+        self.messages = max(0, self.messages - 1)
+        self.bytes = max(0, self.bytes - size)
+
+
 class IpcTransport:
     """Transport over IPC. ``connection`` may be shared with the configuration reader
     (``ComponentConfig(client=transport.connection)``); by default the transport makes its own
-    from the environment the nucleus sets, and closes it on :meth:`stop`."""
+    from the environment the nucleus sets, and closes it on :meth:`stop`. ``max_inflight_messages``,
+    ``max_inflight_bytes`` and ``store_hold_s`` bound what is in flight (module docstring)."""
 
     def __init__(
         self,
@@ -92,6 +170,11 @@ class IpcTransport:
         *,
         refused_retry_delay_s: float = 5.0,
         max_message_bytes: int = IPC_MAX_MESSAGE_BYTES,
+        max_inflight_messages: int = DEFAULT_INFLIGHT_MESSAGES,
+        max_inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+        store_hold_s: float = DEFAULT_STORE_HOLD_S,
+        service_retry_min_s: float = 1.0,
+        service_retry_max_s: float = 30.0,
     ) -> None:
         provider, owned = as_provider(connection)
         self.max_message_bytes = max_message_bytes
@@ -107,7 +190,19 @@ class IpcTransport:
         self._refusals_logged: set[tuple[str, str]] = set()
         self._timers: set[threading.Timer] = set()
         self._stopped = threading.Event()
+        self.budget = InflightBudget(max_inflight_messages, max_inflight_bytes)
+        self.base_store_hold_s = store_hold_s
+        self.store_hold_s = store_hold_s
+        self._queue: deque[_Pending] = deque()
+        self._paused_until = 0.0
+        self._service_backoff = Backoff(service_retry_min_s, service_retry_max_s, jitter=0.5)
+        self.service_refusals = 0  # publishes the nucleus refused with ServiceError
         self.connection.add_connect_callback(self._on_connect)
+
+    @property
+    def max_inflight_messages(self) -> int:
+        """The most publishes in flight at once (the publisher keeps its window within it)."""
+        return self.budget.max_messages
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -118,6 +213,7 @@ class IpcTransport:
         with self._lock:
             operations, self._operations = self._operations, []
             timers, self._timers = set(self._timers), set()
+            waiting, self._queue = list(self._queue), deque()
         for op in operations:
             try:
                 op.close()
@@ -125,6 +221,7 @@ class IpcTransport:
                 log.debug("closing an IPC subscription failed: %s", exc)
         for timer in timers:
             timer.cancel()
+        _fail(waiting, TransportError("the IPC transport stopped before sending"))
         if self._owned:
             self.connection.stop()
 
@@ -145,37 +242,147 @@ class IpcTransport:
         """Connections lost so far."""
         return int(getattr(self.connection, "disconnects", 0))
 
+    @property
+    def fatal(self) -> str | None:
+        """Why the connection gave up for good (the nucleus keeps refusing this component's token), else None."""
+        reason = getattr(self.connection, "fatal", None)
+        return reason if isinstance(reason, str) else None
+
+    def add_fatal_callback(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` when the connection gives up for good (see :attr:`fatal`)."""
+        add = getattr(self.connection, "add_fatal_callback", None)
+        if callable(add):
+            add(callback)
+
     # -- publish ----------------------------------------------------------------------------------
     def max_payload_bytes(self, topic: str) -> int:
         return publish_payload_budget(topic, self.max_message_bytes)
 
     def publish(self, topic: str, payload: bytes) -> Future[None]:
-        out: Future[None] = Future()
         budget = self.max_payload_bytes(topic)
+        item = _Pending(topic, payload, mqtt_publish_packet_bytes(topic, len(payload)))
         if len(payload) > budget:  # never sent: the nucleus would close the connection
-            out.set_exception(MessageTooLarge(topic, len(payload), budget))
-            return out
+            item.out.set_exception(MessageTooLarge(topic, len(payload), budget))
+            return item.out
+        if self._stopped.is_set():
+            item.out.set_exception(TransportError(f"publish to {topic} failed: the IPC transport is stopped"))
+            return item.out
+        with self._lock:
+            self._queue.append(item)
+        self._pump()
+        return item.out
+
+    def _pump(self) -> None:
+        """Send what waits, oldest first, while the budget has room and no ServiceError pause is on."""
+        while True:
+            with self._lock:
+                if not self._queue or time.monotonic() < self._paused_until or self._stopped.is_set():
+                    return
+                item = self._queue[0]
+                if not self.budget.admit(item.size):
+                    return
+                self._queue.popleft()
+            self._dispatch(item)
+
+    def _dispatch(self, item: _Pending) -> None:
+        topic = item.topic
         try:
             client = self.connection.client()
-            inner = client.publish_to_iot_core_async(topic_name=topic, qos=QOS_AT_LEAST_ONCE, payload=payload)
-        except IpcUnavailable as exc:
-            out.set_exception(TransportError(f"publish to {topic} failed: {exc}"))
-            return out
-        except Exception as exc:  # the connection closed under us (ConnectionClosedError …)
-            out.set_exception(TransportError(f"publish to {topic} failed: {type(exc).__name__}: {exc}"))
-            return out
+            inner = client.publish_to_iot_core_async(topic_name=topic, qos=QOS_AT_LEAST_ONCE, payload=item.payload)
+        except Exception as exc:  # not connected, or the connection closed under us (ConnectionClosedError …)
+            detail = str(exc) if isinstance(exc, IpcUnavailable) else f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self.budget.release(item.size)
+                waiting, self._queue = list(self._queue), deque()  # the connection is gone: all fail alike
+            _fail([item, *waiting], TransportError(f"publish to {topic} failed: {detail}"))
+            return
 
         def _done(f: Future[Any]) -> None:
             exc = f.exception()
             if exc is None:
-                out.set_result(None)
+                self._accepted(item)
             elif _is_modeled_refusal(exc):
-                self._refused(topic, exc, out)
+                self._release(item.size, pump=False)  # refused: not in the nucleus' store
+                if type(exc).__name__ == "ServiceError":
+                    self._service_refused(item, exc)
+                else:
+                    self._refused(topic, exc, item.out)
             else:
-                out.set_exception(TransportError(f"publish to {topic} not acknowledged: {type(exc).__name__}: {exc}"))
+                self._release(item.size)
+                item.out.set_exception(
+                    TransportError(f"publish to {topic} not acknowledged: {type(exc).__name__}: {exc}")
+                )
 
         inner.add_done_callback(_done)
-        return out
+
+    def _accepted(self, item: _Pending) -> None:
+        with self._lock:
+            self._service_backoff.succeeded()
+            hold = self.store_hold_s
+            if self.store_hold_s > self.base_store_hold_s:  # back towards the configured allowance
+                self.store_hold_s = max(self.base_store_hold_s, self.store_hold_s * 0.98)
+        item.out.set_result(None)
+        if hold > 0:
+            self._later(hold, lambda: self._release(item.size))
+        else:
+            self._release(item.size)
+
+    def _release(self, size: int, *, pump: bool = True) -> None:
+        with self._lock:
+            self.budget.release(size)
+        if pump:
+            self._pump()
+
+    def _service_refused(self, item: _Pending, exc: BaseException) -> None:
+        """A ServiceError (lite: iotcored's store is full; classic: its spooler is): pause every publish with
+        backoff; the refused publish and those waiting fail when the pause ends (the publisher resends them)."""
+        kind = type(exc).__name__
+        message = str(getattr(exc, "message", "") or exc)
+        now = time.monotonic()
+        with self._lock:
+            self.service_refusals += 1
+            new_pause = now >= self._paused_until
+            if new_pause:  # one step of the schedule per pause, however many publishes it refused
+                self._paused_until = now + self._service_backoff.failed()
+                self.store_hold_s = min(MAX_STORE_HOLD_S, max(self.store_hold_s * 2, 0.1))
+            delay = self._paused_until - now
+            hold = self.store_hold_s
+            key = (item.topic, kind)
+            first = key not in self._refusals_logged
+            self._refusals_logged.add(key)
+        if first:
+            level, text = describe_refusal(kind, message)
+            log.log(level, text, extra={"topic": item.topic, "error": kind, "detail": message[:300]})
+        if new_pause:
+            log.warning(
+                "the nucleus refused a publish (ServiceError); pausing publishes, the message stays in the spool",
+                extra={"topic": item.topic, "retry_s": round(delay, 3), "store_hold_s": round(hold, 3)},
+            )
+        error = TransportError(f"publish to {item.topic} refused: {kind}: {message}")
+
+        def _resume() -> None:
+            with self._lock:
+                waiting, self._queue = list(self._queue), deque()
+            _fail([item, *waiting], error)
+            self._pump()
+
+        self._later(delay, _resume)
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after ``delay`` seconds on a timer thread (cancelled by :meth:`stop`)."""
+
+        def _run() -> None:
+            with self._lock:
+                self._timers.discard(timer)
+            fn()
+
+        timer = threading.Timer(delay, _run)
+        timer.daemon = True
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self._timers.add(timer)
+        timer.start()
 
     def _refused(self, topic: str, exc: BaseException, out: Future[None]) -> None:
         kind = type(exc).__name__
@@ -192,17 +399,11 @@ class IpcTransport:
             out.set_exception(error)
             return
 
-        def _fail() -> None:
-            with self._lock:
-                self._timers.discard(timer)
+        def _fail_now() -> None:
             if not out.done():
                 out.set_exception(error)
 
-        timer = threading.Timer(self.refused_retry_delay_s, _fail)
-        timer.daemon = True
-        with self._lock:
-            self._timers.add(timer)
-        timer.start()
+        self._later(self.refused_retry_delay_s, _fail_now)
 
     # -- subscribe ----------------------------------------------------------------------------------
     def subscribe(self, topic: str, handler: MessageHandler) -> Future[None]:
@@ -287,3 +488,9 @@ class IpcTransport:
         with self._lock:
             self._operations = []  # the previous connection's streams went with it
         self._sync(client)
+
+
+def _fail(items: list[_Pending], error: TransportError) -> None:
+    for item in items:
+        if not item.out.done():
+            item.out.set_exception(error)

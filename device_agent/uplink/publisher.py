@@ -23,7 +23,7 @@ from concurrent.futures import Future
 
 from device_agent.uplink.sizing import NotSplittable, split_telemetry
 from device_agent.uplink.spool import LOW_PRIORITY_SUFFIX, Spool, SpooledMessage
-from device_agent.uplink.transport import Transport, payload_budget
+from device_agent.uplink.transport import Transport, inflight_limit, payload_budget
 
 TooLargeHandler = Callable[[str, int, int], None]
 
@@ -42,9 +42,10 @@ class Publisher:
         self.spool = spool
         self.on_too_large = on_too_large
         self.transport = transport
-        self.inflight_max = inflight
+        # never more than the transport itself keeps in flight (Greengrass IPC: lite's unacknowledged store)
+        self.inflight_max = min(inflight, inflight_limit(transport) or inflight)
         # the window is refilled in batches of this many, not one message per acknowledgement
-        self._refill_at = max(1, inflight // 4)
+        self._refill_at = max(1, self.inflight_max // 4)
         self.ack_timeout_s = ack_timeout_s
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -38,6 +38,13 @@ def payload_budget(transport: object, topic: str) -> int | None:
     return limit(topic) if callable(limit) else None
 
 
+def inflight_limit(transport: object) -> int | None:
+    """The most publishes ``transport`` keeps in flight at once (None: no limit it knows of); a publisher's
+    window larger than this would only queue inside the transport, where its acknowledgement timeout runs."""
+    limit = getattr(transport, "max_inflight_messages", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
 class Transport(Protocol):
     def start(self) -> None:
         """Begin connecting in the background (returns at once)."""

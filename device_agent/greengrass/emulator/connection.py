@@ -154,6 +154,10 @@ class ConnectionServer(EmulatorCore):
             with self._cond:
                 self.refused += 1
             log.warning("IPC connection refused: unknown auth token or wrong protocol version")
+            if self.rules.name == "lite":  # ggipcd closes the socket without an answer (ipc_server.c)
+                log.error("Client failed authentication: invalid svcuid.")
+                conn.closing = True
+                return
             conn.send(rpc_message(MessageType.CONNECT_ACK, 0, flags=MessageFlag.NONE))
             conn.closing = True
             conn.linger = True

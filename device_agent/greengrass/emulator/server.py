@@ -101,10 +101,12 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps,
         max_ipc_message_bytes: int | None = None,
         root: str | os.PathLike[str] | None = None,
         region: str = "us-east-1",
+        cloud_ack_delay_s: float = 0.0,
     ) -> None:
         """``flavour`` picks the nucleus answered like (see ``flavours``); ``max_ipc_message_bytes`` closes a
         connection that sends a bigger frame (None: the flavour's limit, none on classic); ``root`` is the
-        Greengrass root folder deployments lay components out in (see :meth:`deploy`)."""
+        Greengrass root folder deployments lay components out in (see :meth:`deploy`); ``cloud_ack_delay_s``:
+        how long lite's iotcored keeps a QoS 1 publish before the emulated cloud acknowledges it (see ``ops_iot``)."""
         self.rules = rules_for(flavour)
         self.flavour = self.rules.name
         self.max_ipc_message_bytes = (
@@ -154,6 +156,7 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps,
         self._forward_subs: dict[str, Future[None]] = {}
         self.connects = 0
         self.refused = 0
+        self._init_unacked_store(cloud_ack_delay_s)  # lite: iotcored's store of unacknowledged publishes
         self._handlers: dict[str, Handler] = {
             "PublishToIoTCore": self._op_publish_to_iot_core,
             "SubscribeToIoTCore": self._op_subscribe_to_iot_core,
@@ -213,13 +216,37 @@ class NucleusEmulator(ConnectionServer, IoTCoreOps, ShadowOps, ConfigurationOps,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
-    def restart(self) -> None:
-        """Drop every connection and the listening socket, then listen again (a nucleus restart).
+    def restart(self, down_s: float = 0.0) -> None:
+        """Drop every connection and the listening socket, stay down ``down_s`` seconds (a component that
+        connects then finds no socket), then listen again (a nucleus restart).
 
-        State (shadows, configuration, records, tokens) is kept."""
+        State (shadows, configuration, records) is kept. Tokens: classic keeps them (a classic nucleus restart
+        restarts its components anyway); lite forgets every SVCUID it issued, as a restarted ggipcd does (it
+        keeps them in memory only, ``modules/ggipcd/src/ipc_components.c``): a running component's token is
+        refused from then on ("Requested svcuid not registered") until :meth:`issue_svcuid` gives it a new one
+        (on lite, a component restart)."""
         loop = self._require_loop()
         asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
+        if self.flavour == "lite":
+            self._call(self._tokens.clear)
+        if down_s > 0:
+            time.sleep(down_s)
         asyncio.run_coroutine_threadsafe(self._listen(), loop).result(10)
+
+    def issue_svcuid(self, component: str | None = None) -> str:
+        """A new SVCUID for ``component`` (default: the emulator's own), as the nucleus gives a component
+        when it starts it; the component's other tokens stay valid. Returns it (the primary component's also
+        becomes :attr:`svcuid`, so :meth:`env` hands it out)."""
+        name = component or self.component
+        token = secrets.token_urlsafe(24)
+
+        def _add() -> None:
+            self._tokens[token] = name
+
+        self._call(_add)
+        if name == self.component:
+            self.svcuid = token
+        return token
 
     def env(self, svcuid: str | None = None) -> dict[str, str]:
         """The variables a component process gets from the nucleus (``svcuid``: another component's token)."""
