@@ -27,6 +27,8 @@ log = logging.getLogger("battwin")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: the nucleus refuses the agent's IPC token for good: exit so that it restarts the agent (EX_TEMPFAIL)
+EXIT_NUCLEUS_REFUSED = 75
 
 
 class UsageError(Exception):
@@ -95,16 +97,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent = build_agent(config)
     stop = threading.Event()
     _install_signal_stop(stop)
+    on_fatal = getattr(agent.transport, "add_fatal_callback", None)
+    if callable(on_fatal):  # Greengrass IPC: the nucleus refuses our token for good -> stop, exit non-zero
+        on_fatal(lambda reason: stop.set())
     if args.duration:
         threading.Timer(args.duration, stop.set).start()
     log.info(
         "agent starting", extra={"thing": config.thing_name, "source": config.source.url, "broker": config.mqtt.url}
     )
+    spooled = 0
     try:
         stats = agent.run(stop, max_samples=args.max_samples)
     finally:
+        with contextlib.suppress(Exception):
+            spooled = agent.spool.pending
         agent.close()
     log.info("agent stopped", extra={"samples": stats.samples, "cycles": stats.cycles, "health": stats.health})
+    fatal = getattr(agent.transport, "fatal", None)
+    if isinstance(fatal, str):
+        log.error(
+            "agent exiting: the nucleus no longer accepts its IPC token; unsent messages stay in the spool "
+            "for the restarted agent",
+            extra={"reason": fatal, "exit_code": EXIT_NUCLEUS_REFUSED, "spooled": spooled},
+        )
+        return EXIT_NUCLEUS_REFUSED
     return EXIT_OK
 
 

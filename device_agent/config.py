@@ -81,6 +81,21 @@ class MqttSettings(Section):
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "battwin"
 
 
+class IpcSettings(Section):
+    """Greengrass IPC, used when the agent runs under a nucleus (see device_agent.greengrass.ipc_transport)."""
+
+    #: publishes in flight at once, and their MQTT PUBLISH bytes: under nucleus lite's store of unacknowledged
+    #: QoS 1 publishes (10 records, 15,000 B), leaving room for the nucleus' own publishers
+    inflight_messages: Annotated[int, Field(ge=1, le=1000)] = 8
+    inflight_bytes: Annotated[int, Field(ge=1024, le=64 * 1024**2)] = 14_000
+    #: a publish still counts this long after the nucleus accepted it (lite answers before IoT Core's PUBACK)
+    store_hold_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.5
+    #: give up (exit non-zero, so the nucleus restarts the agent with a new SVCUID) after this many consecutive
+    #: refusals of the IPC token spanning at least this long
+    stale_token_refusals: Annotated[int, Field(ge=1, le=1000)] = 3
+    stale_token_after_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 30.0
+
+
 class TelemetrySettings(Section):
     #: a batch is published when it holds this many samples ...
     batch_max_samples: Annotated[int, Field(ge=1, le=1000)] = 60
@@ -186,6 +201,7 @@ class AgentConfig(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source: SourceSettings = Field(default_factory=SourceSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    ipc: IpcSettings = Field(default_factory=IpcSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)

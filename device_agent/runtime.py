@@ -37,7 +37,20 @@ def build_transport(config: AgentConfig) -> Transport:
         except ImportError:
             log.warning("running under Greengrass but the IPC transport is not available; using MQTT")
         else:
-            return IpcTransport()
+            from device_agent.greengrass.connection import IpcConnection
+
+            ipc = config.ipc
+            connection = IpcConnection(
+                stale_token_refusals=ipc.stale_token_refusals, stale_token_after_s=ipc.stale_token_after_s
+            )
+            transport = IpcTransport(
+                connection,
+                max_inflight_messages=ipc.inflight_messages,
+                max_inflight_bytes=ipc.inflight_bytes,
+                store_hold_s=ipc.store_hold_s,
+                close_connection=True,
+            )
+            return transport
     from device_agent.uplink.mqtt_transport import MqttTransport
 
     return MqttTransport(config.mqtt, client_id=config.mqtt.client_id or config.thing_name)

@@ -10,6 +10,17 @@ a handful of attempts a minute, not hundreds a second. Users register ``on_conne
 (re)establish their subscriptions on every new connection. :class:`StaticConnection` wraps a client
 someone else made (no reconnects).
 
+A failed attempt is one of two kinds. The nucleus is not there (no socket file, connection refused, a
+timeout): it is down or restarting, and the connection keeps backing off for as long as it takes. Or the
+socket answered and refused our token (the classic nucleus answers CONNECT without "accepted", lite's ggipcd
+closes the socket: "Client failed authentication: invalid svcuid"). Lite's ggipcd keeps the SVCUIDs it
+issued in memory only, so after it restarts a running component's token is refused for good and only a
+new process gets a new one. After ``stale_token_refusals`` consecutive refusals (3) spanning at least
+``stale_token_after_s`` (30 s) with no successful connection, the connection gives up: it logs why, stops
+trying, sets :attr:`IpcConnection.fatal` and calls the ``add_fatal_callback`` callbacks; the agent then
+stops cleanly and exits non-zero so that the nucleus restarts it (lite: the unit's Restart=on-failure;
+classic: a component that exits with an error is restarted) with a fresh SVCUID.
+
 Stream events run on a single-threaded executor, so a subscriber sees its events in order; a callback may
 make synchronous IPC calls (responses are completed on awscrt's event-loop thread, not the executor).
 The SVCUID is never logged.
@@ -21,6 +32,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -36,6 +48,21 @@ SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"  # noqa: S105 - the name of the variable, not a secret
 
 ConnectCallback = Callable[["GreengrassCoreIPCClientV2"], None]
+FatalCallback = Callable[[str], None]
+#: awscrt error names for "nothing listens there" (the nucleus is down or restarting)
+_UNREACHABLE = ("AWS_ERROR_FILE_INVALID_PATH", "AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT")
+
+
+def token_refused(exc: BaseException) -> bool:
+    """Whether a failed connect means "the nucleus answered and refused our token" (as opposed to "nothing
+    listens on the socket"): the classic nucleus' CONNECT_ACK without "accepted" (AccessDeniedError), or the
+    socket closed during the handshake (lite's ggipcd on an unknown SVCUID)."""
+    if type(exc).__name__ == "AccessDeniedError":
+        return True
+    text = f"{getattr(exc, 'name', '')} {exc}"
+    if any(name in text for name in _UNREACHABLE):
+        return False
+    return "AWS_IO_SOCKET_CLOSED" in text
 
 
 class IpcUnavailable(RuntimeError):
@@ -111,6 +138,8 @@ class IpcConnection:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 60.0,
         healthy_after_s: float = 30.0,
+        stale_token_refusals: int = 3,
+        stale_token_after_s: float = 30.0,
     ) -> None:
         self._socket_path = socket_path or os.environ.get(SOCKET_ENV, "")
         self._token = svcuid or os.environ.get(TOKEN_ENV, "")
@@ -131,6 +160,12 @@ class IpcConnection:
         self.connects = 0
         self.disconnects = 0
         self.connect_attempts = 0
+        self.stale_token_refusals = stale_token_refusals
+        self.stale_token_after_s = stale_token_after_s
+        self.token_refusals = 0  # consecutive: since the last successful connection
+        self._first_refusal: float | None = None
+        self.fatal: str | None = None
+        self._fatal_callbacks: list[FatalCallback] = []
 
     @property
     def socket_path(self) -> str:
@@ -175,6 +210,44 @@ class IpcConnection:
         if client is not None:
             _run_callbacks([callback], client)
 
+    def add_fatal_callback(self, callback: FatalCallback) -> None:
+        """Call ``callback(reason)`` when the connection gives up (the token is refused for good); at once if
+        it already has."""
+        with self._lock:
+            self._fatal_callbacks.append(callback)
+            reason = self.fatal
+        if reason is not None:
+            callback(reason)
+
+    def _token_refused(self) -> bool:
+        """Count one token refusal; True when the connection must give up (see the module docstring)."""
+        now = time.monotonic()
+        self.token_refusals += 1
+        if self._first_refusal is None:
+            self._first_refusal = now
+        return (
+            self.token_refusals >= self.stale_token_refusals and now - self._first_refusal >= self.stale_token_after_s
+        )
+
+    def _give_up(self) -> None:
+        since = time.monotonic() - (self._first_refusal or time.monotonic())
+        reason = (
+            f"the nucleus refused this component's IPC token (SVCUID) {self.token_refusals} times in a row over "
+            f"{since:.0f} s (its IPC server restarted and forgot it); a new token comes only with a restart"
+        )
+        log.error(
+            "IPC token refused for good; giving up so that the nucleus restarts the component with a new SVCUID",
+            extra={"socket": self._socket_path, "refusals": self.token_refusals, "over_s": round(since, 1)},
+        )
+        with self._lock:
+            self.fatal = reason
+            callbacks = list(self._fatal_callbacks)
+        for cb in callbacks:
+            try:
+                cb(reason)
+            except Exception:
+                log.exception("IPC fatal callback failed")
+
     # -- the connect loop -------------------------------------------------------------------------
     def _run(self) -> None:
         was_connected = False
@@ -197,14 +270,23 @@ class IpcConnection:
                 self.connect_attempts += 1
                 client = self._connect_once()
             except Exception as exc:  # the nucleus is down, restarting, or refused us
+                refused = token_refused(exc)
+                if refused and self._token_refused():
+                    self._give_up()
+                    return
                 delay = self.backoff.failed()
                 detail = f"{type(exc).__name__}: {exc}"[:300]
                 extra = {"socket": self._socket_path, "error": detail, "retry_s": round(delay, 3)}
-                log.warning("IPC connect failed, retrying", extra=extra)
+                if refused:
+                    extra["token_refusals"] = self.token_refusals
+                    log.warning("IPC connect refused our token (SVCUID), retrying", extra=extra)
+                else:
+                    log.warning("IPC connect failed (the nucleus is not reachable), retrying", extra=extra)
                 if self._stopping.wait(delay):
                     return
                 continue
             self.backoff.connected()
+            self.token_refusals, self._first_refusal = 0, None
             with self._lock:
                 if self._stopping.is_set():
                     _close_client(client)

@@ -175,8 +175,11 @@ class IpcTransport:
         store_hold_s: float = DEFAULT_STORE_HOLD_S,
         service_retry_min_s: float = 1.0,
         service_retry_max_s: float = 30.0,
+        close_connection: bool | None = None,
     ) -> None:
         provider, owned = as_provider(connection)
+        if close_connection is not None:  # default: closed by stop() only when the transport made it
+            owned = close_connection
         self.max_message_bytes = max_message_bytes
         self.connection: ClientProvider = provider
         self._owned = owned
