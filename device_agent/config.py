@@ -89,7 +89,7 @@ class IpcSettings(Section):
     inflight_messages: Annotated[int, Field(ge=1, le=1000)] = 8
     inflight_bytes: Annotated[int, Field(ge=1024, le=64 * 1024**2)] = 14_000
     #: a publish still counts this long after the nucleus accepted it (lite answers before IoT Core's PUBACK)
-    store_hold_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.5
+    store_hold_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.25
     #: give up (exit non-zero, so the nucleus restarts the agent with a new SVCUID) after this many consecutive
     #: refusals of the IPC token spanning at least this long
     stale_token_refusals: Annotated[int, Field(ge=1, le=1000)] = 3

@@ -71,7 +71,7 @@ LITE_UNACKED_STORE_RECORDS = 10
 DEFAULT_INFLIGHT_MESSAGES = 8
 DEFAULT_INFLIGHT_BYTES = 14_000
 #: how long after the nucleus' answer a publish is still counted (lite answers before IoT Core's PUBACK)
-DEFAULT_STORE_HOLD_S = 0.5
+DEFAULT_STORE_HOLD_S = 0.25
 MAX_STORE_HOLD_S = 8.0
 
 
@@ -323,7 +323,7 @@ class IpcTransport:
             self._service_backoff.succeeded()
             hold = self.store_hold_s
             if self.store_hold_s > self.base_store_hold_s:  # back towards the configured allowance
-                self.store_hold_s = max(self.base_store_hold_s, self.store_hold_s * 0.98)
+                self.store_hold_s = max(self.base_store_hold_s, self.store_hold_s * 0.99)
         item.out.set_result(None)
         if hold > 0:
             self._later(hold, lambda: self._release(item.size))

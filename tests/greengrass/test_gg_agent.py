@@ -53,7 +53,7 @@ def test_agent_publishes_everything_through_the_nucleus(gg_env, tmp_path):
     agent = Agent(
         config,
         SimulatorSource(settings, interval_s=10.0),
-        IpcTransport(),
+        IpcTransport(store_hold_s=0.0),  # far faster than real time; the store's hold: test_gg_lite_uplink.py
         on_message=lambda kind, body, msg_id: accepted[kind].append(msg_id),
     )
     stats = agent.run(threading.Event(), max_samples=3000)

@@ -140,7 +140,7 @@ def test_the_agent_with_default_telemetry_settings_publishes_everything_under_li
         spool={"path": tmp_path / "spool.db"},
     )
     assert config.telemetry.batch_max_samples == 60  # the defaults
-    transport = IpcTransport()
+    transport = IpcTransport(store_hold_s=0.0)  # far faster than real time; the hold: test_gg_lite_uplink.py
     agent = Agent(config, SimulatorSource(settings, interval_s=1.0), transport)
     try:
         stats = agent.run(threading.Event(), max_samples=3000)
