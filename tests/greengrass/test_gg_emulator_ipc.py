@@ -49,9 +49,15 @@ def test_connect_with_good_token(emulator, ipc_client):
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_connect_with_bad_token_is_refused(emulator, ipc_client_factory):
-    with pytest.raises(AccessDeniedError):
-        ipc_client_factory(emulator, token="not-the-svcuid")
+def test_connect_with_bad_token_is_refused(emulator, ipc_client_factory, flavour):
+    if flavour == "classic":  # a CONNECT_ACK without "accepted"
+        with pytest.raises(AccessDeniedError):
+            ipc_client_factory(emulator, token="not-the-svcuid")
+    else:  # lite's ggipcd closes the socket without an answer ("failed authentication: invalid svcuid")
+        from awscrt.exceptions import AwsCrtError
+
+        with pytest.raises(AwsCrtError, match="AWS_IO_SOCKET_CLOSED"):
+            ipc_client_factory(emulator, token="not-the-svcuid")
     assert emulator.refused == 1 and emulator.connects == 0
 
 
@@ -72,7 +78,7 @@ def _raw_exchange(path: str, messages: list[bytes], expect: int) -> list[wire.Me
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_raw_protocol_ping_and_connect_rules(emulator):
+def test_raw_protocol_ping_and_connect_rules(emulator, flavour):
     connect = wire.rpc_message(
         wire.MessageType.CONNECT,
         0,
@@ -93,8 +99,13 @@ def test_raw_protocol_ping_and_connect_rules(emulator):
         headers=[wire.Header.string(":version", "9.9.9")],
         payload=json.dumps({"authToken": emulator.svcuid}).encode(),
     )
-    (nack,) = _raw_exchange(emulator.socket_path, [bad_version], expect=1)
-    assert nack.message_type == wire.MessageType.CONNECT_ACK and not nack.flags & wire.MessageFlag.CONNECTION_ACCEPTED
+    answers = _raw_exchange(emulator.socket_path, [bad_version], expect=1)
+    if flavour == "lite":  # ggipcd closes the socket without an answer (ipc_server.c, handle_conn_init)
+        assert answers == []
+    else:
+        (nack,) = answers
+        assert nack.message_type == wire.MessageType.CONNECT_ACK
+        assert not nack.flags & wire.MessageFlag.CONNECTION_ACCEPTED
 
 
 def test_unsupported_operation_is_a_service_error(ipc_client):
