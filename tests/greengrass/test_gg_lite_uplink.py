@@ -314,3 +314,43 @@ def test_the_agent_exits_on_a_stale_token_and_a_restart_with_a_new_one_sends_wha
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
     assert not set(kept) & before, "the kept messages had not been sent before"
+
+
+# -- lite's Restart=on-failure brings it back --------------------------------------------------------------
+@pytest.mark.parametrize("flavour", ["lite"])
+def test_lite_restarts_the_failed_agent_with_a_new_svcuid_and_it_publishes_again(nucleus, tmp_path):
+    from device_agent.greengrass.emulator.deployment import LITE_START_LIMIT_BURST
+    from tests.greengrass.gg_support import probe_recipe, write_component
+
+    name = "com.test.Agent"
+    recipe = probe_recipe(name, run=f"exec {sys.executable} -m device_agent.cli run")
+    recipe["Manifests"][0]["Lifecycle"]["Setenv"] = {
+        "PYTHONPATH": str(REPO),
+        "BATTWIN_SPOOL__PATH": "{work:path}spool.db",
+        "BATTWIN_SOURCE__SAMPLE_INTERVAL_S": "0.05",
+        "BATTWIN_TELEMETRY__BATCH_MAX_SAMPLES": "10",
+        "BATTWIN_SHADOW__ENABLED": "false",
+        "BATTWIN_IPC__STALE_TOKEN_AFTER_S": "1.0",
+    }
+    write_component(tmp_path / "build", recipe, {"app.py": ""})
+    nucleus.deploy_build(tmp_path / "build")
+
+    def telemetry(ms: list[Any]) -> int:
+        return sum(m.component == name and m.topic == TELEMETRY for m in ms)
+
+    assert nucleus.wait_for(lambda ms: telemetry(ms) >= 2, timeout=60), _component_log(tmp_path, name)
+    pid = nucleus.component_pid(name)
+    before = telemetry(nucleus.published)
+    nucleus.restart()  # ggipcd restarted: the running agent's SVCUID is gone
+    # the agent gives up and exits 75; the unit restarts it with a new SVCUID; it publishes again
+    assert nucleus.wait_for(lambda ms: telemetry(ms) >= before + 2, timeout=90), _component_log(tmp_path, name)
+    assert nucleus.unit_restarts(name) == 1 < LITE_START_LIMIT_BURST
+    assert nucleus.component_pid(name) not in (None, pid)
+    assert nucleus.component_state(name) == "RUNNING"
+    log = _component_log(tmp_path, name)
+    assert "IPC token refused for good" in log and '"exit_code":75' in log.replace(" ", "")
+
+
+def _component_log(tmp_path: Path, name: str) -> str:
+    path = tmp_path / "greengrass" / "logs" / f"{name}.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"

@@ -21,6 +21,12 @@ deployment configures it, or it is not RUNNING/FINISHED (a new lifecycle under t
 picked up), and deletes a component's previous version's artifacts once the new one is deployed.
 Each component gets its own SVCUID and the nucleus' environment (SVCUID, the IPC socket,
 AWS_IOT_THING_NAME, AWS_REGION) plus its Setenv.
+
+Lite runs a component as a systemd unit with ``Restart=on-failure``, ``RestartSec=1``,
+``StartLimitBurst=3`` in ``StartLimitInterval=3600`` (the unit recipe2unit writes): a run step that exits
+non-zero is started again after :data:`LITE_RESTART_SEC` with a new SVCUID (recipe-runner gets one from
+ggipcd at every start), at most :data:`LITE_START_LIMIT_BURST` times an hour, then it stays ERRORED. Classic
+restarts an errored component too (not emulated here).
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ from device_agent.greengrass.emulator.resolve import (
 )
 
 INSTALL_TIMEOUT = 300.0  # the nucleus' default install Timeout
+#: lite's component units (modules/recipe2unit): Restart=on-failure, RestartSec=1, StartLimitBurst=3 per 3600 s
+LITE_RESTART_SEC = 1.0
+LITE_START_LIMIT_BURST = 3
+LITE_START_LIMIT_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -58,6 +68,7 @@ class Deployed:
     recipe: ComponentRecipe
     token: str
     steps: Steps
+    context: LifecycleContext | None = None  # to start it again (lite's Restart=on-failure)
 
 
 @dataclass
@@ -107,7 +118,8 @@ class Deployments(EmulatorCore):
         self.root = root
         self._deployed: dict[str, Deployed] = {}
         self._deploy_lock = threading.Lock()
-        self._processes = ComponentProcesses(self._set_state)
+        self._processes = ComponentProcesses(self._on_component_state)
+        self._unit_restarts: dict[str, list[float]] = {}  # lite: when each component was restarted on failure
 
     # -- public API ---------------------------------------------------------------------------------
     def deploy_build(
@@ -171,6 +183,40 @@ class Deployments(EmulatorCore):
     def _stop_components(self) -> None:
         self._processes.stop_all()
 
+    def _on_component_state(self, name: str, state: str) -> None:
+        self._set_state(name, state)
+        if state == "ERRORED" and self.rules.name == "lite":
+            timer = threading.Timer(LITE_RESTART_SEC, self._restart_on_failure, args=(name,))
+            timer.daemon = True
+            timer.start()
+
+    def _restart_on_failure(self, name: str) -> None:
+        """Lite's unit ``Restart=on-failure``: start the run step again with a new SVCUID, within the start limit."""
+        now = time.monotonic()
+        with self._deploy_lock:
+            deployed = self._deployed.get(name)
+            if deployed is None or deployed.context is None or self._processes.pid(name) is not None:
+                return
+            recent = [t for t in self._unit_restarts.get(name, []) if now - t < LITE_START_LIMIT_INTERVAL_S]
+            if len(recent) >= LITE_START_LIMIT_BURST:
+                log.warning("component failed too often; not restarted (start limit)", extra={"component": name})
+                return
+            self._unit_restarts[name] = [*recent, now]
+            token = secrets.token_urlsafe(24)
+
+            def _add() -> None:
+                self._tokens[token] = name
+
+            self._call(_add)
+            deployed.token = token
+            log.info("restarting a failed component with a new SVCUID", extra={"component": name})
+            self._start(name, deployed.steps, token, deployed.context)
+
+    def unit_restarts(self, name: str) -> int:
+        """How many times lite's Restart=on-failure started ``name`` again."""
+        with self._deploy_lock:
+            return len(self._unit_restarts.get(name, []))
+
     def _deploy(
         self,
         sources: list[tuple[Path, Path | None]],
@@ -229,7 +275,7 @@ class Deployments(EmulatorCore):
             else:  # classic: GenericExternalService reinstalls / restarts on these changes
                 reinstall = old is None or old.version != comp.version or old.steps.install != new_steps.install
                 restart = old is not None and old.steps.fingerprint() != new_steps.fingerprint()
-            self._deployed[name] = Deployed(name, comp.version, comp, token, new_steps)
+            self._deployed[name] = Deployed(name, comp.version, comp, token, new_steps, context)
             if reinstall:
                 self._processes.stop(name)
                 self._install_and_start(name, new_steps, token, context, overrides.get(name), install_timeout)
