@@ -31,7 +31,9 @@
   own publishers (fleet status) and the shadow; the same bounds apply on the classic nucleus, so the
   component runs unchanged on either. A ServiceError (lite's full store, classic's full spooler) pauses
   every publish with exponential backoff (``service_retry_min_s`` doubling to ``service_retry_max_s``, with
-  jitter) and doubles ``store_hold_s`` (at most ``MAX_STORE_HOLD_S``; it decays back on success); the refused
+  jitter) and, when publishes were accepted since the last pause (so our own may fill the store), doubles
+  ``store_hold_s`` (at most ``MAX_STORE_HOLD_S``; it decays 1 % per accepted publish; refusals in a row, as
+  while the core is offline, do not grow it); the refused
   publish and those waiting fail when the pause ends, so the publisher sends them again from its spool, in
   order. Nothing is lost: a spooled message is deleted only after the nucleus accepted it.
 """
@@ -200,6 +202,7 @@ class IpcTransport:
         self._paused_until = 0.0
         self._service_backoff = Backoff(service_retry_min_s, service_retry_max_s, jitter=0.5)
         self.service_refusals = 0  # publishes the nucleus refused with ServiceError
+        self._accepted_since_pause = False
         self.connection.add_connect_callback(self._on_connect)
 
     @property
@@ -321,6 +324,7 @@ class IpcTransport:
     def _accepted(self, item: _Pending) -> None:
         with self._lock:
             self._service_backoff.succeeded()
+            self._accepted_since_pause = True
             hold = self.store_hold_s
             if self.store_hold_s > self.base_store_hold_s:  # back towards the configured allowance
                 self.store_hold_s = max(self.base_store_hold_s, self.store_hold_s * 0.99)
@@ -347,7 +351,9 @@ class IpcTransport:
             new_pause = now >= self._paused_until
             if new_pause:  # one step of the schedule per pause, however many publishes it refused
                 self._paused_until = now + self._service_backoff.failed()
-                self.store_hold_s = min(MAX_STORE_HOLD_S, max(self.store_hold_s * 2, 0.1))
+                if self._accepted_since_pause:  # our own publishes may fill the store: allow them longer
+                    self.store_hold_s = min(MAX_STORE_HOLD_S, max(self.store_hold_s * 2, 0.1))
+                self._accepted_since_pause = False  # refusals in a row (core offline) do not grow it
             delay = self._paused_until - now
             hold = self.store_hold_s
             key = (item.topic, kind)

@@ -26,6 +26,7 @@ from device_agent.greengrass.emulator.ops_iot import LITE_PUBLISH_FAILED, _publi
 from device_agent.greengrass.ipc_transport import (
     DEFAULT_INFLIGHT_BYTES,
     DEFAULT_INFLIGHT_MESSAGES,
+    DEFAULT_STORE_HOLD_S,
     IpcTransport,
     mqtt_publish_packet_bytes,
     publish_payload_budget,
@@ -49,12 +50,12 @@ def _envelope(msg_id: str, kind: str, size: int) -> bytes:
     return json.dumps({**head, "body": body}, separators=(",", ":")).encode()
 
 
-def _backlog(spool: Spool) -> list[str]:
-    """What an agent restarted after an outage finds in its spool: 30 telemetry parts of ~7 KB (as the real lite
+def _backlog(spool: Spool, parts: int = 30) -> list[str]:
+    """What an agent restarted after an outage finds in its spool: telemetry parts of ~7 KB (as the real lite
     run sent: 3,071 / 7,144 / 6,584 B) with an alarm after every third one. Returns the message ids in order."""
     budget = publish_payload_budget(TELEMETRY)
     ids = []
-    for k in range(30):
+    for k in range(parts):
         msg_id = f"t{k:03d}"
         spool.put(msg_id, TELEMETRY, _envelope(msg_id, "telemetry", budget - 150 * (k % 3)), 1.7e9 + k)
         ids.append(msg_id)
@@ -186,6 +187,42 @@ def test_a_client_that_ignores_the_budget_is_refused_and_still_loses_nothing(mak
     assert publisher.failures >= emu.store_refusals  # refused publishes failed, late, and were sent again
     assert set(_published_ids(emu)) == set(ids), "nothing lost"
     assert spool.pending == 0
+    spool.close()
+
+
+def test_a_store_that_stays_full_gets_publishes_at_the_backoff_schedule_and_loses_nothing(make_emulator, tmp_path):
+    """IoT Core acknowledges nothing for a while (lite's store stays full: a slow or stalled cloud link): the
+    transport's retries follow its backoff schedule — one pause per step, never a tight loop — and once the
+    acknowledgements come, everything arrives."""
+    from hardware.transports.backoff import Backoff
+
+    emu = make_emulator(AGENT_RECIPE, flavour="lite", cloud_ack_delay_s=0.05)
+    emu.hold_cloud_acks()
+    spool = Spool(tmp_path / "spool.db")
+    ids = _backlog(spool, parts=9)
+    conn = IpcConnection(emu.socket_path, emu.svcuid)
+    transport = IpcTransport(conn, service_retry_min_s=0.2, service_retry_max_s=0.8)
+    publisher = Publisher(spool, transport, inflight=50)
+    window_s = 4.0
+    transport.start()
+    try:
+        assert transport.wait_connected(10)
+        publisher.start()
+        threading.Event().wait(window_s)  # the counting window: the store stays full all along
+        refused = emu.store_refusals
+        pauses = Backoff(0.2, 0.8, jitter=0.5).max_attempts(window_s)
+        assert 1 <= refused <= DEFAULT_INFLIGHT_MESSAGES * pauses, f"{refused} refusals in {window_s} s"
+        accepted = len(emu.published)  # what the full store took (two ~7 KB parts and a small alarm at most)
+        assert 1 <= accepted <= 3
+        # the hold grows only when a publish was accepted since the last pause, never on refusals in a row
+        assert transport.store_hold_s <= DEFAULT_STORE_HOLD_S * 2**accepted
+        emu.hold_cloud_acks(False)  # the cloud acknowledges again (what was held, and from now on)
+        assert publisher.wait_empty(120), f"{spool.pending} still spooled"
+    finally:
+        publisher.stop()
+        transport.stop()
+        conn.stop()
+    assert set(_published_ids(emu)) == set(ids), "nothing lost"
     spool.close()
 
 
