@@ -1,5 +1,9 @@
 """Drains the spool to the transport: oldest first, a bounded window in flight, delete on ack.
 
+The window is ``inflight`` messages, never more than the transport itself keeps in flight
+(``transport.inflight_limit``: Greengrass IPC bounds it for nucleus lite's store of unacknowledged publishes),
+so a message does not wait inside the transport while its acknowledgement timeout runs.
+
 A message is deleted from the spool only after its acknowledgement. If the connection drops, unacked
 messages stay in the spool and are sent again after reconnecting, in their original order (the broker
 may then see a message twice; the message id lets the cloud drop the duplicate).
