@@ -434,7 +434,7 @@ def test_access_control_is_least_privilege():
         (mqtt, subscribe, f"{shadow}/update/+"),
     }
     assert conf["mqtt"]["topic_prefix"] == "battwin"  # the prefix the mqttproxy policy allows
-    assert AGENT_ACCESS_CONTROL == conf["accessControl"]  # what the shadow and agent tests deploy
+    assert conf["accessControl"] == AGENT_ACCESS_CONTROL  # what the shadow and agent tests deploy
 
 
 #: what the agent does (allowed) and what it must not (refused), on both nuclei's matching rules
