@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -252,6 +253,10 @@ def test_agent_gets_its_configuration_from_the_shadow_and_applies_a_delta(agent_
         assert applied, agent_emulator.shadow(THING, CONFIG_SHADOW)
         doc = agent_emulator.shadow(THING, CONFIG_SHADOW)
         assert doc is not None and "delta" not in doc["state"]
+        # the report is sent as soon as the delta is judged; the agent's own loop switches to it on its next turn
+        deadline = time.monotonic() + 30
+        while agent.config.health.eol_threshold != 0.72 and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         worker.join(30)
