@@ -339,7 +339,10 @@ class Promoter:
         return version, uris
 
     def recipe(self, version: str, ch: Challenger, uris: dict[str, str]) -> dict[str, Any]:
-        """An artifact-only recipe: the agent reads the files from ``{<component>:artifacts:path}``."""
+        """The model component's recipe, shaped like recipes/com.battwin.SohModel.yaml so that nucleus lite takes
+        it as well as classic: one manifest for every linux machine with ``runtime: "*"``, and a ``run`` step that
+        does nothing (lite refuses a component without one). The agent finds the files under the component's
+        artifact root (every version), never through a version's path."""
         return {
             "RecipeFormatVersion": "2020-01-25",
             "ComponentName": self.settings.component_name,
@@ -356,12 +359,14 @@ class Promoter:
             },
             "Manifests": [
                 {
+                    "Platform": {"os": "linux", "runtime": "*"},
                     "Artifacts": [
-                        {"Uri": uris[MODEL_TFLITE], "Unarchive": "NONE", "Permission": {"Read": "ALL"}},
-                        {"Uri": uris[MODEL_JSON], "Unarchive": "NONE", "Permission": {"Read": "ALL"}},
-                    ]
+                        {"URI": uris[MODEL_TFLITE], "Unarchive": "NONE", "Permission": {"Read": "ALL"}},
+                        {"URI": uris[MODEL_JSON], "Unarchive": "NONE", "Permission": {"Read": "ALL"}},
+                    ],
                 }
             ],
+            "Lifecycle": {"all": {"run": "true"}},
         }
 
     def _deploy(self, version: str) -> str:

@@ -25,6 +25,8 @@ from cloud.retrain.promote import handler as promote_handler
 from cloud.retrain.registry import Registry
 from cloud.retrain.start import Retrainer, ScheduleEvent, StartSettings
 from cloud.retrain.start import handler as start_handler
+from device_agent.greengrass.emulator.flavours import rules_for
+from device_agent.greengrass.emulator.resolve import read_component
 from device_agent.messages import CycleRecord, Envelope, envelope
 from ml.data import read_cell_csv
 from tests.cloud.cloud_support import REGION, rule_event
@@ -426,7 +428,7 @@ def _decision(env: dict[str, str], job: str) -> dict[str, Any]:
     return item
 
 
-def test_champion_challenger_promotion(aws: dict[str, Any], promoter_env: dict[str, str]) -> None:
+def test_champion_challenger_promotion(aws: dict[str, Any], promoter_env: dict[str, str], tmp_path: Path) -> None:
     env, bucket = promoter_env, promoter_env["DATA_BUCKET"]
     registry = Registry(env["REGISTRY_TABLE"])
     assert registry.champion() is None
@@ -443,8 +445,13 @@ def test_champion_challenger_promotion(aws: dict[str, Any], promoter_env: dict[s
     assert out["challenger_score"] == pytest.approx((3.0 + 3.5) / 2)  # mean over the held-out datasets
     recipe = json.loads(gg.sent["CreateComponentVersion"]["inlineRecipe"])
     assert recipe["ComponentName"] == "com.battwin.SohModel" and recipe["ComponentVersion"] == "1.0.1"
-    assert "Lifecycle" not in json.dumps(recipe)  # artifact-only
-    uris = [a["Uri"] for a in recipe["Manifests"][0]["Artifacts"]]
+    # both nuclei take it as it is (the emulator's flavours apply each nucleus' recipe rules)
+    for flavour in ("classic", "lite"):
+        recipe_file = tmp_path / f"promoted-{flavour}.json"
+        recipe_file.write_text(json.dumps(recipe))
+        component = read_component(recipe_file, rules_for(flavour))
+        assert component.lifecycle.get("run") == "true", flavour
+    uris = [a["URI"] for a in recipe["Manifests"][0]["Artifacts"]]
     assert uris == [
         f"s3://{bucket}/models/released/1.0.1/model.tflite",
         f"s3://{bucket}/models/released/1.0.1/model.json",

@@ -21,23 +21,24 @@ SHADOW = "battwin-config"
 SHADOW_PREFIX = f"$aws/things/{THING}/shadow/name/{SHADOW}"
 DELTA_TOPIC = f"{SHADOW_PREFIX}/update/delta"
 
-#: the Agent's accessControl as agreed for both nuclei (interface 4 of the issue-13 work): IoT Core only —
-#: telemetry topics, and the battwin-config shadow through IoT Core's shadow topics (no ShadowManager)
+#: the Agent's accessControl for both nuclei: IoT Core only — telemetry topics, and the battwin-config shadow
+#: through IoT Core's shadow topics (no ShadowManager). No {iot:thingName}: lite 2.6.0 does not interpolate
+#: it in accessControl; `+` stands for the thing (the cloud's IoT policy scopes the core to its own thing)
 AGENT_ACCESS_CONTROL: dict[str, Any] = {
     "aws.greengrass.ipc.mqttproxy": {
-        f"{AGENT}:mqttproxy:1": {
+        f"{AGENT}:publish:1": {
             "operations": ["aws.greengrass#PublishToIoTCore"],
             "resources": [
-                "battwin/{iot:thingName}/*",
-                "$aws/things/{iot:thingName}/shadow/name/battwin-config/get",
-                "$aws/things/{iot:thingName}/shadow/name/battwin-config/update",
+                "battwin/+/#",
+                "$aws/things/+/shadow/name/battwin-config/get",
+                "$aws/things/+/shadow/name/battwin-config/update",
             ],
         },
-        f"{AGENT}:mqttproxy:2": {
+        f"{AGENT}:subscribe:1": {
             "operations": ["aws.greengrass#SubscribeToIoTCore"],
             "resources": [
-                "$aws/things/{iot:thingName}/shadow/name/battwin-config/get/+",
-                "$aws/things/{iot:thingName}/shadow/name/battwin-config/update/+",
+                "$aws/things/+/shadow/name/battwin-config/get/+",
+                "$aws/things/+/shadow/name/battwin-config/update/+",
             ],
         },
     }
@@ -51,14 +52,15 @@ def load_yaml(path: Path) -> Any:
 
 
 def agent_recipe() -> dict[str, Any]:
-    """The Agent's recipe with :data:`AGENT_ACCESS_CONTROL` (what recipes/ holds once interface 4 is in)."""
+    """The Agent's recipe with :data:`AGENT_ACCESS_CONTROL` (what recipes/ holds; a test may change the copy)."""
     recipe = load_yaml(AGENT_RECIPE)
     recipe["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"] = copy.deepcopy(AGENT_ACCESS_CONTROL)
     return recipe
 
 
 def broad_recipe(component: str = "com.battwin.Test") -> dict[str, Any]:
-    """A test component allowed IoT Core publish/subscribe and local pub/sub on battwin/<thing>/#."""
+    """A test component allowed IoT Core publish/subscribe on battwin/+/# and cloud/+/commands, local pub/sub
+    on local/* (patterns both nuclei match alike; no {iot:thingName}, which lite 2.6.0 leaves literal)."""
     return {
         "ComponentName": component,
         "ComponentConfiguration": {
@@ -67,13 +69,13 @@ def broad_recipe(component: str = "com.battwin.Test") -> dict[str, Any]:
                     "aws.greengrass.ipc.mqttproxy": {
                         f"{component}:mqtt:1": {
                             "operations": ["aws.greengrass#PublishToIoTCore", "aws.greengrass#SubscribeToIoTCore"],
-                            "resources": ["battwin/{iot:thingName}/#", "cloud/+/commands"],
+                            "resources": ["battwin/+/#", "cloud/+/commands"],
                         }
                     },
-                    "aws.greengrass.ipc.pubsub": {
+                    "aws.greengrass.ipc.pubsub": {  # `*`: pub/sub resources are globs on both, `#` is literal
                         f"{component}:pubsub:1": {
                             "operations": ["*"],
-                            "resources": ["local/#"],
+                            "resources": ["local/*"],
                         }
                     },
                 }
@@ -220,7 +222,7 @@ def probe_recipe(
                     "aws.greengrass.ipc.mqttproxy": {
                         f"{name}:mqttproxy:1": {
                             "operations": ["aws.greengrass#PublishToIoTCore"],
-                            "resources": ["battwin/{iot:thingName}/*"],
+                            "resources": ["battwin/+/#"],
                         }
                     }
                 },

@@ -12,6 +12,16 @@ import pytest
 from awsiot.greengrasscoreipc.model import ServiceError
 
 from device_agent.greengrass.emulator import FLAVOURS, DeploymentError, NucleusEmulator, wire
+from device_agent.greengrass.emulator.lite_objects import (
+    CONFIG_WRITE_ARENA_BYTES,
+    CONFIG_WRITE_ENVELOPE_BYTES,
+    GG_KV_BYTES,
+    GG_OBJECT_BYTES,
+    MAX_OBJECT_DEPTH,
+    MAX_OBJECT_SUBOBJECTS,
+    count_subobjects,
+    decode_bytes,
+)
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, probe_recipe, write_component
 
 APP = "com.test.App"
@@ -23,8 +33,51 @@ def _padded(recipe: dict[str, Any], size: int) -> dict[str, Any]:
     return recipe
 
 
+def _subobjects(recipe: dict[str, Any], total: int) -> dict[str, Any]:
+    """The recipe padded with an unknown top-level key (lite still counts it) to ``total`` subobjects."""
+    recipe["XPad"] = list(range(total - count_subobjects(recipe) - 2))
+    assert count_subobjects(recipe) == total
+    return recipe
+
+
+def _deep(recipe: dict[str, Any], levels: int) -> dict[str, Any]:
+    """The recipe with a scalar ``levels`` objects below its root (top-level key XDeep, then maps)."""
+    node: Any = "leaf"
+    for _ in range(levels - 1):
+        node = {"a": node}
+    recipe["XDeep"] = node
+    return recipe
+
+
+def _config_bytes(recipe: dict[str, Any], total: int) -> dict[str, Any]:
+    """The recipe's DefaultConfiguration padded so that ggconfigd's decode of it takes exactly ``total`` bytes."""
+    conf = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    extra = total - CONFIG_WRITE_ENVELOPE_BYTES - decode_bytes(conf) - GG_KV_BYTES  # the "pad" key itself
+    keys = next(k for k in range(extra // GG_KV_BYTES, -1, -1) if (extra - k * GG_KV_BYTES) % GG_OBJECT_BYTES == 0)
+    conf.update({f"k{i}": i for i in range(keys)})
+    conf["pad"] = list(range((extra - keys * GG_KV_BYTES) // GG_OBJECT_BYTES))
+    assert CONFIG_WRITE_ENVELOPE_BYTES + decode_bytes(conf) == total
+    assert count_subobjects(recipe) <= MAX_OBJECT_SUBOBJECTS  # the recipe itself passes
+    return recipe
+
+
 #: (case, recipes to deploy (the first is the one refused), lite's message)
 LITE_REFUSALS = [
+    (
+        "recipe of 256 subobjects",
+        [_subobjects(probe_recipe(APP), MAX_OBJECT_SUBOBJECTS + 1)],
+        "Visited object's subobjects exceeds maximum. Failed to do dependency resolution",
+    ),
+    (
+        "an object 15 levels below the recipe's root",
+        [_deep(probe_recipe(APP), MAX_OBJECT_DEPTH)],
+        "Visited object's depth exceeds maximum.",
+    ),
+    (
+        "DefaultConfiguration over ggconfigd's decode arena",
+        [_config_bytes(probe_recipe(APP), CONFIG_WRITE_ARENA_BYTES + GG_OBJECT_BYTES)],
+        "Insufficient memory to decode packet. Failed to send default config to ggconfigd.",
+    ),
     ("recipe over 8,196 B", [_padded(probe_recipe(APP), 8200)], "Insufficient memory for file"),
     (
         "manifest without Platform.runtime",
@@ -96,6 +149,24 @@ def test_a_compliant_recipe_deploys_and_runs_with_the_flavours_paths(nucleus, tm
     assert report["argv"] == [f"{root}/packages/artifacts-unarchived/{APP}/1.0.0{slash}", f"{root}/work/{APP}{slash}"]
     assert nucleus.configuration(APP)["thing"] == (THING if flavour == "classic" else "{iot:thingName}")
     assert nucleus.component_state(APP) == "RUNNING"
+
+
+@pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        _subobjects(probe_recipe(APP), MAX_OBJECT_SUBOBJECTS),
+        _deep(probe_recipe(APP), MAX_OBJECT_DEPTH - 1),
+        _config_bytes(probe_recipe(APP), CONFIG_WRITE_ARENA_BYTES),
+    ],
+    ids=["255 subobjects", "14 levels deep", "DefaultConfiguration filling the decode arena"],
+)
+def test_lite_accepts_a_recipe_at_its_object_limits(nucleus, tmp_path, recipe):
+    """Positive controls for the refusals above: exactly at each limit lite 2.6.0 deploys and runs it."""
+    write_component(tmp_path / "build", json.loads(json.dumps(recipe)))
+    assert nucleus.deploy_build(tmp_path / "build").installed == [APP]
+    assert nucleus.wait_for(lambda msgs: any(m.component == APP for m in msgs), 60), "the component never reported"
+    assert nucleus.configuration(APP).keys() == recipe["ComponentConfiguration"]["DefaultConfiguration"].keys()
 
 
 # -- IPC ------------------------------------------------------------------------------------------

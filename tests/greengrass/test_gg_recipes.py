@@ -15,9 +15,20 @@ import pytest
 
 from components.build import build_component, check_versions
 from device_agent.config import AgentConfig
+from device_agent.greengrass.emulator.acl import AccessControl
+from device_agent.greengrass.emulator.lite_objects import (
+    CONFIG_WRITE_ARENA_BYTES,
+    CONFIG_WRITE_ENVELOPE_BYTES,
+    ObjectLimitError,
+    check_default_config_write,
+    check_visit,
+    count_subobjects,
+    decode_bytes,
+)
 from device_agent.greengrass.emulator.recipe import RECIPE_VARIABLE, VARIABLE_LIKE, LifecycleContext, interpolate
 from tests.greengrass.gg_support import (
     AGENT,
+    AGENT_ACCESS_CONTROL,
     AGENT_RECIPE,
     MODEL,
     MODEL_RECIPE,
@@ -119,7 +130,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
                     "Name": {"type": "string"},
                     "Platform": {  # lite skips a manifest without runtime; classic matches "*" always
                         "type": "object",
-                        "required": ["os", "architecture", "runtime"],
+                        "required": ["os", "runtime"],
                         "properties": {"runtime": {"enum": ["*", "aws_nucleus_lite"]}},
                         "additionalProperties": {"type": "string"},
                     },
@@ -201,7 +212,10 @@ GDK_SCHEMA: dict[str, Any] = {
     },
 }
 
-PLATFORMS = {("linux", "amd64"), ("linux", "aarch64"), ("linux", "arm")}
+#: one manifest for every linux machine: no architecture (both nuclei then match any), runtime for lite
+PLATFORM = {"os": "linux", "runtime": "*"}
+#: what issue 13 targets for the recipes as built: well under lite's 255 (GG_MAX_OBJECT_SUBOBJECTS)
+MAX_BUILT_SUBOBJECTS = 220
 GDK_CONFIGS = [REPO / "gdk-config.json", *(REPO / "components" / c / "gdk-config.json" for c in (AGENT, MODEL))]
 
 
@@ -249,15 +263,11 @@ def test_source_recipes_follow_the_recipe_format(path):
     recipe = load_yaml(path)
     _validate(recipe, RECIPE_SCHEMA)
     assert path.stem == recipe["ComponentName"]
-    assert {(m["Platform"]["os"], m["Platform"]["architecture"]) for m in recipe["Manifests"]} == PLATFORMS
-    assert len(recipe["Manifests"]) == len(PLATFORMS)
-    first = recipe["Manifests"][0]
-    for manifest in recipe["Manifests"]:  # the same artifacts everywhere; the lifecycle is the global one
-        assert manifest["Platform"]["runtime"] == "*"  # "aws_nucleus_lite" would make classic skip it
-        assert "Lifecycle" not in manifest and "Selections" not in manifest
-        assert manifest["Artifacts"] == first["Artifacts"]
-        for artifact in manifest["Artifacts"]:
-            assert artifact["URI"].startswith("s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/")
+    (manifest,) = recipe["Manifests"]  # one copy: lite counts every object of the recipe
+    assert manifest["Platform"] == PLATFORM  # runtime "*": "aws_nucleus_lite" would make classic skip it
+    assert "Lifecycle" not in manifest and "Selections" not in manifest  # the lifecycle is the global one
+    for artifact in manifest["Artifacts"]:
+        assert artifact["URI"].startswith("s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/")
     assert path.stat().st_size < 6000  # room to grow under lite's 8,196 B
 
 
@@ -283,6 +293,26 @@ def test_built_recipes_fit_lite_and_gdk(built_recipes, tmp_path):
         assert len(text.encode()) < 6000, f"{name}: {len(text.encode())} B as built"
 
 
+def test_built_recipes_fit_lites_object_budgets(built_recipes):
+    """Lite 2.6.0 refuses a recipe of more than 255 subobjects or 15 levels at dependency resolution, and a
+    DefaultConfiguration ggconfigd cannot decode (lite_objects); ours stay well under."""
+    for name, recipe in built_recipes.items():
+        count = count_subobjects(recipe)
+        assert count <= MAX_BUILT_SUBOBJECTS, f"{name}: {count} subobjects as built"
+        check_visit(recipe)
+        conf = recipe.get("ComponentConfiguration", {}).get("DefaultConfiguration")
+        if conf is not None:
+            check_default_config_write(conf)
+            assert CONFIG_WRITE_ENVELOPE_BYTES + decode_bytes(conf) < 0.6 * CONFIG_WRITE_ARENA_BYTES, name
+    # negative control: the check is live on this recipe (the rest of the margin filled, then one more)
+    agent = json.loads(json.dumps(built_recipes[AGENT]))
+    agent["ComponentDescription"] = list(range(255 - count_subobjects(agent)))
+    check_visit(agent)
+    agent["ComponentDescription"].append(0)
+    with pytest.raises(ObjectLimitError, match="subobjects exceeds maximum"):
+        check_visit(agent)
+
+
 def _steps(lifecycle: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in lifecycle.items() if k != "Setenv"}
 
@@ -298,8 +328,13 @@ def test_both_nuclei_run_the_same_lifecycle(built_recipes, architecture):
             if isinstance(body, dict):
                 assert set(body) <= {"Script", "Setenv", "Timeout", "RequiresPrivilege", "Skipif"}, body
         assert "run" in lite  # lite fails a component without a run step (and waits 300 s on install-only)
+    # negative control: the helpers do check the architecture when a manifest names one
+    pinned = json.loads(json.dumps(built_recipes[AGENT]))
+    pinned["Manifests"][0]["Platform"]["architecture"] = "riscv64"
     with pytest.raises(LookupError):
-        lite_lifecycle(built_recipes[AGENT], "riscv64")
+        lite_lifecycle(pinned, architecture)
+    with pytest.raises(LookupError):
+        classic_lifecycle(pinned, architecture)
 
 
 def test_the_lifecycle_rules_tell_the_nuclei_apart():
@@ -387,17 +422,64 @@ def test_access_control_is_least_privilege():
         for op in policy["operations"]
         for resource in policy["resources"]
     }
-    shadow = "$aws/things/{iot:thingName}/shadow/name/battwin-config"
+    shadow = "$aws/things/+/shadow/name/battwin-config"
     publish, subscribe = "aws.greengrass#PublishToIoTCore", "aws.greengrass#SubscribeToIoTCore"
     mqtt = "aws.greengrass.ipc.mqttproxy"
-    assert granted == {  # interface 4 of issue 13: the shadow over the IoT Core topics, no ShadowManager
-        (mqtt, publish, "battwin/{iot:thingName}/*"),
+    # the shadow over the IoT Core topics, no ShadowManager; no {iot:thingName} (lite 2.6.0 leaves it literal)
+    assert granted == {
+        (mqtt, publish, "battwin/+/#"),
         (mqtt, publish, f"{shadow}/get"),
         (mqtt, publish, f"{shadow}/update"),
         (mqtt, subscribe, f"{shadow}/get/+"),
         (mqtt, subscribe, f"{shadow}/update/+"),
     }
     assert conf["mqtt"]["topic_prefix"] == "battwin"  # the prefix the mqttproxy policy allows
+    assert conf["accessControl"] == AGENT_ACCESS_CONTROL  # what the shadow and agent tests deploy
+
+
+#: what the agent does (allowed) and what it must not (refused), on both nuclei's matching rules
+_PREFIX = f"$aws/things/{THING}/shadow/name/battwin-config"
+ALLOWED = [
+    ("aws.greengrass#PublishToIoTCore", f"battwin/{THING}/telemetry"),
+    ("aws.greengrass#PublishToIoTCore", f"battwin/{THING}/alarms"),
+    ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/get"),
+    ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/update"),
+    ("aws.greengrass#SubscribeToIoTCore", f"{_PREFIX}/get/+"),
+    ("aws.greengrass#SubscribeToIoTCore", f"{_PREFIX}/update/+"),
+    ("aws.greengrass#SubscribeToIoTCore", f"{_PREFIX}/update/delta"),
+]
+REFUSED = [
+    ("aws.greengrass#PublishToIoTCore", f"other/{THING}/telemetry"),  # another prefix
+    ("aws.greengrass#PublishToIoTCore", "battwin"),
+    ("aws.greengrass#PublishToIoTCore", f"$aws/things/{THING}/shadow/name/other/update"),  # another shadow
+    ("aws.greengrass#PublishToIoTCore", f"$aws/things/{THING}/shadow/update"),  # the classic shadow
+    ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/delete"),
+    ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/update/accepted"),  # answers are the cloud's
+    ("aws.greengrass#SubscribeToIoTCore", "#"),
+    ("aws.greengrass#SubscribeToIoTCore", f"battwin/{THING}/#"),  # publish only
+    ("aws.greengrass#SubscribeToIoTCore", f"{_PREFIX}/#"),
+    ("aws.greengrass#SubscribeToIoTCore", f"{_PREFIX}/delete/+"),
+    ("aws.greengrass#SubscribeToIoTCore", f"$aws/things/{THING}/shadow/name/other/update/+"),
+    ("aws.greengrass#UpdateThingShadow", f"{_PREFIX}"),  # no ShadowManager
+]
+
+
+@pytest.mark.parametrize("flavour", ["classic", "lite"])
+def test_access_control_allows_our_topics_and_nothing_else_on_both_nuclei(flavour):
+    conf = load_yaml(AGENT_RECIPE)["ComponentConfiguration"]["DefaultConfiguration"]
+    acl = AccessControl.from_configuration(conf)
+    mqtt = "aws.greengrass.ipc.mqttproxy"
+    for operation, resource in ALLOWED:
+        assert acl.allows(mqtt, operation, resource, flavour), (operation, resource)
+    for operation, resource in REFUSED:
+        assert not acl.allows(mqtt, operation, resource, flavour), (operation, resource)
+    assert not acl.allows("aws.greengrass.ShadowManager", "aws.greengrass#GetThingShadow", _PREFIX, flavour)
+    # what lite 2.6.0 did to the resources agreed before (interface 4 of issue 13): {iot:thingName} is left
+    # literal, so none of the agent's requests was allowed (classic interpolated it with the configuration)
+    before = AccessControl.from_configuration(
+        {"accessControl": {mqtt: {"p": {"operations": ["*"], "resources": ["battwin/{iot:thingName}/*"]}}}}
+    )
+    assert not before.allows(mqtt, "aws.greengrass#PublishToIoTCore", f"battwin/{THING}/telemetry", "lite")
 
 
 def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

@@ -59,7 +59,7 @@ def test_a_full_spooler_is_not_blamed_on_the_access_control(emulator, caplog):
 
 
 def test_an_unauthorized_topic_points_at_the_access_control(emulator, caplog):
-    error, records = _refusal_logs(emulator, "battwin/other-thing/telemetry", caplog)
+    error, records = _refusal_logs(emulator, "other/telemetry", caplog)  # outside battwin/+/#
     assert "UnauthorizedError" in error
     (record,) = records
     assert "accessControl" in record.getMessage() and record.levelno == logging.ERROR

@@ -10,7 +10,15 @@ import zlib
 import pytest
 
 from device_agent.greengrass.emulator import wire
-from device_agent.greengrass.emulator.acl import AccessControl, AccessControlError, resource_matches
+from device_agent.greengrass.emulator.acl import (
+    AccessControl,
+    AccessControlError,
+    classic_mqtt_matches,
+    classic_standard_matches,
+    lite_default_matches,
+    lite_mqtt_matches,
+    resource_matches,
+)
 from device_agent.greengrass.emulator.config_store import ConfigStore
 from device_agent.greengrass.emulator.recipe import (
     LifecycleContext,
@@ -76,24 +84,61 @@ def test_rpc_message_carries_the_rpc_headers():
 
 
 # -- authorization --------------------------------------------------------------------------------
+#: (pattern, requested resource, classic mqttproxy, lite 2.6.0 mqttproxy): classic WildcardTrie.matchesMQTT,
+#: lite ipc_authz.c default matcher OR mqttproxy.c match_topic_filter
+MQTT_MATCHING = [
+    ("battwin/t1/telemetry", "battwin/t1/telemetry", True, True),
+    ("battwin/t1/telemetry", "battwin/t1/telemetryx", False, False),
+    ("battwin/+/#", "battwin/t1/telemetry", True, True),
+    ("battwin/+/#", "battwin/t1/a/b", True, True),
+    ("battwin/+/#", "battwin/t1", True, False),  # classic: "a/#" matches "a"; lite's filter needs the "/"
+    ("battwin/+/#", "other/t1/telemetry", False, False),
+    ("battwin/+/#", "battwin", False, False),
+    ("battwin/+/*", "battwin/t1/telemetry", True, False),  # lite: `*` makes it a glob, where `+` is literal
+    ("battwin/+/*", "battwin/+/telemetry", True, True),
+    ("battwin/t1/*", "battwin/t1/a/b", True, True),  # `*` crosses `/` on both
+    ("battwin/{iot:thingName}/*", "battwin/t1/telemetry", False, False),  # lite 2.6.0 leaves it literal
+    ("$aws/things/+/shadow/name/cfg/get", "$aws/things/t1/shadow/name/cfg/get", True, True),
+    ("$aws/things/+/shadow/name/cfg/get", "$aws/things/t1/shadow/name/other/get", False, False),
+    ("$aws/things/+/shadow/name/cfg/get", "$aws/things/t1/shadow/name/cfg/delete", False, False),
+    ("$aws/things/+/shadow/name/cfg/get/+", "$aws/things/t1/shadow/name/cfg/get/+", True, True),
+    ("$aws/things/+/shadow/name/cfg/get/+", "$aws/things/t1/shadow/name/cfg/get/accepted/x", False, False),
+    ("$aws/things/+/shadow/name/cfg/get/+", "$aws/things/t1/shadow/name/cfg/#", False, False),
+    ("$aws/things/+/shadow/name/cfg/get/+", "#", False, False),
+    ("a/b+/c", "a/bx/c", False, True),  # classic: `+` inside a level is literal; lite: a wildcard anywhere
+    ("a/#/c", "a/x/y", False, True),  # classic: `#` before the end is literal; lite: ends the match
+    ("a/${+}", "a/+", True, True),  # escapes: classic ${c}, lite ${...}
+    ("a/${+}", "a/x", False, False),
+    ("#", "any/topic", True, True),
+    ("*", "any/topic", True, True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "resource", "classic", "lite"), MQTT_MATCHING)
+def test_mqttproxy_resource_matching_per_nucleus(pattern, resource, classic, lite):
+    assert classic_mqtt_matches(pattern, resource) is classic
+    assert lite_mqtt_matches(pattern, resource) is lite
+    assert resource_matches(pattern, resource, "classic") is classic
+    assert resource_matches(pattern, resource, "lite") is lite
+
+
 @pytest.mark.parametrize(
     ("pattern", "resource", "allowed"),
-    [
-        ("battwin/t1/*", "battwin/t1/telemetry", True),
-        ("battwin/t1/*", "battwin/t1/a/b", False),  # * stays within one level
-        ("battwin/t1/*", "battwin/t2/telemetry", False),
-        ("battwin/+/telemetry", "battwin/t9/telemetry", True),
-        ("battwin/+/telemetry", "battwin/t9/alarms", False),
-        ("battwin/t1/#", "battwin/t1/a/b/c", True),
-        ("battwin/t1/#", "battwin/t2/a", False),
-        ("*", "anything/at/all", True),
-        ("$aws/things/t1/shadow/name/cfg", "$aws/things/t1/shadow/name/cfg", True),
-        ("$aws/things/t1/shadow/name/cfg", "$aws/things/t1/shadow/name/cfgx", False),
+    [  # pub/sub etc.: classic STANDARD and lite's default matcher are both globs where + and # are literal
+        ("local/*", "local/a/b", True),
+        ("local/*", "local/#", True),
+        ("local/#", "local/a", False),
+        ("local/#", "local/#", True),
+        ("local/+", "local/a", False),
+        ("*/x", "a/b/x", True),
+        ("a*c*e", "abcde", True),
+        ("a*c*e", "abcd", False),
         ("a.b", "aXb", False),  # literal characters are literal
     ],
 )
-def test_resource_matching(pattern, resource, allowed):
-    assert resource_matches(pattern, resource) is allowed
+def test_standard_resource_matching_on_both(pattern, resource, allowed):
+    assert classic_standard_matches(pattern, resource) is allowed
+    assert lite_default_matches(pattern, resource) is allowed
 
 
 def test_access_control_parsing_and_decisions():
@@ -103,7 +148,7 @@ def test_access_control_parsing_and_decisions():
                 "aws.greengrass.ipc.mqttproxy": {
                     "p": {"operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["battwin/t1/*"]}
                 },
-                "aws.greengrass.ipc.pubsub": {"q": {"operations": ["*"], "resources": ["local/#"]}},
+                "aws.greengrass.ipc.pubsub": {"q": {"operations": ["*"], "resources": ["local/*"]}},
             }
         }
     )

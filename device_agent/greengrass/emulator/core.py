@@ -185,10 +185,11 @@ class EmulatorCore:
 
     def _authorize(self, component: str, destination: str, operation: str, resource: str) -> None:
         try:
-            # lite keeps {iot:thingName} in the stored configuration and substitutes it here (ipc_authz.c)
+            # as stored: classic interpolated {iot:thingName} with the configuration; lite v2.6.0 never does
+            # (ipc_authz.c), so such a resource stays literal and matches no real topic
             conf = {"accessControl": self.configs.tree(component).get("accessControl")}
-            acl = AccessControl.from_configuration(interpolate_tree(conf, thing_name_resolver(self.thing_name)))
-            allowed = acl.allows(destination, NS + operation, resource)
+            acl = AccessControl.from_configuration(conf)
+            allowed = acl.allows(destination, NS + operation, resource, self.rules.authorization)
         except ValueError:
             allowed = False
         if allowed:

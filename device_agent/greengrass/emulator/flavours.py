@@ -9,6 +9,9 @@ classic (aws-greengrass-nucleus)
       are resolved at deployment (``componentmanager/KernelConfigResolver.java``), unresolvable ones stay as
       written; paths have no trailing slash;
     * configuration is interpolated (``interpolateComponentConfiguration``, ``deployment/DeviceConfiguration``);
+    * accessControl resources are matched by ``authorization/WildcardTrie.java``: MQTT style (``+`` / ``#`` where
+      valid, ``*`` a glob) for mqttproxy (``builtin/services/mqttproxy/MqttProxyIPCAgent.java``), standard
+      (``*`` only) elsewhere (``authorization/AuthorizationHandler.java``); see ``acl``;
     * ShadowManager is a component it can get; every IPC operation the emulator implements is served;
     * a component whose lifecycle (or Setenv) text changed is restarted, one whose version or install step
       changed is reinstalled, any other is left alone (``lifecyclemanager/GenericExternalService.java``).
@@ -16,6 +19,11 @@ classic (aws-greengrass-nucleus)
 lite (aws-greengrass-lite)
     * a recipe file is read into an 8,196-byte buffer (``modules/ggl-recipe/src/recipe.c``, ``file_mem``);
       a bigger one fails with "Insufficient memory for file";
+    * a parsed recipe may hold at most 255 "subobjects" (2 per map entry, 1 per list item, YAML aliases
+      expanded) and 15 levels (gg-sdk ``src/object_visit.c``: "Visited object's subobjects exceeds maximum.",
+      then "Failed to do dependency resolution for deployment"); its DefaultConfiguration must fit one
+      core-bus request to ggconfigd ("Insufficient memory to decode packet.", "Failed to send default config to
+      ggconfigd."; ``modules/core-bus/src/server.c``): see ``lite_objects``;
     * a manifest without ``Platform.runtime`` ``"*"`` / ``"aws_nucleus_lite"`` is skipped, then
       "No lifecycle was found for linux" (``recipe.c``, ``manifest_selection``/``select_linux_lifecycle``);
     * lifecycle keys are exact: ``install``, ``startup``, ``run`` (``modules/recipe2unit/src/unit_file_generator.c``);
@@ -23,8 +31,10 @@ lite (aws-greengrass-lite)
       ``handle_escape``); only ``kernel:rootPath``, ``iot:thingName``, ``work:path``, ``artifacts:path``,
       ``artifacts:decompressedPath`` and ``configuration:/…`` exist, the paths with a trailing slash; anything
       else is "Unhandled variable substitution: <text>." (``modules/ggl-config-interpolation/src/interpolation.c``);
-    * configuration is stored as written: ``{iot:thingName}`` is substituted only in accessControl resources
-      when a request is authorized (``modules/ggipcd/src/ipc_authz.c``);
+    * configuration is stored as written, accessControl included: v2.6.0 does NOT substitute ``{iot:thingName}``
+      in accessControl resources (``modules/ggipcd/src/ipc_authz.c``; interpolation arrived after the release,
+      lite commit 3572e069), so such a resource never matches; resources are matched by lite's own rules
+      (``acl.lite_default_matches`` / ``acl.lite_mqtt_matches``);
     * dependencies, SOFT ones included, are resolved and a missing one fails the deployment, except
       aws.greengrass.Nucleus, TokenExchangeService and Cli, which it skips (``modules/ggdeploymentd/src/
       deployment_handler.c``);
@@ -98,6 +108,8 @@ class FlavourRules:
     redeploy_on_version_only: bool
     keeps_old_artifacts: bool
     unarchives_local_artifacts: bool
+    object_budgets: bool  # lite's recipe subobject/depth and config-write limits (lite_objects)
+    authorization: Flavour  # whose resource-matching rules accessControl follows (acl.matcher_for)
 
     def serves(self, operation: str) -> bool:
         return self.operations is None or operation in self.operations
@@ -125,6 +137,8 @@ CLASSIC = FlavourRules(
     redeploy_on_version_only=False,
     keeps_old_artifacts=True,
     unarchives_local_artifacts=True,
+    object_budgets=False,
+    authorization="classic",
 )
 
 LITE = FlavourRules(
@@ -143,6 +157,8 @@ LITE = FlavourRules(
     redeploy_on_version_only=True,
     keeps_old_artifacts=False,
     unarchives_local_artifacts=False,
+    object_budgets=True,
+    authorization="lite",
 )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.greengrass.emulator.flavours import LITE_RUNTIMES, FlavourRules
+from device_agent.greengrass.emulator.lite_objects import ObjectLimitError, check_default_config_write, check_visit
 from device_agent.greengrass.emulator.recipe import (
     LifecycleContext,
     RecipeError,
@@ -86,6 +87,8 @@ def read_component(path: Path, rules: FlavourRules) -> ComponentRecipe:
     name, version = recipe.get("ComponentName"), recipe.get("ComponentVersion")
     if not isinstance(name, str) or not name or not isinstance(version, str) or not version:
         raise DeploymentError(label, "the recipe needs ComponentName and ComponentVersion")
+    if rules.object_budgets:
+        _check_object_budgets(name, recipe)
     manifest, lifecycle = _select(recipe, rules, name)
     deps: dict[str, str] = {}
     for dep, spec in (recipe.get("ComponentDependencies") or {}).items():
@@ -93,6 +96,24 @@ def read_component(path: Path, rules: FlavourRules) -> ComponentRecipe:
         deps[str(dep)] = str(kind).upper()
     artifacts = [dict(a) for a in manifest.get("Artifacts") or [] if isinstance(a, Mapping)]
     return ComponentRecipe(name, version, path, recipe, lifecycle, artifacts, deps)
+
+
+def _check_object_budgets(name: str, recipe: Mapping[str, Any]) -> None:
+    """Lite's fixed object budgets for the parsed recipe and for its DefaultConfiguration (lite_objects)."""
+    try:
+        check_visit(recipe)
+    except ObjectLimitError as exc:
+        raise DeploymentError(
+            name, f"{exc.message} Failed to do dependency resolution for deployment, failing deployment. ({exc.detail})"
+        ) from None
+    conf = recipe.get("ComponentConfiguration")
+    if isinstance(conf, Mapping) and "DefaultConfiguration" in conf:
+        try:
+            check_default_config_write(conf["DefaultConfiguration"])
+        except ObjectLimitError as exc:
+            raise DeploymentError(
+                name, f"{exc.message} Failed to send default config to ggconfigd. ({exc.detail})"
+            ) from None
 
 
 def _select(recipe: Mapping[str, Any], rules: FlavourRules, name: str) -> tuple[dict[str, Any], dict[str, Any]]:

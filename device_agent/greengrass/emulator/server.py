@@ -19,8 +19,9 @@ nucleus. What it implements:
 * **configuration**: GetConfiguration, UpdateConfiguration, SubscribeToConfigurationUpdate,
   SubscribeToValidateConfigurationUpdates (accepted, never fires), UpdateState.
 * **authorization**: every IoT Core, pub/sub and shadow request is checked against the calling
-  component's ``accessControl`` (from its recipe's DefaultConfiguration, ``{iot:thingName}`` substituted
-  as ``interpolateComponentConfiguration`` does); refusals are UnauthorizedError and are recorded in
+  component's ``accessControl`` (from its recipe's DefaultConfiguration; classic substitutes
+  ``{iot:thingName}`` as ``interpolateComponentConfiguration`` does, lite v2.6.0 does not; each flavour's
+  own resource matching, see ``acl``); refusals are UnauthorizedError and are recorded in
   :attr:`NucleusEmulator.denials`.
 
 * **flavours** (``flavour="classic" | "lite"``, see ``flavours``): which operations are served, how errors
