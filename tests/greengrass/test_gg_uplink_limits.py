@@ -227,7 +227,7 @@ def test_the_agent_raises_message_too_large_and_goes_on(socket_path, tmp_path, m
         source={"url": "simulator", "sample_interval_s": 1.0, "simulator": settings.model_dump()},
         spool={"path": tmp_path / "spool.db"},
     )
-    agent = Agent(config, SimulatorSource(settings, interval_s=1.0), IpcTransport())
+    agent = Agent(config, SimulatorSource(settings, interval_s=1.0), IpcTransport(store_hold_s=0.0))  # fast: see above
     try:
         agent.run(threading.Event(), max_samples=300)
     finally:
