@@ -125,7 +125,9 @@ class Agent:
         self.config = config
         self.source = source
         self.transport = transport
-        self.spool = spool or Spool(config.spool.path, config.spool.max_bytes, config.spool.policy)
+        self.spool = spool or Spool(
+            config.spool.path, config.spool.max_bytes, config.spool.policy, config.spool.synchronous
+        )
         self.state = StateStore(self.spool.path)
         self.publisher = Publisher(
             self.spool,

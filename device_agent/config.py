@@ -150,6 +150,9 @@ class SpoolSettings(Section):
     max_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024**3)] = 64 * 1024 * 1024
     #: when full: drop the oldest messages (counted and reported) or refuse new ones
     policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    #: SQLite's durability: NORMAL may lose the last transactions on a power cut (the WAL stays consistent);
+    #: FULL syncs every commit (RELIABILITY.md: for hardware without power-loss protection)
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
 
 class ShadowSettings(Section):

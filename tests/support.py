@@ -24,6 +24,19 @@ def need_shared_data() -> None:
         pytest.skip(f"shared data not found at {DATA}")
 
 
+def require_module(name: str, reason: str | None = None) -> object:
+    """``pytest.importorskip`` on a developer's machine; under CI=true a missing module is a failure (CI
+    installs everything from the lock, so a skip there would hide a test that never ran)."""
+    if IN_CI:
+        import importlib
+
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.fail(f"{name} cannot be imported and CI=true requires it: {exc}", pytrace=False)
+    return pytest.importorskip(name, reason=reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

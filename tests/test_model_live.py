@@ -24,8 +24,9 @@ from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from tests.support import require_module
 
-pytest.importorskip("ai_edge_litert")
+require_module("ai_edge_litert")
 
 
 def make_version(root: Path, name: str, kind: str = "good") -> Path:

@@ -138,3 +138,26 @@ def test_acknowledged_messages_are_deleted_on_close(tmp_path):
     s.ack([s.peek(1)[0].seq])
     s.close()
     assert [m.id for m in Spool(path).peek(10)] == ["id1", "id2"]
+
+
+@pytest.mark.parametrize(("value", "pragma"), [("NORMAL", 1), ("FULL", 2)])
+def test_spool_synchronous_is_settable_and_the_agent_honours_it(tmp_path, monkeypatch, value, pragma):
+    """RELIABILITY.md tells owners without power-loss protection to set the spool to FULL: the setting exists
+    (here through the environment, as the recipe's or a user's configuration would set it) and reaches SQLite."""
+    from device_agent.agent import Agent
+    from device_agent.config import ConfigError, load_config
+    from device_agent.uplink.transport import MemoryTransport
+    from hardware.simulator.settings import SimulatorSettings
+    from hardware.simulator.source import SimulatorSource
+
+    monkeypatch.setenv("BATTWIN_SPOOL__SYNCHRONOUS", value)
+    config = load_config(overrides={"spool": {"path": str(tmp_path / "spool.db")}})
+    assert config.spool.synchronous == value
+    agent = Agent(config, SimulatorSource(SimulatorSettings(seed=1)), MemoryTransport())
+    try:
+        assert agent.spool._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    finally:
+        agent.spool.close()
+    monkeypatch.setenv("BATTWIN_SPOOL__SYNCHRONOUS", "OFF")  # never silently less durable than NORMAL
+    with pytest.raises(ConfigError, match=r"spool\.synchronous"):
+        load_config()

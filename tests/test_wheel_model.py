@@ -14,7 +14,7 @@ import pytest
 
 from device_agent.health.model_files import sha256_file
 from device_agent.health.shipped import SHIPPED_MODEL_DIR
-from tests.support import REPO
+from tests.support import REPO, require_module
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_the_wheel_contains_the_shipped_model(wheel):
 
 
 def test_an_installed_copy_finds_and_loads_the_shipped_model(wheel, tmp_path):
-    pytest.importorskip("ai_edge_litert")
+    require_module("ai_edge_litert")
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],

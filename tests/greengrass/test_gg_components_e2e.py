@@ -35,12 +35,12 @@ from components.build import build_model_artifacts, dump_recipe
 from device_agent.greengrass.emulator import FLAVOURS, DeploymentError, NucleusEmulator
 from device_agent.health.model_files import read_model_file, write_model_file
 from tests.greengrass.gg_support import AGENT, MODEL, SHADOW, SHADOW_PREFIX, THING, load_yaml
-from tests.support import REPO
+from tests.support import REPO, require_module
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
-pytest.importorskip("ai_edge_litert")  # the agent loads the SohModel versions with the real TFLite runtime
+require_module("ai_edge_litert")  # the agent loads the SohModel versions with the real TFLite runtime
 
 LITE_IPC_LIMIT = 10_000
 TELEMETRY = f"battwin/{THING}/telemetry"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import DATA, IN_CI, REPO
+from tests.support import DATA, IN_CI, REPO, require_module
 
 CELLS = DATA / "cells"
 SHIPPED_MODEL = REPO / "device_agent" / "health" / "shipped_model"
@@ -27,7 +27,7 @@ def need_cells() -> None:
 
 
 def need_tensorflow() -> None:
-    pytest.importorskip("tensorflow", reason="tensorflow is not installed (pip install -e '.[ml]')")
+    require_module("tensorflow", reason="tensorflow is not installed (pip install -e '.[ml]')")
 
 
 def copy_cells(dst: Path, dataset: str, names: tuple[str, ...], folder: str | None = None) -> Path:

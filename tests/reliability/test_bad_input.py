@@ -189,10 +189,12 @@ def test_replay_of_binary_garbage_and_fake_gzip(tmp_path):
         ReplaySource(p).poll()
     q = tmp_path / "bin.csv"
     q.write_bytes(bytes(range(256)) * 10)
-    with pytest.raises(SourceError):
-        src = ReplaySource(q)
+    src = ReplaySource(q)
+    with pytest.raises(SourceError) as info:
         while True:
             src.poll()
+    # refused as a bad file, not merely read to its end (SourceExhausted is a SourceError too)
+    assert not isinstance(info.value, SourceExhausted), info.value
 
 
 def test_replay_path_must_exist_and_be_a_file(tmp_path):
