@@ -126,6 +126,33 @@ def test_agent_connects_with_its_certificate_and_publishes(tls_broker, pki, tmp_
     assert agent.publisher.acked >= 10 and agent.spool.pending == 0
 
 
+def _raw_mqtt_connect(port: int, ctx: ssl.SSLContext) -> bytes:
+    """A TLS handshake and an MQTT 3.1.1 CONNECT by hand; what the broker answers (b"" when it closes)."""
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x1e\x00\x00")
+        return s.recv(4)
+
+
+def test_the_refusal_checks_can_see_a_valid_client_get_in(tls_broker, pki):
+    """Positive control for the refusals below: on the same broker, by the same two paths, the device's own
+    certificate gets in (so a refusal there is the certificate's, not a broker that refuses everyone)."""
+    cfg = AgentConfig(mqtt=settings(tls_broker.port, pki, "dev_cert", "dev_key"))
+    t = MqttTransport(cfg.mqtt, "tls-dev")
+    t.start()
+    try:
+        assert t.wait_connected(15.0), "the device's own certificate was refused"
+    finally:
+        t.stop()
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    ctx.load_cert_chain(str(pki["dev_cert"]), str(pki["dev_key"]))
+    assert _raw_mqtt_connect(tls_broker.port, ctx) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+
+
 @pytest.mark.parametrize("who", ["no certificate", "foreign certificate"])
 def test_clients_without_a_valid_certificate_are_refused(tls_broker, pki, who):
     cert, key = (None, None) if who == "no certificate" else ("foreign_cert", "foreign_key")
@@ -140,15 +167,8 @@ def test_clients_without_a_valid_certificate_are_refused(tls_broker, pki, who):
     ctx = ssl.create_default_context(cafile=str(pki["ca"]))
     if cert:
         ctx.load_cert_chain(str(pki[cert]), str(pki[key]))
-    import socket
-
-    with (
-        socket.create_connection(("127.0.0.1", tls_broker.port), timeout=5) as raw,
-        pytest.raises((ssl.SSLError, ConnectionResetError, OSError)),
-        ctx.wrap_socket(raw, server_hostname="localhost") as s,
-    ):
-        s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x1e\x00\x00")
-        if not s.recv(4):
+    with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+        if not _raw_mqtt_connect(tls_broker.port, ctx):
             raise ConnectionResetError("closed by the broker")
 
 
