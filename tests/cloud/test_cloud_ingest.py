@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from cloud.ingest.handler import handler
 from cloud.lake import decode_jsonl_gz, lake_key, utc_day
@@ -244,7 +245,7 @@ def test_a_failure_midway_is_completed_by_the_retry(aws: dict[str, Any], use_env
     event = rule_event("battwin/bt-f/telemetry", _dump(good))
     key = lake_key("lake/", "telemetry", good["ts"], "bt-f", good["id"])
     env = use_env("ingest", DEVICE_STATE_TABLE="battwin-no-such-table")
-    with pytest.raises(Exception, match="ResourceNotFoundException"):
+    with pytest.raises(ClientError, match="ResourceNotFoundException"):
         handler(event)
     first = aws["s3"].head_object(Bucket=env["DATA_BUCKET"], Key=key)
     assert not _items(aws, env["HISTORY_TABLE"], history_pk("bt-f", "telemetry"))

@@ -14,6 +14,7 @@ from hardware.bms.polling import PolledSource
 from hardware.emulators.jbd import basic_info_payload, cell_voltages_payload
 from hardware.errors import (
     ChecksumError,
+    DecodeError,
     FramingError,
     ImplausibleValueError,
     SourceConfigError,
@@ -316,7 +317,7 @@ def test_shipped_map_and_read_plan() -> None:
         ("input", 110, 4),
     ]
     assert [(b.address, b.count) for b in plan_reads(regmap, max_gap=10)] == [(0, 5), (100, 14)]
-    with pytest.raises(Exception, match="needs"):
+    with pytest.raises(DecodeError, match="needs"):
         decode_map(regmap, {})
     with pytest.raises(SourceConfigError):
         load_map("no_such_map")
