@@ -15,6 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from device_agent.bootstrap import parse_lock
 from tests.support import REPO
 
 LOCKS = REPO / "requirements"
@@ -22,14 +23,15 @@ ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s;\\]+)\s*(?:;\s
 
 
 def _entries(lock: Path) -> list[tuple[str, str, str | None, list[str]]]:
-    """``(name, version, marker, hashes)`` for every package of a uv/pip-compile lock with hashes."""
+    """``(name, version, marker, hashes)`` for every package of a lock, read by the device's own lock parser
+    (device_agent.bootstrap, what the Greengrass install step uses)."""
     out: list[tuple[str, str, str | None, list[str]]] = []
-    for line in lock.read_text().splitlines():
-        m = ENTRY.match(line)
-        if m:
-            out.append((canonicalize_name(m["name"]), m["version"], m["marker"], []))
-        elif line.strip().startswith("--hash=sha256:") and out:
-            out[-1][3].append(line.strip())
+    for entry in parse_lock(lock.read_text()):
+        req = Requirement(entry.requirement)
+        (pin,) = req.specifier
+        out.append(
+            (canonicalize_name(req.name), pin.version, str(req.marker) if req.marker else None, list(entry.hashes))
+        )
     return out
 
 
