@@ -238,11 +238,17 @@ class Agent:
                 hook()
             except Exception as exc:
                 log.warning("shutdown hook failed", extra={"error": str(exc)[:200]})
+        deadline = time.monotonic() + drain_timeout_s
+        self._run_tasks()  # events queued by other threads since the last poll
         batch = self.batcher.take()
         if batch:
             self._emit_telemetry(batch)
         self._save_state()
-        self.publisher.stop(drain_timeout_s=drain_timeout_s)
+        self.publisher.drain(drain_timeout_s)
+        # the drain itself may raise alarms (a spooled message too large to send): spool them and send them
+        # within what is left of the budget; what is not sent stays in the spool for the next start
+        self._run_tasks()
+        self.publisher.stop(drain_timeout_s=max(0.0, deadline - time.monotonic()))
         self.transport.stop()
         try:
             self.source.close()

@@ -74,16 +74,21 @@ class Publisher:
         """New messages are in the spool."""
         self._wake.set()
 
-    def stop(self, drain_timeout_s: float = 0.0) -> None:
-        """Stop; with a drain timeout, first wait (bounded) for the spool to empty."""
-        deadline = time.monotonic() + drain_timeout_s
-        while drain_timeout_s > 0 and time.monotonic() < deadline and self.spool.pending > 0:
+    def drain(self, timeout_s: float) -> bool:
+        """Wait (bounded) for the spool to empty, riding out a reconnect; True if it did."""
+        deadline = time.monotonic() + timeout_s
+        while timeout_s > 0 and time.monotonic() < deadline and self.spool.pending > 0:
             if not self.transport.connected:
                 # still (re)connecting: wait within the budget; what is not sent stays in the spool
                 self.transport.wait_connected(max(0.0, min(0.2, deadline - time.monotonic())))
                 continue
             self._wake.set()
             time.sleep(0.02)
+        return self.spool.pending == 0
+
+    def stop(self, drain_timeout_s: float = 0.0) -> None:
+        """Stop; with a drain timeout, first wait (bounded) for the spool to empty."""
+        self.drain(drain_timeout_s)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
