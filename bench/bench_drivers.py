@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from device_agent.config import SourceSettings  # noqa: E402
+from devkit.bms_emulators.daly import DalyEmulator  # noqa: E402
+from devkit.bms_emulators.feed import PackFeed  # noqa: E402
+from devkit.bms_emulators.jbd import JbdEmulator, basic_info_payload, cell_voltages_payload  # noqa: E402
+from devkit.bms_emulators.jk import status_body  # noqa: E402
+from devkit.bms_emulators.modbus import ModbusEmulator  # noqa: E402
+from devkit.bms_emulators.sunspec_model import battery_model  # noqa: E402
 from hardware.bms.daly.decode import decode_frame as daly_decode  # noqa: E402
 from hardware.bms.daly.framing import build_frame as daly_frame  # noqa: E402
 from hardware.bms.jbd.decode import decode_response as jbd_decode  # noqa: E402
@@ -27,12 +33,6 @@ from hardware.bms.jbd.framing import build_response as jbd_frame  # noqa: E402
 from hardware.bms.jk.decode import decode_frame as jk_decode  # noqa: E402
 from hardware.bms.jk.framing import TYPE_RESPONSE  # noqa: E402
 from hardware.bms.jk.framing import build_frame as jk_frame  # noqa: E402
-from hardware.emulators.daly import DalyEmulator  # noqa: E402
-from hardware.emulators.feed import PackFeed  # noqa: E402
-from hardware.emulators.jbd import JbdEmulator, basic_info_payload, cell_voltages_payload  # noqa: E402
-from hardware.emulators.jk import status_body  # noqa: E402
-from hardware.emulators.modbus import ModbusEmulator  # noqa: E402
-from hardware.emulators.sunspec_model import battery_model  # noqa: E402
 from hardware.modbus.sunspec import decode_model_802  # noqa: E402
 from hardware.registry import create_source  # noqa: E402
 from hardware.sbs.pec import read_word_pec  # noqa: E402

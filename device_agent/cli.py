@@ -1,8 +1,9 @@
 """``battwin`` command line.
 
-Core commands live here (``run``, ``replay``, ``demo``, ``decode``, ``emulate``); optional packages add
-theirs through the ``battwin.cli`` entry-point group (``ml`` and ``cloud`` register ``battwin ml …`` and
-``battwin cloud …`` that way), so the device code never imports them.
+Core commands live here (``run``, ``replay``, ``decode``); optional packages add theirs through the
+``battwin.cli`` entry-point group (``ml`` and ``cloud`` register ``battwin ml …`` and ``battwin cloud …``,
+the dev tools in ``devkit`` ``battwin demo``, ``battwin emulate`` and ``battwin gg …`` that way), so the
+device code never imports them.
 """
 
 from __future__ import annotations
@@ -135,33 +136,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if counts.get("error") is None else EXIT_USAGE
 
 
-# -- demo -----------------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
-    from device_agent.demo import run_demo
-
-    setup_logging("INFO" if args.verbose else "ERROR", stream=sys.stderr)
-    options: dict[str, Any] = {}
-    if args.table is not None:
-        options["table"] = args.table
-    if args.no_dashboard:
-        options["dashboard"] = False
-    if args.dashboard_port is not None:
-        options["dashboard_port"] = args.dashboard_port
-    if args.no_emulator:
-        options["emulator"] = False
-    if args.replay_log is not None:
-        options["replay_log"] = args.replay_log
-    return run_demo(
-        duration_s=args.duration,
-        batteries=args.batteries,
-        broker_url=args.broker,
-        workdir=args.workdir,
-        acceleration=args.acceleration,
-        ageing=args.ageing,
-        **options,
-    )
-
-
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -170,6 +144,14 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
         return int(fn(list(args.rest)))
 
     return run
+
+
+def add_pass_through(subparsers: Any, name: str, text: str, module: str, func: str) -> None:
+    """A command whose arguments all go to ``module.func(argv)`` (its own parser): ``battwin decode``, and
+    ``battwin emulate`` that the dev tools register through the ``battwin.cli`` group."""
+    p = subparsers.add_parser(name, help=text, add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_lazy(module, func), passthrough=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,29 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, default=0.0, help="Unix time of the log's t_s = 0 (default 0)")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("demo", help="embedded broker + a fleet of simulated batteries, live summary")
-    p.add_argument("--duration", type=float, default=None, help="end after this many seconds")
-    p.add_argument("--batteries", type=int, default=4)
-    p.add_argument("--broker", default=None, help="use this broker instead of the embedded amqtt")
-    p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--acceleration", type=float, default=2000.0, help="simulated seconds per wall second")
-    p.add_argument("--ageing", type=float, default=40.0, help="ageing speed-up of the simulated cells")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--table", dest="table", action="store_true", default=None, help="terminal fleet table")
-    p.add_argument("--no-table", dest="table", action="store_false")
-    p.add_argument("--no-dashboard", action="store_true", help="(full stack) do not serve the web dashboard")
-    p.add_argument("--dashboard-port", type=int, default=None, help="(full stack) dashboard port (default 8090)")
-    p.add_argument("--no-emulator", action="store_true", help="(full stack) no BMS-emulator battery")
-    p.add_argument("--replay-log", type=Path, default=None, help="(full stack) NASA log for the replayed battery")
-    p.set_defaults(func=cmd_demo)
-
-    for name, module, func, text in (
-        ("decode", "hardware.decode_cli", "main_decode", "decode BMS frames given as hex"),
-        ("emulate", "hardware.emulators.cli", "main_emulate", "start a BMS emulator on a pty or TCP port"),
-    ):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_lazy(module, func), passthrough=True)
+    add_pass_through(sub, "decode", "decode BMS frames given as hex", "hardware.decode_cli", "main_decode")
 
     for ep in entry_points(group="battwin.cli"):
         try:

@@ -81,7 +81,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def amqtt_broker() -> Iterator[Any]:
-    from device_agent.broker.embedded import EmbeddedBroker
+    from devkit.broker.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker().start()
     yield broker

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from device_agent.cli import build_parser, main
+from devkit.bms_emulators.cli import build_parser as emulate_parser
 from hardware.decode_cli import build_parser as decode_parser
-from hardware.emulators.cli import build_parser as emulate_parser
 from tests.support import REPO
 
 PASS_THROUGH = {"decode": decode_parser, "emulate": emulate_parser}

@@ -11,7 +11,7 @@ import pytest
 
 from device_agent.config import AgentConfig
 from device_agent.shadow.config_sync import judge
-from device_agent.shadow.local_service import LocalShadowService, ShadowStore
+from devkit.local_shadow import LocalShadowService, ShadowStore
 from tests.test_e2e_mqtt import make_agent
 
 

@@ -10,7 +10,7 @@ One process, loopback only::
                         │ desired config                                         ▼
                    dashboard ◄──────────── API handler (in process) ◄────────────┘
 
-``run_full_demo`` is the ``battwin.demo`` entry point's target (``full``): ``device_agent.demo.run_demo``
+``run_full_demo`` is the ``battwin.demo`` entry point's target (``full``): ``devkit.demo.run_demo``
 calls it with its own arguments when the cloud package is installed.
 
 With ``broker_url=mqtts://…`` (AWS IoT Core) nothing of the cloud is emulated: the agents connect with
@@ -51,10 +51,10 @@ from cloud.local_stack.fleet import (
     simulated_member,
 )
 from cloud.local_stack.rules import LocalRulesRunner
-from device_agent.broker.embedded import EmbeddedBroker
-from device_agent.demo import FLEET, FleetMonitor, ThingView
-from device_agent.shadow.local_service import LocalShadowService
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
+from devkit.broker.embedded import EmbeddedBroker
+from devkit.demo import FLEET, FleetMonitor, ThingView
+from devkit.local_shadow import LocalShadowService
 
 log = logging.getLogger("battwin.local_stack")
 

@@ -2,7 +2,7 @@
 
 Three kinds of battery, each through the real agent (tracker → estimator → spool → MQTT → shadow sync):
 
-* :class:`~device_agent.demo.FleetMember` — the physics simulator under a given stress (``device_agent.demo.FLEET``);
+* :class:`~devkit.demo.FleetMember` — the physics simulator under a given stress (``devkit.demo.FLEET``);
 * :class:`EmulatedBmsMember` — the simulator behind a BMS emulator on a pty, read by the real driver
   (JBD): the serial protocol, framing and decoding are real, the pack is simulated and tagged so;
 * :class:`ReplayMember` — a real NASA PCoE log, replayed at a steady accelerated rate (real data, not tagged).
@@ -25,12 +25,12 @@ from typing import Any
 from cloud.local_stack.sources import EmulatedBmsSource, PacedReplaySource
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
-from device_agent.demo import FleetMember
 from device_agent.runtime import attach_config_sync, attach_model_manager, model_dir_for
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.uplink.mqtt_transport import MqttTransport
-from hardware.emulators.feed import PackFeed
-from hardware.emulators.jbd import JbdEmulator
+from devkit.bms_emulators.feed import PackFeed
+from devkit.bms_emulators.jbd import JbdEmulator
+from devkit.demo import FleetMember
 from hardware.registry import create_source
 from hardware.replay import ReplaySource
 from hardware.simulator.settings import SimulatorSettings

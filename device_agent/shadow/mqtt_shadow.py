@@ -3,7 +3,7 @@
 One client for both ways the agent reaches IoT Core — only the pub/sub transport differs:
 
 * direct MQTT (``MqttTransport``): to IoT Core, or to a broker with the local shadow service
-  (``device_agent.shadow.local_service``);
+  (``devkit.local_shadow``);
 * Greengrass IPC (``IpcTransport``): PublishToIoTCore / SubscribeToIoTCore through the nucleus — works on
   nucleus classic and on nucleus lite, which has no shadow IPC (no ShadowManager).
 

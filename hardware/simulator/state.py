@@ -1,6 +1,6 @@
 """What the physics simulator exposes at each step: the true state of a simulated pack.
 
-Emulators of real BMS protocols (``hardware/emulators``) read this to fill their frames, so values
+Emulators of real BMS protocols (``devkit/bms_emulators``) read this to fill their frames, so values
 evolve as a real battery's would. The agent's ``SimulatorSource`` turns it into a ``Sample``.
 """
 

@@ -25,9 +25,9 @@ from cloud.retrain.promote import handler as promote_handler
 from cloud.retrain.registry import Registry
 from cloud.retrain.start import Retrainer, ScheduleEvent, StartSettings
 from cloud.retrain.start import handler as start_handler
-from device_agent.greengrass.emulator.flavours import rules_for
-from device_agent.greengrass.emulator.resolve import read_component
 from device_agent.messages import CycleRecord, Envelope, envelope
+from devkit.nucleus.flavours import rules_for
+from devkit.nucleus.resolve import read_component
 from ml.data import read_cell_csv
 from tests.cloud.cloud_support import REGION, rule_event
 from tests.cloud.conftest import FLEET_START

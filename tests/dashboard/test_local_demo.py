@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import device_agent.demo
+import devkit.demo
 from tests.dashboard.conftest import fetch, wait_for
 from tests.support import REPO, free_port
 
@@ -28,9 +28,9 @@ def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ep = EntryPoint(name="full", value=TARGET, group="battwin.demo")
-    monkeypatch.setattr(device_agent.demo, "entry_points", lambda group: [ep] if group == "battwin.demo" else [])
+    monkeypatch.setattr(devkit.demo, "entry_points", lambda group: [ep] if group == "battwin.demo" else [])
     before = {t.name for t in threading.enumerate()}
-    rc = device_agent.demo.run_demo(
+    rc = devkit.demo.run_demo(
         duration_s=6,
         batteries=1,
         emulator=True,
@@ -51,9 +51,9 @@ def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
 def test_without_the_entry_point_the_device_demo_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(device_agent.demo, "entry_points", lambda group: [])
-    monkeypatch.setattr(device_agent.demo.signal, "signal", lambda *a: None)
-    assert device_agent.demo.run_demo(duration_s=2, batteries=1, table=True) == 0
+    monkeypatch.setattr(devkit.demo, "entry_points", lambda group: [])
+    monkeypatch.setattr(devkit.demo.signal, "signal", lambda *a: None)
+    assert devkit.demo.run_demo(duration_s=2, batteries=1, table=True) == 0
     captured = capsys.readouterr()
     assert "full-stack demo not installed" in captured.err
     assert "dashboard" not in captured.out and "battwin demo: stopped" in captured.out

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from device_agent.greengrass.emulator import NucleusEmulator, short_socket_path
+from devkit.nucleus import NucleusEmulator, short_socket_path
 from tests.greengrass.gg_support import AGENT_RECIPE, THING
 
 

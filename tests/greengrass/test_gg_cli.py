@@ -11,7 +11,7 @@ from awsiot.greengrasscoreipc import connect
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from awsiot.greengrasscoreipc.model import QOS
 
-from device_agent.greengrass.cli import register
+from devkit.nucleus.cli import register
 from tests.greengrass.gg_support import AGENT_RECIPE, THING
 from tests.support import REPO
 
@@ -34,7 +34,7 @@ def test_emulate_prints_the_environment_and_serves_the_real_client(socket_path):
         [
             sys.executable,
             "-m",
-            "device_agent.greengrass.cli",
+            "devkit.nucleus.cli",
             "emulate",
             "--socket",
             socket_path,

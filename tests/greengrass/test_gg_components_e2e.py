@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 
 from components.build import build_model_artifacts, dump_recipe
-from device_agent.greengrass.emulator import FLAVOURS, DeploymentError, NucleusEmulator
 from device_agent.health.model_files import read_model_file, write_model_file
+from devkit.nucleus import FLAVOURS, DeploymentError, NucleusEmulator
 from tests.greengrass.gg_support import AGENT, MODEL, SHADOW, SHADOW_PREFIX, THING, load_yaml
 from tests.support import REPO, require_module
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.greengrass.emulator import FLAVOURS, DeploymentError, NucleusEmulator
+from devkit.nucleus import FLAVOURS, DeploymentError, NucleusEmulator
 from tests.greengrass.gg_support import THING, probe_recipe, write_component
 
 DATA = "com.test.Data"

@@ -21,7 +21,7 @@ from awsiot.greengrasscoreipc.model import (
     UnauthorizedError,
 )
 
-from device_agent.greengrass.emulator import FLAVOURS, wire
+from devkit.nucleus import FLAVOURS, wire
 from tests.greengrass.gg_support import AGENT, DELTA_TOPIC, SHADOW_PREFIX, THING, Collector, broad_recipe
 
 SHADOW = "battwin-config"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from awsiot.greengrasscoreipc.model import ServiceError
 
-from device_agent.greengrass.emulator import FLAVOURS, DeploymentError, NucleusEmulator, wire
-from device_agent.greengrass.emulator.lite_objects import (
+from devkit.nucleus import FLAVOURS, DeploymentError, NucleusEmulator, wire
+from devkit.nucleus.lite_objects import (
     CONFIG_WRITE_ARENA_BYTES,
     CONFIG_WRITE_ENVELOPE_BYTES,
     GG_KV_BYTES,

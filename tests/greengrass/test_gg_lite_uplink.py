@@ -21,8 +21,6 @@ import pytest
 
 from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection, token_refused
-from device_agent.greengrass.emulator import NucleusEmulator
-from device_agent.greengrass.emulator.ops_iot import LITE_PUBLISH_FAILED, _publish_packet_size
 from device_agent.greengrass.ipc_transport import (
     DEFAULT_INFLIGHT_BYTES,
     DEFAULT_INFLIGHT_MESSAGES,
@@ -34,6 +32,8 @@ from device_agent.greengrass.ipc_transport import (
 from device_agent.runtime import build_transport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.spool import Spool
+from devkit.nucleus import NucleusEmulator
+from devkit.nucleus.ops_iot import LITE_PUBLISH_FAILED, _publish_packet_size
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, broad_recipe
 from tests.support import REPO
 
@@ -356,7 +356,7 @@ def test_the_agent_exits_on_a_stale_token_and_a_restart_with_a_new_one_sends_wha
 # -- lite's Restart=on-failure brings it back --------------------------------------------------------------
 @pytest.mark.parametrize("flavour", ["lite"])
 def test_lite_restarts_the_failed_agent_with_a_new_svcuid_and_it_publishes_again(nucleus, tmp_path):
-    from device_agent.greengrass.emulator.deployment import LITE_START_LIMIT_BURST
+    from devkit.nucleus.deployment import LITE_START_LIMIT_BURST
     from tests.greengrass.gg_support import probe_recipe, write_component
 
     name = "com.test.Agent"

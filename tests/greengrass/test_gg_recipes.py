@@ -15,8 +15,8 @@ import pytest
 
 from components.build import build_component, check_versions
 from device_agent.config import AgentConfig
-from device_agent.greengrass.emulator.acl import AccessControl
-from device_agent.greengrass.emulator.lite_objects import (
+from devkit.nucleus.acl import AccessControl
+from devkit.nucleus.lite_objects import (
     CONFIG_WRITE_ARENA_BYTES,
     CONFIG_WRITE_ENVELOPE_BYTES,
     ObjectLimitError,
@@ -25,7 +25,7 @@ from device_agent.greengrass.emulator.lite_objects import (
     count_subobjects,
     decode_bytes,
 )
-from device_agent.greengrass.emulator.recipe import RECIPE_VARIABLE, VARIABLE_LIKE, LifecycleContext, interpolate
+from devkit.nucleus.recipe import RECIPE_VARIABLE, VARIABLE_LIKE, LifecycleContext, interpolate
 from tests.greengrass.gg_support import (
     AGENT,
     AGENT_ACCESS_CONTROL,

@@ -15,10 +15,10 @@ from awsiot.greengrasscoreipc.model import QOS, UnauthorizedError
 from device_agent.config import AgentConfig
 from device_agent.greengrass.component_config import ComponentConfig, ConfigurationError, agent_overrides
 from device_agent.greengrass.connection import IpcConnection
-from device_agent.greengrass.emulator import FLAVOURS, NucleusEmulator
 from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.shadow.client import CONFIG_SHADOW, ShadowError
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
+from devkit.nucleus import FLAVOURS, NucleusEmulator
 from tests.greengrass.gg_support import AGENT, SHADOW_PREFIX, THING, Collector, agent_recipe
 
 SHADOW_IPC = {"GetThingShadow", "UpdateThingShadow", "DeleteThingShadow", "ListNamedShadowsForThing"}
@@ -270,8 +270,8 @@ def test_agent_gets_its_configuration_from_the_shadow_and_applies_a_delta(agent_
 # -- forwarding to a broker: the project's local shadow service answers ---------------------------
 def test_forwarding_emulator_uses_the_brokers_shadow_service(mosquitto, make_emulator):
     from device_agent.config import MqttSettings
-    from device_agent.shadow.local_service import LocalShadowService
     from device_agent.uplink.mqtt_transport import MqttTransport
+    from devkit.local_shadow import LocalShadowService
 
     service = LocalShadowService(mosquitto.url).start()
     emu = make_emulator(agent_recipe(), forward_mqtt=mosquitto.url)

@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from device_agent.greengrass.connection import IpcConnection, IpcUnavailable
-from device_agent.greengrass.emulator import FLAVOURS
 from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.uplink.transport import Transport, TransportError
+from devkit.nucleus import FLAVOURS
 from tests.greengrass.gg_support import THING, Collector, broad_recipe
 
 

@@ -9,8 +9,8 @@ import zlib
 
 import pytest
 
-from device_agent.greengrass.emulator import wire
-from device_agent.greengrass.emulator.acl import (
+from devkit.nucleus import wire
+from devkit.nucleus.acl import (
     AccessControl,
     AccessControlError,
     classic_mqtt_matches,
@@ -19,8 +19,8 @@ from device_agent.greengrass.emulator.acl import (
     lite_mqtt_matches,
     resource_matches,
 )
-from device_agent.greengrass.emulator.config_store import ConfigStore
-from device_agent.greengrass.emulator.recipe import (
+from devkit.nucleus.config_store import ConfigStore
+from devkit.nucleus.recipe import (
     LifecycleContext,
     RecipeError,
     interpolate,
@@ -29,7 +29,7 @@ from device_agent.greengrass.emulator.recipe import (
     select_manifest,
     thing_name_resolver,
 )
-from device_agent.greengrass.emulator.shadows import ShadowRequestError, ShadowStore, compute_delta
+from devkit.nucleus.shadows import ShadowRequestError, ShadowStore, compute_delta
 
 # -- event-stream codec ---------------------------------------------------------------------------
 ALL_HEADERS = [

@@ -13,7 +13,7 @@ import pytest
 
 from device_agent.config import SourceSettings
 from device_agent.messages import Sample
-from hardware.emulators.feed import PackFeed
+from devkit.bms_emulators.feed import PackFeed
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.state import PackState
 

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from devkit.bms_emulators.cli import build_parser, main_emulate, run_emulator
+from devkit.bms_emulators.sunspec_model import battery_model
 from hardware.decode_cli import main_decode
-from hardware.emulators.cli import build_parser, main_emulate, run_emulator
-from hardware.emulators.sunspec_model import battery_model
 from hardware.registry import create_source
 from hardware.sbs.pec import read_word_pec
 from tests.hardware.hw_support import corpus_records, make_feed, require_corpus, settings

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from hardware.emulators.faults import Fault, FaultControl
-from hardware.emulators.feed import PackFeed
-from hardware.emulators.modbus import ModbusEmulator
-from hardware.emulators.sunspec_model import battery_model
+from devkit.bms_emulators.faults import Fault, FaultControl
+from devkit.bms_emulators.feed import PackFeed
+from devkit.bms_emulators.modbus import ModbusEmulator
+from devkit.bms_emulators.sunspec_model import battery_model
 from hardware.errors import (
     ChecksumError,
     DecodeError,

@@ -6,8 +6,8 @@ import errno
 
 import pytest
 
-from hardware.emulators.faults import Fault, FaultControl
-from hardware.emulators.sbs import SbsEmulatorBus
+from devkit.bms_emulators.faults import Fault, FaultControl
+from devkit.bms_emulators.sbs import SbsEmulatorBus
 from hardware.errors import (
     ChecksumError,
     DecodeError,

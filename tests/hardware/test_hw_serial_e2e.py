@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
+from devkit.bms_emulators.daly import DalyEmulator
+from devkit.bms_emulators.faults import Fault, FaultControl
+from devkit.bms_emulators.feed import PackFeed
+from devkit.bms_emulators.jbd import JbdEmulator
+from devkit.bms_emulators.jk import JkEmulator
+from devkit.bms_emulators.pty_device import PtyDeviceEmulator
 from hardware.bms.daly.driver import create as create_daly
 from hardware.bms.jbd.decode import JbdErrorReply
 from hardware.bms.jbd.driver import create as create_jbd
 from hardware.bms.jk.driver import create as create_jk
 from hardware.bms.polling import PolledSource
-from hardware.emulators.daly import DalyEmulator
-from hardware.emulators.faults import Fault, FaultControl
-from hardware.emulators.feed import PackFeed
-from hardware.emulators.jbd import JbdEmulator
-from hardware.emulators.jk import JkEmulator
-from hardware.emulators.pty_device import PtyDeviceEmulator
 from hardware.errors import (
     ChecksumError,
     FramingError,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from device_agent.messages import Sample
+from devkit.bms_emulators.jbd import basic_info_payload, cell_voltages_payload
 from hardware.bms.jbd.driver import JbdSource
 from hardware.bms.jbd.framing import REG_BASIC_INFO, RESPONSE_SPEC, build_request, build_response
 from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
 from hardware.bms.plausibility import PlausibilityLimits, check_plausible
 from hardware.bms.polling import PolledSource
-from hardware.emulators.jbd import basic_info_payload, cell_voltages_payload
 from hardware.errors import (
     ChecksumError,
     DecodeError,

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from device_agent.config import AgentConfig, ConfigError, load_config
 from device_agent.messages import BODY_TYPES, Envelope, Sample
 from device_agent.shadow.config_sync import judge
-from device_agent.shadow.local_service import ShadowStore
+from devkit.local_shadow import ShadowStore
 from hardware.errors import SourceConfigError, SourceError, SourceExhausted
 from hardware.replay import ReplaySource
 

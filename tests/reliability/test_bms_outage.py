@@ -16,9 +16,9 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
-from hardware.emulators.faults import Fault
-from hardware.emulators.feed import PackFeed
-from hardware.emulators.jbd import JbdEmulator
+from devkit.bms_emulators.faults import Fault
+from devkit.bms_emulators.feed import PackFeed
+from devkit.bms_emulators.jbd import JbdEmulator
 from hardware.registry import create_source
 from hardware.simulator.settings import SimulatorSettings
 

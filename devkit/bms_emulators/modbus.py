@@ -27,9 +27,9 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hardware.emulators.faults import IMPLAUSIBLE_FACTOR, Fault, FaultControl
-from hardware.emulators.feed import PackFeed
-from hardware.emulators.sunspec_model import BATTERY_OFFSET, battery_model, sunspec_image
+from devkit.bms_emulators.faults import IMPLAUSIBLE_FACTOR, Fault, FaultControl
+from devkit.bms_emulators.feed import PackFeed
+from devkit.bms_emulators.sunspec_model import BATTERY_OFFSET, battery_model, sunspec_image
 from hardware.modbus.regmap import RegisterMap, encode_field
 from hardware.simulator.state import PackState
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from devkit.bms_emulators.encoding import u8, u16, u32
+from devkit.bms_emulators.faults import FaultControl
+from devkit.bms_emulators.feed import PackFeed
+from devkit.bms_emulators.pty_device import PtyDeviceEmulator
 from hardware.bms.daly.decode import (
     CELLS_PER_FRAME,
     CURRENT_OFFSET,
@@ -18,10 +22,6 @@ from hardware.bms.daly.decode import (
     TEMPS_PER_FRAME,
 )
 from hardware.bms.daly.framing import SPEC, START, build_frame
-from hardware.emulators.encoding import u8, u16, u32
-from hardware.emulators.faults import FaultControl
-from hardware.emulators.feed import PackFeed
-from hardware.emulators.pty_device import PtyDeviceEmulator
 from hardware.simulator.state import PackState
 
 BMS_ADDRESS = 0x01

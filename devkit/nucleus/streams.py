@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from device_agent.greengrass.emulator.wire import (
+from devkit.nucleus.wire import (
     CONTENT_TYPE,
     JSON,
     SERVICE_MODEL_TYPE,

@@ -14,9 +14,9 @@ import logging
 import os
 import threading
 
-from hardware.emulators.encoding import i16, u16
-from hardware.emulators.faults import IMPLAUSIBLE_FACTOR, Fault, FaultControl
-from hardware.emulators.feed import PackFeed
+from devkit.bms_emulators.encoding import i16, u16
+from devkit.bms_emulators.faults import IMPLAUSIBLE_FACTOR, Fault, FaultControl
+from devkit.bms_emulators.feed import PackFeed
 from hardware.sbs import registers as reg
 from hardware.sbs.pec import read_word_pec
 from hardware.simulator.state import PackState

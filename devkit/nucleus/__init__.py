@@ -4,10 +4,10 @@
 It is a development tool: it is not installed as part of the edge agent's behaviour on a real core.
 """
 
-from device_agent.greengrass.emulator.deployment import DeploymentResult, build_sources
-from device_agent.greengrass.emulator.flavours import FLAVOURS, Flavour
-from device_agent.greengrass.emulator.resolve import DeploymentError
-from device_agent.greengrass.emulator.server import (
+from devkit.nucleus.deployment import DeploymentResult, build_sources
+from devkit.nucleus.flavours import FLAVOURS, Flavour
+from devkit.nucleus.resolve import DeploymentError
+from devkit.nucleus.server import (
     SOCKET_ENV,
     TOKEN_ENV,
     Denial,

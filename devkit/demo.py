@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.agent import Agent
-from device_agent.broker.embedded import EmbeddedBroker
 from device_agent.config import AgentConfig, MqttSettings
 from device_agent.runtime import attach_config_sync, attach_model_manager, model_dir_for
-from device_agent.shadow.local_service import LocalShadowService
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from device_agent.uplink.mqtt_transport import MqttTransport
+from devkit.broker.embedded import EmbeddedBroker
+from devkit.local_shadow import LocalShadowService
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
 

@@ -15,9 +15,9 @@ import hmac
 import json
 import os
 
-from device_agent.greengrass.emulator.core import EmulatorCore, IpcError, log
-from device_agent.greengrass.emulator.streams import NS, Connection
-from device_agent.greengrass.emulator.wire import (
+from devkit.nucleus.core import EmulatorCore, IpcError, log
+from devkit.nucleus.streams import NS, Connection
+from devkit.nucleus.wire import (
     OPERATION,
     RPC_VERSION,
     VERSION,

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.greengrass.emulator.flavours import LITE_RUNTIMES, FlavourRules
-from device_agent.greengrass.emulator.lite_objects import ObjectLimitError, check_default_config_write, check_visit
-from device_agent.greengrass.emulator.recipe import (
+from devkit.nucleus.flavours import LITE_RUNTIMES, FlavourRules
+from devkit.nucleus.lite_objects import ObjectLimitError, check_default_config_write, check_visit
+from devkit.nucleus.recipe import (
     LifecycleContext,
     RecipeError,
     format_value,

@@ -13,7 +13,7 @@ topic is answered here, as IoT Core's shadow service answers it, to the Subscrib
 
 where ``P`` is ``$aws/things/<thing>/shadow`` or ``$aws/things/<thing>/shadow/name/<shadow>``. Every
 answer echoes the request's ``clientToken``. The documents and their update rules are the emulator's
-:class:`~device_agent.greengrass.emulator.shadows.ShadowStore` (the same store the emulator's
+:class:`~devkit.nucleus.shadows.ShadowStore` (the same store the emulator's
 ShadowManager operations use: one shadow per thing and name, as ShadowManager keeps it in sync).
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from device_agent.greengrass.emulator.shadows import ShadowRequestError, ShadowResult, ShadowStore, topic_prefix
+from devkit.nucleus.shadows import ShadowRequestError, ShadowResult, ShadowStore, topic_prefix
 
 #: the order IoT Core's answers to an update are delivered in here (it does not promise one)
 _UPDATE_ORDER = ("accepted", "documents", "delta")

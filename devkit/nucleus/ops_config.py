@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from device_agent.greengrass.emulator.core import EmulatorCore, IpcError, key_path_arg
-from device_agent.greengrass.emulator.streams import NS, Connection, Reply, Stream
+from devkit.nucleus.core import EmulatorCore, IpcError, key_path_arg
+from devkit.nucleus.streams import NS, Connection, Reply, Stream
 
 
 class ConfigurationOps(EmulatorCore):

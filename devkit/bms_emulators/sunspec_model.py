@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hardware.emulators.encoding import i16, u16, u32
+from devkit.bms_emulators.encoding import i16, u16, u32
 from hardware.modbus.sunspec import (
     END_ID,
     MARKER,

@@ -1,7 +1,7 @@
 """What every part of the emulated nucleus shares: its state, threading helpers, authorization, errors.
 
 :class:`EmulatorCore` declares the state the connection server (``connection``) and the operation
-handlers (``ops_*``) use; :class:`~device_agent.greengrass.emulator.server.NucleusEmulator` fills it in.
+handlers (``ops_*``) use; :class:`~devkit.nucleus.server.NucleusEmulator` fills it in.
 Request-argument helpers answer bad input with the InvalidArgumentsError the nucleus gives.
 """
 
@@ -16,16 +16,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from device_agent.greengrass.emulator.acl import MQTT_PROXY, AccessControl
-from device_agent.greengrass.emulator.cloud_shadow import CloudShadowService
-from device_agent.greengrass.emulator.config_store import ConfigStore
-from device_agent.greengrass.emulator.flavours import FlavourRules
-from device_agent.greengrass.emulator.recipe import interpolate_tree, thing_name_resolver
-from device_agent.greengrass.emulator.shadows import ShadowStore
-from device_agent.greengrass.emulator.streams import NS, Connection, Reply, Stream
 from device_agent.uplink.transport import topic_matches
+from devkit.nucleus.acl import MQTT_PROXY, AccessControl
+from devkit.nucleus.cloud_shadow import CloudShadowService
+from devkit.nucleus.config_store import ConfigStore
+from devkit.nucleus.flavours import FlavourRules
+from devkit.nucleus.recipe import interpolate_tree, thing_name_resolver
+from devkit.nucleus.shadows import ShadowStore
+from devkit.nucleus.streams import NS, Connection, Reply, Stream
 
-log = logging.getLogger("device_agent.greengrass.emulator.server")
+log = logging.getLogger("devkit.nucleus.server")
 
 SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"  # noqa: S105 - the name of the variable, not a secret

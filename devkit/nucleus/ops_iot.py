@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.greengrass.emulator.acl import MQTT_PROXY
-from device_agent.greengrass.emulator.core import (
+from devkit.nucleus.acl import MQTT_PROXY
+from devkit.nucleus.core import (
     MAX_IOT_PAYLOAD,
     EmulatorCore,
     IpcError,
@@ -31,7 +31,7 @@ from device_agent.greengrass.emulator.core import (
     qos_arg,
     topic_arg,
 )
-from device_agent.greengrass.emulator.streams import NS, Connection, Reply, Stream
+from devkit.nucleus.streams import NS, Connection, Reply, Stream
 
 #: lite's iotcored: IOTCORED_UNACKED_PACKET_BUFFER_SIZE (3 × IOTCORED_NETWORK_BUFFER_SIZE 5,000) and
 #: IOTCORED_MQTT_MAX_PUBLISH_RECORDS (modules/iotcored/src/mqtt.c)

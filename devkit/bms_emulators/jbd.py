@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from devkit.bms_emulators.encoding import i16, u8, u16
+from devkit.bms_emulators.pty_device import PtyDeviceEmulator
 from hardware.bms.jbd.decode import KELVIN_OFFSET_DK
 from hardware.bms.jbd.framing import (
     END,
@@ -13,8 +15,6 @@ from hardware.bms.jbd.framing import (
     START,
     build_response,
 )
-from hardware.emulators.encoding import i16, u8, u16
-from hardware.emulators.pty_device import PtyDeviceEmulator
 from hardware.simulator.state import PackState
 
 HARDWARE_NAME = b"BATTWIN-EMU-JBD"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from devkit.bms_emulators.encoding import u8, u16, u32
+from devkit.bms_emulators.pty_device import PtyDeviceEmulator
 from hardware.bms.jk.decode import TAG_CELLS, TAG_LENGTHS
 from hardware.bms.jk.framing import CMD_READ_ALL, MARKER, SPEC, TYPE_RESPONSE, build_frame
-from hardware.emulators.encoding import u8, u16, u32
-from hardware.emulators.pty_device import PtyDeviceEmulator
 from hardware.simulator.state import PackState
 
 SOURCE_BMS = 0x00

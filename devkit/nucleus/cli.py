@@ -3,7 +3,7 @@
 ``battwin gg emulate --socket PATH --thing NAME --recipe recipes/com.battwin.Agent.yaml`` starts the local
 nucleus emulator and prints the two variables a component process needs; export them in another shell
 and run the agent (``battwin run --thing NAME``) to exercise the IPC path without a Greengrass core.
-Also runnable as ``python -m device_agent.greengrass.cli emulate …``.
+Also runnable as ``python -m devkit.nucleus.cli emulate …``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from device_agent.greengrass.emulator import SOCKET_ENV, TOKEN_ENV, NucleusEmulator
     from device_agent.logging_setup import setup_logging
+    from devkit.nucleus import SOCKET_ENV, TOKEN_ENV, NucleusEmulator
 
     setup_logging(args.log_level, stream=sys.stderr)
     if not args.recipe.is_file():

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hardware.emulators.faults import Fault, FaultControl
-from hardware.emulators.feed import PackFeed
+from devkit.bms_emulators.faults import Fault, FaultControl
+from devkit.bms_emulators.feed import PackFeed
 from hardware.simulator.settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
@@ -77,30 +77,30 @@ def run_emulator(protocol: str, args: argparse.Namespace) -> EmulatorHandle:
     faults = FaultControl(seed=args.seed, slow_delay_s=args.slow_delay)
     faults.configure(args.faults)
     if protocol in ("jbd", "daly", "jk"):
-        from hardware.emulators.pty_device import PtyDeviceEmulator
+        from devkit.bms_emulators.pty_device import PtyDeviceEmulator
 
         emulator: PtyDeviceEmulator
         if protocol == "jbd":
-            from hardware.emulators.jbd import JbdEmulator
+            from devkit.bms_emulators.jbd import JbdEmulator
 
             emulator = JbdEmulator(feed, faults)
         elif protocol == "daly":
-            from hardware.emulators.daly import DalyEmulator
+            from devkit.bms_emulators.daly import DalyEmulator
 
             emulator = DalyEmulator(feed, faults, current_sign=args.current_sign)
         else:
-            from hardware.emulators.jk import JkEmulator
+            from devkit.bms_emulators.jk import JkEmulator
 
             emulator = JkEmulator(feed, faults)
         emulator.start()
         url = emulator.url + (f"?current_sign={args.current_sign}" if protocol == "daly" else "")
         return EmulatorHandle(protocol, url, feed, faults, emulator, emulator.stop)
     if protocol == "sbs":
-        from hardware.emulators.sbs import SbsEmulatorBus
+        from devkit.bms_emulators.sbs import SbsEmulatorBus
 
         bus = SbsEmulatorBus(feed, faults)
         return EmulatorHandle(protocol, "sbs:(in-process)?address=0x0b", feed, faults, bus, bus.close)
-    from hardware.emulators.modbus import ModbusEmulator
+    from devkit.bms_emulators.modbus import ModbusEmulator
     from hardware.modbus.regmap import load_map
 
     regmap = None if args.map == "sunspec" else load_map(args.map)

@@ -52,11 +52,11 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from device_agent.greengrass.emulator.acl import AccessControl
-from device_agent.greengrass.emulator.cloud_shadow import CloudShadowService, cloud_order
-from device_agent.greengrass.emulator.config_store import ConfigStore
-from device_agent.greengrass.emulator.connection import ConnectionServer
-from device_agent.greengrass.emulator.core import (
+from devkit.nucleus.acl import AccessControl
+from devkit.nucleus.cloud_shadow import CloudShadowService, cloud_order
+from devkit.nucleus.config_store import ConfigStore
+from devkit.nucleus.connection import ConnectionServer
+from devkit.nucleus.core import (
     SHADOW_MANAGER_COMPONENT,
     SOCKET_ENV,
     TOKEN_ENV,
@@ -66,18 +66,18 @@ from device_agent.greengrass.emulator.core import (
     PublishedMessage,
     log,
 )
-from device_agent.greengrass.emulator.deployment import Deployments
-from device_agent.greengrass.emulator.flavours import Flavour, rules_for
-from device_agent.greengrass.emulator.ops_config import ConfigurationOps
-from device_agent.greengrass.emulator.ops_iot import IoTCoreOps
-from device_agent.greengrass.emulator.ops_shadow import ShadowOps
-from device_agent.greengrass.emulator.recipe import (
+from devkit.nucleus.deployment import Deployments
+from devkit.nucleus.flavours import Flavour, rules_for
+from devkit.nucleus.ops_config import ConfigurationOps
+from devkit.nucleus.ops_iot import IoTCoreOps
+from devkit.nucleus.ops_shadow import ShadowOps
+from devkit.nucleus.recipe import (
     component_name,
     default_configuration,
     load_recipe,
 )
-from device_agent.greengrass.emulator.shadows import DEFAULT_MAX_DOCUMENT_BYTES, ShadowRequestError, ShadowStore
-from device_agent.greengrass.emulator.streams import Connection
+from devkit.nucleus.shadows import DEFAULT_MAX_DOCUMENT_BYTES, ShadowRequestError, ShadowStore
+from devkit.nucleus.streams import Connection
 
 __all__ = ["SOCKET_ENV", "TOKEN_ENV", "Denial", "IpcError", "NucleusEmulator", "PublishedMessage", "short_socket_path"]
 

@@ -11,7 +11,7 @@ nucleus does::
     <root>/logs/<name>.log
 
 Every recipe is read and every lifecycle interpolated BEFORE anything changes; a refusal raises
-:class:`~device_agent.greengrass.emulator.resolve.DeploymentError` and leaves the running components as
+:class:`~devkit.nucleus.resolve.DeploymentError` and leaves the running components as
 they were. Then, in dependency order, a new component is installed and started; one whose version or
 install script changed is reinstalled; one whose interpolated lifecycle (run/startup script or Setenv)
 changed is restarted (classic: ``GenericExternalService``'s config watcher; every component's lifecycle
@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.greengrass.emulator.acl import AccessControl
-from device_agent.greengrass.emulator.core import SOCKET_ENV, TOKEN_ENV, EmulatorCore, log
-from device_agent.greengrass.emulator.processes import ComponentProcesses
-from device_agent.greengrass.emulator.recipe import LifecycleContext, default_configuration, load_recipe
-from device_agent.greengrass.emulator.resolve import (
+from devkit.nucleus.acl import AccessControl
+from devkit.nucleus.core import SOCKET_ENV, TOKEN_ENV, EmulatorCore, log
+from devkit.nucleus.processes import ComponentProcesses
+from devkit.nucleus.recipe import LifecycleContext, default_configuration, load_recipe
+from devkit.nucleus.resolve import (
     ComponentRecipe,
     DeploymentError,
     Steps,

@@ -11,11 +11,11 @@ import json
 import time
 from typing import Any
 
-from device_agent.greengrass.emulator.acl import SHADOW_MANAGER, shadow_resource
-from device_agent.greengrass.emulator.core import SHADOW_MANAGER_COMPONENT, IpcError, b64_arg
-from device_agent.greengrass.emulator.ops_pubsub import LocalPubSubOps
-from device_agent.greengrass.emulator.shadows import ShadowRequestError
-from device_agent.greengrass.emulator.streams import NS, Connection, Reply
+from devkit.nucleus.acl import SHADOW_MANAGER, shadow_resource
+from devkit.nucleus.core import SHADOW_MANAGER_COMPONENT, IpcError, b64_arg
+from devkit.nucleus.ops_pubsub import LocalPubSubOps
+from devkit.nucleus.shadows import ShadowRequestError
+from devkit.nucleus.streams import NS, Connection, Reply
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-")
 

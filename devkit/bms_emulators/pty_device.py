@@ -21,8 +21,8 @@ import tty
 from abc import ABC, abstractmethod
 from types import TracebackType
 
-from hardware.emulators.faults import IMPLAUSIBLE_FACTOR, Fault, FaultControl
-from hardware.emulators.feed import PackFeed
+from devkit.bms_emulators.faults import IMPLAUSIBLE_FACTOR, Fault, FaultControl
+from devkit.bms_emulators.feed import PackFeed
 from hardware.simulator.state import PackState
 from hardware.transports.framing import FrameSpec, StreamFramer
 

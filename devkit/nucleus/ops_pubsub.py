@@ -6,9 +6,9 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from device_agent.greengrass.emulator.acl import PUBSUB
-from device_agent.greengrass.emulator.core import EmulatorCore, IpcError, b64_arg, mqtt_filter_matches, topic_arg
-from device_agent.greengrass.emulator.streams import NS, Connection, Reply, Stream
+from devkit.nucleus.acl import PUBSUB
+from devkit.nucleus.core import EmulatorCore, IpcError, b64_arg, mqtt_filter_matches, topic_arg
+from devkit.nucleus.streams import NS, Connection, Reply, Stream
 
 
 class LocalPubSubOps(EmulatorCore):
