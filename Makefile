@@ -4,10 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
+# `make demo` has an environment of its own: what the full-stack demo runs (agent, amqtt, moto, boto3, dashboard),
+# not TensorFlow, Playwright or the linters of the development one
+DEMO_VENV  := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
 
 .PHONY: demo test lint typecheck pytest bench gg-build clean venv audit lock pi-check pyversions
 
-LOCKS  := requirements/dev.lock requirements/device.lock requirements/device-32bit.lock
+LOCKS  := requirements/dev.lock requirements/device.lock requirements/device-32bit.lock requirements/demo.lock
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --no-header \
 	-c requirements/constraints.txt
 
@@ -19,6 +23,13 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+$(DEMO_STAMP): requirements/demo.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/pip install --quiet --require-hashes --only-binary=:all: -r requirements/demo.lock
+	$(DEMO_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(DEMO_STAMP)
+
 # regenerate the locks from pyproject.toml (keeps the versions already locked unless pyproject needs others)
 lock: $(STAMP)
 	$(UV_COMPILE) pyproject.toml --all-extras -o requirements/dev.lock
@@ -26,11 +37,13 @@ lock: $(STAMP)
 		-c requirements/dev.lock -o requirements/device.lock
 	$(UV_COMPILE) pyproject.toml requirements/device.in --extra device \
 		-c requirements/dev.lock -o requirements/device-32bit.lock
+	$(UV_COMPILE) pyproject.toml requirements/demo.in --extra device --extra litert --extra demo --extra cloud \
+		-c requirements/dev.lock -o requirements/demo.lock
 
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/battwin demo $(DEMO_ARGS)
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/battwin demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -55,7 +68,7 @@ pyversions:
 	$(PYTHON) tools/pyversions.py $(PYVERSIONS_ARGS)
 
 clean:
-	rm -rf $(VENV) greengrass-build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_VENV) greengrass-build .pytest_cache .mypy_cache .ruff_cache
 
 # Known-vulnerability check of the pinned dependencies (needs PyPI's JSON API; see RELIABILITY.md)
 audit: $(STAMP)

@@ -16,10 +16,11 @@ Two modes:
   Publish then writes ``<name>-<version>.yaml`` with the real bucket.
 
 In both, artifact URIs are GDK's placeholders ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``
-and every URI must name a file that was built. The agent's artifact is ``battwin-agent.zip`` (the
-``device_agent`` and ``hardware`` packages + the locked device requirements ``requirements/device.lock`` and
-``requirements/device-32bit.lock`` that ``device_agent/bootstrap.py`` installs; reproducible: same sources,
-same bytes);
+and every URI must name a file that was built. The agent's artifact is ``battwin-agent.zip`` (what runs on
+a device: the ``schema``, ``hardware`` and ``device_agent`` packages + the locked device requirements
+``requirements/device.lock`` and ``requirements/device-32bit.lock`` that ``device_agent/bootstrap.py`` installs;
+no dev tool — the ``devkit`` package of emulators, broker and demo stays out; reproducible: same sources, same
+bytes);
 the model's are ``model.tflite`` + ``model.json`` from ``device_agent/health/shipped_model/``, checked
 against each other (the sha256 the model card states).
 
@@ -43,7 +44,8 @@ AGENT = "com.battwin.Agent"
 MODEL = "com.battwin.SohModel"
 COMPONENTS = (AGENT, MODEL)
 AGENT_ZIP = "battwin-agent.zip"
-AGENT_PACKAGES = ("device_agent", "hardware")
+#: the layers that run on a device, bottom up (schema ← hardware ← device_agent); never devkit, ml or cloud
+AGENT_PACKAGES = ("schema", "hardware", "device_agent")
 PACKAGE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".toml", ".tflite")
 PACKAGE_FILES = ("py.typed",)
 #: the locked device requirements (64-bit Python with ai-edge-litert, 32-bit without), copied from the repo
@@ -102,7 +104,11 @@ def gdk_recipe_file_name(project: Path) -> str:
 
 # -- artifacts ------------------------------------------------------------------------------------
 def _package_files(repo: Path) -> list[Path]:
+    if not (repo / "device_agent").is_dir():
+        raise BuildError(f"{AGENT}: no device_agent package in {repo}")
     files = []
+    # a layer this checkout does not have yet is left out; tests/greengrass/test_gg_artifact.py imports every
+    # module of the artifact from the artifact alone, so a layer the others need cannot go missing unnoticed
     for package in AGENT_PACKAGES:
         for path in sorted((repo / package).rglob("*")):
             if not path.is_file() or "__pycache__" in path.parts:

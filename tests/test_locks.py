@@ -62,7 +62,10 @@ LOCK_EXTRAS = {
     "dev.lock": tuple(_project()["optional-dependencies"]),
     "device.lock": ("device", "litert"),
     "device-32bit.lock": ("device",),
+    "demo.lock": ("device", "litert", "demo", "cloud"),
 }
+#: what the development environment has and `make demo` must not install (the 2.3 GB of it)
+DEV_ONLY = ("tensorflow-cpu", "tensorflow", "playwright", "ruff", "mypy", "pytest", "hypothesis", "matplotlib")
 
 
 @pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
@@ -94,7 +97,7 @@ def test_every_locked_package_is_pinned_with_hashes(lock_name: str) -> None:
 def test_device_locks_agree_with_the_development_lock() -> None:
     for python in ("3.11", "3.12", "3.13"):
         dev = _pins(LOCKS / "dev.lock", python)
-        for lock_name in ("device.lock", "device-32bit.lock"):
+        for lock_name in ("device.lock", "device-32bit.lock", "demo.lock"):
             for name, version in _pins(LOCKS / lock_name, python).items():
                 if name in dev:
                     assert dev[name] == version, f"{lock_name} has {name} {version}, dev.lock {dev[name]}"
@@ -107,6 +110,43 @@ def test_device_locks_pin_pip_and_leave_out_dev_tools() -> None:
     assert "ai-edge-litert" in device and "ai-edge-litert" not in small
     for tool in ("tensorflow-cpu", "boto3", "moto", "amqtt", "pytest"):
         assert tool not in device, f"{tool} would be installed on a device"
+
+
+def test_the_demo_lock_has_what_the_full_demo_runs_and_no_dev_tools() -> None:
+    for python in ("3.11", "3.12", "3.13"):
+        demo = _pins(LOCKS / "demo.lock", python)
+        # the agent (MQTT over awscrt, the shipped TFLite model), the embedded broker, the local AWS (moto server)
+        # the ingest/API handlers use (boto3), the BMS emulator's serial link
+        for needed in ("awscrt", "ai-edge-litert", "amqtt", "moto", "flask", "boto3", "pyserial", "setuptools"):
+            assert needed in demo, f"demo.lock lacks {needed} for Python {python}"
+        present = [tool for tool in DEV_ONLY if tool in demo]
+        assert not present, f"demo.lock would install {present} for Python {python}"
+    assert any(tool in _pins(LOCKS / "dev.lock", "3.11") for tool in DEV_ONLY)  # the names above are real ones
+
+
+def _make_rule(target: str) -> str:
+    """The prerequisites line and recipe of one Makefile rule."""
+    text = (REPO / "Makefile").read_text()
+    match = re.search(rf"^{re.escape(target)}:(.*\n(?:\t.*\n|.*\\\n)*)", text, re.MULTILINE)
+    assert match, f"no rule {target} in the Makefile"
+    return match.group(1)
+
+
+def test_make_demo_installs_from_the_demo_lock_only() -> None:
+    assert "$(DEMO_STAMP)" in _make_rule("demo").splitlines()[0]
+    recipe = _make_rule("$(DEMO_STAMP)")
+    installs = [line for line in recipe.splitlines() if " install " in line]
+    assert len(installs) == 2, installs
+    assert "--require-hashes --only-binary=:all: -r requirements/demo.lock" in installs[0]
+    assert "--no-deps" in installs[1] and " -e ." in installs[1]
+    assert "dev.lock" not in recipe
+
+
+def test_make_lock_writes_every_lock() -> None:
+    recipe = _make_rule("lock")
+    for lock in sorted(p.name for p in LOCKS.glob("*.lock")):
+        assert f"-o requirements/{lock}" in recipe, f"make lock does not regenerate {lock}"
+    assert set(LOCK_EXTRAS) == {p.name for p in LOCKS.glob("*.lock")}
 
 
 def test_the_installed_environment_is_the_locked_one() -> None:
