@@ -141,3 +141,74 @@ def test_full_stack_on_mosquitto_uses_the_aws_shadow_root(mosquitto: Any) -> Non
         wait_for(
             lambda: fetch(shadow)[1]["reported"].get("health", {}).get("eol_threshold") == 0.7, 30, 0.3, "the report"
         )
+
+
+def _installed_battwin() -> list[str]:
+    """``battwin`` as the install put it next to this interpreter (the console script of pyproject.toml)."""
+    script = Path(sys.executable).parent / "battwin"
+    assert script.is_file(), f"no battwin console script beside {sys.executable}: install the project (make)"
+    return [str(script)]
+
+
+@pytest.mark.slow
+def test_battwin_demo_as_installed_runs_the_full_stack(tmp_path: Path) -> None:
+    """`make demo`'s command, `battwin demo`, through the installed entry points: the `battwin.cli` group gives
+    the `demo` command, the `battwin.demo` group's `full` entry point the cloud stack (not the device-only
+    fallback); what the user sees — the stack described, the dashboard's fleet filling with batteries that have
+    a state of health — is asserted, then Ctrl-C ends it cleanly."""
+    from importlib.metadata import entry_points
+
+    (full,) = [ep for ep in entry_points(group="battwin.demo") if ep.name == "full"]
+    assert full.value == TARGET  # the installed metadata names the full stack; the run below must reach it
+    assert "demo" in {ep.name for ep in entry_points(group="battwin.cli")}
+    argv = [*_installed_battwin(), "demo", "--batteries", "2", "--no-table", "--dashboard-port", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [*argv, "--workdir", str(tmp_path / "work")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        url = None
+        while url is None:
+            line = proc.stdout.readline()
+            if not line:  # the demo ended before it served the dashboard
+                break
+            seen.append(line)
+            if line.startswith("battwin demo: broker "):  # the device-only demo's banner: the fallback ran
+                break
+            if "dashboard on " in line:
+                url = line.split("dashboard on ", 1)[1].strip()
+        assert url, "".join(seen) + (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
+
+        def fleet_with_health() -> dict[str, dict[str, Any]] | None:
+            status, body = fetch(url + "api/fleet")
+            items = {item["thing"]: item for item in body["items"]} if status == 200 else {}
+            sims = [items.get(name) for name in ("sim-25c-1c", "sim-45c-1c")]
+            return items if all(s and s["soh"] is not None for s in sims) else None
+
+        # generous: the first cycles of a loaded 2-core machine; the data, not the time, decides
+        fleet = wait_for(fleet_with_health, 240, 1.0, "both simulated batteries with a state of health")
+        for name in ("sim-25c-1c", "sim-45c-1c"):
+            item = fleet[name]
+            assert item["simulated"] is True  # simulated data says so on the dashboard too
+            assert 0.5 < item["soh"] <= 1.0 and item["cycle_index"] >= 1 and item["health_method"]
+        assert "bms-jbd-1" in fleet  # the BMS emulator read through the real JBD driver reached the cloud too
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + out
+    assert proc.returncode == 0, err[-2000:]
+    assert "full-stack demo unavailable" not in err and "full-stack demo not installed" not in err
+    assert out.startswith("battwin demo (full stack)")
+    for shown in ("AWS (moto)", "IoT rules", "battery       sim-25c-1c", "battery       sim-45c-1c", "bms-jbd-1"):
+        assert shown in out, out[:2000]
+    assert out.rstrip().endswith("battwin demo: stopped")
