@@ -43,7 +43,7 @@ AGENT = "com.battwin.Agent"
 MODEL = "com.battwin.SohModel"
 COMPONENTS = (AGENT, MODEL)
 AGENT_ZIP = "battwin-agent.zip"
-AGENT_PACKAGES = ("device_agent", "hardware")
+AGENT_PACKAGES = ("schema", "hardware", "device_agent")
 PACKAGE_SUFFIXES = (".py", ".json", ".yaml", ".yml", ".toml", ".tflite")
 PACKAGE_FILES = ("py.typed",)
 #: the locked device requirements (64-bit Python with ai-edge-litert, 32-bit without), copied from the repo

@@ -29,8 +29,8 @@ from device_agent.shadow.local_service import LocalShadowService
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from device_agent.uplink.mqtt_transport import MqttTransport
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.simulator_settings import SimulatorSettings
 
 
 @dataclass(frozen=True)

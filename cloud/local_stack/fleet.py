@@ -33,9 +33,9 @@ from hardware.emulators.feed import PackFeed
 from hardware.emulators.jbd import JbdEmulator
 from hardware.registry import create_source
 from hardware.replay import ReplaySource
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
 from hardware.source import Source
+from schema.simulator_settings import SimulatorSettings
 
 log = logging.getLogger("battwin.local_stack.fleet")
 

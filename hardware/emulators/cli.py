@@ -21,7 +21,7 @@ from typing import Any
 
 from hardware.emulators.faults import Fault, FaultControl
 from hardware.emulators.feed import PackFeed
-from hardware.simulator.settings import SimulatorSettings
+from schema.simulator_settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
 
