@@ -99,10 +99,9 @@ def parse_source_url(url: str) -> SourceUrl:
     return SourceUrl(raw=original, scheme=scheme, path=path, host=parts.hostname, port=port, query=query)
 
 
+# The agent's ``[source]`` section (``device_agent.config.AgentConfig.source``); every driver's
+# ``create(url, settings)`` receives it. (No docstring: it would change the configuration's JSON schema.)
 class SourceSettings(BaseModel):
-    """The agent's ``[source]`` section (``device_agent.config.AgentConfig.source``); every driver's
-    ``create(url, settings)`` receives it."""
-
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     url: Annotated[str, Field(min_length=1, max_length=1024)] = "simulator"
