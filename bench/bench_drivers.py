@@ -19,7 +19,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from device_agent.config import SourceSettings  # noqa: E402
 from devkit.bms_emulators.daly import DalyEmulator  # noqa: E402
 from devkit.bms_emulators.feed import PackFeed  # noqa: E402
 from devkit.bms_emulators.jbd import JbdEmulator, basic_info_payload, cell_voltages_payload  # noqa: E402
@@ -37,7 +36,8 @@ from hardware.modbus.sunspec import decode_model_802  # noqa: E402
 from hardware.registry import create_source  # noqa: E402
 from hardware.sbs.pec import read_word_pec  # noqa: E402
 from hardware.sbs.registers import decode_transaction  # noqa: E402
-from hardware.simulator.settings import SimulatorSettings  # noqa: E402
+from schema.simulator_settings import SimulatorSettings  # noqa: E402
+from schema.source_settings import SourceSettings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DECODE_TARGET = 50_000.0

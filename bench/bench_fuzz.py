@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from device_agent.messages import Envelope  # noqa: E402
 from hardware.bms.daly import decode as daly  # noqa: E402
 from hardware.bms.daly.framing import build_frame as build_daly  # noqa: E402
 from hardware.bms.jbd import decode as jbd  # noqa: E402
@@ -34,6 +33,7 @@ from hardware.bms.jk.framing import build_frame as build_jk  # noqa: E402
 from hardware.errors import ProtocolError  # noqa: E402
 from hardware.modbus.sunspec import MODEL_802_SIZE, decode_model_802  # noqa: E402
 from hardware.sbs.registers import decode_transaction  # noqa: E402
+from schema.messages import Envelope  # noqa: E402
 
 CASES = int(os.environ.get("FUZZ_CASES", "100000"))
 FRAMES = REPO.parent / "shared" / "bms-frames"

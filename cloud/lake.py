@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from device_agent.messages import Alarm, CycleRecord, Envelope, Message, Telemetry
+from schema.messages import Alarm, CycleRecord, Envelope, Message, Telemetry
 
 LAKE_KINDS = ("telemetry", "cycles", "health", "alarms")
 DEFAULT_LAKE_PREFIX = "lake/"

@@ -1,8 +1,9 @@
 """Build the deployable artifacts, byte-for-byte reproducible (sorted entries, fixed times):
 
 * ``lambda.zip`` — the code of every battwin Lambda: the handlers' part of the ``cloud`` package
-  (``ingest``, ``api``, ``retrain`` and their shared modules), ``device_agent.messages`` (the wire format
-  the ingest validates against) with the two small modules it and ``cloud`` need, and pydantic with its
+  (``ingest``, ``api``, ``retrain`` and their shared modules), the ``schema`` package (the wire format
+  the ingest validates against; a leaf that imports only pydantic), ``device_agent.logging_setup`` (the JSON
+  log format ``cloud.aws`` shares with the device) with its package's ``__init__``, and pydantic with its
   dependencies (boto3 is part of the Lambda runtime). pydantic-core is compiled and the zip is for the
   ``python3.13`` runtime on ``x86_64``, whatever Python builds it: the wheels of these distributions for
   that runtime are downloaded by pip from the package index, pinned and hash-checked by
@@ -11,7 +12,7 @@
   pydantic-core must be ``cp313 manylinux x86_64``).
 * ``training-source.tar.gz`` — SageMaker script-mode source: ``battwin_train.py`` (runs
   ``ml.sagemaker_entry`` as ``__main__`` with the source root on ``sys.path``), the ``ml``,
-  ``device_agent`` and ``hardware`` packages, and ``requirements.txt`` with the project's pinned
+  ``device_agent``, ``hardware`` and ``schema`` packages, and ``requirements.txt`` with the project's pinned
   dependencies (the TensorFlow image provides TensorFlow and numpy).
 
 The file names carry no hash; :class:`Artifact` has the SHA-256, which the deployer puts in the S3 key
@@ -57,13 +58,13 @@ LAMBDA_PROJECT_FILES = (
     "cloud/lake.py",
     "cloud/tables.py",
     "device_agent/__init__.py",
-    "device_agent/messages.py",
     "device_agent/logging_setup.py",
 )
-LAMBDA_PROJECT_PACKAGES = ("cloud/ingest", "cloud/api", "cloud/retrain")
+#: whole packages: the handlers, and ``schema`` (the wire format, the bottom layer; it imports nothing of ours)
+LAMBDA_PROJECT_PACKAGES = ("schema", "cloud/ingest", "cloud/api", "cloud/retrain")
 #: third-party distributions copied into the zip
 LAMBDA_DISTRIBUTIONS = ("pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection")
-TRAINING_PACKAGES = ("ml", "device_agent", "hardware")
+TRAINING_PACKAGES = ("ml", "device_agent", "hardware", "schema")
 TRAINING_ENTRY = "battwin_train.py"
 TRAINING_MODULE = "ml.sagemaker_entry"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)

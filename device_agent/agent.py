@@ -26,15 +26,6 @@ from pydantic import TypeAdapter
 from device_agent.alarms import AlarmBook
 from device_agent.config import AgentConfig
 from device_agent.health.estimator import MAX_HISTORY, HealthEstimator, HealthModel
-from device_agent.messages import (
-    Alarm,
-    CycleRecord,
-    Message,
-    MessageKind,
-    Sample,
-    Telemetry,
-    new_message_id,
-)
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import telemetry_overhead
@@ -43,6 +34,15 @@ from device_agent.uplink.state_store import StateStore
 from device_agent.uplink.transport import Transport, payload_budget
 from hardware.errors import DataFileError, SourceError, SourceExhausted, SourceUnavailable
 from hardware.source import Source
+from schema.messages import (
+    Alarm,
+    CycleRecord,
+    Message,
+    MessageKind,
+    Sample,
+    Telemetry,
+    new_message_id,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from device_agent.messages import Alarm, Severity
+from schema.messages import Alarm, Severity
 
 
 @dataclass(frozen=True)

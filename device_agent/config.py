@@ -27,7 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from hardware.simulator.settings import SimulatorSettings
+from schema.source_settings import SourceSettings
 
 PosFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 ThingName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_\-]+$")]
@@ -51,18 +51,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SourceSettings(Section):
-    url: Annotated[str, Field(min_length=1, max_length=1024)] = "simulator"
-    sample_interval_s: Annotated[float, Field(gt=0.0, le=3600.0, allow_inf_nan=False)] = 1.0
-    #: consecutive failed polls after which the source is declared offline (alarm, data stale)
-    offline_after_failures: Annotated[int, Field(ge=1, le=1000)] = 5
-    #: retries inside one poll before it counts as failed
-    retries: Annotated[int, Field(ge=0, le=10)] = 2
-    #: what to do when a real source is offline; "simulator" only if explicitly set, and tagged
-    fallback: Literal["none", "simulator"] = "none"
-    #: replay: Unix time that the log's t_s = 0 maps to
-    replay_start_ts: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
-    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+# ``[source]`` is ``schema.source_settings.SourceSettings`` (the drivers read it; it lives below them)
 
 
 class MqttSettings(Section):

@@ -15,7 +15,6 @@ from device_agent.config import AgentConfig
 from device_agent.health.estimator import HealthModel
 from device_agent.health.model_manager import ModelManager
 from device_agent.health.shipped import shipped_model_dir
-from device_agent.messages import Message, MessageKind
 from device_agent.shadow.client import ShadowClient
 from device_agent.shadow.config_sync import ConfigSync
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
@@ -24,6 +23,7 @@ from device_agent.uplink.transport import MemoryTransport, Transport
 from hardware.errors import SourceError
 from hardware.registry import create_source
 from hardware.replay import ReplaySource
+from schema.messages import Message, MessageKind
 
 log = logging.getLogger(__name__)
 

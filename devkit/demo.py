@@ -29,8 +29,8 @@ from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.broker.embedded import EmbeddedBroker
 from devkit.local_shadow import LocalShadowService
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.simulator_settings import SimulatorSettings
 
 
 @dataclass(frozen=True)

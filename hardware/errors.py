@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+# the base and the URL/option error are defined with the source URL in the schema layer (a malformed URL is
+# refused there); this module is the whole hierarchy drivers raise from
+from schema.source_settings import SourceConfigError, SourceError
 
-class SourceError(Exception):
-    """Base class: reading the battery failed; no sample was produced."""
-
-
-class SourceConfigError(SourceError, ValueError):
-    """The source URL or its options are wrong (unknown scheme, bad address, missing file ...)."""
+__all__ = [
+    "ChecksumError",
+    "DataFileError",
+    "DecodeError",
+    "FramingError",
+    "ImplausibleValueError",
+    "ProtocolError",
+    "SourceConfigError",
+    "SourceError",
+    "SourceExhausted",
+    "SourceTimeout",
+    "SourceUnavailable",
+]
 
 
 class SourceUnavailable(SourceError):

@@ -1,90 +1,42 @@
-"""Source URLs → source objects.
+"""Source URLs → source objects: the table of drivers, by URL scheme.
 
 ``scheme:rest`` URLs select a driver: ``simulator``, ``replay:PATH``, ``jbd:/dev/ttyUSB0``,
 ``daly:/dev/ttyUSB0?address=0x40``, ``jk:/dev/ttyUSB0``, ``sbs:/dev/i2c-1?address=0x0b``,
 ``modbus-tcp://host:502?unit=1&map=sunspec``, ``modbus-rtu:/dev/ttyUSB0?baud=9600&unit=1&map=FILE.yaml``.
 
-Drivers are imported lazily (by dotted path) so a device without, say, pymodbus can still run a JBD pack.
+A driver is a factory ``(SourceUrl, SourceSettings) -> Source`` (:data:`SourceFactory`): it reads its
+options from the parsed URL, the agent's defaults (``retries``, ``sample_interval_s`` ...) from the
+settings, and builds the source without opening it. :func:`register` adds one to the table, either as the
+function itself or as ``"module:function"``; the built-in drivers are registered that way below, by dotted
+path, so they are imported lazily and a device without, say, pymodbus can still run a JBD pack.
+README.md, "Adding a driver", walks through writing one (template: ``docs/driver_skeleton/``).
 """
 
 from __future__ import annotations
 
 import importlib
-import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from hardware.errors import SourceConfigError
 from hardware.source import Source
+from schema.source_settings import SourceSettings, SourceUrl, parse_source_url
 
+__all__ = [
+    "BUILTIN_DRIVERS",
+    "SourceFactory",
+    "create_source",
+    "known_schemes",
+    "parse_source_url",
+    "register",
+    "resolve",
+    "unregister",
+]
 
-@dataclass(frozen=True)
-class SourceUrl:
-    """A parsed source URL. ``path`` is the device/file path, ``host``/``port`` for network sources."""
+SourceFactory = Callable[[SourceUrl, SourceSettings], Source]
 
-    raw: str
-    scheme: str
-    path: str
-    host: str | None = None
-    port: int | None = None
-    query: dict[str, str] = field(default_factory=dict)
-
-    def option(self, name: str, default: str | None = None) -> str | None:
-        return self.query.get(name, default)
-
-    def int_option(self, name: str, default: int) -> int:
-        raw = self.query.get(name)
-        if raw is None:
-            return default
-        try:
-            return int(raw, 0)
-        except ValueError:
-            raise SourceConfigError(f"source URL {self.raw!r}: option {name}={raw!r} is not an integer") from None
-
-    def float_option(self, name: str, default: float) -> float:
-        raw = self.query.get(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SourceConfigError(f"source URL {self.raw!r}: option {name}={raw!r} is not a number") from None
-        if not math.isfinite(value):
-            raise SourceConfigError(f"source URL {self.raw!r}: option {name} must be finite")
-        return value
-
-
-def parse_source_url(url: str) -> SourceUrl:
-    url = original = url.strip()
-    if not url:
-        raise SourceConfigError("source URL is empty")
-    if ":" not in url.split("?", 1)[0]:
-        # bare scheme, e.g. "simulator" or "simulator?seed=3"
-        url = url.replace("?", ":?", 1) if "?" in url else url + ":"
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise SourceConfigError(f"source URL {url!r} has no scheme (expected e.g. 'jbd:/dev/ttyUSB0')")
-    try:
-        query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
-    except ValueError:
-        raise SourceConfigError(f"source URL {url!r}: malformed query string {parts.query!r}") from None
-    try:
-        port = parts.port
-    except ValueError:
-        raise SourceConfigError(f"source URL {url!r}: invalid port") from None
-    path = parts.path
-    if parts.netloc and not parts.hostname:
-        raise SourceConfigError(f"source URL {url!r}: invalid host")
-    return SourceUrl(raw=original, scheme=scheme, path=path, host=parts.hostname, port=port, query=query)
-
-
-SourceFactory = Callable[[SourceUrl, Any], Source]
-
-#: scheme → "module:function"; the function takes (SourceUrl, SourceSettings) and returns a Source.
-_FACTORIES: dict[str, str] = {
+#: the drivers battwin ships: scheme → ``"module:function"`` (registered through :func:`register` below)
+BUILTIN_DRIVERS: dict[str, str] = {
     "simulator": "hardware.simulator.source:create",
     "sim": "hardware.simulator.source:create",
     "replay": "hardware.replay:create",
@@ -96,30 +48,72 @@ _FACTORIES: dict[str, str] = {
     "modbus-rtu": "hardware.modbus.driver:create_rtu",
 }
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]{0,31}$")
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: scheme → the factory, or its dotted path until first use
+_FACTORIES: dict[str, SourceFactory | str] = {}
 
-def register(scheme: str, target: str) -> None:
-    """Register a driver factory by dotted path ``module:function``."""
-    _FACTORIES[scheme.lower()] = target
+
+def register(scheme: str, factory: SourceFactory | str, *, replace: bool = False) -> None:
+    """Make ``scheme:...`` URLs build sources with ``factory``: a callable ``(SourceUrl, SourceSettings) ->
+    Source`` or its dotted path ``"package.module:function"`` (imported on first use).
+
+    A scheme is lower-case (URL schemes are case-insensitive; ``urlsplit`` lower-cases them). Registering a
+    scheme that already names a different driver is a :class:`ValueError` unless ``replace`` is set, so a
+    plug-in cannot silently take over ``jbd``."""
+    key = scheme.lower()
+    if not _SCHEME.match(key):
+        raise ValueError(f"driver scheme {scheme!r}: expected a URL scheme (a letter, then letters, digits, +.-)")
+    if isinstance(factory, str):
+        if not _TARGET.match(factory):
+            raise ValueError(f"driver {scheme!r}: target {factory!r} is not 'package.module:function'")
+    elif not callable(factory):
+        raise TypeError(f"driver {scheme!r}: factory {factory!r} is not callable")
+    current = _FACTORIES.get(key)
+    if current is not None and current != factory and not replace:
+        raise ValueError(f"driver scheme {key!r} is already registered ({current!r}); pass replace=True")
+    _FACTORIES[key] = factory
+
+
+def unregister(scheme: str) -> None:
+    """Remove a scheme (a test's or a plug-in's); unknown schemes are ignored."""
+    _FACTORIES.pop(scheme.lower(), None)
 
 
 def known_schemes() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create_source(url: str, settings: Any) -> Source:
-    """Build (not open) the source a URL names. ``settings`` is the agent's ``SourceSettings``."""
-    parsed = parse_source_url(url)
-    target = _FACTORIES.get(parsed.scheme)
+def resolve(scheme: str) -> SourceFactory:
+    """The factory registered for ``scheme`` (importing its module if it was registered by dotted path)."""
+    key = scheme.lower()
+    target = _FACTORIES.get(key)
     if target is None:
-        raise SourceConfigError(
-            f"unknown source scheme {parsed.scheme!r} in {url!r}; known: {', '.join(known_schemes())}"
-        )
+        raise SourceConfigError(f"unknown source scheme {key!r}; known: {', '.join(known_schemes())}")
+    if not isinstance(target, str):
+        return target
     module_name, func_name = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SourceConfigError(
-            f"source {parsed.scheme!r} needs a package that is not installed: {exc.name} (install battwin[device])"
+            f"source {key!r} needs a package that is not installed: {exc.name} (install battwin[device])"
         ) from exc
-    factory: SourceFactory = getattr(module, func_name)
-    return factory(parsed, settings)
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise SourceConfigError(f"source {key!r}: {target} is not a function")
+    return factory
+
+
+def create_source(url: str, settings: SourceSettings) -> Source:
+    """Build (not open) the source a URL names. ``settings`` is the agent's ``[source]`` section."""
+    parsed = parse_source_url(url)
+    if parsed.scheme not in _FACTORIES:
+        raise SourceConfigError(
+            f"unknown source scheme {parsed.scheme!r} in {url!r}; known: {', '.join(known_schemes())}"
+        )
+    return resolve(parsed.scheme)(parsed, settings)
+
+
+for _scheme, _target in BUILTIN_DRIVERS.items():
+    register(_scheme, _target)

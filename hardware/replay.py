@@ -20,12 +20,12 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from device_agent.messages import Sample
 from hardware.errors import DataFileError, DecodeError, SourceConfigError, SourceExhausted, SourceUnavailable
-from hardware.registry import SourceUrl
 from hardware.source import Source
+from schema.messages import Sample
+from schema.source_settings import SourceSettings, SourceUrl
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,9 @@ class ReplaySource(Source):
             fh.close()
 
 
-def create(url: SourceUrl, settings: Any) -> ReplaySource:
+def create(url: SourceUrl, settings: SourceSettings) -> ReplaySource:
     path = url.path or url.raw.split(":", 1)[1]
     if not path:
         raise SourceConfigError("replay source needs a path: replay:PATH")
-    start = url.float_option("start", float(getattr(settings, "replay_start_ts", 0.0)))
+    start = url.float_option("start", settings.replay_start_ts)
     return ReplaySource(path, start_ts=start)

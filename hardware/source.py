@@ -1,6 +1,6 @@
 """The one interface every battery source implements.
 
-A source is polled by the agent's coordinator: ``poll()`` returns one :class:`~device_agent.messages.Sample`
+A source is polled by the agent's coordinator: ``poll()`` returns one :class:`~schema.messages.Sample`
 or raises a :class:`~hardware.errors.SourceError`. Sources never invent data: when a read fails they
 raise, and the coordinator decides about retries, staleness and alarms.
 
@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from device_agent.messages import Sample
+from schema.messages import Sample
 
 if TYPE_CHECKING:  # typing.Self from Python 3.11; annotations are not evaluated at run time
     from typing import Self

@@ -34,8 +34,8 @@ from device_agent.health.estimator import HealthEstimator
 from device_agent.health.fade_law import CapacityPoint
 from device_agent.health.hybrid import clean_series
 from device_agent.health.model_files import CleaningSpec
-from device_agent.messages import CycleRecord
 from device_agent.tracking.cycle_tracker import CycleTracker
+from schema.messages import CycleRecord
 
 log = logging.getLogger(__name__)
 

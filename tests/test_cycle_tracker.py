@@ -114,7 +114,7 @@ def test_out_of_order_samples_are_ignored():
 
 
 def test_cutoff_uses_lowest_cell_when_cells_are_reported():
-    from device_agent.messages import Sample
+    from schema.messages import Sample
 
     tr = CycleTracker(TrackerSettings(cells_series=4, cutoff_voltage_per_cell_v=2.7), "t")
     out = []

@@ -11,10 +11,10 @@ import pytest
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
-from device_agent.messages import Envelope
 from device_agent.uplink.mqtt_transport import MqttTransport
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.messages import Envelope
+from schema.simulator_settings import SimulatorSettings
 from tests.conftest import Mosquitto, require_mosquitto
 
 

@@ -10,7 +10,7 @@ from device_agent.config import HealthSettings
 from device_agent.health import fade_law
 from device_agent.health.estimator import Forecast, HealthEstimator
 from device_agent.health.fade_law import CapacityPoint, arrhenius, fit_fade, forecast_eol
-from device_agent.messages import CycleRecord
+from schema.messages import CycleRecord
 from tests.support import NASA_CELLS, need_shared_data
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from device_agent.messages import Alarm, CycleRecord, Envelope, Health, Sample, Telemetry, envelope
+from schema.messages import Alarm, CycleRecord, Envelope, Health, Sample, Telemetry, envelope
 
 
 def sample(**kw):
@@ -122,8 +122,8 @@ def test_agent_telemetry_leaves_out_missing_readings_and_reads_back_the_same(tmp
     from device_agent.config import AgentConfig
     from device_agent.uplink.spool import Spool
     from device_agent.uplink.transport import MemoryTransport
-    from hardware.simulator.settings import SimulatorSettings
     from hardware.simulator.source import SimulatorSource
+    from schema.simulator_settings import SimulatorSettings
 
     cfg = AgentConfig(thing_name="pack-1", telemetry={"batch_max_samples": 2}, shadow={"enabled": False})
     agent = Agent(cfg, SimulatorSource(SimulatorSettings()), MemoryTransport(), Spool(tmp_path / "s.db"))

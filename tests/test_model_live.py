@@ -22,8 +22,8 @@ from device_agent.health.shipped import SHIPPED_MODEL_DIR
 from device_agent.runtime import attach_model_manager
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.simulator_settings import SimulatorSettings
 from tests.support import require_module
 
 require_module("ai_edge_litert")

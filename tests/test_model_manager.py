@@ -14,8 +14,8 @@ from device_agent.health.estimator import Forecast
 from device_agent.health.model_manager import ModelManager
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.simulator_settings import SimulatorSettings
 
 
 class FakeModel:

@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-from device_agent.config import SourceSettings
-from device_agent.messages import Sample
 from hardware.errors import SourceConfigError
 from hardware.registry import create_source, parse_source_url
 from hardware.simulator.model import (
@@ -22,9 +20,11 @@ from hardware.simulator.model import (
     open_circuit_slope,
     open_circuit_voltage,
 )
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource, create
 from hardware.simulator.state import PackState
+from schema.messages import Sample
+from schema.simulator_settings import SimulatorSettings
+from schema.source_settings import SourceSettings
 
 QUIET = {"noise_voltage_v": 0.0, "noise_current_a": 0.0, "noise_temperature_c": 0.0}
 FAST_CYCLE = {"charge_c_rate": 1.0, "rest_after_charge_s": 60.0, "rest_after_discharge_s": 60.0}

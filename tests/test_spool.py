@@ -147,8 +147,8 @@ def test_spool_synchronous_is_settable_and_the_agent_honours_it(tmp_path, monkey
     from device_agent.agent import Agent
     from device_agent.config import ConfigError, load_config
     from device_agent.uplink.transport import MemoryTransport
-    from hardware.simulator.settings import SimulatorSettings
     from hardware.simulator.source import SimulatorSource
+    from schema.simulator_settings import SimulatorSettings
 
     monkeypatch.setenv("BATTWIN_SPOOL__SYNCHRONOUS", value)
     config = load_config(overrides={"spool": {"path": str(tmp_path / "spool.db")}})

@@ -15,13 +15,13 @@ import pytest
 from device_agent.agent import TelemetryBatcher
 from device_agent.config import MqttSettings
 from device_agent.greengrass.ipc_transport import publish_payload_budget
-from device_agent.messages import Alarm, CycleRecord, ForecastPoint, Health, Sample, envelope
 from device_agent.uplink.mqtt_transport import MQTT_MAX_MESSAGE_BYTES, MqttTransport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import NotSplittable, part_id, split_telemetry, telemetry_overhead
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport, MessageTooLarge
 from hardware.transports.backoff import Backoff
+from schema.messages import Alarm, CycleRecord, ForecastPoint, Health, Sample, envelope
 from tests.support import free_port
 
 

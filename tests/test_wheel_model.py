@@ -19,7 +19,7 @@ from tests.support import REPO, require_module
 pytestmark = pytest.mark.slow
 
 #: what pyproject's package discovery needs to build the wheel
-SOURCES = ("pyproject.toml", "README.md", "device_agent", "hardware", "ml", "cloud")
+SOURCES = ("pyproject.toml", "README.md", "schema", "device_agent", "hardware", "ml", "cloud")
 
 PROBE = """
 import json, device_agent

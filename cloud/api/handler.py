@@ -32,7 +32,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from cloud.aws import LambdaContext, client, env, error_code, request_id, setup_lambda_logging, unmarshal
 from cloud.tables import HISTORY_BY_TIME_INDEX, history_pk, sk_lower, sk_upper
-from device_agent.messages import MessageKind
+from schema.messages import MessageKind
 
 log = logging.getLogger("battwin.cloud.api")
 

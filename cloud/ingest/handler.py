@@ -11,7 +11,7 @@ failing in the rule::
 An event that is the envelope itself with ``rule_*`` fields added (``SELECT *, topic(2) AS rule_thing …``)
 is accepted too.
 
-Per message: size limit → JSON → :class:`~device_agent.messages.Envelope` → the topic's thing and kind must
+Per message: size limit → JSON → :class:`~schema.messages.Envelope` → the topic's thing and kind must
 match the envelope's → body model → store. Anything that fails a check is written to the dead-letter prefix
 with the reason and the original payload (and the invocation succeeds: retrying would not help). Storing, in
 this order, every step idempotent:
@@ -66,7 +66,7 @@ from cloud.lake import (
     utc_day,
 )
 from cloud.tables import history_pk, history_sk
-from device_agent.messages import BODY_TYPES, Alarm, CycleRecord, Envelope, Health, Message, Telemetry
+from schema.messages import BODY_TYPES, Alarm, CycleRecord, Envelope, Health, Message, Telemetry
 
 log = logging.getLogger("battwin.cloud.ingest")
 

@@ -33,9 +33,9 @@ from devkit.bms_emulators.jbd import JbdEmulator
 from devkit.demo import FleetMember
 from hardware.registry import create_source
 from hardware.replay import ReplaySource
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
 from hardware.source import Source
+from schema.simulator_settings import SimulatorSettings
 
 log = logging.getLogger("battwin.local_stack.fleet")
 

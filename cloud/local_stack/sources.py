@@ -13,8 +13,8 @@ from __future__ import annotations
 import threading
 import time
 
-from device_agent.messages import Sample
 from hardware.source import Source
+from schema.messages import Sample
 
 
 class EmulatedBmsSource(Source):

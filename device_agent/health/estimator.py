@@ -19,7 +19,7 @@ from typing import Protocol
 
 from device_agent.config import HealthSettings
 from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol, forecast_step
-from device_agent.messages import CycleRecord, ForecastPoint, Health, HealthMethod
+from schema.messages import CycleRecord, ForecastPoint, Health, HealthMethod
 
 log = logging.getLogger(__name__)
 

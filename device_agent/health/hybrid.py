@@ -51,7 +51,7 @@ from device_agent.health.model_files import (
     TensorSpec,
     read_model_file,
 )
-from device_agent.messages import HealthMethod
+from schema.messages import HealthMethod
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from device_agent.config import TrackerSettings
-from device_agent.messages import CycleRecord, Sample
+from schema.messages import CycleRecord, Sample
 
 State = Literal["charge", "discharge", "rest"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from devkit.bms_emulators.faults import Fault, FaultControl
 from devkit.bms_emulators.feed import PackFeed
-from hardware.simulator.settings import SimulatorSettings
+from schema.simulator_settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 
 from hardware.simulator.model import PackSimulator
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.state import PackState
+from schema.simulator_settings import SimulatorSettings
 
 
 class PackFeed:

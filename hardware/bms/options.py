@@ -19,11 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from hardware.bms.plausibility import PlausibilityLimits
 from hardware.errors import SourceConfigError
-from hardware.registry import SourceUrl
+from schema.source_settings import SourceSettings, SourceUrl
 
 COMMON_OPTIONS = frozenset(
     {
@@ -59,7 +58,7 @@ def _positive(url: SourceUrl, name: str, default: float, allow_zero: bool = Fals
 
 def parse_common_options(
     url: SourceUrl,
-    settings: Any,
+    settings: SourceSettings,
     extra_options: Iterable[str] = (),
     default_timeout_s: float = 1.0,
 ) -> DriverOptions:
@@ -69,8 +68,7 @@ def parse_common_options(
         raise SourceConfigError(
             f"source URL {url.raw!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
         )
-    retries_default = int(getattr(settings, "retries", 2)) if settings is not None else 2
-    retries = url.int_option("retries", retries_default)
+    retries = url.int_option("retries", settings.retries)
     if not 0 <= retries <= 10:
         raise SourceConfigError(f"source URL {url.raw!r}: retries must be 0..10")
     cells = url.int_option("cells", 0)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from device_agent.messages import Sample
 from hardware.bms.options import DriverOptions
 from hardware.bms.plausibility import check_plausible
 from hardware.errors import (
@@ -27,6 +26,7 @@ from hardware.errors import (
 )
 from hardware.source import Source
 from hardware.transports.backoff import Backoff
+from schema.messages import Sample
 
 log = logging.getLogger(__name__)
 

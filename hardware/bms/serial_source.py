@@ -15,13 +15,13 @@ from hardware.transports.link import FrameLink
 from hardware.transports.serial_port import SerialLike, open_serial
 
 if TYPE_CHECKING:
-    from hardware.registry import SourceUrl
+    from schema.source_settings import SourceSettings, SourceUrl
 
 log = logging.getLogger(__name__)
 
 
 def serial_source_kwargs(
-    kind: str, url: SourceUrl, settings: Any, default_baud: int, extra_options: Iterable[str] = ()
+    kind: str, url: SourceUrl, settings: SourceSettings, default_baud: int, extra_options: Iterable[str] = ()
 ) -> dict[str, Any]:
     """What every serial BMS driver's ``create`` reads from its URL: the device path (required), the common
     options (plus ``baud`` and the driver's ``extra_options``) and the baud rate; keyword arguments of

@@ -18,16 +18,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
-from device_agent.messages import Sample
 from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
 from hardware.bms.polling import PolledSource, build_sample
 from hardware.errors import DecodeError, ImplausibleValueError, SourceConfigError
 from hardware.modbus.link import ModbusLink
 from hardware.modbus.regmap import RegisterMap, decode_map, load_map, plan_reads
 from hardware.modbus.sunspec import MODEL_802_SIZE, MODEL_BATTERY, decode_model_802, find_models
-from hardware.registry import SourceUrl
+from schema.messages import Sample
+from schema.source_settings import SourceSettings, SourceUrl
 
 DEFAULT_PORT = 502
 DEFAULT_UNIT = 1
@@ -119,7 +118,9 @@ class ModbusSource(PolledSource):
         )
 
 
-def _map_and_options(url: SourceUrl, settings: Any, extra: set[str]) -> tuple[RegisterMap | None, DriverOptions]:
+def _map_and_options(
+    url: SourceUrl, settings: SourceSettings, extra: set[str]
+) -> tuple[RegisterMap | None, DriverOptions]:
     options = parse_common_options(url, settings, extra_options=extra | {"unit", "map", "current_sign"})
     map_ref = url.option("map", "sunspec") or "sunspec"
     regmap = None if map_ref == "sunspec" else load_map(map_ref)
@@ -146,7 +147,7 @@ def _sign(url: SourceUrl) -> int:
     return sign
 
 
-def create_tcp(url: SourceUrl, settings: Any) -> ModbusSource:
+def create_tcp(url: SourceUrl, settings: SourceSettings) -> ModbusSource:
     if not url.host:
         raise SourceConfigError(f"source URL {url.raw!r}: missing host (modbus-tcp://host:502?unit=1)")
     regmap, options = _map_and_options(url, settings, set())
@@ -160,7 +161,7 @@ def create_tcp(url: SourceUrl, settings: Any) -> ModbusSource:
     )
 
 
-def create_rtu(url: SourceUrl, settings: Any) -> ModbusSource:
+def create_rtu(url: SourceUrl, settings: SourceSettings) -> ModbusSource:
     if not url.path:
         raise SourceConfigError(f"source URL {url.raw!r}: missing serial device (modbus-rtu:/dev/ttyUSB0)")
     regmap, options = _map_and_options(url, settings, {"baud", "parity"})

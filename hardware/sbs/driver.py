@@ -18,9 +18,7 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
-from device_agent.messages import Sample
 from hardware.bms.options import DriverOptions, make_source_id, parse_common_options
 from hardware.bms.polling import PolledSource, build_sample
 from hardware.errors import (
@@ -31,7 +29,6 @@ from hardware.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
-from hardware.registry import SourceUrl
 from hardware.sbs.bus import SMBusLike, bus_number, open_bus
 from hardware.sbs.registers import (
     CELL_REGISTERS,
@@ -42,6 +39,8 @@ from hardware.sbs.registers import (
     VOLTAGE,
     decode_reading,
 )
+from schema.messages import Sample
+from schema.source_settings import SourceSettings, SourceUrl
 
 DEFAULT_ADDRESS = 0x0B
 SBS_MAX_VOLTAGE_V = 65.535
@@ -133,7 +132,7 @@ class SbsSource(PolledSource):
         )
 
 
-def create(url: SourceUrl, settings: Any, bus: SMBusLike | None = None) -> SbsSource:
+def create(url: SourceUrl, settings: SourceSettings, bus: SMBusLike | None = None) -> SbsSource:
     if not url.path:
         raise SourceConfigError(f"source URL {url.raw!r}: missing bus device (sbs:/dev/i2c-1)")
     if bus is None:

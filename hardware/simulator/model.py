@@ -110,8 +110,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.state import PackState
+from schema.simulator_settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The physics simulator as a battery source (URL ``simulator`` or ``sim``).
 
 Each :meth:`SimulatorSource.poll` advances the model by ``interval_s`` simulated seconds and returns the
-measured state as a :class:`~device_agent.messages.Sample` stamped ``start_ts + t_s`` and tagged
+measured state as a :class:`~schema.messages.Sample` stamped ``start_ts + t_s`` and tagged
 ``simulated=True``. The coordinator paces polls: ``time_acceleration`` simulated seconds go by per wall
 second, i.e. one poll every ``interval_s / time_acceleration`` wall seconds.
 
@@ -16,17 +16,16 @@ import logging
 import math
 import re
 import time
-from typing import Any
 
 from pydantic import ValidationError
 
-from device_agent.messages import Sample
 from hardware.errors import ImplausibleValueError, SourceConfigError
-from hardware.registry import SourceUrl
 from hardware.simulator.model import PackSimulator
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.state import PackState
 from hardware.source import Source
+from schema.messages import Sample
+from schema.simulator_settings import SimulatorSettings
+from schema.source_settings import SourceSettings, SourceUrl
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ class SimulatorSource(Source):
             raise ImplausibleValueError(f"{self.source_id}: simulated state out of range: {exc}") from exc
 
 
-def create(url: SourceUrl, settings: Any) -> SimulatorSource:
+def create(url: SourceUrl, settings: SourceSettings) -> SimulatorSource:
     """Registry factory. ``settings`` is the agent's ``SourceSettings`` (``simulator`` and
     ``sample_interval_s`` are used); URL query options override ``settings.simulator`` fields."""
     base: SimulatorSettings = settings.simulator

@@ -13,7 +13,7 @@ import pytest
 
 from cloud.api.handler import handler
 from cloud.api.local_server import LocalApiServer
-from device_agent.messages import Envelope
+from schema.messages import Envelope
 
 
 def get(path: str, query: dict[str, Any] | None = None, method: str = "GET", **extra: Any) -> tuple[int, Any]:

@@ -138,12 +138,18 @@ def test_package_is_reproducible_and_complete(with_plugin: None, tmp_path: Path)
         "cloud/api/handler.py",
         "cloud/retrain/start.py",
         "cloud/retrain/promote.py",
-        "device_agent/messages.py",
+        "schema/__init__.py",
+        "schema/messages.py",
         "pydantic/__init__.py",
         "annotated_types/__init__.py",
     } <= names
     assert any(n.startswith("pydantic_core/_pydantic_core") and n.endswith(".so") for n in names)
     assert not any(n.startswith(("tests/", "hardware/", "ml/")) or n.endswith(".pyc") for n in names)
+    # the wire format comes from the schema layer; of device_agent only the JSON log format cloud.aws shares
+    assert {n for n in names if n.startswith("device_agent/")} == {
+        "device_agent/__init__.py",
+        "device_agent/logging_setup.py",
+    }
     assert not {"cloud/deploy.py", "cloud/package.py", "cloud/cli.py", "cloud/template.yaml"} & names
     assert build_training_source().sha256 == build_training_source().sha256
     assert run("cloud", "package", "--out", str(tmp_path)) == 0
@@ -179,7 +185,7 @@ def test_lambda_package_imports_with_only_the_runtime_boto3(tmp_path: Path) -> N
     script = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
         "import cloud.ingest.handler, cloud.api.handler, cloud.retrain.start, cloud.retrain.promote\n"
-        "import pydantic, device_agent.messages\n"
+        "import pydantic, schema.messages\n"
         "assert pydantic.__file__.startswith(sys.argv[1]), pydantic.__file__\n"
         "mods = sorted(m for m in sys.modules if m.split('.')[0] in ('hardware', 'ml', 'numpy'))\n"
         "assert not mods, mods\n"

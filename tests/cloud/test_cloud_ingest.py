@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from cloud.ingest.handler import handler
 from cloud.lake import decode_jsonl_gz, lake_key, utc_day
 from cloud.tables import history_pk, history_sk
-from device_agent.messages import Alarm, Envelope, Telemetry, envelope
+from schema.messages import Alarm, Envelope, Telemetry, envelope
 from tests.cloud.cloud_support import rule_event
 from tests.cloud.conftest import FLEET_START
 

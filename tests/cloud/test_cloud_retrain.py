@@ -25,10 +25,10 @@ from cloud.retrain.promote import handler as promote_handler
 from cloud.retrain.registry import Registry
 from cloud.retrain.start import Retrainer, ScheduleEvent, StartSettings
 from cloud.retrain.start import handler as start_handler
-from device_agent.messages import CycleRecord, Envelope, envelope
 from devkit.nucleus.flavours import rules_for
 from devkit.nucleus.resolve import read_component
 from ml.data import read_cell_csv
+from schema.messages import CycleRecord, Envelope, envelope
 from tests.cloud.cloud_support import REGION, rule_event
 from tests.cloud.conftest import FLEET_START
 
@@ -227,7 +227,7 @@ def test_training_set_follows_the_contract_and_the_job_is_started(
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = set(tar.getnames())
         launcher = tar.extractfile("battwin_train.py").read().decode()  # type: ignore[union-attr]
-    assert {"battwin_train.py", "requirements.txt", "ml/data.py", "device_agent/messages.py"} <= members
+    assert {"battwin_train.py", "requirements.txt", "ml/data.py", "schema/messages.py"} <= members
     assert 'run_module("ml.sagemaker_entry"' in launcher
     # the registry has the job and the decision
     registry = Registry(env["REGISTRY_TABLE"])

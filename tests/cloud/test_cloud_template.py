@@ -17,7 +17,7 @@ from cloud.lake import lake_rows, partition_prefix
 from cloud.package import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from cloud.retrain.start import PINNED_TRAINING_IMAGE, TRAINING_IMAGE_PATTERN, StartSettings
 from cloud.tables import HISTORY_BY_TIME_INDEX
-from device_agent.messages import Alarm, Envelope, envelope
+from schema.messages import Alarm, Envelope, envelope
 from tests.cloud.cloud_support import TEMPLATE, Resolver, load_template, run_agent
 
 KINDS = ("telemetry", "cycles", "health", "alarms")

@@ -17,9 +17,9 @@ from cloud.local_stack.iot_sql import Message, RuleEvaluationError, RuleQuery, R
 from cloud.local_stack.rules import LocalRulesRunner
 from cloud.local_stack.template import load_template, max_retry_attempts, table_request, topic_rules
 from device_agent.config import MqttSettings
-from device_agent.messages import Sample, Telemetry, envelope
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.broker.embedded import EmbeddedBroker
+from schema.messages import Sample, Telemetry, envelope
 from tests.dashboard.conftest import wait_for
 
 RULE_SQL = (

@@ -17,11 +17,11 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.ipc_transport import IpcTransport, publish_payload_budget
-from device_agent.messages import Envelope
 from device_agent.runtime import build_transport
 from devkit.nucleus.recipe import LifecycleContext, interpolate
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.messages import Envelope
+from schema.simulator_settings import SimulatorSettings
 from tests.greengrass.gg_support import (
     AGENT,
     AGENT_RECIPE,

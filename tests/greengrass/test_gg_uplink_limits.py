@@ -15,14 +15,14 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection
 from device_agent.greengrass.ipc_transport import IPC_MAX_MESSAGE_BYTES, IpcTransport, publish_payload_budget
-from device_agent.messages import Envelope
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import part_id
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MessageTooLarge
 from devkit.nucleus import NucleusEmulator
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.messages import Envelope
+from schema.simulator_settings import SimulatorSettings
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, broad_recipe
 
 LITE = IPC_MAX_MESSAGE_BYTES  # 10,000

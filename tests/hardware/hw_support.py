@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from device_agent.config import SourceSettings
-from device_agent.messages import Sample
 from devkit.bms_emulators.feed import PackFeed
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.state import PackState
+from schema.messages import Sample
+from schema.simulator_settings import SimulatorSettings
+from schema.source_settings import SourceSettings
 
 # shared/ lies beside the repository clone (for developers and for CI); BATTWIN_BMS_FRAMES overrides
 CORPUS_DIR = Path(os.environ.get("BATTWIN_BMS_FRAMES", Path(__file__).resolve().parents[3] / "shared" / "bms-frames"))

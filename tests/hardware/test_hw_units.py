@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from device_agent.messages import Sample
 from devkit.bms_emulators.jbd import basic_info_payload, cell_voltages_payload
 from hardware.bms.jbd.driver import JbdSource
 from hardware.bms.jbd.framing import REG_BASIC_INFO, RESPONSE_SPEC, build_request, build_response
@@ -27,6 +26,7 @@ from hardware.registry import parse_source_url
 from hardware.transports.backoff import Backoff
 from hardware.transports.framing import StreamFramer
 from hardware.transports.link import FrameLink
+from schema.messages import Sample
 from tests.hardware.hw_support import make_feed, settings
 
 

@@ -16,8 +16,8 @@ from device_agent.config import HealthSettings
 from device_agent.health.estimator import HealthEstimator, HealthModel
 from device_agent.health.hybrid import ModelLoadError, load_hybrid_model
 from device_agent.health.model_files import sha256_file
-from device_agent.messages import CycleRecord
 from ml.data import read_cell_csv
+from schema.messages import CycleRecord
 from tests.ml.ml_support import CELLS, need_cells
 from tests.support import REPO
 

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from device_agent.config import AgentConfig, ConfigError, load_config
-from device_agent.messages import BODY_TYPES, Envelope, Sample
 from device_agent.shadow.config_sync import judge
 from devkit.local_shadow import ShadowStore
 from hardware.errors import SourceConfigError, SourceError, SourceExhausted
 from hardware.replay import ReplaySource
+from schema.messages import BODY_TYPES, Envelope, Sample
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

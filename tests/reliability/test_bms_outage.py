@@ -20,7 +20,7 @@ from devkit.bms_emulators.faults import Fault
 from devkit.bms_emulators.feed import PackFeed
 from devkit.bms_emulators.jbd import JbdEmulator
 from hardware.registry import create_source
-from hardware.simulator.settings import SimulatorSettings
+from schema.simulator_settings import SimulatorSettings
 
 
 def wait(pred, timeout: float = 20.0) -> bool:

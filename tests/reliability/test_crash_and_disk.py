@@ -19,8 +19,8 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.simulator_settings import SimulatorSettings
 from tests.support import IN_CI, REPO
 
 # A producer process: accepts messages into the spool (printing each id only after put() returned) while

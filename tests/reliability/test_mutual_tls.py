@@ -22,8 +22,8 @@ from device_agent.logging_setup import JsonFormatter
 from device_agent.uplink.mqtt_transport import MqttTransport
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import TransportError
-from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource
+from schema.simulator_settings import SimulatorSettings
 from tests.conftest import Mosquitto, require_mosquitto
 
 

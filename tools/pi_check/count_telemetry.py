@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from device_agent.messages import Envelope, Telemetry
+from schema.messages import Envelope, Telemetry
 
 
 def count(lines: list[str], thing: str) -> tuple[int, dict[str, int], list[str]]:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from device_agent.messages import Sample
 from hardware.bms.daly.decode import (
     CELLS_PER_FRAME,
     ID_CELL_VOLTAGES,
@@ -37,8 +36,9 @@ from hardware.bms.options import DriverOptions
 from hardware.bms.polling import build_sample
 from hardware.bms.serial_source import SerialBmsSource, serial_source_kwargs
 from hardware.errors import SourceConfigError
-from hardware.registry import SourceUrl
 from hardware.transports.serial_port import SerialLike
+from schema.messages import Sample
+from schema.source_settings import SourceSettings, SourceUrl
 
 DEFAULT_BAUD = 9600
 DEFAULT_CURRENT_SIGN = 1
@@ -114,7 +114,7 @@ class DalySource(SerialBmsSource):
         )
 
 
-def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> DalySource:
+def create(url: SourceUrl, settings: SourceSettings, port: SerialLike | None = None) -> DalySource:
     kwargs = serial_source_kwargs("daly", url, settings, DEFAULT_BAUD, extra_options={"address", "current_sign"})
     address = url.int_option("address", HOST_RS485)
     if address not in (HOST_RS485, HOST_UART):

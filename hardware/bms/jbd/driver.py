@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-from device_agent.messages import Sample
 from hardware.bms.jbd.decode import JbdBasicInfo, JbdCellVoltages, decode_response
 from hardware.bms.jbd.framing import REG_BASIC_INFO, REG_CELL_VOLTAGES, RESPONSE_SPEC, build_request
 from hardware.bms.options import DriverOptions
 from hardware.bms.polling import build_sample
 from hardware.bms.serial_source import SerialBmsSource, serial_source_kwargs
 from hardware.errors import DecodeError
-from hardware.registry import SourceUrl
 from hardware.transports.serial_port import SerialLike
+from schema.messages import Sample
+from schema.source_settings import SourceSettings, SourceUrl
 
 DEFAULT_BAUD = 9600
 
@@ -70,5 +69,5 @@ class JbdSource(SerialBmsSource):
         )
 
 
-def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> JbdSource:
+def create(url: SourceUrl, settings: SourceSettings, port: SerialLike | None = None) -> JbdSource:
     return JbdSource(**serial_source_kwargs("jbd", url, settings, DEFAULT_BAUD), port=port)

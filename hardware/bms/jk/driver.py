@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-from device_agent.messages import Sample
 from hardware.bms.jk.decode import decode_frame
 from hardware.bms.jk.framing import SPEC, TYPE_REQUEST, build_read_all_request
 from hardware.bms.options import DriverOptions
 from hardware.bms.polling import build_sample
 from hardware.bms.serial_source import SerialBmsSource, serial_source_kwargs
 from hardware.errors import DecodeError
-from hardware.registry import SourceUrl
 from hardware.transports.serial_port import SerialLike
+from schema.messages import Sample
+from schema.source_settings import SourceSettings, SourceUrl
 
 DEFAULT_BAUD = 115200
 
@@ -68,5 +67,5 @@ class JkSource(SerialBmsSource):
         )
 
 
-def create(url: SourceUrl, settings: Any, port: SerialLike | None = None) -> JkSource:
+def create(url: SourceUrl, settings: SourceSettings, port: SerialLike | None = None) -> JkSource:
     return JkSource(**serial_source_kwargs("jk", url, settings, DEFAULT_BAUD), port=port)
