@@ -46,8 +46,9 @@ def test_the_ipc_payload_budget_is_the_published_formula_and_figures() -> None:
     assert MQTT_MAX_MESSAGE_BYTES == 128 * 1024
 
 
-def test_default_telemetry_at_1_s_on_the_ipc_budget_is_38_to_39_samples_and_at_most_7218_bytes(tmp_path) -> None:
-    """RELIABILITY.md: "with the defaults at 1 s sampling a batch is 38–39 samples, ≤ 7,218 B on IPC"."""
+def test_default_telemetry_at_1_s_on_the_ipc_budget_is_38_to_39_samples_of_7_to_7_3_kb(tmp_path) -> None:
+    """RELIABILITY.md: "with the defaults at 1 s sampling a batch is 38–39 samples, 7.0–7.3 KB on IPC (never over
+    the 7,287 B budget)"."""
     budget = publish_payload_budget(TELEMETRY)
     settings = SimulatorSettings(seed=3, time_acceleration=1e6, ageing_factor=10.0, start_ts=1.7e9, cells_series=4)
     config = AgentConfig(
@@ -70,7 +71,9 @@ def test_default_telemetry_at_1_s_on_the_ipc_budget_is_38_to_39_samples_and_at_m
     assert sum(n for n, _ in batches) == 3000
     full = batches[:-1]  # the last one is closed by the shutdown
     assert {n for n, _ in full} <= {38, 39}, sorted({n for n, _ in full})
-    assert max(size for _, size in batches) <= 7_218
+    # the sizes depend on the readings' float digits: 7.0–7.3 KB, never over the budget (7,218 B in the figures' run)
+    assert max(size for _, size in batches) <= budget == 7_287
+    assert min(size for _, size in full) >= 7_000
 
 
 def test_the_ipc_reconnect_schedule_is_the_published_one() -> None:
