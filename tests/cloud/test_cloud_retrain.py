@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from cloud.aws import unmarshal
@@ -528,8 +529,9 @@ def test_an_aws_error_releases_the_job_for_the_retry(aws: dict[str, Any], promot
     event = completed(aws, bucket, "battwin-soh-20250705-000000", model_archive(0.5))
     gg = Greengrass()
     gg.stub.add_client_error("create_component_version", "ThrottlingException", "slow down", http_status_code=429)
-    with gg.stub, pytest.raises(Exception, match="ThrottlingException"):
+    with gg.stub, pytest.raises(ClientError) as caught:
         Promoter(PromoteSettings.from_env(), greengrass=gg.client).handle(event)
+    assert caught.value.response["Error"]["Code"] == "ThrottlingException"
     assert "decision" not in _decision(env, "battwin-soh-20250705-000000")
     assert any(
         d["job_name"] == "battwin-soh-20250705-000000" and d["decision"] == "error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -149,6 +150,13 @@ def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
         if json.loads(m.payload)["kind"] == "alarms" and json.loads(m.payload)["body"]["code"] == "spool_dropped"
     ]
     assert dropped_alarms, "the drop was not reported as an alarm"
+    # RELIABILITY.md: "reported as a spool_dropped alarm at most once a minute with the count" (agent time)
+    assert len(dropped_alarms) >= 2, "one alarm cannot show the spacing"
+    stamps = [a["ts"] for a in dropped_alarms]
+    assert all(b - a >= 60.0 for a, b in itertools.pairwise(stamps)), stamps
+    counts = [a["details"]["dropped"] for a in dropped_alarms]
+    assert all(c > 0 for c in counts) and sum(counts) <= stats.spool_dropped
+    assert dropped_alarms[-1]["details"]["dropped_total"] <= agent.spool.dropped_total
     # telemetry goes first: every cycle record and health estimate made while the disk was full is kept
     kinds = [json.loads(m.payload)["kind"] for m in agent.spool.peek(100_000)]
     assert kinds.count("cycles") == stats.cycles and kinds.count("health") == stats.health > 0
