@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from device_agent.alarms import HEALTH_ALARMS, SAMPLE_ALARMS, AlarmBook, AlarmCode
 from device_agent.config import AgentConfig
-from device_agent.health.estimator import MAX_HISTORY, HealthEstimator, HealthModel
+from device_agent.health.estimator import HealthEstimator, HealthModel
 from device_agent.health.model_manager import ModelManager
 from device_agent.messages import (
     Alarm,
@@ -34,6 +34,7 @@ from device_agent.messages import (
     encode_envelope,
     new_message_id,
 )
+from device_agent.progress import Progress
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.batcher import TelemetryBatch, TelemetryBatcher
 from device_agent.uplink.publisher import Publisher
@@ -110,7 +111,8 @@ class Agent:
         self._last_ts = 0.0
         self._unreported_drops = 0
         self._last_drop_alarm_ts = -DROP_ALARM_EVERY_S
-        self._restore_state()
+        self.progress = Progress(self.state, source.source_id, self.tracker, self.estimator)
+        self.progress.restore()
 
     # -- public -----------------------------------------------------------------------------------
     def topic(self, kind: MessageKind) -> str:
@@ -196,7 +198,7 @@ class Agent:
         batch = self.batcher.take()
         if batch:
             self._emit_telemetry(batch)
-        self._save_state()
+        self.progress.save()
         self.publisher.drain(drain_timeout_s)
         # the drain itself may raise alarms (a spooled message too large to send): spool them and send them
         # within what is left of the budget; what is not sent stays in the spool for the next start
@@ -323,10 +325,7 @@ class Agent:
         point = self.estimator.observe(record)
         if point is None:
             return
-        try:
-            self.state.append_point(self.source.source_id, point)
-        except Exception as exc:
-            log.warning("could not store the capacity point", extra={"error": str(exc)[:200]})
+        self.progress.add_point(point)
         health = self.estimator.estimate(record)
         if self.estimator.last_error:
             self.alarms.raise_("model_unavailable", record.end_ts, f"health model failed: {self.estimator.last_error}")
@@ -334,7 +333,7 @@ class Agent:
             self.stats.health += 1
             self._enqueue("health", health, health.ts)
             self.alarms.evaluate(HEALTH_ALARMS, health, self.config, health.ts)
-        self._save_state()
+        self.progress.save()
 
     def _emit_alarm(self, alarm: Alarm) -> None:
         self.stats.alarms += 1
@@ -383,24 +382,3 @@ class Agent:
                 dropped_total=self.spool.dropped_total,
                 policy=self.spool.policy,
             )
-
-    def _save_state(self) -> None:
-        est = self.estimator
-        state = {"cycle": self.tracker.cycle, "first_ts": est.first_ts, "discharged_ah": est.discharged_ah}
-        try:
-            self.state.save(self.source.source_id, state)
-        except Exception as exc:  # a full disk must not stop the agent; the spool reports the pressure
-            log.warning("could not save agent state", extra={"error": str(exc)[:200]})
-
-    def _restore_state(self) -> None:
-        state = self.state.load(self.source.source_id)
-        if state is None:
-            return
-        try:
-            points = self.state.points(self.source.source_id, MAX_HISTORY)
-            self.tracker.cycle = int(state.get("cycle", 0))
-            self.estimator.restore(points, state.get("first_ts"), float(state.get("discharged_ah", 0.0)))
-        except (TypeError, ValueError) as exc:
-            log.warning("saved agent state unreadable; starting afresh", extra={"error": str(exc)[:200]})
-            return
-        log.info("restored agent state", extra={"cycle": self.tracker.cycle, "capacity_points": len(points)})
