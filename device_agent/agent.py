@@ -7,7 +7,9 @@ Data path (one thread polls, one publishes)::
                                                               └─► HealthEstimator ─► Health ─► Spool
     failures / thresholds ─► AlarmBook ─► Alarm ─► Spool
 
-Everything that leaves the device is written to the spool first.
+Everything that leaves the device is written to the spool first, encoded by ``messages.encode_envelope``
+(the one encoder of the wire format). The jobs beside the coordinator live in their own modules: batching in
+``uplink.batcher``, the alarm rows and their thresholds in ``alarms``, what survives a restart in ``progress``.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from device_agent.messages import (
     envelope,
 )
 from device_agent.uplink.batcher import TelemetryBatcher
+from device_agent.uplink.sizing import telemetry_overhead
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
 from hardware.registry import create_source
@@ -119,3 +120,11 @@ def test_a_non_finite_time_stamp_is_refused_not_sent():
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="not JSON compliant"):
             encode_envelope(THING, "alarms", alarm, bad, "m-1")
+
+
+def test_the_batch_budget_counts_the_encoders_envelope():
+    """uplink.sizing closes a telemetry batch by the bytes around its samples: exactly what the encoder adds,
+    for the longest id and time stamp (so a batch sized to the budget always fits once encoded)."""
+    sample = Sample(ts=1.0, voltage_v=3.7, current_a=-1.0, source_id="bms")
+    longest = encode_envelope(THING, "telemetry", Telemetry(samples=(sample,)), -1.7976931348623157e308, "x" * 64)
+    assert telemetry_overhead(THING) == len(longest) - len(encode_samples([sample])) + 2  # the array's brackets
