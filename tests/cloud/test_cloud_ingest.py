@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from cloud.ingest.handler import handler
 from cloud.lake import decode_jsonl_gz, lake_key, utc_day
 from cloud.tables import history_pk, history_sk
-from schema.messages import Alarm, Envelope, Telemetry, envelope
+from schema.messages import Alarm, Envelope, Sample, Telemetry, encode_envelope
 from tests.cloud.cloud_support import rule_event
 from tests.cloud.conftest import FLEET_START
 
@@ -147,7 +147,7 @@ def test_alarms_open_close_and_ignore_late_arrivals(aws: dict[str, Any], use_env
             details={"temperature_c": 63.5},
             source_id="simulator:9",
         )
-        return "battwin/bt-c/alarms", envelope("bt-c", "alarms", body, ts=ts).model_dump_json().encode()
+        return "battwin/bt-c/alarms", encode_envelope("bt-c", "alarms", body, ts=ts)
 
     assert handler(rule_event(*alarm(t0, True)))["status"] == "stored"
     assert _state(aws, env, "bt-c")["alarms"]["over_temperature"]["active"] is True
@@ -163,23 +163,12 @@ def test_alarms_open_close_and_ignore_late_arrivals(aws: dict[str, Any], use_env
 
 def _good(thing: str = "bt-d", ts: float | None = None) -> dict[str, Any]:
     ts = FLEET_START + 100.0 if ts is None else ts
-    sample = {
-        "ts": ts,
-        "voltage_v": 13.1,
-        "current_a": -1.0,
-        "temperatures_c": [25.0],
-        "source_id": "simulator:4",
-        "simulated": True,
-    }
-    return {
-        "v": 1,
-        "id": f"dl-{random.Random(ts).getrandbits(40):x}",
-        "thing": thing,
-        "kind": "telemetry",
-        "ts": ts,
-        "simulated": True,
-        "body": {"samples": [sample]},
-    }
+    sample = Sample(
+        ts=ts, voltage_v=13.1, current_a=-1.0, temperatures_c=(25.0,), source_id="simulator:4", simulated=True
+    )
+    msg_id = f"dl-{random.Random(ts).getrandbits(40):x}"
+    good: dict[str, Any] = json.loads(encode_envelope(thing, "telemetry", Telemetry(samples=(sample,)), ts, msg_id))
+    return good
 
 
 def _dump(d: dict[str, Any]) -> bytes:

@@ -29,7 +29,7 @@ from cloud.retrain.start import handler as start_handler
 from device_agent.greengrass.emulator.flavours import rules_for
 from device_agent.greengrass.emulator.resolve import read_component
 from ml.data import read_cell_csv
-from schema.messages import CycleRecord, Envelope, envelope
+from schema.messages import CycleRecord, Envelope, encode_envelope
 from tests.cloud.cloud_support import REGION, rule_event
 from tests.cloud.conftest import FLEET_START
 
@@ -71,7 +71,7 @@ def cycle(
         source_id=source,
         simulated=simulated,
     )
-    return f"battwin/{thing}/cycles", envelope(thing, "cycles", body, ts=end).model_dump_json().encode()
+    return f"battwin/{thing}/cycles", encode_envelope(thing, "cycles", body, ts=end)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from cloud.local_stack.template import load_template, max_retry_attempts, table_
 from device_agent.broker.embedded import EmbeddedBroker
 from device_agent.config import MqttSettings
 from device_agent.uplink.mqtt_transport import MqttTransport
-from schema.messages import Sample, Telemetry, envelope
+from schema.messages import Sample, Telemetry, encode_envelope
 from tests.dashboard.conftest import wait_for
 
 RULE_SQL = (
@@ -36,7 +36,7 @@ def _telemetry_payload(thing: str, ts: float, n: int = 3) -> bytes:
         )
         for k in range(n)
     )
-    return envelope(thing, "telemetry", Telemetry(samples=samples), ts + n).model_dump_json().encode()
+    return encode_envelope(thing, "telemetry", Telemetry(samples=samples), ts + n)
 
 
 # -- the SQL ---------------------------------------------------------------------------------------

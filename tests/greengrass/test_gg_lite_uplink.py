@@ -34,6 +34,7 @@ from device_agent.greengrass.ipc_transport import (
 from device_agent.runtime import build_transport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.spool import Spool
+from schema.messages import Alarm, Sample, Telemetry, encode_envelope
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, broad_recipe
 from tests.support import REPO
 
@@ -42,12 +43,25 @@ ALARMS = f"battwin/{THING}/alarms"
 EXIT_NUCLEUS_REFUSED = 75
 
 
-def _envelope(msg_id: str, kind: str, size: int) -> bytes:
-    """A message of about ``size`` bytes (the payload's content does not matter to the store)."""
-    head = {"v": 1, "id": msg_id, "thing": THING, "kind": kind, "ts": 1.7e9, "simulated": False, "body": {}}
-    base = len(json.dumps({**head, "body": {"pad": ""}}, separators=(",", ":")))
-    body = {"pad": "x" * max(0, size - base)}
-    return json.dumps({**head, "body": body}, separators=(",", ":")).encode()
+def _telemetry(msg_id: str, size: int) -> bytes:
+    """A telemetry message as the agent encodes it, with as many samples as fit ``size`` bytes."""
+    samples: list[Sample] = []
+    payload = b""
+    while True:
+        k = len(samples)
+        samples.append(Sample(ts=1.7e9 + k, voltage_v=13.2 - k * 1e-3, current_a=-1.5, source_id="sim-1"))
+        candidate = encode_envelope(THING, "telemetry", Telemetry(samples=tuple(samples)), 1.7e9 + k, msg_id)
+        if len(candidate) > size and payload:
+            return payload
+        payload = candidate
+
+
+def _alarm(msg_id: str, size: int) -> bytes:
+    """An alarm message as the agent encodes it, its text padded to ``size`` bytes."""
+    alarm = Alarm(ts=1.7e9, code="spool_dropped", severity="warning", message="", source_id="sim-1")
+    base = len(encode_envelope(THING, "alarms", alarm, 1.7e9, msg_id))
+    padded = alarm.model_copy(update={"message": "x" * max(0, size - base)})
+    return encode_envelope(THING, "alarms", padded, 1.7e9, msg_id)
 
 
 def _backlog(spool: Spool, parts: int = 30) -> list[str]:
@@ -57,11 +71,11 @@ def _backlog(spool: Spool, parts: int = 30) -> list[str]:
     ids = []
     for k in range(parts):
         msg_id = f"t{k:03d}"
-        spool.put(msg_id, TELEMETRY, _envelope(msg_id, "telemetry", budget - 150 * (k % 3)), 1.7e9 + k)
+        spool.put(msg_id, TELEMETRY, _telemetry(msg_id, budget - 150 * (k % 3)), 1.7e9 + k)
         ids.append(msg_id)
         if k % 3 == 2:
             msg_id = f"a{k:03d}"
-            spool.put(msg_id, ALARMS, _envelope(msg_id, "alarms", 400), 1.7e9 + k)
+            spool.put(msg_id, ALARMS, _alarm(msg_id, 400), 1.7e9 + k)
             ids.append(msg_id)
     return ids
 
