@@ -310,7 +310,7 @@ def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -
 # --------------------------------------------------------------------------------------------------
 
 
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
     for mod in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
         try:
             return importlib.import_module(mod).Interpreter
@@ -445,7 +445,7 @@ def load_hybrid_model(model_dir: Path | str, *, num_threads: int = 1) -> HybridM
     sha = hashlib.sha256(content).hexdigest()
     if sha != mf.tflite_sha256:
         raise ModelLoadError("sha_mismatch", f"{tfl} has sha256 {sha}, model.json says {mf.tflite_sha256}")
-    interp_cls = _interpreter_class()
+    interp_cls = interpreter_class()
     try:
         interp = interp_cls(model_content=content, num_threads=num_threads)
         interp.allocate_tensors()
