@@ -13,14 +13,13 @@ from device_agent.config import SourceSettings
 from device_agent.messages import Sample
 from hardware.errors import SourceConfigError
 from hardware.registry import create_source, parse_source_url
+from hardware.simulator.cell import open_circuit_slope, open_circuit_voltage
 from hardware.simulator.model import (
     CHARGE_CC,
     CHARGE_CV,
     DISCHARGE,
     REST,
     PackSimulator,
-    open_circuit_slope,
-    open_circuit_voltage,
 )
 from hardware.simulator.settings import SimulatorSettings
 from hardware.simulator.source import SimulatorSource, create
