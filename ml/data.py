@@ -10,7 +10,7 @@ Two sources, one result (:class:`Cell`):
   capacities, cycle numbers, elapsed times and temperatures the device would.
 
 Cleaning (for training targets only; the model's inputs are cleaned causally on the device by
-``device_agent.health.hybrid.causal_clean``) is :func:`clean_cell`, rules stated there.
+``device_agent.health.capacity_cleaning.causal_clean``) is :func:`clean_cell`, rules stated there.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Literal
 import numpy as np
 
 from device_agent.config import HealthSettings, TrackerSettings
+from device_agent.health.capacity_cleaning import clean_series
 from device_agent.health.estimator import HealthEstimator
 from device_agent.health.fade_law import CapacityPoint
-from device_agent.health.hybrid import clean_series
 from device_agent.health.model_files import CleaningSpec
 from device_agent.messages import CycleRecord
 from device_agent.tracking.cycle_tracker import CycleTracker
@@ -306,7 +306,7 @@ def clean_cell(cell: Cell, rules: CleaningSpec | None = None) -> CleanSeries:
     """Label every valid row of a cell (offline: the whole series is known). Rules, in order:
 
     1. invalid rows (missing, zero, negative capacity) are not in the series at all;
-    2. the device's causal rules (``hybrid.clean_series``): a capacity below ``low_frac`` × the median of
+    2. the device's causal rules (``capacity_cleaning.clean_series``): a capacity below ``low_frac`` × the median of
        the last ``ref_points`` kept capacities is a failed run (``failed``), above ``high_frac`` × that
        median a gross outlier (``high``); ``shift_points`` of them in a row on one side start a new segment
        (regime); a regime the cell returns from is an ``excursion`` (e.g. a block of cold, high-current runs);

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device_agent.health.capacity_cleaning import causal_clean, clean_series
 from device_agent.health.fade_law import CapacityPoint
-from device_agent.health.hybrid import causal_clean, clean_series
 from device_agent.health.model_files import CleaningSpec
 from ml.data import (
     CellFileError,
