@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
 from device_agent.health.hybrid import HybridModel
-from ml.data import Cell, clean_cell, scorability
+from ml.data import Cell, scorability
+from ml.offline_cleaning import clean_cell
 
 METHODS = ("persistence", "physics", "hybrid")
 PRED_COLUMNS = ("dataset", "cell", "method", "at_cycle", "target_cycle", "soh_true", "soh_pred")

@@ -30,12 +30,13 @@ from device_agent.health.model_files import (
     sha256_file,
     write_model_file,
 )
-from ml.data import Cell, Split, fingerprint, read_cells_dir, split_cells, unscorable_cells
+from ml.data import Cell, read_cells_dir, unscorable_cells
 from ml.eol_band import calibrate_eol_band
 from ml.evaluate import evaluate
 from ml.export import KERAS_FILE, export_model
 from ml.fit import fit_keras, normalisation_stats
 from ml.samples import build_samples, identity_spec
+from ml.splitting import Split, fingerprint, split_cells
 from ml.train_config import TrainConfig
 from ml.training_report import headline_metrics, write_training_report
 

@@ -1,5 +1,5 @@
 """Causal cleaning of a cell's capacity history: what the hybrid model (:mod:`device_agent.health.hybrid`)
-and the trainer (``ml.data.clean_cell``) both see as the cell's history. Only the past is used; the rules
+and the trainer (``ml.offline_cleaning.clean_cell``) both see as the cell's history. Only the past is used; the rules
 are in :class:`~device_agent.health.model_files.CleaningSpec`. No numpy: plain floats."""
 
 from __future__ import annotations
