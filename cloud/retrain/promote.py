@@ -6,12 +6,13 @@ item is claimed; a re-delivered event finds it claimed and does nothing):
 
 * job ``Failed``/``Stopped`` → decision ``failed`` with SageMaker's reason;
 * job ``Completed`` → read ``model.tar.gz`` (:mod:`cloud.retrain.challenger`: ``model.tflite`` +
-  ``model.json``; the TFLite file must match ``model.json``'s ``tflite_sha256`` when given) and take the challenger's score, the ``PROMOTION_METRIC``
-  of ``model.json["metrics"]`` (default: the hybrid method's held-out horizon RMSE in percentage points,
-  averaged over the held-out datasets), else the job's final metrics ``held_out_<dataset>_hybrid_rmse_pp``
-  (averaged; the trainer prints them and the job's metric definitions capture them); lower is
-  better. The challenger wins if there is no champion, or if its score beats the champion's by more than
-  ``MIN_IMPROVEMENT`` (relative). A loser → decision ``rejected``; nothing is uploaded or deployed.
+  ``model.json``; the TFLite file must match ``model.json``'s ``tflite_sha256`` when given) and take the
+  challenger's score, the ``PROMOTION_METRIC`` of ``model.json["metrics"]`` (default: the hybrid method's
+  held-out horizon RMSE in percentage points, averaged over the held-out datasets), else the job's final
+  metrics ``held_out_<dataset>_hybrid_rmse_pp`` (averaged; the trainer prints them and the job's metric
+  definitions capture them); lower is better. The challenger wins if there is no champion, or if its score
+  beats the champion's by more than ``MIN_IMPROVEMENT`` (relative). A loser → decision ``rejected``; nothing
+  is uploaded or deployed.
 * a winner → model files copied to ``<release prefix><version>/``; a new ``com.battwin.SohModel`` component
   version (artifact-only recipe, inline) and a deployment to the fleet's thing group that keeps every other
   component of the group's current deployment and pins the agent component to ``AGENT_COMPONENT_VERSION``
