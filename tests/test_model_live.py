@@ -247,7 +247,7 @@ def test_without_a_tflite_runtime_nothing_is_refused_or_retried(tmp_path, root, 
     def no_runtime():
         raise hybrid.ModelLoadError("runtime_unavailable", "neither ai_edge_litert nor tflite_runtime is installed")
 
-    monkeypatch.setattr(hybrid, "_interpreter_class", no_runtime)
+    monkeypatch.setattr(hybrid, "interpreter_class", no_runtime)
     make_version(root, "1.0.0")
     agent = new_agent(tmp_path, root)
     mm = ModelManager(agent, store=agent.state)

@@ -11,14 +11,13 @@ import pytest
 
 from hardware.errors import SourceConfigError
 from hardware.registry import create_source, parse_source_url
+from hardware.simulator.cell import open_circuit_slope, open_circuit_voltage
 from hardware.simulator.model import (
     CHARGE_CC,
     CHARGE_CV,
     DISCHARGE,
     REST,
     PackSimulator,
-    open_circuit_slope,
-    open_circuit_voltage,
 )
 from hardware.simulator.source import SimulatorSource, create
 from hardware.simulator.state import PackState

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from device_agent.config import MqttSettings
-from device_agent.greengrass.ipc_transport import publish_payload_budget
+from device_agent.greengrass.ipc_limits import publish_payload_budget
 from device_agent.uplink.batcher import TelemetryBatcher
 from device_agent.uplink.mqtt_transport import MQTT_MAX_MESSAGE_BYTES, MqttTransport
 from device_agent.uplink.publisher import Publisher

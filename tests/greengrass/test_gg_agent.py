@@ -17,7 +17,8 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.emulator.recipe import LifecycleContext, interpolate
-from device_agent.greengrass.ipc_transport import IpcTransport, publish_payload_budget
+from device_agent.greengrass.ipc_limits import publish_payload_budget
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.runtime import build_transport
 from hardware.simulator.source import SimulatorSource
 from schema.messages import Envelope

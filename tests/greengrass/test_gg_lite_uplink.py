@@ -23,14 +23,14 @@ from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection, token_refused
 from device_agent.greengrass.emulator import NucleusEmulator
 from device_agent.greengrass.emulator.ops_iot import LITE_PUBLISH_FAILED, _publish_packet_size
-from device_agent.greengrass.ipc_transport import (
+from device_agent.greengrass.ipc_limits import (
     DEFAULT_INFLIGHT_BYTES,
     DEFAULT_INFLIGHT_MESSAGES,
     DEFAULT_STORE_HOLD_S,
-    IpcTransport,
     mqtt_publish_packet_bytes,
     publish_payload_budget,
 )
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.runtime import build_transport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.spool import Spool

@@ -15,7 +15,8 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection
 from device_agent.greengrass.emulator import NucleusEmulator
-from device_agent.greengrass.ipc_transport import IPC_MAX_MESSAGE_BYTES, IpcTransport, publish_payload_budget
+from device_agent.greengrass.ipc_limits import IPC_MAX_MESSAGE_BYTES, publish_payload_budget
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import part_id
 from device_agent.uplink.spool import Spool

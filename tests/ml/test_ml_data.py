@@ -9,21 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device_agent.health.capacity_cleaning import causal_clean, clean_series
 from device_agent.health.fade_law import CapacityPoint
-from device_agent.health.hybrid import causal_clean, clean_series
 from device_agent.health.model_files import CleaningSpec
 from ml.data import (
     CellFileError,
-    Split,
-    clean_cell,
-    fingerprint,
     read_bms_log,
     read_cell_csv,
     read_cells_dir,
     scorability,
-    split_cells,
     unscorable_cells,
 )
+from ml.offline_cleaning import clean_cell
+from ml.splitting import Split, fingerprint, split_cells
 from tests.ml.ml_support import CELLS, need_cells
 from tests.support import IN_CI, NASA_LOGS
 
