@@ -53,7 +53,6 @@ NOT_FROM_SHIPPED = frozenset({"devkit", "bench", "components", "ml", "cloud"})
 TRANSITIONAL: frozenset[tuple[str, str]] = frozenset(
     {
         ("device_agent.cli", "device_agent.demo"),
-        ("ml.train", "device_agent.health.hybrid"),
     }
 )
 
