@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import IN_CI, free_port, wait_port
+from tests.support import IN_CI, REAL_COMPONENT_ATTR, SLOW_FIXTURE_ATTR, free_port, real_component, wait_port
 
 
 class Mosquitto:
@@ -71,6 +71,7 @@ def require_mosquitto() -> None:
 
 
 @pytest.fixture
+@real_component("mosquitto")
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     require_mosquitto()
     broker = Mosquitto(tmp_path)
@@ -146,3 +147,44 @@ def subscriber_factory() -> Iterator[Callable[[str], Subscriber]]:
     yield make
     for s in subs:
         s.close()
+
+
+# -- tiers: which real components each collected test starts (tests/test_tiers.py reads this) -----------------
+TIER_REPORT_ENV = "BATTWIN_TIER_REPORT"
+_ALL_COLLECTED = pytest.StashKey[dict[str, list[str]]]()
+
+
+def _fixture_funcs(item: pytest.Item) -> list[Any]:
+    """The functions of every fixture in the item's closure (with the fixtures they override)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    return [fixturedef.func for defs in info.name2fixturedefs.values() for fixturedef in defs]
+
+
+def real_components_of(item: pytest.Item) -> list[str]:
+    """The real components (``@real_component`` fixtures) in the item's fixture closure."""
+    found = {name for func in _fixture_funcs(item) if (name := getattr(func, REAL_COMPONENT_ATTR, None)) is not None}
+    return sorted(found)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: a test on a @slow_fixture is slow like a marked one
+def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is None and any(
+            getattr(func, SLOW_FIXTURE_ATTR, False) for func in _fixture_funcs(item)
+        ):
+            item.add_marker(pytest.mark.slow)
+    if os.environ.get(TIER_REPORT_ENV):  # the complete suite
+        session.stash[_ALL_COLLECTED] = {item.nodeid: real_components_of(item) for item in items}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    out = os.environ.get(TIER_REPORT_ENV)
+    if out:
+        report = {
+            "collected": session.stash.get(_ALL_COLLECTED, {}),
+            "selected": {item.nodeid: real_components_of(item) for item in session.items},
+            "slow": sorted(item.nodeid for item in session.items if item.get_closest_marker("slow")),
+        }
+        Path(out).write_text(json.dumps(report, indent=1), encoding="utf-8")
