@@ -188,3 +188,28 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "slow": sorted(item.nodeid for item in session.items if item.get_closest_marker("slow")),
         }
         Path(out).write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+# -- keeping the slow marker honest: a test not marked slow whose own run (call) took long is named at the end
+# of the session (a note for whoever runs `make quick`, never a failure: timing does not decide pass/fail)
+SLOW_NOTE_S = 5.0
+_UNMARKED_LONG = pytest.StashKey[list[tuple[str, float]]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        took = time.monotonic() - started
+        if took > SLOW_NOTE_S and item.get_closest_marker("slow") is None:
+            item.config.stash.setdefault(_UNMARKED_LONG, []).append((item.nodeid, took))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    long = config.stash.get(_UNMARKED_LONG, [])
+    if long:
+        terminalreporter.section("tests not marked slow that ran long (mark them @pytest.mark.slow?)")
+        for nodeid, took in sorted(long, key=lambda x: -x[1]):
+            terminalreporter.write_line(f"{took:6.1f} s  {nodeid}")
