@@ -152,6 +152,7 @@ def subscriber_factory() -> Iterator[Callable[[str], Subscriber]]:
 # -- tiers: which real components each collected test starts (tests/test_tiers.py reads this) -----------------
 TIER_REPORT_ENV = "BATTWIN_TIER_REPORT"
 _ALL_COLLECTED = pytest.StashKey[dict[str, list[str]]]()
+_KEEP_QUICK_SLOW = pytest.StashKey[list[str]]()
 
 
 def _fixture_funcs(item: pytest.Item) -> list[Any]:
@@ -177,6 +178,9 @@ def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.It
             item.add_marker(pytest.mark.slow)
     if os.environ.get(TIER_REPORT_ENV):  # the complete suite
         session.stash[_ALL_COLLECTED] = {item.nodeid: real_components_of(item) for item in items}
+        session.stash[_KEEP_QUICK_SLOW] = sorted(
+            item.nodeid for item in items if item.get_closest_marker("slow") and item.get_closest_marker("keep_quick")
+        )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -186,6 +190,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "collected": session.stash.get(_ALL_COLLECTED, {}),
             "selected": {item.nodeid: real_components_of(item) for item in session.items},
             "slow": sorted(item.nodeid for item in session.items if item.get_closest_marker("slow")),
+            "keep_quick_slow": session.stash.get(_KEEP_QUICK_SLOW, []),
         }
         Path(out).write_text(json.dumps(report, indent=1), encoding="utf-8")
 
@@ -203,7 +208,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return (yield)
     finally:
         took = time.monotonic() - started
-        if took > SLOW_NOTE_S and item.get_closest_marker("slow") is None:
+        if took > SLOW_NOTE_S and not any(item.get_closest_marker(m) for m in ("slow", "keep_quick")):
             item.config.stash.setdefault(_UNMARKED_LONG, []).append((item.nodeid, took))
 
 

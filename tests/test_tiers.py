@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import TIER_REPORT_ENV
 from tests.support import REAL_COMPONENTS, REPO
 
@@ -46,6 +48,7 @@ def users(items: dict[str, list[str]]) -> dict[str, list[str]]:
     return {c: sorted(n for n, used in items.items() if c in used) for c in REAL_COMPONENTS}
 
 
+@pytest.mark.keep_quick("the tier check itself: collects the whole suite in a subprocess (5-45 s)")
 def test_the_quick_tier_starts_every_real_component(tmp_path: Path) -> None:
     mark = quick_mark()
     assert mark == "not slow"
@@ -56,6 +59,8 @@ def test_the_quick_tier_starts_every_real_component(tmp_path: Path) -> None:
     # the quick tier leaves the slow tests out, and still keeps a user of each component
     selected = report["selected"]
     assert report["slow"] == [], report["slow"][:5]
+    # a test kept in the quick tier on purpose is not also marked slow
+    assert not set(report["keep_quick_slow"]), report["keep_quick_slow"]
     assert 0 < len(selected) < len(report["collected"])
     quick = users(selected)
     missing = sorted(c for c, nodes in quick.items() if not nodes)

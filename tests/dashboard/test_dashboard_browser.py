@@ -47,7 +47,7 @@ def _pct(text: str) -> float:
     return float(text.replace("%", "").strip())
 
 
-# not marked slow although it starts the stack and Chromium (~20 s): the quick tier's Chromium test
+@pytest.mark.keep_quick("the quick tier's Chromium test (it starts the local stack and Chromium: 10-25 s)")
 def test_fleet_table_fills_marks_simulated_and_sorts(page: Any, dashboard_url: str, stack: Any) -> None:
     page.goto(dashboard_url)
     wait_for(lambda: page.locator("#fleet-table tbody tr").count() >= 4, 20, 0.3, "the fleet table to fill")
