@@ -63,6 +63,7 @@ def alarms(agent: Agent) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_swap_good_then_bad_then_pinned(agent, tmp_path):
     mm = ModelManager(agent, loader)
     assert mm.swap(model_dir(tmp_path, "v1", version="1.0.0"))

@@ -252,6 +252,7 @@ def test_resistance_grows_with_fade() -> None:
     assert last.resistance_ohm > 1.2 * first.resistance_ohm
 
 
+@pytest.mark.slow
 def test_no_nan_and_physical_clamps_over_a_long_abusive_run() -> None:
     for kw in (
         {"ageing_factor": 3000.0, "ambient_c": 45.0, "discharge_profile": "pulse", "discharge_c_rate": 3.0},

@@ -68,6 +68,7 @@ def _settings(port: int) -> MqttSettings:
     return MqttSettings(url=f"mqtt://127.0.0.1:{port}", reconnect_min_s=0.2, reconnect_max_s=1.6, connect_timeout_s=2.0)
 
 
+@pytest.mark.slow
 def test_mqtt_connects_to_a_refused_port_a_bounded_number_of_times() -> None:
     transport = MqttTransport(_settings(free_port()), client_id="backoff-refused")
     window_s = 4.0
@@ -83,6 +84,7 @@ def test_mqtt_connects_to_a_refused_port_a_bounded_number_of_times() -> None:
     assert not transport.connected
 
 
+@pytest.mark.slow
 def test_mqtt_against_a_listener_that_hangs_up_counts_attempts_from_outside() -> None:
     """The same, counted by the peer: a TCP listener that accepts and closes every connection at once."""
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

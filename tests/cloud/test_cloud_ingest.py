@@ -91,6 +91,7 @@ def test_every_message_is_stored_once(
     assert {r["msg_id"] for r in rows} == {tel.id} and {r["thing"] for r in rows} == {"bt-a"}
 
 
+@pytest.mark.slow
 def test_a_message_delivered_twice_is_stored_once(
     aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]], use_env: Any
 ) -> None:

@@ -47,6 +47,7 @@ def static_resolver(tpl: dict[str, Any], **params: str) -> Resolver:
     return Resolver(tpl, {**base, **params}, "stack", ids, lambda logical, attr: f"{logical}.{attr}")
 
 
+@pytest.mark.slow
 def test_cfn_lint_passes() -> None:
     matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
     assert [str(m) for m in matches] == []

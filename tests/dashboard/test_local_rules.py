@@ -227,6 +227,7 @@ def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) 
     assert base64.b64decode(json.loads(body)["payload_b64"]) == b"garbage"
 
 
+@pytest.mark.slow
 def test_a_failing_invocation_is_retried_then_recorded(broker: EmbeddedBroker) -> None:
     calls: list[float] = []
     failures: list[dict[str, Any]] = []

@@ -150,6 +150,7 @@ def _drain(emu: NucleusEmulator, transport: IpcTransport, spool: Spool, inflight
     return publisher
 
 
+@pytest.mark.slow
 def test_the_agent_defaults_send_a_backlog_through_lite_without_a_refusal(make_emulator, tmp_path, monkeypatch):
     """The restart burst seen on real lite (the backlog sent at once → MQTTPublishStoreFailed): with iotcored's
     store emulated and IoT Core acknowledging each publish 50 ms after it was written (an in-region round
@@ -176,6 +177,7 @@ def test_the_agent_defaults_send_a_backlog_through_lite_without_a_refusal(make_e
     spool.close()
 
 
+@pytest.mark.slow
 def test_a_client_that_ignores_the_budget_is_refused_and_still_loses_nothing(make_emulator, tmp_path):
     """The positive control for the test above, and the retry: the same backlog with the budget lifted (50 in
     flight, bytes unbounded, no hold — what the agent did before) is refused by lite's store; every refused
@@ -204,6 +206,7 @@ def test_a_client_that_ignores_the_budget_is_refused_and_still_loses_nothing(mak
     spool.close()
 
 
+@pytest.mark.slow
 def test_a_store_that_stays_full_gets_publishes_at_the_backoff_schedule_and_loses_nothing(make_emulator, tmp_path):
     """IoT Core acknowledges nothing for a while (lite's store stays full: a slow or stalled cloud link): the
     transport's retries follow its backoff schedule — one pause per step, never a tight loop — and once the
@@ -253,6 +256,7 @@ def test_connect_failures_are_told_apart(make_emulator, socket_path):
 
 
 @pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.slow
 def test_a_restarted_lite_ipc_server_refuses_the_token_and_the_connection_gives_up(make_emulator):
     emu = make_emulator(broad_recipe())
     conn = IpcConnection(
@@ -282,6 +286,7 @@ def test_a_restarted_lite_ipc_server_refuses_the_token_and_the_connection_gives_
         conn.stop()
 
 
+@pytest.mark.slow
 def test_a_nucleus_that_is_merely_down_is_waited_for(make_emulator):
     """Connection refused / no socket for longer than the give-up window is not a token refusal: the connection
     keeps backing off and reconnects with its token when the nucleus is back (classic: tokens survive)."""
@@ -329,6 +334,7 @@ def _logged(out: bytes) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.slow
 def test_the_agent_exits_on_a_stale_token_and_a_restart_with_a_new_one_sends_what_it_kept(make_emulator, tmp_path):
     emu = make_emulator(AGENT_RECIPE)
     spool_path = tmp_path / "spool.db"
@@ -369,6 +375,7 @@ def test_the_agent_exits_on_a_stale_token_and_a_restart_with_a_new_one_sends_wha
 
 # -- lite's Restart=on-failure brings it back --------------------------------------------------------------
 @pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.slow
 def test_lite_restarts_the_failed_agent_with_a_new_svcuid_and_it_publishes_again(nucleus, tmp_path):
     from device_agent.greengrass.emulator.deployment import LITE_START_LIMIT_BURST
     from tests.greengrass.gg_support import probe_recipe, write_component

@@ -102,6 +102,7 @@ def test_the_payload_budget_is_exactly_what_fits_the_frame_limit(socket_path, ip
 
 
 # -- reconnects back off ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_nucleus_that_closes_every_connection_gets_a_bounded_number_of_attempts(socket_path):
     """What happened on real lite: every connection is accepted, then closed because of what the client sends
     at once. A connection that does not stay up must not restart the backoff schedule."""
@@ -128,6 +129,7 @@ def test_a_nucleus_that_closes_every_connection_gets_a_bounded_number_of_attempt
     assert conn.connect_attempts == attempts
 
 
+@pytest.mark.slow
 def test_a_nucleus_that_refuses_every_connect_gets_a_bounded_number_of_attempts(emulator):
     conn = IpcConnection(emulator.socket_path, "not-the-token", reconnect_min_s=0.2, reconnect_max_s=1.6)
     window_s = 4.0

@@ -55,6 +55,7 @@ def write_figures(name: str, figures: dict) -> None:
     (out / name).write_text(json.dumps(figures, indent=2))
 
 
+@pytest.mark.slow
 def test_sigkill_while_publishing_loses_nothing_accepted(tmp_path, mosquitto, subscriber_factory):
     sub = subscriber_factory(mosquitto.url, "battwin/crash/#")
     db = tmp_path / "spool.db"
@@ -122,6 +123,7 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
     filler = small_fs / "filler"
     cfg = AgentConfig(
