@@ -56,6 +56,15 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The quick tier: lint, types and every test not marked slow (under 4 minutes on a 2-core machine). It still starts
+# each real component once -- mosquitto, moto server, pymodbus' server, a pty, the Greengrass IPC client, Chromium
+# (tests/test_tiers.py fails when the selection below misses one). `make test` stays the complete run.
+# Both tiers scale the tests' reply deadlines by BATTWIN_TEST_TIME_SCALE (default 4; tests/support.py).
+.PHONY: quick
+QUICK_MARK := not slow
+quick: lint typecheck
+	$(VENV)/bin/pytest -q -m "$(QUICK_MARK)" $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -7,26 +7,27 @@ Data path (one thread polls, one publishes)::
                                                               └─► HealthEstimator ─► Health ─► Spool
     failures / thresholds ─► AlarmBook ─► Alarm ─► Spool
 
-Everything that leaves the device is written to the spool first.
+Everything that leaves the device is written to the spool first, encoded by ``messages.encode_envelope``
+(the one encoder of the wire format). The jobs beside the coordinator live in their own modules: batching in
+``uplink.batcher``, the alarm rows and their thresholds in ``alarms``, what survives a restart in ``progress``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from pydantic import TypeAdapter
-
-from device_agent.alarms import AlarmBook
+from device_agent.alarms import HEALTH_ALARMS, SAMPLE_ALARMS, AlarmBook, AlarmCode
 from device_agent.config import AgentConfig
-from device_agent.health.estimator import MAX_HISTORY, HealthEstimator, HealthModel
+from device_agent.health.estimator import HealthEstimator, HealthModel
+from device_agent.health.model_manager import ModelManager
+from device_agent.progress import Progress
 from device_agent.tracking.cycle_tracker import CycleTracker
+from device_agent.uplink.batcher import TelemetryBatch, TelemetryBatcher
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import telemetry_overhead
 from device_agent.uplink.spool import Spool
@@ -36,20 +37,22 @@ from hardware.errors import DataFileError, SourceError, SourceExhausted, SourceU
 from hardware.source import Source
 from schema.messages import (
     Alarm,
+    Body,
     CycleRecord,
     Message,
     MessageKind,
     Sample,
     Telemetry,
+    encode_envelope,
     new_message_id,
 )
 
+__all__ = ["Agent", "AgentStats", "TelemetryBatch", "TelemetryBatcher"]
+
 log = logging.getLogger(__name__)
 
-_SAMPLE_JSON: TypeAdapter[Sample] = TypeAdapter(Sample)
-
-EOL_HYSTERESIS = 0.02
-DROP_ALARM_EVERY_S = 60.0  # SoH must recover this much above the threshold to clear the EOL alarm
+#: at most one ``spool_dropped`` alarm this often (agent time), carrying the count since the last one
+DROP_ALARM_EVERY_S = 60.0
 
 
 @dataclass
@@ -62,53 +65,6 @@ class AgentStats:
     alarms: int = 0
     spool_dropped: int = 0
     started_monotonic: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryBatch:
-    samples: list[Sample]
-    #: the samples as the JSON array the envelope carries (readings a source lacks left out, not null)
-    samples_json: bytes
-
-
-class TelemetryBatcher:
-    """Collects samples into batches by count, by age (sample time), and by size: with ``max_bytes`` (the
-    transport's payload budget less the envelope around the samples) a batch is closed before the next
-    sample would make its envelope too big for the transport; ``max_samples`` stays an upper bound."""
-
-    def __init__(self, max_samples: int, max_age_s: float, decimation: int = 1, max_bytes: int | None = None) -> None:
-        self.max_samples = max_samples
-        self.max_age_s = max_age_s
-        self.decimation = decimation
-        self.max_bytes = max_bytes
-        self._buf: list[Sample] = []
-        self._enc: list[bytes] = []
-        self._bytes = 0  # the samples' JSON with the commas between them
-        self._n = 0
-
-    def add(self, sample: Sample) -> TelemetryBatch | None:
-        self._n += 1
-        if (self._n - 1) % self.decimation:
-            return None
-        enc = _SAMPLE_JSON.dump_json(sample, exclude_none=True)
-        closed = None
-        if self._buf and self.max_bytes is not None and self._bytes + 1 + len(enc) > self.max_bytes:
-            closed = self.take()
-        self._buf.append(sample)
-        self._enc.append(enc)
-        self._bytes += len(enc) + (1 if len(self._enc) > 1 else 0)
-        if closed is not None:
-            return closed
-        if len(self._buf) >= self.max_samples or sample.ts - self._buf[0].ts >= self.max_age_s:
-            return self.take()
-        return None
-
-    def take(self) -> TelemetryBatch | None:
-        if not self._buf:
-            return None
-        out = TelemetryBatch(self._buf, b"[" + b",".join(self._enc) + b"]")
-        self._buf, self._enc, self._bytes = [], [], 0
-        return out
 
 
 class Agent:
@@ -150,14 +106,15 @@ class Agent:
         )
         self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.on_shutdown: list[Callable[[], None]] = []
-        self.model_manager: Any = None  # set by the runtime when a model directory is configured
+        self.model_manager: ModelManager | None = None  # set by the runtime when a model directory is configured
         self._failures = 0
         self._offline = False
         self._fallback: Source | None = None
         self._last_ts = 0.0
         self._unreported_drops = 0
         self._last_drop_alarm_ts = -DROP_ALARM_EVERY_S
-        self._restore_state()
+        self.progress = Progress(self.state, source.source_id, self.tracker, self.estimator)
+        self.progress.restore()
 
     # -- public -----------------------------------------------------------------------------------
     def topic(self, kind: MessageKind) -> str:
@@ -168,7 +125,7 @@ class Agent:
         self.transport.start()
         self.publisher.start()
         self._open_source(stop)
-        accel = float(getattr(self.source, "time_acceleration", 1.0) or 1.0)
+        accel = self.source.time_acceleration
         next_t = time.monotonic()
         try:
             while not stop.is_set():
@@ -213,7 +170,7 @@ class Agent:
             self._emit_telemetry(batch)
         for record in self.tracker.push(sample):
             self._on_record(record)
-        self._check_thresholds(sample)
+        self.alarms.evaluate(SAMPLE_ALARMS, sample, self.config, sample.ts)
 
     def finish_source(self) -> None:
         """The source ended (a replayed log): close the open segment and send what is batched."""
@@ -243,7 +200,7 @@ class Agent:
         batch = self.batcher.take()
         if batch:
             self._emit_telemetry(batch)
-        self._save_state()
+        self.progress.save()
         self.publisher.drain(drain_timeout_s)
         # the drain itself may raise alarms (a spooled message too large to send): spool them and send them
         # within what is left of the budget; what is not sent stays in the spool for the next start
@@ -282,11 +239,11 @@ class Agent:
         self.batcher.max_age_s = config.telemetry.batch_max_age_s
         self.batcher.decimation = config.telemetry.decimation
         self.batcher.max_bytes = self._telemetry_bytes()
-        if hasattr(self.source, "interval_s"):
+        if self.source.interval_s is not None:
             self.source.interval_s = config.source.sample_interval_s
         logging.getLogger().setLevel(config.log_level)
 
-    def raise_alarm(self, code: str, message: str) -> None:
+    def raise_alarm(self, code: AlarmCode, message: str) -> None:
         """A one-off alarm event (e.g. a refused model or configuration), stamped with the agent's time."""
         self.alarms.pulse(code, self.now(), message)
 
@@ -370,39 +327,15 @@ class Agent:
         point = self.estimator.observe(record)
         if point is None:
             return
-        try:
-            self.state.append_point(self.source.source_id, point)
-        except Exception as exc:
-            log.warning("could not store the capacity point", extra={"error": str(exc)[:200]})
+        self.progress.add_point(point)
         health = self.estimator.estimate(record)
         if self.estimator.last_error:
             self.alarms.raise_("model_unavailable", record.end_ts, f"health model failed: {self.estimator.last_error}")
         if health is not None:
             self.stats.health += 1
             self._enqueue("health", health, health.ts)
-            if health.soh < health.eol_threshold:
-                self.alarms.raise_("eol_reached", health.ts, soh=round(health.soh, 4))
-            elif health.soh >= health.eol_threshold + EOL_HYSTERESIS:
-                self.alarms.clear("eol_reached", health.ts)
-        self._save_state()
-
-    def _check_thresholds(self, sample: Sample) -> None:
-        limits = self.config.alarms
-        temps = sample.temperatures_c
-        if temps:
-            hottest = max(temps)
-            if hottest > limits.max_temperature_c:
-                self.alarms.raise_("over_temperature", sample.ts, temperature_c=hottest)
-            elif hottest < limits.max_temperature_c - limits.hysteresis_c:
-                self.alarms.clear("over_temperature", sample.ts)
-        cells = sample.cell_voltages_v
-        # imbalance is judged at rest only: under load, near the cut-off, cells spread apart normally
-        if cells and len(cells) > 1 and abs(sample.current_a) < self.config.tracker.rest_current_a:
-            spread = max(cells) - min(cells)
-            if spread > limits.max_cell_spread_v:
-                self.alarms.raise_("cell_imbalance", sample.ts, spread_v=round(spread, 4))
-            elif spread < limits.max_cell_spread_v * 0.8:
-                self.alarms.clear("cell_imbalance", sample.ts)
+            self.alarms.evaluate(HEALTH_ALARMS, health, self.config, health.ts)
+        self.progress.save()
 
     def _emit_alarm(self, alarm: Alarm) -> None:
         self.stats.alarms += 1
@@ -429,32 +362,9 @@ class Agent:
         )
 
     # -- spool ------------------------------------------------------------------------------------
-    def _enqueue(self, kind: MessageKind, body: Message, ts: float, samples_json: bytes | None = None) -> None:
+    def _enqueue(self, kind: MessageKind, body: Body, ts: float, samples_json: bytes | None = None) -> None:
         msg_id = new_message_id()
-        if isinstance(body, Telemetry):
-            # a reading the source does not have (no SoC, no cell voltages) is left out rather than sent as null:
-            # a fifth fewer bytes per sample (IoT Core bills by 5 KB); every reader parses with the defaults
-            if samples_json is None:
-                samples_json = (
-                    b"[" + b",".join(_SAMPLE_JSON.dump_json(s, exclude_none=True) for s in body.samples) + b"]"
-                )
-            body_json = b'{"samples":' + samples_json + b"}"
-            simulated = any(s.simulated for s in body.samples)
-        else:
-            body_json = body.model_dump_json().encode()
-            simulated = bool(getattr(body, "simulated", False))
-        head = {
-            "v": 1,
-            "id": msg_id,
-            "thing": self.config.thing_name,
-            "kind": kind,
-            "ts": ts,
-            "simulated": simulated,
-        }
-        # the envelope's fields, then the body serialised by pydantic-core (no intermediate dicts)
-        payload = (
-            json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"body":' + body_json + b"}"
-        )
+        payload = encode_envelope(self.config.thing_name, kind, body, ts, msg_id, samples_json=samples_json)
         result = self.spool.put(msg_id, self.topic(kind), payload, ts)
         if self.on_message is not None and result.accepted:
             self.on_message(kind, body, msg_id)
@@ -474,24 +384,3 @@ class Agent:
                 dropped_total=self.spool.dropped_total,
                 policy=self.spool.policy,
             )
-
-    def _save_state(self) -> None:
-        est = self.estimator
-        state = {"cycle": self.tracker.cycle, "first_ts": est.first_ts, "discharged_ah": est.discharged_ah}
-        try:
-            self.state.save(self.source.source_id, state)
-        except Exception as exc:  # a full disk must not stop the agent; the spool reports the pressure
-            log.warning("could not save agent state", extra={"error": str(exc)[:200]})
-
-    def _restore_state(self) -> None:
-        state = self.state.load(self.source.source_id)
-        if state is None:
-            return
-        try:
-            points = self.state.points(self.source.source_id, MAX_HISTORY)
-            self.tracker.cycle = int(state.get("cycle", 0))
-            self.estimator.restore(points, state.get("first_ts"), float(state.get("discharged_ah", 0.0)))
-        except (TypeError, ValueError) as exc:
-            log.warning("saved agent state unreadable; starting afresh", extra={"error": str(exc)[:200]})
-            return
-        log.info("restored agent state", extra={"cycle": self.tracker.cycle, "capacity_points": len(points)})

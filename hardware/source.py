@@ -27,6 +27,11 @@ class Source(ABC):
     simulated: bool = False
     #: False for replayed logs: poll as fast as the pipeline goes
     paced: bool = True
+    #: simulated seconds per wall second (the simulator): the coordinator waits ``sample_interval_s / this``
+    time_acceleration: float = 1.0
+    #: the simulated seconds one poll advances, for a source with a clock of its own (the simulator; the
+    #: coordinator sets it when ``source.sample_interval_s`` changes live); None for a real battery
+    interval_s: float | None = None
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire the port / file / connection. Raise SourceUnavailable on failure."""

@@ -108,8 +108,10 @@ def _read_dirs(dirs: list[Path], limit: int | None = None) -> list[Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ml.data import CellFileError
-    from ml.evaluate import summary_table
-    from ml.train import ExportError, TrainConfig, train
+    from ml.export import ExportError
+    from ml.metrics import summary_table
+    from ml.train import train
+    from ml.train_config import TrainConfig
 
     _setup_logging(args.verbose)
     overrides: dict[str, Any] = {}
@@ -153,7 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from device_agent.health.hybrid import ModelLoadError, load_hybrid_model
     from ml.data import CellFileError
-    from ml.evaluate import evaluate, summary_table
+    from ml.evaluate import evaluate
+    from ml.metrics import summary_table
 
     _setup_logging(args.verbose)
     model_dir = args.model if args.model is not None else default_model_dir()
@@ -181,8 +184,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_crossval(args: argparse.Namespace) -> int:
     from ml.crossval import crossval
     from ml.data import CellFileError
-    from ml.evaluate import summary_table
-    from ml.train import ExportError, TrainConfig
+    from ml.export import ExportError
+    from ml.metrics import summary_table
+    from ml.train_config import TrainConfig
 
     _setup_logging(args.verbose)
     overrides = {k: v for k in ("epochs", "seed") if (v := getattr(args, k)) is not None}

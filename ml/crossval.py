@@ -23,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.health.hybrid import load_hybrid_model
-from ml.data import Cell, Split, scorability, split_cells
+from ml.data import Cell, scorability
 from ml.eol_rules import compare_cells, summarise
-from ml.evaluate import PointPrediction, compute_metrics, predict_cells, write_json, write_predictions
-from ml.train import TrainConfig, train
+from ml.json_files import write_json
+from ml.metrics import compute_metrics
+from ml.predictions import PointPrediction, predict_cells, write_predictions
+from ml.splitting import Split, split_cells
+from ml.train import train
+from ml.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Readers for cell data, offline cleaning and splits by whole cells.
+"""Readers for cell data, and which cells can be test cells (:func:`scorability`).
 
 Two sources, one result (:class:`Cell`):
 
@@ -9,8 +9,8 @@ Two sources, one result (:class:`Cell`):
   cycles by the device's own :class:`CycleTracker` and :class:`HealthEstimator` so that training sees the
   capacities, cycle numbers, elapsed times and temperatures the device would.
 
-Cleaning (for training targets only; the model's inputs are cleaned causally on the device by
-``device_agent.health.hybrid.causal_clean``) is :func:`clean_cell`, rules stated there.
+Offline cleaning (for training targets) is :func:`ml.offline_cleaning.clean_cell`; splits by whole cells
+are in :mod:`ml.splitting`.
 """
 
 from __future__ import annotations
@@ -18,22 +18,17 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import json
 import logging
 import math
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from device_agent.config import HealthSettings, TrackerSettings
 from device_agent.health.estimator import HealthEstimator
 from device_agent.health.fade_law import CapacityPoint
-from device_agent.health.hybrid import clean_series
-from device_agent.health.model_files import CleaningSpec
 from device_agent.tracking.cycle_tracker import CycleTracker
 from schema.messages import CycleRecord
 
@@ -275,91 +270,7 @@ def read_bms_dir(directory: Path, *, limit: int | None = None) -> list[Cell]:
     return [read_bms_log(p, d.resolve().name) for p in files[:limit]]
 
 
-# -- offline cleaning -------------------------------------------------------------------------------
-
-Label = Literal["ok", "failed", "high", "excursion", "low_regime", "spike"]
-HAMPEL_HALF_WINDOW = 3
-HAMPEL_SIGMAS = 3.0
-HAMPEL_MIN_REL = 0.01
-
-
-@dataclass(frozen=True)
-class CleanSeries:
-    """The valid rows of a cell with a label each; ``segment`` numbers the regimes (level shifts)."""
-
-    index: np.ndarray  # row index in the file
-    cycles: np.ndarray
-    capacity_ah: np.ndarray
-    label: np.ndarray  # Label per valid row
-    segment: np.ndarray  # int per valid row
-
-    @property
-    def ok(self) -> np.ndarray:
-        return np.asarray(self.label == "ok")
-
-    def counts(self) -> dict[str, int]:
-        labels, n = np.unique(self.label, return_counts=True)
-        return {str(k): int(v) for k, v in zip(labels, n, strict=True)}
-
-
-def clean_cell(cell: Cell, rules: CleaningSpec | None = None) -> CleanSeries:
-    """Label every valid row of a cell (offline: the whole series is known). Rules, in order:
-
-    1. invalid rows (missing, zero, negative capacity) are not in the series at all;
-    2. the device's causal rules (``hybrid.clean_series``): a capacity below ``low_frac`` × the median of
-       the last ``ref_points`` kept capacities is a failed run (``failed``), above ``high_frac`` × that
-       median a gross outlier (``high``); ``shift_points`` of them in a row on one side start a new segment
-       (regime); a regime the cell returns from is an ``excursion`` (e.g. a block of cold, high-current runs);
-    3. a segment whose median capacity is below ``low_frac`` × the highest segment median is a regime the
-       cell only visited (a block of runs at other conditions at the start): ``low_regime``;
-    4. within the rest, a Hampel filter (centred window of 7, 3 robust sigmas and at least 1 %) marks
-       isolated spikes — the first cycles of a capacity regeneration jump after a rest, stray readings —
-       as ``spike``. Regeneration that decays over several cycles is real capacity and stays ``ok``.
-    """
-    rules = rules or CleaningSpec()
-    idx = cell.valid_indices()
-    cyc = cell.cycles[idx]
-    cap = cell.capacity_ah[idx]
-    state = clean_series(cap.tolist(), rules)
-    label = np.array(state.label, dtype=object)
-    segment = np.array(state.segment, dtype=int)
-    ok = label == "ok"
-    levels = {int(s): float(np.median(cap[ok & (segment == s)])) for s in np.unique(segment[ok])}
-    if levels:
-        top = max(levels.values())
-        for s, lev in levels.items():
-            if lev < rules.low_frac * top:
-                label[ok & (segment == s)] = "low_regime"
-    ok = label == "ok"
-    for s in np.unique(segment[ok]):
-        members = np.nonzero(ok & (segment == s))[0]
-        vals = cap[members]
-        for a, j in enumerate(members):
-            lo, hi = max(0, a - HAMPEL_HALF_WINDOW), min(len(members), a + HAMPEL_HALF_WINDOW + 1)
-            win = vals[lo:hi]
-            if len(win) < 4:
-                continue
-            med = float(np.median(win))
-            mad = 1.4826 * float(np.median(np.abs(win - med)))
-            if abs(vals[a] - med) > max(HAMPEL_SIGMAS * mad, HAMPEL_MIN_REL * med):
-                label[j] = "spike"
-    return CleanSeries(index=idx, cycles=cyc, capacity_ah=cap, label=label.astype(str), segment=segment)
-
-
-# -- splits -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Split:
-    train: dict[str, list[str]]
-    val: dict[str, list[str]]
-    test: dict[str, list[str]]
-
-    def role(self, dataset: str, cell: str) -> str:
-        for name, part in (("train", self.train), ("val", self.val), ("test", self.test)):
-            if cell in part.get(dataset, []):
-                return name
-        return "unused"
+# -- which cells can be scored ----------------------------------------------------------------------
 
 
 #: a test cell needs this many valid rows: the three prediction points then each have a history and a future
@@ -413,61 +324,3 @@ def unscorable_cells(cells: Sequence[Cell]) -> dict[str, list[str]]:
         if not scorability(c).ok:
             out.setdefault(c.dataset, []).append(c.cell)
     return {ds: sorted(v) for ds, v in sorted(out.items())}
-
-
-def _systematic_pick(names: Sequence[str], frac: float, rng: random.Random) -> list[str]:
-    """One random name from each consecutive block of round(1/frac) names (sorted): a stratified pick."""
-    if frac <= 0 or len(names) < 2:
-        return []
-    block = max(1, round(1.0 / frac))
-    picked = []
-    for s in range(0, len(names), block):
-        chunk = list(names[s : s + block])
-        picked.append(rng.choice(chunk))
-    return picked
-
-
-def split_cells(
-    cells: Sequence[Cell],
-    test_frac: float,
-    val_frac: float,
-    seed: int,
-    *,
-    test_frac_by_dataset: dict[str, float] | None = None,
-) -> Split:
-    """Split by whole cells, per dataset: sorted by name, one test cell from each block of 1/test_frac
-    scorable cells (seeded; see :func:`scorability` — unscorable cells only ever train), then validation
-    cells the same way from the remaining scorable cells. A cell is in exactly one part; every dataset
-    keeps at least one training cell. ``test_frac_by_dataset`` overrides ``test_frac`` for the datasets
-    it names."""
-    fracs = dict(test_frac_by_dataset or {})
-    if not all(0.0 <= f < 1.0 for f in [test_frac, val_frac, *fracs.values()]):
-        raise ValueError("test_frac, val_frac and test_frac_by_dataset values must be in [0, 1)")
-    by_ds: dict[str, list[str]] = {}
-    unscorable: set[tuple[str, str]] = set()
-    for c in cells:
-        by_ds.setdefault(c.dataset, []).append(c.cell)
-        if not scorability(c).ok:
-            unscorable.add((c.dataset, c.cell))
-    train: dict[str, list[str]] = {}
-    val: dict[str, list[str]] = {}
-    test: dict[str, list[str]] = {}
-    for ds in sorted(by_ds):
-        names = sorted(set(by_ds[ds]))
-        rng = random.Random(f"{seed}:{ds}")
-        te = _systematic_pick([n for n in names if (ds, n) not in unscorable], fracs.get(ds, test_frac), rng)
-        rest = [n for n in names if n not in te]
-        scorable_rest = [n for n in rest if (ds, n) not in unscorable]
-        va = _systematic_pick(scorable_rest, val_frac, rng) if len(rest) > 2 else []
-        tr = [n for n in rest if n not in va]
-        if not tr:
-            tr, te = te[:1], te[1:]
-        train[ds], val[ds], test[ds] = tr, va, te
-    return Split(train=train, val=val, test=test)
-
-
-def fingerprint(cells: Sequence[Cell], split: Split) -> str:
-    """sha256 over the files' contents (their sha256) and the cell lists: independent of paths and git."""
-    files = sorted((c.dataset, c.cell, c.sha256) for c in cells)
-    payload = {"files": files, "train": split.train, "val": split.val, "test": split.test}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

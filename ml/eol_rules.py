@@ -30,7 +30,7 @@ import numpy as np
 from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
 from device_agent.health.hybrid import HybridModel, Prepared, eol_from_trajectory, eol_scatter
 from ml.data import Cell
-from ml.evaluate import eol_points
+from ml.eol_band import eol_points
 
 BANDS = (0, 1, 2, 3)
 MAX_ROWS = 20_000

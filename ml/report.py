@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ml.evaluate import PointPrediction
+    from ml.predictions import PointPrediction
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ SageMaker's conventions:
 * ``SM_MODEL_DIR`` — model.tflite + model.json go here (SageMaker uploads it as model.tar.gz);
 * ``SM_OUTPUT_DATA_DIR`` — the training report (metrics.json, predictions.csv, plots) goes here;
 * hyperparameters — as command-line arguments (``--epochs 40 --tiny true``, values are strings) and as a
-  JSON object in ``SM_HPS``; the command line wins. Any field of :class:`ml.train.TrainConfig` can be set;
+  JSON object in ``SM_HPS``; the command line wins. Any field of :class:`ml.train_config.TrainConfig` can be set;
   ``--model_dir`` (the S3 path script mode adds) is ignored.
 
 Prints ``held_out_<dataset>_<method>_rmse_pp=<value>`` lines for SageMaker metric definitions.
@@ -118,7 +118,8 @@ def check_runtime(python: tuple[int, ...] | None = None, tensorflow: str | None 
 
 def main(argv: list[str] | None = None) -> int:
     check_runtime()
-    from ml.train import TrainConfig, train
+    from ml.train import train
+    from ml.train_config import TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

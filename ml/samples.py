@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from device_agent.health.hybrid import SEQ_FEATURES, prepare, static_feature_names
 from device_agent.health.model_files import CleaningSpec, FeatureSpec
-from ml.data import Cell, clean_cell
+from ml.data import Cell
+from ml.offline_cleaning import clean_cell
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,12 @@ Floats must be finite: NaN and infinity are rejected at the boundary, never stor
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -183,15 +185,63 @@ def new_message_id() -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
-def envelope(thing: str, kind: MessageKind, body: Message, ts: float, msg_id: str | None = None) -> Envelope:
-    simulated = bool(getattr(body, "simulated", False))
+Body = Telemetry | CycleRecord | Health | Alarm
+_SAMPLE_JSON: TypeAdapter[Sample] = TypeAdapter(Sample)
+
+
+def encode_samples(samples: Iterable[Sample]) -> bytes:
+    """Samples as the JSON array a telemetry envelope carries. A reading the source does not have (no SoC, no
+    cell voltages) is left out rather than sent as null: a fifth fewer bytes per sample (IoT Core bills by
+    5 KB); every reader parses with the defaults."""
+    return b"[" + b",".join(encode_sample(s) for s in samples) + b"]"
+
+
+def encode_sample(sample: Sample) -> bytes:
+    """One sample as :func:`encode_samples` writes it (the agent's batcher encodes each sample once)."""
+    return _SAMPLE_JSON.dump_json(sample, exclude_none=True)
+
+
+def is_simulated(body: Body) -> bool:
+    """The envelope's ``simulated`` flag: a telemetry batch is simulated when any of its samples is."""
     if isinstance(body, Telemetry):
-        simulated = any(s.simulated for s in body.samples)
-    return Envelope(
-        id=msg_id or new_message_id(),
-        thing=thing,
-        kind=kind,
-        ts=ts,
-        simulated=simulated,
-        body=body.model_dump(mode="json"),
-    )
+        return any(s.simulated for s in body.samples)
+    return body.simulated
+
+
+def encode_envelope(
+    thing: str,
+    kind: MessageKind,
+    body: Body,
+    ts: float,
+    msg_id: str | None = None,
+    *,
+    samples_json: bytes | None = None,
+) -> bytes:
+    """The bytes a device publishes: the compact JSON envelope around ``body``. The one encoder of the wire
+    format (the agent and every test that builds device messages use it).
+
+    ``samples_json`` is the fast path for telemetry: the batch's samples already encoded by
+    :func:`encode_samples` (the agent encodes each sample once, as it batches them). Non-finite numbers are
+    refused (ValueError), never sent.
+    """
+    if isinstance(body, Telemetry):
+        if samples_json is None:
+            samples_json = encode_samples(body.samples)
+        body_json = b'{"samples":' + samples_json + b"}"
+    else:
+        body_json = body.model_dump_json().encode()
+    head = {
+        "v": SCHEMA_VERSION,
+        "id": msg_id or new_message_id(),
+        "thing": thing,
+        "kind": kind,
+        "ts": ts,
+        "simulated": is_simulated(body),
+    }
+    # the envelope's fields, then the body serialised by pydantic-core (no intermediate dicts)
+    return json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"body":' + body_json + b"}"
+
+
+def envelope(thing: str, kind: MessageKind, body: Body, ts: float, msg_id: str | None = None) -> Envelope:
+    """The envelope a device sends, parsed back (what the cloud sees): :func:`encode_envelope` read back."""
+    return Envelope.model_validate_json(encode_envelope(thing, kind, body, ts, msg_id))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import IN_CI, free_port, wait_port
+from tests.support import IN_CI, REAL_COMPONENT_ATTR, SLOW_FIXTURE_ATTR, free_port, real_component, wait_port
 
 
 class Mosquitto:
@@ -71,6 +71,7 @@ def require_mosquitto() -> None:
 
 
 @pytest.fixture
+@real_component("mosquitto")
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     require_mosquitto()
     broker = Mosquitto(tmp_path)
@@ -146,3 +147,74 @@ def subscriber_factory() -> Iterator[Callable[[str], Subscriber]]:
     yield make
     for s in subs:
         s.close()
+
+
+# -- tiers: which real components each collected test starts (tests/test_tiers.py reads this) -----------------
+TIER_REPORT_ENV = "BATTWIN_TIER_REPORT"
+_ALL_COLLECTED = pytest.StashKey[dict[str, list[str]]]()
+_KEEP_QUICK_SLOW = pytest.StashKey[list[str]]()
+
+
+def _fixture_funcs(item: pytest.Item) -> list[Any]:
+    """The functions of every fixture in the item's closure (with the fixtures they override)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    return [fixturedef.func for defs in info.name2fixturedefs.values() for fixturedef in defs]
+
+
+def real_components_of(item: pytest.Item) -> list[str]:
+    """The real components (``@real_component`` fixtures) in the item's fixture closure."""
+    found = {name for func in _fixture_funcs(item) if (name := getattr(func, REAL_COMPONENT_ATTR, None)) is not None}
+    return sorted(found)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: a test on a @slow_fixture is slow like a marked one
+def pytest_collection_modifyitems(session: pytest.Session, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is None and any(
+            getattr(func, SLOW_FIXTURE_ATTR, False) for func in _fixture_funcs(item)
+        ):
+            item.add_marker(pytest.mark.slow)
+    if os.environ.get(TIER_REPORT_ENV):  # the complete suite
+        session.stash[_ALL_COLLECTED] = {item.nodeid: real_components_of(item) for item in items}
+        session.stash[_KEEP_QUICK_SLOW] = sorted(
+            item.nodeid for item in items if item.get_closest_marker("slow") and item.get_closest_marker("keep_quick")
+        )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    out = os.environ.get(TIER_REPORT_ENV)
+    if out:
+        report = {
+            "collected": session.stash.get(_ALL_COLLECTED, {}),
+            "selected": {item.nodeid: real_components_of(item) for item in session.items},
+            "slow": sorted(item.nodeid for item in session.items if item.get_closest_marker("slow")),
+            "keep_quick_slow": session.stash.get(_KEEP_QUICK_SLOW, []),
+        }
+        Path(out).write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+# -- keeping the slow marker honest: a test not marked slow whose own run (call) took long is named at the end
+# of the session (a note for whoever runs `make quick`, never a failure: timing does not decide pass/fail)
+SLOW_NOTE_S = 5.0
+_UNMARKED_LONG = pytest.StashKey[list[tuple[str, float]]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        took = time.monotonic() - started
+        if took > SLOW_NOTE_S and not any(item.get_closest_marker(m) for m in ("slow", "keep_quick")):
+            item.config.stash.setdefault(_UNMARKED_LONG, []).append((item.nodeid, took))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    long = config.stash.get(_UNMARKED_LONG, [])
+    if long:
+        terminalreporter.section("tests not marked slow that ran long (mark them @pytest.mark.slow?)")
+        for nodeid, took in sorted(long, key=lambda x: -x[1]):
+            terminalreporter.write_line(f"{took:6.1f} s  {nodeid}")

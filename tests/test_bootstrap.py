@@ -8,6 +8,8 @@ lock that changes (rebuild).
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from device_agent import bootstrap as bs
+from tests.support import IN_CI
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "device_agent" / "bootstrap.py"
@@ -218,7 +221,10 @@ def test_an_old_python_gets_the_version_message_not_a_traceback(tmp_path: Path, 
     candidates += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
     old = next((c for c in candidates if Path(c).is_file()), None)
     if old is None:
-        pytest.skip(f"no python{version} on this machine")
+        reason = f"no python{version} on this machine (pyenv install {version})"
+        if IN_CI:  # the CI machine has pyenv's older Pythons, as tools/pyversions.py expects its newer ones
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     result = run_script("--app", tmp_path, "--venv", tmp_path / "venv", python=old)
     assert result.returncode == 1
     assert result.stderr.startswith(f"battwin-bootstrap: Python 3.11 or newer is needed, this is Python {version}.")
@@ -278,3 +284,113 @@ def test_the_real_device_lock_installs_into_a_fresh_venv(tmp_path: Path) -> None
     pins = {e.name: e.requirement for e in bs.parse_lock(DEVICE_LOCK)}
     assert f"pydantic=={out.stdout.split()[1]}" == pins["pydantic"]
     assert f"numpy=={out.stdout.split()[0]}" in DEVICE_LOCK
+
+
+# -- the Greengrass install step, as the nucleus runs it, from a local wheel cache -------------------------------
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every wheel of requirements/device.lock, checked against the lock's hashes: ``$BATTWIN_WHEELHOUSE`` if it
+    names a folder, else downloaded once (pip's own cache makes a second run cheap)."""
+    given = os.environ.get("BATTWIN_WHEELHOUSE")
+    if given and Path(given).is_dir():
+        return Path(given)
+    dest = tmp_path_factory.mktemp("wheelhouse")
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--progress-bar"]
+    cmd += ["off", "--only-binary=:all:", "--require-hashes", "-r", str(REPO / "requirements" / "device.lock")]
+    result = subprocess.run([*cmd, "-d", str(dest)], capture_output=True, text=True, timeout=900, check=False)
+    if result.returncode != 0:
+        reason = f"cannot fill a wheel cache from the package index: {result.stderr.strip()[-300:]}"
+        if IN_CI:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return dest
+
+
+def install_step(recipe: Path, artifacts: Path, decompressed: Path, work: Path) -> tuple[str, dict[str, str]]:
+    """The recipe's install Script and the lifecycle's Setenv with the nucleus' variables substituted."""
+    import yaml
+
+    lifecycle = yaml.safe_load(recipe.read_text(encoding="utf-8"))["Lifecycle"]["all"]
+    values = {"artifacts:path": str(artifacts), "artifacts:decompressedPath": str(decompressed), "work:path": str(work)}
+
+    def sub(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", value)
+        left = re.findall(r"\{[a-z]+:[^}]*\}", text)
+        assert not left, f"recipe variables the test does not know: {left}"
+        return text
+
+    env = {k: sub(str(v)) for k, v in lifecycle["Setenv"].items()}
+    return sub(lifecycle["install"]["Script"]), env
+
+
+def run_install_step(tmp_path: Path, wheelhouse: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """Build the agent artifact, then run the recipe's install step as a nucleus would, pip limited to
+    ``wheelhouse``."""
+    from components.build import build_agent_zip
+
+    artifacts, decompressed, work = tmp_path / "artifacts", tmp_path / "decompressed", tmp_path / "work"
+    for d in (artifacts, decompressed, work):
+        d.mkdir()
+    build_agent_zip(artifacts)
+    script, setenv = install_step(REPO / "recipes" / "com.battwin.Agent.yaml", artifacts, decompressed, work)
+    bindir = tmp_path / "bin"  # the nucleus runs "python3" from PATH: this interpreter's base Python
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(getattr(sys, "_base_executable", sys.executable))
+    env = {
+        "PATH": f"{bindir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        **setenv,
+        "PIP_NO_INDEX": "1",  # nothing from a package index: the wheel cache must hold every locked file
+        "PIP_FIND_LINKS": str(wheelhouse),
+    }
+    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=1100, check=False)
+    return result, setenv
+
+
+@pytest.mark.slow
+def test_the_install_step_fails_without_the_wheels_it_needs(tmp_path: Path) -> None:
+    """Control for the test below: with no index and an empty cache the step fails (so its success there comes from
+    the cache, not from a package index), non-zero with bootstrap's one-line reason."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result, _ = run_install_step(tmp_path, empty)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "battwin-bootstrap: pip install of pip failed" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_recipe_install_step_builds_the_venv_from_a_wheel_cache_and_the_agent_runs(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """The Agent recipe's install Script, as nucleus lite runs it with the ZIP left packed: it unpacks the real
+    agent artifact (components.build) and runs device_agent/bootstrap.py, whose pip installs the whole
+    requirements/device.lock (hashes checked, wheels only) from the local cache alone (no index); the installed
+    agent then imports the device path with LiteRT and answers ``--help`` the way the run step starts it."""
+    result, setenv = run_install_step(tmp_path, wheelhouse)
+    work = tmp_path / "work"
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"hashed":true' in result.stderr and "venv ready" in result.stderr
+    app, venv_dir = Path(setenv["AGENT_UNPACKED"]), Path(setenv["AGENT_VENV"])
+    assert (app / "device_agent" / "cli.py").is_file()  # unpacked from the ZIP by the step itself
+    stamp = json.loads((venv_dir / bs.STAMP_NAME).read_text(encoding="utf-8"))
+    assert stamp["lock"] == "requirements/device.lock" and stamp["hashed"] == "yes"
+
+    # as the run step starts it: the venv's python, the unpacked app on PYTHONPATH, from another directory
+    run_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(app), "LANG": "C.UTF-8"}
+    py = str(venv_dir / "bin" / "python")
+    probe = (
+        "import ai_edge_litert.interpreter, device_agent.agent, device_agent.cli, device_agent.health.hybrid as h;"
+        "from device_agent.health.shipped import SHIPPED_MODEL_DIR as d;"
+        "print(h.load_hybrid_model(d).version, device_agent.cli.__file__)"
+    )
+    out = subprocess.run([py, "-c", probe], env=run_env, cwd=work, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[0].startswith("hybrid-") and out.stdout.split()[1].startswith(str(app))
+    helped = subprocess.run(
+        [py, "-m", "device_agent.cli", "--help"], env=run_env, cwd=work, capture_output=True, text=True, check=False
+    )
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "run" in helped.stdout and "usage" in helped.stdout.lower()

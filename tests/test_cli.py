@@ -81,6 +81,7 @@ def test_nan_in_log_is_an_error_not_data(tmp_path):
     assert r.returncode == 2 and "not finite" in r.stdout
 
 
+@pytest.mark.slow
 def test_demo_ends_by_itself(tmp_path):
     r = run("demo", "--duration", "12", "--batteries", "3", "--workdir", tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -55,6 +55,7 @@ def run_to_completion(agent: Agent, max_samples: int) -> None:
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+@pytest.mark.slow
 def test_simulated_battery_reaches_subscriber(broker, request, tmp_path, subscriber_factory):
     if broker == "mosquitto":
         require_mosquitto()
@@ -79,6 +80,7 @@ def test_simulated_battery_reaches_subscriber(broker, request, tmp_path, subscri
     assert ts == sorted(ts)
 
 
+@pytest.mark.slow
 def test_broker_outage_loses_nothing(tmp_path, subscriber_factory):
     require_mosquitto()
     broker = Mosquitto(tmp_path, persistent=True)
@@ -106,6 +108,7 @@ def test_broker_outage_loses_nothing(tmp_path, subscriber_factory):
         broker.stop()
 
 
+@pytest.mark.slow
 def test_agent_restart_resumes_from_spool(tmp_path, mosquitto, subscriber_factory):
     """Messages spooled while the broker was unreachable are sent by the next agent process."""
     dead_url = "mqtt://127.0.0.1:1"  # nothing listens there

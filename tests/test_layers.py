@@ -47,15 +47,9 @@ DEVKIT_PREFIXES = (
 #: the layers that ship to a device: they may not import these at any rank
 SHIPPED = frozenset({"schema", "hardware", "device_agent"})
 NOT_FROM_SHIPPED = frozenset({"devkit", "bench", "components", "ml", "cloud"})
-#: imports that other work of issue #14 removes (the CLI reaches the demo through the ``battwin.cli`` entry
-#: points once it is in devkit; ml/train stops borrowing hybrid's private helper): (importer, imported).
-#: They name the old module paths, so they match nothing once those changes are merged — delete them then.
-TRANSITIONAL: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("device_agent.cli", "device_agent.demo"),
-        ("ml.train", "device_agent.health.hybrid"),
-    }
-)
+#: imports exempted while other work of issue #14 was under way: none left (the CLI reaches the demo through
+#: the ``battwin.cli`` entry points now that it is in devkit)
+TRANSITIONAL: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ def test_versions_are_ordered_by_semantic_version(root):
     assert version_dirs(root / "missing") == []
 
 
+@pytest.mark.slow
 def test_bad_versions_are_refused_good_ones_switched_to_and_a_restart_starts_on_the_last_good(tmp_path, root):
     make_version(root, "1.0.0")
     agent = new_agent(tmp_path, root)
@@ -172,6 +173,7 @@ def test_bad_versions_are_refused_good_ones_switched_to_and_a_restart_starts_on_
     agent.close()
 
 
+@pytest.mark.slow
 def test_the_model_in_use_keeps_running_when_its_folder_is_deleted(tmp_path, root):
     """Nucleus lite deletes the previous version's artifacts, here the one in use after a refused update."""
     make_version(root, "1.0.0")
@@ -247,7 +249,7 @@ def test_without_a_tflite_runtime_nothing_is_refused_or_retried(tmp_path, root, 
     def no_runtime():
         raise hybrid.ModelLoadError("runtime_unavailable", "neither ai_edge_litert nor tflite_runtime is installed")
 
-    monkeypatch.setattr(hybrid, "_interpreter_class", no_runtime)
+    monkeypatch.setattr(hybrid, "interpreter_class", no_runtime)
     make_version(root, "1.0.0")
     agent = new_agent(tmp_path, root)
     mm = ModelManager(agent, store=agent.state)

@@ -144,6 +144,7 @@ def test_local_service_speaks_iot_core_topics(broker):
         svc.stop()
 
 
+@pytest.mark.slow
 def test_agent_applies_shadow_config_live_and_rejects_with_reasons(broker, tmp_path):
     from device_agent.runtime import attach_config_sync
     from device_agent.shadow.mqtt_shadow import MqttShadowClient

@@ -11,14 +11,13 @@ import pytest
 
 from hardware.errors import SourceConfigError
 from hardware.registry import create_source, parse_source_url
+from hardware.simulator.cell import open_circuit_slope, open_circuit_voltage
 from hardware.simulator.model import (
     CHARGE_CC,
     CHARGE_CV,
     DISCHARGE,
     REST,
     PackSimulator,
-    open_circuit_slope,
-    open_circuit_voltage,
 )
 from hardware.simulator.source import SimulatorSource, create
 from hardware.simulator.state import PackState
@@ -253,6 +252,7 @@ def test_resistance_grows_with_fade() -> None:
     assert last.resistance_ohm > 1.2 * first.resistance_ohm
 
 
+@pytest.mark.slow
 def test_no_nan_and_physical_clamps_over_a_long_abusive_run() -> None:
     for kw in (
         {"ageing_factor": 3000.0, "ambient_c": 45.0, "discharge_profile": "pulse", "discharge_c_rate": 3.0},

@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from device_agent.agent import TelemetryBatcher
 from device_agent.config import MqttSettings
-from device_agent.greengrass.ipc_transport import publish_payload_budget
+from device_agent.greengrass.ipc_limits import publish_payload_budget
+from device_agent.uplink.batcher import TelemetryBatcher
 from device_agent.uplink.mqtt_transport import MQTT_MAX_MESSAGE_BYTES, MqttTransport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import NotSplittable, part_id, split_telemetry, telemetry_overhead
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport, MessageTooLarge
 from hardware.transports.backoff import Backoff
-from schema.messages import Alarm, CycleRecord, ForecastPoint, Health, Sample, envelope
+from schema.messages import Alarm, CycleRecord, ForecastPoint, Health, Sample, Telemetry, encode_envelope
 from tests.support import free_port
 
 
@@ -68,6 +68,7 @@ def _settings(port: int) -> MqttSettings:
     return MqttSettings(url=f"mqtt://127.0.0.1:{port}", reconnect_min_s=0.2, reconnect_max_s=1.6, connect_timeout_s=2.0)
 
 
+@pytest.mark.slow
 def test_mqtt_connects_to_a_refused_port_a_bounded_number_of_times() -> None:
     transport = MqttTransport(_settings(free_port()), client_id="backoff-refused")
     window_s = 4.0
@@ -83,6 +84,7 @@ def test_mqtt_connects_to_a_refused_port_a_bounded_number_of_times() -> None:
     assert not transport.connected
 
 
+@pytest.mark.slow
 def test_mqtt_against_a_listener_that_hangs_up_counts_attempts_from_outside() -> None:
     """The same, counted by the peer: a TCP listener that accepts and closes every connection at once."""
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -163,9 +165,8 @@ def test_the_batcher_closes_a_batch_before_it_outgrows_the_budget() -> None:
 
 
 def _telemetry(msg_id: str, n: int) -> bytes:
-    samples = [json.loads(_sample(k).model_dump_json(exclude_none=True)) for k in range(n)]
-    env = {"v": 1, "id": msg_id, "thing": "t-1", "kind": "telemetry", "ts": samples[-1]["ts"], "simulated": False}
-    return json.dumps({**env, "body": {"samples": samples}}, separators=(",", ":")).encode()
+    samples = tuple(_sample(k) for k in range(n))
+    return encode_envelope("t-1", "telemetry", Telemetry(samples=samples), samples[-1].ts, msg_id)
 
 
 def test_split_keeps_every_sample_in_order_with_deterministic_ids() -> None:
@@ -186,7 +187,15 @@ def test_split_keeps_every_sample_in_order_with_deterministic_ids() -> None:
 
 def test_the_publisher_never_blocks_on_an_oversized_row(tmp_path: Any) -> None:
     spool = Spool(tmp_path / "s.db")
-    big_alarm = json.dumps({"id": "a-1", "kind": "alarms", "body": {"message": "x" * 5000}}).encode()
+    alarm = Alarm(
+        ts=2.0,
+        code="spool_dropped",
+        severity="warning",
+        message="x" * 1024,
+        details={f"detail_{k}": "x" * 200 for k in range(20)},
+        source_id="s-1",
+    )
+    big_alarm = encode_envelope("t-1", "alarms", alarm, 2.0, "a-1")  # over 5 KB
     spool.put_many(
         [
             ("t-1", "battwin/t-1/telemetry", _telemetry("t-1", 100), 1.0),
@@ -265,5 +274,5 @@ def test_cycles_health_and_alarms_are_small_even_at_their_largest() -> None:
     )
     budget = publish_payload_budget(f"battwin/{thing}/telemetry")
     for kind, body in (("cycles", cycle), ("health", health), ("alarms", alarm)):
-        size = len(envelope(thing, kind, body, 1.7e9, "i" * 64).model_dump_json())
+        size = len(encode_envelope(thing, kind, body, 1.7e9, "i" * 64))
         assert size < budget, (kind, size, budget)

@@ -11,15 +11,17 @@ failing in the rule::
 An event that is the envelope itself with ``rule_*`` fields added (``SELECT *, topic(2) AS rule_thing …``)
 is accepted too.
 
-Per message: size limit → JSON → :class:`~schema.messages.Envelope` → the topic's thing and kind must
-match the envelope's → body model → store. Anything that fails a check is written to the dead-letter prefix
+Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
+:class:`~schema.messages.Envelope` → the topic's thing and kind must match the envelope's → body model
+→ store. Anything that fails a check is written to the dead-letter prefix
 with the reason and the original payload (and the invocation succeeds: retrying would not help). Storing, in
 this order, every step idempotent:
 
 1. the lake object, under a key made of the message id, written only if absent (``If-None-Match: *``: the
    first delivery's bytes are kept);
 2. Glue partition registration (once per partition and container; failures are logged, never fatal);
-3. DeviceState updates, each conditional on being newer than what is stored (a repeat changes nothing);
+3. DeviceState updates (:mod:`cloud.ingest.device_state`), each conditional on being newer than what is
+   stored (a repeat changes nothing);
 4. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
    message whose item exists is a duplicate, and its earlier delivery stored everything.
 
@@ -32,7 +34,6 @@ that a message costs one DynamoDB write of its size, not two: writes are billed 
 from __future__ import annotations
 
 import base64
-import binascii
 import copy
 import json
 import logging
@@ -51,10 +52,11 @@ from cloud.aws import (
     error_code,
     is_conditional_failure,
     marshal,
-    marshal_value,
     request_id,
     setup_lambda_logging,
 )
+from cloud.ingest.checks import Rejected, RuleEvent, raw_payload, summarise_errors, validate_message
+from cloud.ingest.device_state import DeviceStateWriter
 from cloud.lake import (
     DEFAULT_DEAD_LETTER_PREFIX,
     DEFAULT_LAKE_PREFIX,
@@ -66,7 +68,7 @@ from cloud.lake import (
     utc_day,
 )
 from cloud.tables import history_pk, history_sk
-from schema.messages import BODY_TYPES, Alarm, CycleRecord, Envelope, Health, Message, Telemetry
+from schema.messages import Envelope, Message, Telemetry
 
 log = logging.getLogger("battwin.cloud.ingest")
 
@@ -103,19 +105,6 @@ class IngestSettings(BaseModel):
         )
 
 
-class RuleEvent(BaseModel):
-    """What the IoT rule adds to (or sends instead of) the envelope."""
-
-    model_config = ConfigDict(extra="allow")
-
-    payload_b64: str | None = None
-    rule_topic: str | None = None
-    rule_thing: str | None = None
-    rule_kind: str | None = None
-    rule_received_ms: int | float | None = None
-    rule_client_id: str | None = None
-
-
 @dataclass(frozen=True)
 class Outcome:
     status: Status
@@ -127,25 +116,6 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-class Rejected(Exception):
-    """A message that cannot be stored as data (→ dead letter)."""
-
-    def __init__(self, reason: str, detail: str, msg_id: str | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.msg_id = msg_id
-
-
-def _summarise(exc: ValidationError, limit: int = 5) -> str:
-    parts = []
-    for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
-    more = exc.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class Ingestor:
@@ -165,6 +135,7 @@ class Ingestor:
         self._glue = glue
         self._partitions: set[tuple[str, str, str]] = set()
         self._glue_tables: dict[str, dict[str, Any]] = {}
+        self.device_state = DeviceStateWriter(self.ddb, settings.device_state_table)
 
     @property
     def glue(self) -> Any:
@@ -179,65 +150,25 @@ class Ingestor:
             meta = RuleEvent.model_validate(event)
         except ValidationError as exc:
             event_bytes = json.dumps(event, default=str).encode()
-            return self._dead_letter("bad_event", _summarise(exc), event_bytes, received_at, None)
+            return self._dead_letter("bad_event", summarise_errors(exc), event_bytes, received_at, None)
         if meta.rule_received_ms is not None:
             received_at = float(meta.rule_received_ms) / 1000.0
-        raw = self._raw_payload(event, meta)
+        raw = raw_payload(event, meta)
         if raw is None:
             return self._dead_letter(
                 "bad_event", "payload_b64 is not valid base64", str(meta.payload_b64).encode(), received_at, meta
             )
         try:
-            envelope, body = self._validate(raw, meta, received_at)
+            envelope, body = validate_message(
+                raw,
+                meta,
+                received_at,
+                max_message_bytes=self.settings.max_message_bytes,
+                max_clock_skew_s=self.settings.max_clock_skew_s,
+            )
         except Rejected as rej:
             return self._dead_letter(rej.reason, rej.detail, raw, received_at, meta, rej.msg_id)
         return self._store(envelope, body, received_at)
-
-    @staticmethod
-    def _raw_payload(event: dict[str, Any], meta: RuleEvent) -> bytes | None:
-        if meta.payload_b64 is not None:
-            try:
-                return base64.b64decode(meta.payload_b64, validate=True)
-            except (binascii.Error, ValueError):
-                return None
-        inline = {k: v for k, v in event.items() if not k.startswith("rule_")}
-        return json.dumps(inline, separators=(",", ":"), default=str).encode()
-
-    # -- checks -----------------------------------------------------------------------------------
-    def _validate(self, raw: bytes, meta: RuleEvent, received_at: float) -> tuple[Envelope, Message]:
-        limit = self.settings.max_message_bytes
-        if len(raw) > limit:
-            raise Rejected("oversized", f"{len(raw)} bytes > limit {limit}")
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise Rejected("not_json", f"{type(exc).__name__}: {exc}"[:500]) from None
-        if not isinstance(data, dict):
-            raise Rejected("not_json", f"payload is a JSON {type(data).__name__}, not an object")
-        msg_id = data.get("id") if isinstance(data.get("id"), str) else None
-        try:
-            envelope = Envelope.model_validate(data)
-        except ValidationError as exc:
-            raise Rejected("invalid_envelope", _summarise(exc), msg_id) from None
-        if meta.rule_thing is None or meta.rule_kind is None:
-            raise Rejected("missing_topic", "the rule passed no topic thing/kind to check the envelope against", msg_id)
-        if envelope.thing != meta.rule_thing:
-            raise Rejected(
-                "thing_mismatch", f"envelope thing {envelope.thing!r} != topic thing {meta.rule_thing!r}", msg_id
-            )
-        if envelope.kind != meta.rule_kind:
-            raise Rejected("kind_mismatch", f"envelope kind {envelope.kind!r} != topic kind {meta.rule_kind!r}", msg_id)
-        if envelope.ts > received_at + self.settings.max_clock_skew_s:
-            raise Rejected(
-                "clock_skew",
-                f"envelope time {envelope.ts} is more than {self.settings.max_clock_skew_s} s ahead",
-                msg_id,
-            )
-        try:
-            body = BODY_TYPES[envelope.kind].model_validate(envelope.body)
-        except ValidationError as exc:
-            raise Rejected("invalid_body", _summarise(exc), msg_id) from None
-        return envelope, body
 
     def _dead_letter(
         self,
@@ -302,7 +233,7 @@ class Ingestor:
                 raise
             # the object exists: written by an earlier attempt at this message (or its first delivery); kept
         self._ensure_partition(envelope.kind, utc_day(envelope.ts), envelope.thing)
-        self._update_state(envelope, body, received_at)
+        self.device_state.update(envelope, body, received_at)
         item: dict[str, Any] = {
             "pk": history_pk(envelope.thing, envelope.kind),
             "sk": history_sk(envelope.ts, envelope.id),
@@ -329,85 +260,6 @@ class Ingestor:
             raise
         log.debug("message stored", extra={"message_id": envelope.id, "thing": envelope.thing, "kind": envelope.kind})
         return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key)
-
-    def _conditional_update(self, **kwargs: Any) -> bool:
-        """An UpdateItem whose condition may fail (older data): True if applied."""
-        try:
-            self.ddb.update_item(TableName=self.settings.device_state_table, **kwargs)
-        except Exception as exc:
-            if is_conditional_failure(exc):
-                return False
-            raise
-        return True
-
-    def _update_state(self, envelope: Envelope, body: Message, received_at: float) -> None:
-        key = {"thing": {"S": envelope.thing}}
-        ts = marshal_value(envelope.ts)
-        sets = [
-            "last_seen = :ts",
-            "last_kind = :kind",
-            "last_message_id = :id",
-            "simulated = :sim",
-            "updated_at = :now",
-            "first_seen = if_not_exists(first_seen, :ts)",
-        ]
-        values: dict[str, Any] = {
-            ":ts": ts,
-            ":kind": {"S": envelope.kind},
-            ":id": {"S": envelope.id},
-            ":sim": {"BOOL": envelope.simulated},
-            ":now": marshal_value(received_at),
-        }
-        if isinstance(body, Telemetry):
-            sets.append("latest_sample = :sample")
-            values[":sample"] = marshal_value(body.samples[-1].model_dump(mode="json"))
-        self._conditional_update(
-            Key=key,
-            UpdateExpression="SET " + ", ".join(sets),
-            ConditionExpression="attribute_not_exists(last_seen) OR last_seen < :ts",
-            ExpressionAttributeValues=values,
-        )
-        if isinstance(body, Health):
-            self._conditional_update(
-                Key=key,
-                UpdateExpression="SET health = :h, health_ts = :ts",
-                ConditionExpression="attribute_not_exists(health_ts) OR health_ts < :ts",
-                ExpressionAttributeValues={":h": marshal_value(body.model_dump(mode="json")), ":ts": ts},
-            )
-        elif isinstance(body, CycleRecord):
-            self._conditional_update(
-                Key=key,
-                UpdateExpression="SET last_cycle = :c, last_cycle_ts = :ts",
-                ConditionExpression="attribute_not_exists(last_cycle_ts) OR last_cycle_ts < :ts",
-                ExpressionAttributeValues={":c": marshal_value(body.model_dump(mode="json")), ":ts": ts},
-            )
-        elif isinstance(body, Alarm):
-            self._update_alarm(key, body)
-
-    def _update_alarm(self, key: dict[str, Any], alarm: Alarm) -> None:
-        kwargs: dict[str, Any] = {
-            "Key": key,
-            "UpdateExpression": "SET alarms.#code = :a",
-            "ConditionExpression": "attribute_not_exists(alarms.#code) OR alarms.#code.ts < :ts",
-            "ExpressionAttributeNames": {"#code": alarm.code},
-            "ExpressionAttributeValues": {
-                ":a": marshal_value(alarm.model_dump(mode="json")),
-                ":ts": marshal_value(alarm.ts),
-            },
-        }
-        try:
-            self._conditional_update(**kwargs)
-        except Exception as exc:
-            if error_code(exc) != "ValidationException":
-                raise
-            # the item has no alarms map yet: create it (if still missing), then apply
-            self.ddb.update_item(
-                TableName=self.settings.device_state_table,
-                Key=key,
-                UpdateExpression="SET alarms = if_not_exists(alarms, :empty)",
-                ExpressionAttributeValues={":empty": {"M": {}}},
-            )
-            self._conditional_update(**kwargs)
 
     def _ensure_partition(self, kind: str, day: str, thing: str) -> None:
         st = self.settings

@@ -5,13 +5,14 @@ Triggered by EventBridge ``SageMaker Training Job State Change`` events for jobs
 item is claimed; a re-delivered event finds it claimed and does nothing):
 
 * job ``Failed``/``Stopped`` → decision ``failed`` with SageMaker's reason;
-* job ``Completed`` → read ``model.tar.gz`` (``model.tflite`` + ``model.json``; the TFLite file must match
-  ``model.json``'s ``tflite_sha256`` when given) and take the challenger's score, the ``PROMOTION_METRIC``
-  of ``model.json["metrics"]`` (default: the hybrid method's held-out horizon RMSE in percentage points,
-  averaged over the held-out datasets), else the job's final metrics ``held_out_<dataset>_hybrid_rmse_pp``
-  (averaged; the trainer prints them and the job's metric definitions capture them); lower is
-  better. The challenger wins if there is no champion, or if its score beats the champion's by more than
-  ``MIN_IMPROVEMENT`` (relative). A loser → decision ``rejected``; nothing is uploaded or deployed.
+* job ``Completed`` → read ``model.tar.gz`` (:mod:`cloud.retrain.challenger`: ``model.tflite`` +
+  ``model.json``; the TFLite file must match ``model.json``'s ``tflite_sha256`` when given) and take the
+  challenger's score, the ``PROMOTION_METRIC`` of ``model.json["metrics"]`` (default: the hybrid method's
+  held-out horizon RMSE in percentage points, averaged over the held-out datasets), else the job's final
+  metrics ``held_out_<dataset>_hybrid_rmse_pp`` (averaged; the trainer prints them and the job's metric
+  definitions capture them); lower is better. The challenger wins if there is no champion, or if its score
+  beats the champion's by more than ``MIN_IMPROVEMENT`` (relative). A loser → decision ``rejected``; nothing
+  is uploaded or deployed.
 * a winner → model files copied to ``<release prefix><version>/``; a new ``com.battwin.SohModel`` component
   version (artifact-only recipe, inline) and a deployment to the fleet's thing group that keeps every other
   component of the group's current deployment and pins the agent component to ``AGENT_COMPONENT_VERSION``
@@ -23,18 +24,11 @@ so Lambda's retry judges the job again.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import math
-import re
-import tarfile
 import time
-import zlib
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,16 +41,20 @@ from cloud.aws import (
     setup_lambda_logging,
 )
 from cloud.lake import normalise_prefix
+from cloud.retrain.challenger import (
+    DEFAULT_METRIC,
+    FINAL_METRIC,
+    MODEL_JSON,
+    MODEL_TFLITE,
+    Challenger,
+    ModelError,
+    metric_value,
+    read_model_tar,
+    split_s3,
+)
 from cloud.retrain.registry import Registry
 
 log = logging.getLogger("battwin.cloud.retrain.promote")
-
-MODEL_TFLITE = "model.tflite"
-MODEL_JSON = "model.json"
-DEFAULT_METRIC = "held_out.*.hybrid.all.horizon_rmse_pp"
-#: the job's final metrics the judge falls back to (``ml/sagemaker_entry.py`` prints them)
-FINAL_METRIC = re.compile(r"held_out_.+_hybrid_rmse_pp")
-MAX_MODEL_BYTES = 256 * 1024 * 1024
 
 
 class PromoteSettings(BaseModel):
@@ -124,81 +122,6 @@ class TrainingStateChange(BaseModel):
     source: str = "aws.sagemaker"
     detail_type: str = Field(default="SageMaker Training Job State Change", alias="detail-type")
     detail: TrainingJobDetail
-
-
-class ModelError(ValueError):
-    """The training output is not a usable model (→ decision ``rejected``)."""
-
-
-@dataclass(frozen=True)
-class Challenger:
-    job_name: str
-    model_json: dict[str, Any]
-    tflite: bytes
-    score: float | None
-    score_source: str
-
-
-def metric_value(metrics: dict[str, Any], path: str) -> float | None:
-    """``a.*.c`` on a nested dict; ``*`` averages over every key that has the rest of the path."""
-
-    def walk(node: Any, parts: list[str]) -> list[float]:
-        if not parts:
-            if isinstance(node, int | float) and not isinstance(node, bool) and math.isfinite(node):
-                return [float(node)]
-            return []
-        head, rest = parts[0], parts[1:]
-        if not isinstance(node, dict):
-            return []
-        if head == "*":
-            vals: list[float] = []
-            for child in node.values():
-                found = walk(child, rest)
-                if found:
-                    vals.append(sum(found) / len(found))
-            return vals
-        return walk(node[head], rest) if head in node else []
-
-    found = walk(metrics, path.split("."))
-    return sum(found) / len(found) if found else None
-
-
-def read_model_tar(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """model.tar.gz (SageMaker's archive of SM_MODEL_DIR) → (model.json, model.tflite bytes)."""
-    files: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar.getmembers():
-                name = member.name.rsplit("/", 1)[-1]
-                if not member.isfile() or name not in (MODEL_TFLITE, MODEL_JSON) or name in files:
-                    continue
-                if member.size > MAX_MODEL_BYTES:
-                    raise ModelError(f"{member.name} is {member.size} bytes")
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    files[name] = fh.read()
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise ModelError(f"model archive unreadable: {type(exc).__name__}: {exc}") from None
-    missing = [n for n in (MODEL_TFLITE, MODEL_JSON) if n not in files]
-    if missing:
-        raise ModelError(f"model archive lacks {missing}")
-    try:
-        model_json = json.loads(files[MODEL_JSON])
-    except ValueError as exc:
-        raise ModelError(f"model.json is not JSON: {exc}") from None
-    if not isinstance(model_json, dict):
-        raise ModelError("model.json is not an object")
-    want = model_json.get("tflite_sha256")
-    if want and hashlib.sha256(files[MODEL_TFLITE]).hexdigest() != want:
-        raise ModelError("model.tflite does not match model.json's tflite_sha256")
-    return model_json, files[MODEL_TFLITE]
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
-        raise ModelError(f"not an S3 object URI: {uri!r}")
-    return parts.netloc, parts.path.lstrip("/")
 
 
 class Promoter:

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, StreamSubscription, as_provider
+from device_agent.greengrass.connection import ClientProvider, IpcUnavailable, as_provider
+from device_agent.greengrass.stream_subscription import StreamSubscription
 
 if TYPE_CHECKING:
     from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from device_agent.alarms import AlarmCode
 from device_agent.health.estimator import HealthModel
 from device_agent.health.model_files import MODEL_JSON, MODEL_TFLITE, sha256_file
 from device_agent.health.shipped import shipped_model_dir
@@ -58,7 +59,7 @@ class SwapTarget(Protocol):
 
     def set_health_model(self, model: HealthModel | None, reason: str | None = None) -> None: ...
 
-    def raise_alarm(self, code: str, message: str) -> None: ...
+    def raise_alarm(self, code: AlarmCode, message: str) -> None: ...
 
 
 class FactStore(Protocol):

@@ -15,6 +15,7 @@ from moto.server import ThreadedMotoServer
 from cloud.aws import reset_clients
 from cloud.deploy import DeployResult, deploy
 from tests.cloud.cloud_support import ACCOUNT, REGION, Resolver, load_template, run_agent
+from tests.support import real_component, slow_fixture
 
 STACK = "battwin-test"
 TEST_PARAMS = {
@@ -36,6 +37,7 @@ FUNCTIONS = {
 
 
 @pytest.fixture(scope="package")
+@real_component("moto server")
 def moto_endpoint() -> Iterator[str]:
     """A moto server on a free port, and an environment in which boto3 talks to it (restored afterwards)."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -292,6 +294,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="package")
+@slow_fixture  # runs the agent for two devices through the ingest: tens of seconds
 def ingested(
     lambda_env: dict[str, dict[str, str]],
     skipped_created: dict[str, Any],

@@ -53,6 +53,7 @@ def envelopes(ingested: dict[str, Any]) -> list[Envelope]:
     return [Envelope.model_validate_json(p) for _t, p in ingested["messages"]]
 
 
+@pytest.mark.slow
 def test_devices_paginated(aws: dict[str, Any], api_env: dict[str, str]) -> None:
     stored = aws["dynamodb"].scan(TableName=api_env["DEVICE_STATE_TABLE"], Select="COUNT")["Count"]
     assert stored >= 2
@@ -65,6 +66,7 @@ def test_devices_paginated(aws: dict[str, Any], api_env: dict[str, str]) -> None
     assert status == 200 and body["next"] is None and len(body["items"]) == stored
 
 
+@pytest.mark.slow
 def test_device_detail(api_env: dict[str, str], envelopes: list[Envelope]) -> None:
     status, body = get("/devices/bt-b")
     assert status == 200

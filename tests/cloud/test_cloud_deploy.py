@@ -52,6 +52,7 @@ def test_the_plugin_registers_its_commands(with_plugin: None) -> None:
         assert callable(parser.parse_args(cmd).func)
 
 
+@pytest.mark.slow
 def test_deploy_create_update_and_outputs(
     with_plugin: None, aws: dict[str, Any], stack: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -129,6 +130,7 @@ def test_deploy_refuses_unknown_parameters(
     assert run("cloud", "outputs", "--stack", "battwin-typo") == 2
 
 
+@pytest.mark.slow
 def test_package_is_reproducible_and_complete(with_plugin: None, tmp_path: Path) -> None:
     a, b = build_lambda_zip(), build_lambda_zip()
     assert a.sha256 == b.sha256
@@ -169,6 +171,7 @@ def _lambda_python() -> str:
         pytest.skip(str(exc))
 
 
+@pytest.mark.slow
 def test_lambda_package_imports_with_only_the_runtime_boto3(tmp_path: Path) -> None:
     """Unpacked, the zip plus boto3 (which the Lambda runtime provides) is enough for every handler, run by the
     Lambda runtime's Python (the zip's pydantic-core is built for it)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from cloud.aws import unmarshal
@@ -28,7 +29,7 @@ from cloud.retrain.start import handler as start_handler
 from devkit.nucleus.flavours import rules_for
 from devkit.nucleus.resolve import read_component
 from ml.data import read_cell_csv
-from schema.messages import CycleRecord, Envelope, envelope
+from schema.messages import CycleRecord, Envelope, encode_envelope
 from tests.cloud.cloud_support import REGION, rule_event
 from tests.cloud.conftest import FLEET_START
 
@@ -70,7 +71,7 @@ def cycle(
         source_id=source,
         simulated=simulated,
     )
-    return f"battwin/{thing}/cycles", envelope(thing, "cycles", body, ts=end).model_dump_json().encode()
+    return f"battwin/{thing}/cycles", encode_envelope(thing, "cycles", body, ts=end)
 
 
 @pytest.fixture(scope="module")
@@ -528,8 +529,9 @@ def test_an_aws_error_releases_the_job_for_the_retry(aws: dict[str, Any], promot
     event = completed(aws, bucket, "battwin-soh-20250705-000000", model_archive(0.5))
     gg = Greengrass()
     gg.stub.add_client_error("create_component_version", "ThrottlingException", "slow down", http_status_code=429)
-    with gg.stub, pytest.raises(Exception, match="ThrottlingException"):
+    with gg.stub, pytest.raises(ClientError) as caught:
         Promoter(PromoteSettings.from_env(), greengrass=gg.client).handle(event)
+    assert caught.value.response["Error"]["Code"] == "ThrottlingException"
     assert "decision" not in _decision(env, "battwin-soh-20250705-000000")
     assert any(
         d["job_name"] == "battwin-soh-20250705-000000" and d["decision"] == "error"

@@ -3,6 +3,7 @@ agreement of the Glue schema with what the ingest writes, the QuickSight analysi
 
 from __future__ import annotations
 
+import copy
 import importlib
 import re
 import time
@@ -46,6 +47,7 @@ def static_resolver(tpl: dict[str, Any], **params: str) -> Resolver:
     return Resolver(tpl, {**base, **params}, "stack", ids, lambda logical, attr: f"{logical}.{attr}")
 
 
+@pytest.mark.slow
 def test_cfn_lint_passes() -> None:
     matches = lint_file(TEMPLATE, config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
     assert [str(m) for m in matches] == []
@@ -161,10 +163,138 @@ def test_iam_least_privilege(tpl: dict[str, Any]) -> None:
         for res in resources:
             assert res == "*" or ":" in res or "." in res, (logical, res)
     # the training image repository is derived from the image URI
-    sm = dict(_statements(tpl, r))
     pull = next(s for lg, s in stmts if lg == "SageMakerTrainingRole" and s["Sid"] == "PullTrainingImage")
     assert pull["Resource"] == "arn:aws:ecr:eu-west-1:763104351884:repository/tensorflow-training"
-    assert sm
+
+
+#: what a Lambda may reach that is not one of the stack's own resources, and why (RELIABILITY.md, "least
+#: privilege"); anything else a Lambda role names fails test_lambdas_reach_only_the_stacks_own_resources
+NOT_THE_STACKS = {
+    ("IngestRole", "GluePartitions", "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:catalog"): (
+        "Glue checks the account's Data Catalog on every table call"
+    ),
+    (
+        "PromoteRole",
+        "ModelComponent",
+        "arn:${AWS::Partition}:greengrass:${AWS::Region}:${AWS::AccountId}:components:${ModelComponentName}",
+    ): "the model component the promote Lambda publishes versions of",
+    (
+        "PromoteRole",
+        "ReadCurrentDeployment",
+        "arn:${AWS::Partition}:greengrass:${AWS::Region}:${AWS::AccountId}:deployments:*",
+    ): "a deployment's id is only known after it was created",
+    (
+        "PromoteRole",
+        "TagDeployments",
+        "arn:${AWS::Partition}:greengrass:${AWS::Region}:${AWS::AccountId}:deployments:*",
+    ): ("a deployment's id is only known after it was created"),
+    (
+        "PromoteRole",
+        "DeploymentDependentIotActions",
+        "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:thinggroup/${ThingGroupName}",
+    ): "the fleet's thing group the model is deployed to",
+    (
+        "PromoteRole",
+        "DeploymentDependentIotActions",
+        "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:job/*",
+    ): ("Greengrass deploys through an IoT job it names itself"),
+    (
+        "PromoteRole",
+        "DeploymentDependentIotActions",
+        "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:thing/*",
+    ): "the group's things are only known at deployment time",
+}
+
+
+def lambda_roles(tpl: dict[str, Any]) -> set[str]:
+    """The roles the template's Lambda functions run as (each must be a role of the template)."""
+    roles = set()
+    for res in tpl["Resources"].values():
+        if res["Type"] == "AWS::Lambda::Function":
+            role = res["Properties"]["Role"]
+            assert isinstance(role, dict) and set(role) == {"Fn::GetAtt"}, role
+            roles.add(role["Fn::GetAtt"][0])
+    assert all(tpl["Resources"][r]["Type"] == "AWS::IAM::Role" for r in roles), roles
+    return roles
+
+
+def _sub_text(node: Any) -> str | None:
+    if isinstance(node, dict) and set(node) == {"Fn::Sub"}:
+        body = node["Fn::Sub"]
+        return body if isinstance(body, str) else None
+    return None
+
+
+def foreign_resources(tpl: dict[str, Any], roles: set[str]) -> list[tuple[str, str, str]]:
+    """(role, Sid, resource) for every Resource of these roles' inline policies that is not one of the stack's own:
+    own = Ref / GetAtt of a resource of the template, a Sub that starts with such a resource's ``${X.Arn}`` /
+    ``${X}``, or a Sub naming a resource by the stack's ``${ResourcePrefix}``. A "*" is foreign too."""
+    own = set(tpl["Resources"])
+    found = []
+    for role in sorted(roles):
+        for pol in tpl["Resources"][role]["Properties"].get("Policies", []):
+            for s in pol["PolicyDocument"]["Statement"]:
+                resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+                for res in resources:
+                    if isinstance(res, dict) and set(res) == {"Fn::GetAtt"} and res["Fn::GetAtt"][0] in own:
+                        continue
+                    if isinstance(res, dict) and set(res) == {"Ref"} and res["Ref"] in own:
+                        continue
+                    text = _sub_text(res)
+                    if text is not None:
+                        head = re.match(r"\$\{([A-Za-z0-9]+)(?:\.Arn)?\}", text)
+                        if head and head.group(1) in own:
+                            continue
+                        if re.search(r":[a-z-]+/\$\{ResourcePrefix\}[-_]", text):
+                            continue
+                    found.append((role, str(s.get("Sid", "")), text if text is not None else str(res)))
+    return found
+
+
+def test_lambdas_reach_only_the_stacks_own_resources(tpl: dict[str, Any]) -> None:
+    roles = lambda_roles(tpl)
+    assert roles == {"IngestRole", "ApiRole", "RetrainStartRole", "PromoteRole"}
+    foreign = foreign_resources(tpl, roles)
+    stars = [f for f in foreign if f[2] == "*"]
+    assert stars == [("PromoteRole", "DeploymentApisHaveNoResourceLevelPermissions", "*")]
+    assert [f for f in foreign if f[2] != "*"] == list(NOT_THE_STACKS)  # each one listed with its reason
+    # the stack-prefixed names are the stack's own: the Glue database and tables, the training jobs
+    glue_db = next(v for v in tpl["Resources"].values() if v["Type"] == "AWS::Glue::Database")
+    assert _sub_text(glue_db["Properties"]["DatabaseInput"]["Name"]) == "${ResourcePrefix}_lake"
+
+
+def test_a_foreign_resource_in_a_lambda_role_is_caught(tpl: dict[str, Any]) -> None:
+    """Positive control for the check above: ARNs that are not the stack's own are reported."""
+    own = foreign_resources(tpl, {"IngestRole"})
+    doctored = copy.deepcopy(tpl)
+    statements = doctored["Resources"]["IngestRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    statements.append(
+        {
+            "Sid": "Foreign",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": [
+                "arn:aws:s3:::someone-elses-bucket/*",
+                {"Fn::Sub": "arn:${AWS::Partition}:s3:::${CodeBucket}/*"},  # a parameter, not a resource of the stack
+                {"Fn::GetAtt": ["NotInThisStack", "Arn"]},
+                {
+                    "Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:"
+                    "table/other-${ResourcePrefix}"
+                },
+            ],
+        }
+    )
+    caught = foreign_resources(doctored, {"IngestRole"})
+    assert [c for c in caught if c not in own] == [
+        ("IngestRole", "Foreign", "arn:aws:s3:::someone-elses-bucket/*"),
+        ("IngestRole", "Foreign", "arn:${AWS::Partition}:s3:::${CodeBucket}/*"),
+        ("IngestRole", "Foreign", "{'Fn::GetAtt': ['NotInThisStack', 'Arn']}"),
+        (
+            "IngestRole",
+            "Foreign",
+            "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/other-${ResourcePrefix}",
+        ),
+    ]
 
 
 def test_lambda_handlers_and_environment(tpl: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cloud.local_stack.demo import LocalStack, StackOptions
-from tests.support import IN_CI, NASA_LOGS, REPO, need_shared_data
+from tests.support import IN_CI, NASA_LOGS, REPO, need_shared_data, real_component
 
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -112,6 +112,7 @@ def _browser_missing() -> str | None:
 
 
 @pytest.fixture(scope="package")
+@real_component("chromium")
 def browser() -> Iterator[Any]:
     reason = _browser_missing()
     if reason is not None:

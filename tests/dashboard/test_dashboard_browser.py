@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from tests.dashboard.conftest import (
     ARTIFACTS,
     BMS_THING,
@@ -45,6 +47,7 @@ def _pct(text: str) -> float:
     return float(text.replace("%", "").strip())
 
 
+@pytest.mark.keep_quick("the quick tier's Chromium test (it starts the local stack and Chromium: 10-25 s)")
 def test_fleet_table_fills_marks_simulated_and_sorts(page: Any, dashboard_url: str, stack: Any) -> None:
     page.goto(dashboard_url)
     wait_for(lambda: page.locator("#fleet-table tbody tr").count() >= 4, 20, 0.3, "the fleet table to fill")
@@ -60,6 +63,7 @@ def test_fleet_table_fills_marks_simulated_and_sorts(page: Any, dashboard_url: s
     assert rows[SIM_THING]["c0"].startswith(SIM_THING)
     assert page.locator(f'tr[data-thing="{BMS_THING}"] td').nth(1).inner_text().startswith("jbd:")
     assert page.locator(f'tr[data-thing="{REPLAY_THING}"] td').nth(1).inner_text() == "replay:B0036"
+
     # the page shows the API's SoH: page and API are read at different moments and a battery's SoH moves with
     # every health record (most at the start), so they are compared again until one poll has caught up
     def soh_agrees() -> bool:
@@ -96,6 +100,7 @@ def _chart_points(page: Any, chart: str) -> int:
     return int(svg.get_attribute("data-points") or 0)
 
 
+@pytest.mark.slow
 def test_battery_page_draws_every_chart_with_data(page: Any, dashboard_url: str) -> None:
     page.goto(f"{dashboard_url}#/thing/{SIM_THING}")
     page.wait_for_selector("#chart-live-voltage svg", timeout=20_000)
@@ -141,6 +146,7 @@ def test_battery_page_draws_every_chart_with_data(page: Any, dashboard_url: str)
     page.screenshot(path=str(ARTIFACTS / f"battery-{SIM_THING}.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_replay_and_bms_pages_draw_data(page: Any, dashboard_url: str) -> None:
     for thing, badge in ((REPLAY_THING, "REAL DATA"), (BMS_THING, "SIMULATED")):
         page.goto(f"{dashboard_url}#/thing/{thing}")
@@ -157,6 +163,7 @@ def test_replay_and_bms_pages_draw_data(page: Any, dashboard_url: str) -> None:
         page.screenshot(path=str(ARTIFACTS / f"battery-{thing}.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_values_update_over_time(page: Any, dashboard_url: str) -> None:
     page.goto(f"{dashboard_url}#/thing/{SIM_THING}")
     page.wait_for_selector("#chart-live-voltage svg[data-last-x]", timeout=20_000)
@@ -186,6 +193,7 @@ def _shadow_row(page: Any, table: str, field: str) -> str | None:
     return row.text_content() if row.count() else None
 
 
+@pytest.mark.slow
 def test_shadow_edit_round_trips(page: Any, dashboard_url: str, stack: Any) -> None:
     page.goto(f"{dashboard_url}#/thing/{SIM_THING}")
     page.wait_for_selector("#shadow-form")

@@ -173,6 +173,7 @@ def moto_aws() -> Iterator[LocalAws]:
     aws.stop()
 
 
+@pytest.mark.slow
 def test_http_api_and_in_process_api_answer_the_same(moto_aws: LocalAws) -> None:
     api = Api(moto_aws.names.device_state_table, moto_aws.names.history_table, dynamodb=moto_aws.client("dynamodb"))
     server = LocalApiServer(port=0, api=api).start()

@@ -24,6 +24,7 @@ from tests.support import REPO, free_port
 TARGET = "cloud.local_stack.demo:run_full_demo"
 
 
+@pytest.mark.slow
 def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -48,6 +49,7 @@ def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
     assert not {n for n in leftover if n.startswith(("agent-", "rules-worker", "battwin-dashboard", "amqtt"))}, leftover
 
 
+@pytest.mark.slow
 def test_without_the_entry_point_the_device_demo_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -59,6 +61,7 @@ def test_without_the_entry_point_the_device_demo_runs(
     assert "dashboard" not in captured.out and "battwin demo: stopped" in captured.out
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
     code = (
         "from cloud.local_stack.demo import run_full_demo\n"
@@ -90,6 +93,7 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
         urllib.request.urlopen(url + "api/info", timeout=2)
 
 
+@pytest.mark.slow
 def test_dashboard_command_serves_the_ui(tmp_path: Path) -> None:
     from cloud.local_stack.aws_local import LocalAws
 
@@ -124,6 +128,7 @@ def test_dashboard_command_serves_the_ui(tmp_path: Path) -> None:
         aws.stop()
 
 
+@pytest.mark.slow
 def test_full_stack_on_mosquitto_uses_the_aws_shadow_root(mosquitto: Any) -> None:
     from cloud.local_stack.demo import LocalStack, StackOptions
 

@@ -19,7 +19,7 @@ from cloud.local_stack.template import load_template, max_retry_attempts, table_
 from device_agent.config import MqttSettings
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.broker.embedded import EmbeddedBroker
-from schema.messages import Sample, Telemetry, envelope
+from schema.messages import Sample, Telemetry, encode_envelope
 from tests.dashboard.conftest import wait_for
 
 RULE_SQL = (
@@ -36,7 +36,7 @@ def _telemetry_payload(thing: str, ts: float, n: int = 3) -> bytes:
         )
         for k in range(n)
     )
-    return envelope(thing, "telemetry", Telemetry(samples=samples), ts + n).model_dump_json().encode()
+    return encode_envelope(thing, "telemetry", Telemetry(samples=samples), ts + n)
 
 
 # -- the SQL ---------------------------------------------------------------------------------------
@@ -227,6 +227,7 @@ def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) 
     assert base64.b64decode(json.loads(body)["payload_b64"]) == b"garbage"
 
 
+@pytest.mark.slow
 def test_a_failing_invocation_is_retried_then_recorded(broker: EmbeddedBroker) -> None:
     calls: list[float] = []
     failures: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ import pytest
 
 from devkit.nucleus import NucleusEmulator, short_socket_path
 from tests.greengrass.gg_support import AGENT_RECIPE, THING
+from tests.support import real_component
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ def make_emulator(socket_path: str, flavour: str) -> Iterator[Callable[..., Nucl
 
 
 @pytest.fixture
+@real_component("greengrass ipc client")
 def ipc_client_factory() -> Iterator[Callable[..., Any]]:
     """The unmodified GreengrassCoreIPCClientV2, connected to a socket with a token (closed afterwards)."""
     from awsiot.greengrasscoreipc import connect

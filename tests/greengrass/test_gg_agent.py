@@ -14,9 +14,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
-from device_agent.greengrass.ipc_transport import IpcTransport, publish_payload_budget
+from device_agent.greengrass.ipc_limits import publish_payload_budget
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.runtime import build_transport
 from devkit.nucleus.recipe import LifecycleContext, interpolate
 from hardware.simulator.source import SimulatorSource
@@ -129,6 +132,7 @@ def _get(doc: Any, *keys: str) -> Any:
     return doc
 
 
+@pytest.mark.slow
 def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     emulator = make_emulator(agent_recipe())  # the agreed accessControl: the shadow through IoT Core topics
     # a deployment that merges faster sampling and small batches into the default configuration
@@ -183,6 +187,7 @@ def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     assert not any((REPO / "device_agent").as_posix().lstrip("/") in p for p in cached), cached
 
 
+@pytest.mark.slow
 def test_run_lifecycle_without_a_thing_name_fails_clearly(emulator, tmp_path):
     ctx, lifecycle = _lifecycle(tmp_path, _configuration())
     run = lifecycle["run"]

@@ -304,6 +304,7 @@ def test_configuration_get_update_and_subscribe(emulator, ipc_client, flavour):
 # -- forwarding to a real broker ------------------------------------------------------------------
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.slow
 def test_forwarding_to_a_real_broker(mosquitto, subscriber_factory, make_emulator, ipc_client_factory):
     import paho.mqtt.client as paho
 

@@ -21,19 +21,20 @@ import pytest
 
 from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection, token_refused
-from device_agent.greengrass.ipc_transport import (
+from device_agent.greengrass.ipc_limits import (
     DEFAULT_INFLIGHT_BYTES,
     DEFAULT_INFLIGHT_MESSAGES,
     DEFAULT_STORE_HOLD_S,
-    IpcTransport,
     mqtt_publish_packet_bytes,
     publish_payload_budget,
 )
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.runtime import build_transport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.spool import Spool
 from devkit.nucleus import NucleusEmulator
 from devkit.nucleus.ops_iot import LITE_PUBLISH_FAILED, _publish_packet_size
+from schema.messages import Alarm, Sample, Telemetry, encode_envelope
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, broad_recipe
 from tests.support import REPO
 
@@ -42,12 +43,25 @@ ALARMS = f"battwin/{THING}/alarms"
 EXIT_NUCLEUS_REFUSED = 75
 
 
-def _envelope(msg_id: str, kind: str, size: int) -> bytes:
-    """A message of about ``size`` bytes (the payload's content does not matter to the store)."""
-    head = {"v": 1, "id": msg_id, "thing": THING, "kind": kind, "ts": 1.7e9, "simulated": False, "body": {}}
-    base = len(json.dumps({**head, "body": {"pad": ""}}, separators=(",", ":")))
-    body = {"pad": "x" * max(0, size - base)}
-    return json.dumps({**head, "body": body}, separators=(",", ":")).encode()
+def _telemetry(msg_id: str, size: int) -> bytes:
+    """A telemetry message as the agent encodes it, with as many samples as fit ``size`` bytes."""
+    samples: list[Sample] = []
+    payload = b""
+    while True:
+        k = len(samples)
+        samples.append(Sample(ts=1.7e9 + k, voltage_v=13.2 - k * 1e-3, current_a=-1.5, source_id="sim-1"))
+        candidate = encode_envelope(THING, "telemetry", Telemetry(samples=tuple(samples)), 1.7e9 + k, msg_id)
+        if len(candidate) > size and payload:
+            return payload
+        payload = candidate
+
+
+def _alarm(msg_id: str, size: int) -> bytes:
+    """An alarm message as the agent encodes it, its text padded to ``size`` bytes."""
+    alarm = Alarm(ts=1.7e9, code="spool_dropped", severity="warning", message="", source_id="sim-1")
+    base = len(encode_envelope(THING, "alarms", alarm, 1.7e9, msg_id))
+    padded = alarm.model_copy(update={"message": "x" * max(0, size - base)})
+    return encode_envelope(THING, "alarms", padded, 1.7e9, msg_id)
 
 
 def _backlog(spool: Spool, parts: int = 30) -> list[str]:
@@ -57,11 +71,11 @@ def _backlog(spool: Spool, parts: int = 30) -> list[str]:
     ids = []
     for k in range(parts):
         msg_id = f"t{k:03d}"
-        spool.put(msg_id, TELEMETRY, _envelope(msg_id, "telemetry", budget - 150 * (k % 3)), 1.7e9 + k)
+        spool.put(msg_id, TELEMETRY, _telemetry(msg_id, budget - 150 * (k % 3)), 1.7e9 + k)
         ids.append(msg_id)
         if k % 3 == 2:
             msg_id = f"a{k:03d}"
-            spool.put(msg_id, ALARMS, _envelope(msg_id, "alarms", 400), 1.7e9 + k)
+            spool.put(msg_id, ALARMS, _alarm(msg_id, 400), 1.7e9 + k)
             ids.append(msg_id)
     return ids
 
@@ -136,6 +150,7 @@ def _drain(emu: NucleusEmulator, transport: IpcTransport, spool: Spool, inflight
     return publisher
 
 
+@pytest.mark.slow
 def test_the_agent_defaults_send_a_backlog_through_lite_without_a_refusal(make_emulator, tmp_path, monkeypatch):
     """The restart burst seen on real lite (the backlog sent at once → MQTTPublishStoreFailed): with iotcored's
     store emulated and IoT Core acknowledging each publish 50 ms after it was written (an in-region round
@@ -162,6 +177,7 @@ def test_the_agent_defaults_send_a_backlog_through_lite_without_a_refusal(make_e
     spool.close()
 
 
+@pytest.mark.slow
 def test_a_client_that_ignores_the_budget_is_refused_and_still_loses_nothing(make_emulator, tmp_path):
     """The positive control for the test above, and the retry: the same backlog with the budget lifted (50 in
     flight, bytes unbounded, no hold — what the agent did before) is refused by lite's store; every refused
@@ -190,6 +206,7 @@ def test_a_client_that_ignores_the_budget_is_refused_and_still_loses_nothing(mak
     spool.close()
 
 
+@pytest.mark.slow
 def test_a_store_that_stays_full_gets_publishes_at_the_backoff_schedule_and_loses_nothing(make_emulator, tmp_path):
     """IoT Core acknowledges nothing for a while (lite's store stays full: a slow or stalled cloud link): the
     transport's retries follow its backoff schedule — one pause per step, never a tight loop — and once the
@@ -239,6 +256,7 @@ def test_connect_failures_are_told_apart(make_emulator, socket_path):
 
 
 @pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.slow
 def test_a_restarted_lite_ipc_server_refuses_the_token_and_the_connection_gives_up(make_emulator):
     emu = make_emulator(broad_recipe())
     conn = IpcConnection(
@@ -268,6 +286,7 @@ def test_a_restarted_lite_ipc_server_refuses_the_token_and_the_connection_gives_
         conn.stop()
 
 
+@pytest.mark.slow
 def test_a_nucleus_that_is_merely_down_is_waited_for(make_emulator):
     """Connection refused / no socket for longer than the give-up window is not a token refusal: the connection
     keeps backing off and reconnects with its token when the nucleus is back (classic: tokens survive)."""
@@ -315,6 +334,7 @@ def _logged(out: bytes) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.slow
 def test_the_agent_exits_on_a_stale_token_and_a_restart_with_a_new_one_sends_what_it_kept(make_emulator, tmp_path):
     emu = make_emulator(AGENT_RECIPE)
     spool_path = tmp_path / "spool.db"
@@ -355,6 +375,7 @@ def test_the_agent_exits_on_a_stale_token_and_a_restart_with_a_new_one_sends_wha
 
 # -- lite's Restart=on-failure brings it back --------------------------------------------------------------
 @pytest.mark.parametrize("flavour", ["lite"])
+@pytest.mark.slow
 def test_lite_restarts_the_failed_agent_with_a_new_svcuid_and_it_publishes_again(nucleus, tmp_path):
     from devkit.nucleus.deployment import LITE_START_LIMIT_BURST
     from tests.greengrass.gg_support import probe_recipe, write_component

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from device_agent.greengrass.connection import IpcConnection
-from device_agent.greengrass.ipc_transport import IpcTransport, describe_refusal
+from device_agent.greengrass.ipc_limits import describe_refusal
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.uplink.transport import TransportError
 from tests.greengrass.gg_support import THING
 

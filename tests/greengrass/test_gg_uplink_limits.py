@@ -14,14 +14,15 @@ import pytest
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection
-from device_agent.greengrass.ipc_transport import IPC_MAX_MESSAGE_BYTES, IpcTransport, publish_payload_budget
+from device_agent.greengrass.ipc_limits import IPC_MAX_MESSAGE_BYTES, publish_payload_budget
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.uplink.publisher import Publisher
 from device_agent.uplink.sizing import part_id
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MessageTooLarge
 from devkit.nucleus import NucleusEmulator
 from hardware.simulator.source import SimulatorSource
-from schema.messages import Envelope
+from schema.messages import CycleRecord, Envelope, ForecastPoint, Health, Sample, Telemetry, encode_envelope
 from schema.simulator_settings import SimulatorSettings
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, broad_recipe
 
@@ -33,24 +34,43 @@ def _lite(socket_path: str, recipe: Any = AGENT_RECIPE) -> NucleusEmulator:
     return NucleusEmulator(socket_path, THING, recipe, max_ipc_message_bytes=LITE).start()
 
 
-def _envelope(msg_id: str, kind: str, ts: float, body: dict[str, Any]) -> bytes:
-    head = {"v": 1, "id": msg_id, "thing": THING, "kind": kind, "ts": ts, "simulated": False, "body": body}
-    return json.dumps(head, separators=(",", ":")).encode()
-
-
-def _samples(n: int, t0: float = 1.7e9) -> list[dict[str, Any]]:
+def _samples(n: int, t0: float = 1.7e9) -> list[Sample]:
     return [
-        {
-            "ts": t0 + k,
-            "voltage_v": 3.7 + k * 1e-4,
-            "current_a": -1.5,
-            "temperatures_c": [24.5, 25.1],
-            "soc": 0.5,
-            "cell_voltages_v": [3.7012, 3.7031, 3.6998, 3.7005],
-            "source_id": "sim-1",
-        }
+        Sample(
+            ts=t0 + k,
+            voltage_v=3.7 + k * 1e-4,
+            current_a=-1.5,
+            temperatures_c=(24.5, 25.1),
+            soc_pct=50.0,
+            cell_voltages_v=(3.7012, 3.7031, 3.6998, 3.7005),
+            source_id="sim-1",
+        )
         for k in range(n)
     ]
+
+
+def _cycle(index: int, end_ts: float) -> CycleRecord:
+    return CycleRecord(
+        index=index,
+        kind="discharge",
+        start_ts=end_ts - 3600.0,
+        end_ts=end_ts,
+        duration_s=3600.0,
+        charge_ah=2.0,
+        energy_wh=7.4,
+        complete=False,
+        start_voltage_v=4.1,
+        end_voltage_v=3.4,
+        min_voltage_v=3.4,
+        max_voltage_v=4.1,
+        mean_current_a=-2.0,
+        n_samples=3600,
+        source_id="sim-1",
+    )
+
+
+def _sent_samples(envelopes: list[dict[str, Any]]) -> list[Sample]:
+    return [Sample.model_validate(s) for e in envelopes for s in e["body"]["samples"]]
 
 
 # -- the payload budget, measured with the real client ----------------------------------------------
@@ -82,6 +102,7 @@ def test_the_payload_budget_is_exactly_what_fits_the_frame_limit(socket_path, ip
 
 
 # -- reconnects back off ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_nucleus_that_closes_every_connection_gets_a_bounded_number_of_attempts(socket_path):
     """What happened on real lite: every connection is accepted, then closed because of what the client sends
     at once. A connection that does not stay up must not restart the backoff schedule."""
@@ -108,6 +129,7 @@ def test_a_nucleus_that_closes_every_connection_gets_a_bounded_number_of_attempt
     assert conn.connect_attempts == attempts
 
 
+@pytest.mark.slow
 def test_a_nucleus_that_refuses_every_connect_gets_a_bounded_number_of_attempts(emulator):
     conn = IpcConnection(emulator.socket_path, "not-the-token", reconnect_min_s=0.2, reconnect_max_s=1.6)
     window_s = 4.0
@@ -169,18 +191,36 @@ def test_the_agent_with_default_telemetry_settings_publishes_everything_under_li
 
 
 # -- a message already spooled that is too big -------------------------------------------------------------
-def _spool_with_oversized_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """A spool as an older version left it: a small message, a 150-sample telemetry batch (25,287 B), an
-    oversized health message (not splittable) and a small message after them."""
+def _spool_with_oversized_rows(path: Path) -> tuple[list[Sample], int]:
+    """A spool as an older version left it: a small message, a 150-sample telemetry batch (about 25 KB), an
+    oversized health message (a 500-point forecast, about 20 KB: not splittable) and a small message after them."""
     spool = Spool(path)
     samples = _samples(150)
-    big_health = {"ts": 1.7e9, "source_id": "sim-1", "note": "x" * 12_000}
+    big_health = Health(
+        ts=1.7e9,
+        cycle_index=100,
+        equivalent_cycles=100.0,
+        capacity_ah=1.8,
+        initial_capacity_ah=2.0,
+        soh=0.9,
+        eol_threshold=0.8,
+        forecast=tuple(ForecastPoint(cycle=100.0 + k, soh=0.9 - k * 1e-4) for k in range(500)),
+        method="physics",
+        model_version="physics",
+        source_id="sim-1",
+    )
+    batch = Telemetry(samples=tuple(samples))
     rows = [
-        ("old-1", f"battwin/{THING}/cycles", _envelope("old-1", "cycles", 1.7e9, {"cycle": 1})),
-        ("old-2", TELEMETRY, _envelope("old-2", "telemetry", samples[-1]["ts"], {"samples": samples})),
-        ("old-3", f"battwin/{THING}/health", _envelope("old-3", "health", 1.7e9, big_health)),
-        ("old-4", f"battwin/{THING}/cycles", _envelope("old-4", "cycles", 1.7e9 + 1, {"cycle": 2})),
+        ("old-1", f"battwin/{THING}/cycles", encode_envelope(THING, "cycles", _cycle(1, 1.7e9), 1.7e9, "old-1")),
+        ("old-2", TELEMETRY, encode_envelope(THING, "telemetry", batch, samples[-1].ts, "old-2")),
+        ("old-3", f"battwin/{THING}/health", encode_envelope(THING, "health", big_health, 1.7e9, "old-3")),
+        (
+            "old-4",
+            f"battwin/{THING}/cycles",
+            encode_envelope(THING, "cycles", _cycle(2, 1.7e9 + 1), 1.7e9 + 1, "old-4"),
+        ),
     ]
+    assert len(rows[1][2]) > 2 * LITE and len(rows[2][2]) > LITE
     spool.put_many([(i, t, p, 1.7e9) for i, t, p in rows])
     health_size = len(rows[2][2])
     spool.close()
@@ -207,7 +247,7 @@ def test_the_publisher_splits_a_spooled_oversized_batch_and_drops_what_cannot_be
     parts = [e for e in envelopes if e["kind"] == "telemetry"]
     assert len(parts) >= 4
     assert ids == ["old-1", *[part_id("old-2", k) for k in range(len(parts))], "old-4"], "order kept, health dropped"
-    assert [s for p in parts for s in p["body"]["samples"]] == samples, "same samples, same order"
+    assert _sent_samples(parts) == samples, "same samples, same order"
     assert all(p["ts"] == p["body"]["samples"][-1]["ts"] for p in parts)
     assert all(len(m.payload) <= publish_payload_budget(m.topic) for m in emu.published)
     assert too_large == [(f"battwin/{THING}/health", health_size, publish_payload_budget(f"battwin/{THING}/health"))]
@@ -235,7 +275,7 @@ def test_the_agent_raises_message_too_large_and_goes_on(socket_path, tmp_path, m
     assert agent.spool.pending == 0
     envelopes = [json.loads(m.payload) for m in emu.published]
     old_parts = [e for e in envelopes if e["id"].startswith("old-2.")]
-    assert [s for p in old_parts for s in p["body"]["samples"]] == samples
+    assert _sent_samples(old_parts) == samples
     assert "old-3" not in {e["id"] for e in envelopes}
     alarms = [e["body"] for e in envelopes if e["kind"] == "alarms" and e["body"]["code"] == "message_too_large"]
     assert len(alarms) == 1

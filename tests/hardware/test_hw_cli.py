@@ -13,6 +13,7 @@ from hardware.decode_cli import main_decode
 from hardware.registry import create_source
 from hardware.sbs.pec import read_word_pec
 from tests.hardware.hw_support import corpus_records, make_feed, require_corpus, settings
+from tests.support import scaled
 
 JBD_BASIC = "dd03001d0618000001f201f400002c7c00000000000080640304030b8b0b8a0b84fa8d77"
 
@@ -148,7 +149,7 @@ def test_run_emulator_serves_a_driver() -> None:
     handle = run_emulator(args.protocol, args)
     try:
         assert handle.url.startswith("daly:/dev/pts/")
-        source = create_source(handle.url + "&timeout=0.5", settings())
+        source = create_source(f"{handle.url}&timeout={scaled(0.5)}", settings())
         with source:
             sample = source.poll()
         assert sample.cell_voltages_v is not None and len(sample.cell_voltages_v) == 4

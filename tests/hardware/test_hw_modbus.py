@@ -27,8 +27,11 @@ from hardware.modbus.regmap import load_map
 from hardware.modbus.sunspec import MODEL_802_SIZE, decode_model_802, find_models
 from hardware.registry import create_source, parse_source_url
 from tests.hardware.hw_support import Resolution, assert_matches, make_feed, settings
+from tests.support import real_component, scaled
 
-TIMEOUT_S = 0.5
+# a healthy reply from the pymodbus server beats TIMEOUT_S even on a loaded machine; a SLOW fault outlasts it
+TIMEOUT_S = scaled(0.5)
+SLOW_S = 2 * TIMEOUT_S
 SUNSPEC_RES = Resolution(0.0051, 0.0051, 0.051, 0, 0)
 MAP_RES = Resolution(0.00051, 0.0051, 1e-3, 0.00051, 0.051)
 
@@ -45,7 +48,7 @@ class Rig:
 
 def _rig(transport: str, map_ref: str) -> tuple[Rig, ModbusEmulator]:
     feed = make_feed()
-    faults = FaultControl(seed=5, slow_delay_s=1.0)
+    faults = FaultControl(seed=5, slow_delay_s=SLOW_S)
     regmap = None if map_ref == "sunspec" else load_map(map_ref)
     emulator = ModbusEmulator(feed, faults, transport=transport, regmap=regmap, map_ref=map_ref)  # type: ignore[arg-type]
     emulator.start()
@@ -59,6 +62,7 @@ def _rig(transport: str, map_ref: str) -> tuple[Rig, ModbusEmulator]:
 
 
 @pytest.fixture(params=["tcp-sunspec", "tcp-generic_pack", "rtu-sunspec", "rtu-generic_pack"])
+@real_component("pymodbus server")
 def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
     transport, map_ref = request.param.split("-", 1)
     rig, emulator = _rig(transport, map_ref)
@@ -99,7 +103,15 @@ FAULTS_RTU: dict[Fault, type[SourceError]] = {
 }
 
 
-@pytest.mark.parametrize("fault", list(FAULTS_RTU), ids=str)
+# these faults end in the client waiting out TIMEOUT_S (a scaled deadline): slow
+WAITS_OUT_THE_TIMEOUT = {Fault.SILENCE, Fault.SLOW, Fault.TRUNCATED, Fault.GARBAGE, Fault.BAD_CHECKSUM}
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [pytest.param(f, marks=pytest.mark.slow) if f in WAITS_OUT_THE_TIMEOUT else f for f in FAULTS_RTU],
+    ids=str,
+)
 def test_faults_then_recovery(rig: Rig, fault: Fault) -> None:
     expected = (FAULTS_RTU if rig.emulator.transport == "rtu" else FAULTS_TCP).get(fault)
     rig.faults.set(fault)

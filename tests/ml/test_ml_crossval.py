@@ -12,7 +12,7 @@ from device_agent.health.model_files import ModelFile
 from ml.cli import EXIT_OK, EXIT_USAGE, main
 from ml.crossval import fold_splits
 from ml.data import read_cells_dir, scorability
-from ml.train import TrainConfig
+from ml.train_config import TrainConfig
 from tests.ml.ml_support import need_tensorflow
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ import pytest
 from device_agent.health.hybrid import load_hybrid_model
 from ml.cli import EXIT_OK, EXIT_USAGE, default_model_dir, main
 from ml.data import read_cell_csv
-from ml.evaluate import METHODS, PRED_COLUMNS, calibrate_eol_band, predict_cell_at, prediction_k
+from ml.eol_band import calibrate_eol_band
+from ml.predictions import METHODS, PRED_COLUMNS, predict_cell_at, prediction_k
 from tests.ml.ml_support import CELLS, SHIPPED_MODEL, copy_cells, need_cells
 
 EVAL_CELLS = ("B0025", "B0045", "B0052", "B0055")  # clean, zeros, mostly NaN, long with regeneration

@@ -11,8 +11,9 @@ import pytest
 from device_agent.health.hybrid import load_hybrid_model
 from device_agent.health.model_files import ModelFile, sha256_file
 from ml.data import read_cell_csv, read_cells_dir
+from ml.export import PARITY_TOLERANCE, ExportError, convert_to_tflite
+from ml.fit import normalise
 from ml.samples import build_samples, identity_spec
-from ml.train import PARITY_TOLERANCE, ExportError, _convert, normalise
 from tests.ml.ml_support import CELLS, SHIPPED_MODEL, SHIPPED_REPORT, need_cells, need_tensorflow
 
 pytestmark = pytest.mark.slow
@@ -111,7 +112,7 @@ def test_converter_crash_is_an_export_error(tmp_path):
     bogus = tmp_path / "bogus.keras"
     bogus.write_bytes(b"not a keras file")
     with pytest.raises(ExportError, match="failed with exit code"):
-        _convert(bogus, tmp_path / "out.tflite", "dynamic_range")
+        convert_to_tflite(bogus, tmp_path / "out.tflite", "dynamic_range")
     assert not (tmp_path / "out.tflite").exists()
 
 

@@ -53,6 +53,7 @@ def test_envelope_parser_takes_any_json(value):
 
 @FUZZ
 @given(st.sampled_from(sorted(BODY_TYPES)), st.dictionaries(st.text(max_size=15), json_values, max_size=8))
+@pytest.mark.slow
 def test_body_parsers_take_any_json(kind, value):
     with contextlib.suppress(ValidationError):
         BODY_TYPES[kind].model_validate(value)
@@ -151,6 +152,7 @@ def test_shadow_service_limits():
 # -- model.json -------------------------------------------------------------------------------------
 @FUZZ
 @given(value=json_values)
+@pytest.mark.slow
 def test_model_json_is_validated(tmp_path_factory, value):
     from device_agent.health.hybrid import ModelLoadError, load_hybrid_model
 

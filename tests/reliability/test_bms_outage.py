@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.uplink.spool import Spool
@@ -40,6 +42,7 @@ def samples(transport: MemoryTransport) -> list[dict]:
     return [s for b in published(transport, "telemetry") for s in b["samples"]]
 
 
+@pytest.mark.slow
 def test_bms_unplugged_and_replugged(tmp_path: Path):
     feed = PackFeed(SimulatorSettings(seed=3))
     feed.advance(700.0)

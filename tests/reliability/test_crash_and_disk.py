@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -54,6 +55,7 @@ def write_figures(name: str, figures: dict) -> None:
     (out / name).write_text(json.dumps(figures, indent=2))
 
 
+@pytest.mark.slow
 def test_sigkill_while_publishing_loses_nothing_accepted(tmp_path, mosquitto, subscriber_factory):
     sub = subscriber_factory(mosquitto.url, "battwin/crash/#")
     db = tmp_path / "spool.db"
@@ -121,6 +123,7 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
     filler = small_fs / "filler"
     cfg = AgentConfig(
@@ -149,6 +152,13 @@ def test_full_disk_applies_policy_alarms_and_recovers(small_fs):
         if json.loads(m.payload)["kind"] == "alarms" and json.loads(m.payload)["body"]["code"] == "spool_dropped"
     ]
     assert dropped_alarms, "the drop was not reported as an alarm"
+    # RELIABILITY.md: "reported as a spool_dropped alarm at most once a minute with the count" (agent time)
+    assert len(dropped_alarms) >= 2, "one alarm cannot show the spacing"
+    stamps = [a["ts"] for a in dropped_alarms]
+    assert all(b - a >= 60.0 for a, b in itertools.pairwise(stamps)), stamps
+    counts = [a["details"]["dropped"] for a in dropped_alarms]
+    assert all(c > 0 for c in counts) and sum(counts) <= stats.spool_dropped
+    assert dropped_alarms[-1]["details"]["dropped_total"] <= agent.spool.dropped_total
     # telemetry goes first: every cycle record and health estimate made while the disk was full is kept
     kinds = [json.loads(m.payload)["kind"] for m in agent.spool.peek(100_000)]
     assert kinds.count("cycles") == stats.cycles and kinds.count("health") == stats.health > 0

@@ -10,11 +10,14 @@ import json
 import threading
 import time
 
+import pytest
+
 from tests.conftest import Mosquitto, require_mosquitto
 from tests.support import REPO
 from tests.test_e2e_mqtt import make_agent
 
 
+@pytest.mark.slow
 def test_long_outage_thousands_queued_exactly_once_in_order(tmp_path, subscriber_factory):
     require_mosquitto()
     broker = Mosquitto(tmp_path, persistent=True)

@@ -163,6 +163,7 @@ def test_the_refusal_checks_can_see_a_valid_client_get_in(tls_broker, pki):
 
 
 @pytest.mark.parametrize("who", ["no certificate", "foreign certificate"])
+@pytest.mark.slow
 def test_clients_without_a_valid_certificate_are_refused(tls_broker, pki, who):
     cert, key = (None, None) if who == "no certificate" else ("foreign_cert", "foreign_key")
     cfg = AgentConfig(mqtt=settings(tls_broker.port, pki, cert, key))

@@ -17,6 +17,8 @@ import time
 import psutil
 import pytest
 
+from device_agent.health.model_files import read_model_file
+from device_agent.health.shipped import SHIPPED_MODEL_DIR
 from tests.support import REPO
 
 SOAK_CYCLES = int(os.environ.get("SOAK_CYCLES", "300"))
@@ -76,6 +78,9 @@ def test_soak_rss_and_fds_do_not_grow(tmp_path, mosquitto, subscriber_factory):
     assert proc.returncode == 0, "the agent did not stop cleanly on SIGTERM"
     cycles = [json.loads(p)["body"] for t, p in sub.messages if t.endswith("/cycles")]
     discharges = [c for c in cycles if c["kind"] == "discharge"]
+    health = [json.loads(p)["body"] for t, p in sub.messages if t.endswith("/health")]
+    # the hybrid model needs 3 cleaned capacity points; after that every estimate must be the shipped model's
+    after_warmup = [h for h in health if h["cycle_index"] >= discharges[min(10, len(discharges) - 1)]["index"]]
     seconds = time.monotonic() - t0
     warm = [s for s in series if s[0] >= SOAK_CYCLES * 0.3]
     rss_warm, rss_end = warm[0][1], max(s[1] for s in warm[-5:])
@@ -89,11 +94,17 @@ def test_soak_rss_and_fds_do_not_grow(tmp_path, mosquitto, subscriber_factory):
         "rss_mb_max": round(max(s[1] for s in series), 1),
         "fds_min": min(fds),
         "fds_max": max(fds),
+        "health_messages": len(health),
+        "health_methods": sorted({(h["method"], h["model_version"]) for h in after_warmup}),
     }
     out = REPO / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "soak.json").write_text(json.dumps(figures, indent=2))
     assert len(discharges) >= SOAK_CYCLES, figures
+    # RELIABILITY.md: "the agent process (with the hybrid model)": the predictions are the shipped model's
+    shipped_version = read_model_file(SHIPPED_MODEL_DIR / "model.json").version
+    assert len(after_warmup) >= SOAK_CYCLES * 0.9, figures
+    assert {(h["method"], h["model_version"]) for h in after_warmup} == {("hybrid", shipped_version)}, figures
     assert len(warm) >= 5, f"too few samples after warm-up to judge growth: {figures}"
     assert rss_end - rss_warm < 8.0, f"RSS grows: {figures}"
     assert max(fds) - min(fds) <= 2, f"file descriptors grow: {figures}"
