@@ -15,16 +15,16 @@ import threading
 from device_agent.agent import DROP_ALARM_EVERY_S, Agent
 from device_agent.config import AgentConfig
 from device_agent.greengrass.connection import IpcConnection
-from device_agent.greengrass.ipc_transport import (
+from device_agent.greengrass.ipc_limits import (
     IPC_MAX_MESSAGE_BYTES,
     LITE_UNACKED_STORE_BYTES,
     LITE_UNACKED_STORE_RECORDS,
     MAX_STORE_HOLD_S,
     PUBLISH_FRAME_OVERHEAD,
-    IpcTransport,
     mqtt_publish_packet_bytes,
     publish_payload_budget,
 )
+from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.uplink.mqtt_transport import MQTT_MAX_MESSAGE_BYTES
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
