@@ -17,6 +17,7 @@ def run(*args, timeout=300):
     return subprocess.run([*BATTWIN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_replay_writes_cycle_and_health_records(tmp_path):
     need_shared_data()
     out = tmp_path / "records.jsonl"

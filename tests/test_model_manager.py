@@ -203,6 +203,7 @@ def more(agent: Agent, samples: int) -> None:
     agent.run(threading.Event(), max_samples=agent.stats.samples + samples)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bad_sha", "truncated", "wrong_shape"])
 def test_with_the_real_loader_a_bad_version_is_refused_the_old_model_keeps_predicting_and_a_good_one_takes_over(
     tmp_path, kind
