@@ -34,16 +34,8 @@ RANKS: dict[str, int | None] = {
 }
 #: same-rank packages that may import each other: none today (ml and cloud are independent)
 SAME_RANK_ALLOWED: frozenset[tuple[str, str]] = frozenset()
-#: modules that are dev tools wherever they sit today (issue #14 moves them into devkit/): they count as devkit
-DEVKIT_PREFIXES = (
-    "devkit",
-    "device_agent.greengrass.emulator",
-    "device_agent.greengrass.cli",
-    "device_agent.broker",
-    "device_agent.demo",
-    "device_agent.shadow.local_service",
-    "hardware.emulators",
-)
+#: modules that count as devkit (the dev tools' package)
+DEVKIT_PREFIXES = ("devkit",)
 #: the layers that ship to a device: they may not import these at any rank
 SHIPPED = frozenset({"schema", "hardware", "device_agent"})
 NOT_FROM_SHIPPED = frozenset({"devkit", "bench", "components", "ml", "cloud"})
@@ -189,8 +181,8 @@ def test_the_checker_reports_upward_sideways_devkit_and_private_imports(tmp_path
                 "    return jbd\n"
             ),
             "hardware/ok.py": "from schema.wire import Envelope\nfrom .drv import create\n",
-            "device_agent/agent.py": "from device_agent.demo import run\nfrom ml.report import render\n",
-            "device_agent/greengrass/emulator/server.py": "from cloud.aws import client\n",  # devkit today: fine
+            "device_agent/agent.py": "from devkit.demo import run\nfrom ml.report import render\n",
+            "devkit/nucleus/server.py": "from cloud.aws import client\n",  # devkit may import anything
             "ml/train.py": "from . import report\nfrom cloud.lake import _keys\n",
             "ml/report.py": "from hardware.sbs.pec import _crc8\nimport device_agent._internal\n",
             "cloud/api.py": "from ..ml import train\n",
@@ -202,7 +194,7 @@ def test_the_checker_reports_upward_sideways_devkit_and_private_imports(tmp_path
         ("schema/wire.py", 3, "hardware.source"),
         ("hardware/drv.py", 3, "device_agent.config"),
         ("hardware/drv.py", 5, "devkit.bms_emulators"),
-        ("device_agent/agent.py", 1, "device_agent.demo"),
+        ("device_agent/agent.py", 1, "devkit.demo"),
         ("device_agent/agent.py", 2, "ml.report"),
         ("ml/train.py", 2, "cloud.lake"),
         ("ml/report.py", 1, "hardware.sbs.pec"),
