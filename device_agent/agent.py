@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from device_agent.alarms import HEALTH_ALARMS, SAMPLE_ALARMS, AlarmBook, AlarmCode
 from device_agent.config import AgentConfig
+from device_agent.health.anomalies import AnomalyMonitor, Finding
 from device_agent.health.estimator import HealthEstimator, HealthModel
 from device_agent.health.model_manager import ModelManager
 from device_agent.progress import Progress
@@ -98,6 +99,7 @@ class Agent:
         self.alarms = AlarmBook(source.source_id, self._emit_alarm, simulated=simulated)
         self.tracker = CycleTracker(config.tracker, source.source_id, simulated=simulated)
         self.estimator = HealthEstimator(config.health, source.source_id, model=health_model, simulated=simulated)
+        self.anomalies = AnomalyMonitor(config.anomalies, config.tracker.rest_current_a)
         self.batcher = TelemetryBatcher(
             config.telemetry.batch_max_samples,
             config.telemetry.batch_max_age_s,
@@ -168,6 +170,7 @@ class Agent:
         batch = self.batcher.add(sample)
         if batch is not None:
             self._emit_telemetry(batch)
+        self._on_findings(self.anomalies.on_sample(sample))
         for record in self.tracker.push(sample):
             self._on_record(record)
         self.alarms.evaluate(SAMPLE_ALARMS, sample, self.config, sample.ts)
@@ -235,6 +238,7 @@ class Agent:
         self.tracker.settings = config.tracker
         self.estimator.settings = config.health
         self.estimator.physics.min_points = config.health.min_cycles_for_fit
+        self.anomalies.apply(config.anomalies, config.tracker.rest_current_a)
         self.batcher.max_samples = config.telemetry.batch_max_samples
         self.batcher.max_age_s = config.telemetry.batch_max_age_s
         self.batcher.decimation = config.telemetry.decimation
@@ -324,6 +328,7 @@ class Agent:
     def _on_record(self, record: CycleRecord) -> None:
         self.stats.cycles += 1
         self._enqueue("cycles", record, record.end_ts)
+        self._on_findings(self.anomalies.on_record(record))
         point = self.estimator.observe(record)
         if point is None:
             return
@@ -336,6 +341,13 @@ class Agent:
             self._enqueue("health", health, health.ts)
             self.alarms.evaluate(HEALTH_ALARMS, health, self.config, health.ts)
         self.progress.save()
+
+    def _on_findings(self, findings: list[Finding]) -> None:
+        for f in findings:
+            if f.active:
+                self.alarms.raise_(f.code, f.ts, f.message, **f.details)
+            else:
+                self.alarms.clear(f.code, f.ts, f.message)
 
     def _emit_alarm(self, alarm: Alarm) -> None:
         self.stats.alarms += 1

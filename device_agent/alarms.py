@@ -29,6 +29,10 @@ AlarmCode = Literal[
     "over_temperature",
     "cell_imbalance",
     "config_rejected",
+    "capacity_drop",
+    "resistance_jump",
+    "abnormal_heating",
+    "cell_drift",
 ]
 Detail = float | int | str | bool | None
 Side = Literal["above", "below"]
@@ -144,6 +148,11 @@ ALARMS: dict[AlarmCode, AlarmSpec] = {
         OVER_TEMPERATURE,
         CELL_IMBALANCE,
         AlarmSpec("config_rejected", "warning", "a configuration change was rejected"),
+        # anomalies judged from the battery's own history (device_agent.health.anomalies; evidence in details)
+        AlarmSpec("capacity_drop", "warning", "capacity dropped suddenly below its recent level"),
+        AlarmSpec("resistance_jump", "warning", "internal resistance jumped above its recent level"),
+        AlarmSpec("abnormal_heating", "warning", "temperature rise out of proportion to the current"),
+        AlarmSpec("cell_drift", "warning", "a cell is drifting away from its siblings at rest"),
     )
 }
 

@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -134,6 +134,61 @@ class AlarmSettings(Section):
     max_cell_spread_v: Annotated[float, Field(gt=0.0, le=5.0)] = 0.15
 
 
+class AnomalySettings(Section):
+    """The on-device anomaly detectors (``device_agent.health.anomalies``); each judges the battery against its
+    own recent history. Thresholds were tuned on the NASA tuning cells named in that module."""
+
+    enabled: bool = True
+    #: discharge records remembered (bounded memory); the baseline is taken from the similar ones among them
+    history_records: Annotated[int, Field(ge=4, le=1000)] = 60
+    #: the baseline is the median of at most this many most recent similar discharges ...
+    baseline_records: Annotated[int, Field(ge=2, le=500)] = 10
+    #: ... and is not judged before this many exist
+    min_baseline_records: Annotated[int, Field(ge=2, le=500)] = 5
+    #: "similar": mean discharge current within this fraction of the judged record's ...
+    similar_current_fraction: Annotated[float, Field(gt=0.0, le=5.0)] = 0.25
+    #: ... and mean temperature within this many °C (cold blocks are not compared with warm ones)
+    similar_temperature_c: Annotated[float, Field(gt=0.0, le=100.0)] = 8.0
+    #: a capacity drop or resistance jump must also exceed this many robust SDs of the baseline's own scatter
+    #: about its trend (a noisy measure is not judged on its noise)
+    noise_sigmas: Annotated[float, Field(ge=0.0, le=100.0)] = 4.0
+    #: capacity drop: raised when a complete discharge's capacity is this fraction below the baseline ...
+    capacity_drop_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    #: ... and at least this many Ah below it (a cell already at a few % of its capacity is not judged on noise)
+    capacity_min_drop_ah: Annotated[float, Field(ge=0.0, le=10_000.0)] = 0.05
+    #: ... on this many similar discharges in a row
+    capacity_confirm_records: Annotated[int, Field(ge=1, le=50)] = 2
+    #: resistance jump: raised when the step resistance is this fraction above the baseline, confirmed likewise
+    resistance_jump_fraction: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    resistance_confirm_records: Annotated[int, Field(ge=1, le=50)] = 2
+    #: abnormal heating: raised when a discharge's temperature rise exceeds this multiple of the expected rise
+    #: (the baseline's rise per mean I², times this discharge's mean I²) ...
+    heating_factor: Annotated[float, Field(gt=1.0, le=100.0)] = 1.6
+    #: ... and the expected rise by at least this many °C
+    heating_min_excess_c: Annotated[float, Field(gt=0.0, le=100.0)] = 4.0
+    #: cell drift: raised when one cell's deviation from the pack median at rest has moved this far (V) from
+    #: its reference at a similar voltage
+    drift_v: Annotated[float, Field(gt=0.0, le=2.0)] = 0.03
+    #: rests (of at least ``drift_min_rest_s``) that make a cell's reference, and the recent rests judged
+    drift_reference_rests: Annotated[int, Field(ge=1, le=100)] = 5
+    drift_recent_rests: Annotated[int, Field(ge=1, le=100)] = 3
+    drift_min_rest_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 300.0
+    #: references are kept per band of mean cell voltage this wide (the spread depends on state of charge)
+    drift_voltage_band_v: Annotated[float, Field(gt=0.0, le=5.0)] = 0.1
+
+    @model_validator(mode="after")
+    def _windows_nest(self) -> AnomalySettings:
+        if self.min_baseline_records > self.baseline_records:
+            raise ValueError(
+                f"min_baseline_records ({self.min_baseline_records}) exceeds baseline_records ({self.baseline_records})"
+            )
+        if self.baseline_records > self.history_records:
+            raise ValueError(
+                f"baseline_records ({self.baseline_records}) exceeds history_records ({self.history_records})"
+            )
+        return self
+
+
 class SpoolSettings(Section):
     path: Path = Path("battwin-spool.db")
     max_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024**3)] = 64 * 1024 * 1024
@@ -199,6 +254,7 @@ class AgentConfig(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    anomalies: AnomalySettings = Field(default_factory=AnomalySettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @classmethod

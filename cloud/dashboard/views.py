@@ -285,12 +285,18 @@ def eol_band(fit_params: Any) -> dict[str, float] | None:
     return {"sigmas": k, "scatter_log": scatter, "lowered_by": 1.0 - math.exp(-k * scatter)}
 
 
+#: the device's anomaly alarms (device_agent.health.anomalies.AnomalyCode; a test keeps the two equal): drawn as
+#: anomaly markers on the timeline, with their evidence
+ANOMALY_ALARM_CODES: frozenset[str] = frozenset({"capacity_drop", "resistance_jump", "abnormal_heating", "cell_drift"})
+
+
 def alarm_events(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Alarm records (oldest first) with their meaning: ``raised``, ``cleared`` (an inactive record after a
     raise of the same code) or ``event`` (an inactive record with nothing open: a one-off such as
-    ``config_rejected`` or ``spool_dropped``)."""
+    ``config_rejected`` or ``spool_dropped``). ``anomaly`` marks the device's anomaly alarms
+    (device_agent.health.anomalies), whose ``details`` carry their evidence; the timeline shows both."""
     open_codes: set[str] = set()
-    out = []
+    out: list[dict[str, Any]] = []
     for a in alarms:
         code = str(a.get("code"))
         if a.get("active"):
@@ -309,6 +315,8 @@ def alarm_events(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "active": bool(a.get("active")),
                 "state": state,
                 "message": a.get("message"),
+                "anomaly": code in ANOMALY_ALARM_CODES,
+                "details": a.get("details") if isinstance(a.get("details"), dict) else {},
             }
         )
     return out

@@ -243,9 +243,10 @@
     ].forEach(function (t) { tiles.appendChild(tile(t[0], t[1], t[2])); });
 
     const marker = function (a) {
-      const label = a.code + (a.state === "cleared" ? " cleared" : "");
+      const label = (a.anomaly && a.state === "raised" ? "⚑ " : "") + a.code + (a.state === "cleared" ? " cleared" : "");
+      const ev = evidence(a);
       return { x: a.ts, label: label, code: a.code, color: a.state === "cleared" ? "#98a2b3" : (ALARM_COLORS[a.severity] || "#b54708"),
-        title: when(a.ts) + " " + a.code + " " + a.state + ": " + (a.message || "") };
+        title: when(a.ts) + " " + a.code + " " + a.state + ": " + (a.message || "") + (ev ? " — " + ev : "") };
     };
     const live = d.live;
     const markers = d.alarms.filter(function (a) { return a.state !== "cleared" && live.ts.length && a.ts >= live.ts[0]; }).map(marker);
@@ -312,9 +313,19 @@
     renderEvents(d);
   }
 
+  // an alarm's evidence (its details: the values compared, the baseline, the window) as "key value" pairs
+  function evidence(a) {
+    const d = a.details || {};
+    return Object.keys(d).filter(function (k) { return d[k] !== null && d[k] !== undefined; }).map(function (k) {
+      return k + " " + (typeof d[k] === "number" ? +d[k].toPrecision(4) : String(d[k]));
+    }).join(", ");
+  }
+
   function renderEvents(d) {
     const rows = d.alarms.map(function (a) {
-      return { ts: a.ts, kind: a.state === "event" ? "event" : "alarm " + a.state, code: a.code, severity: a.severity, text: a.message || "" };
+      const ev = a.anomaly && a.state === "raised" ? evidence(a) : "";
+      return { ts: a.ts, kind: a.state === "event" ? "event" : (a.anomaly ? "anomaly alarm " : "alarm ") + a.state, code: a.code,
+        severity: a.severity, text: (a.message || "") + (ev ? " — evidence: " + ev : "") };
     }).concat(d.anomalies.map(function (a) {
       return { ts: a.ts, kind: "anomaly", code: "capacity", severity: "warning",
         text: "cycle " + a.cycle + ": " + fmt(a.capacity_ah, 3) + " Ah, neighbours' median " + fmt(a.expected_ah, 3) + " Ah" };
