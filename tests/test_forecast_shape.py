@@ -194,6 +194,7 @@ def simulated_capacities(seed: int, ageing: float, ambient_c: float, cycles: int
     return out
 
 
+@pytest.mark.slow  # 60 simulated cycles: ~15 s per case on a loaded 2-core machine
 @pytest.mark.parametrize(("seed", "ageing", "ambient"), [(1, 3.0, 25.0), (2, 2.0, 35.0)])
 def test_simulated_cells_get_a_forecast_that_never_flattens(shipped: HybridModel, seed, ageing, ambient) -> None:
     settings = HealthSettings()
@@ -284,7 +285,10 @@ def test_a_network_that_hindcasts_worse_than_the_fade_law_falls_back(with_fallba
     assert prep is not None
     fc = shipped.forecast_from(
         prep.__class__(**{**{f: getattr(prep, f) for f in prep.__dataclass_fields__}, "fallback": "hindcast"}),
-        wild(prep), C0, 0.8, 3000,
+        wild(prep),
+        C0,
+        0.8,
+        3000,
     )
     law = shipped.forecast_from(prep, np.zeros(2 * len(shipped.spec.horizons)), C0, 0.8, 3000)
     assert fc.params["fallback_fade_law"] == 1.0

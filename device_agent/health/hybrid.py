@@ -25,6 +25,21 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual), falls below
    the threshold (interpolated): when a measured capacity is expected to read below it. The band width
    is calibrated on validation cells by the trainer. RUL = EOL − last cycle.
+5. Shape (``shape_trajectory``): the trajectory is computed on the forecast grid and made non-increasing,
+   and where the measured trend falls (the robust slope of the recent cleaned history,
+   ``knee.recent_log_slope``) it falls over every step by at least ``SHAPE_SLOPE_FRAC`` (½) of that slope.
+   Without it the per-horizon outputs, which are not monotone in ``h``, made ``w·b + r`` rise over a
+   stretch of horizons (a simulated cell at cycle 27: trust 0.70 → 0.60 and offset −0.008 → +0.006 between
+   16 and 32 cycles ahead, the forecast SoH 0.8929 → 0.8935), and the clamp to non-increasing turned that
+   into a plateau: the trajectory stopped falling while the measured capacity kept falling.
+   The values scored by the evaluation (``soh_at``) and the EOL are read off this very trajectory.
+6. Fallback (``decide_fallback``, parameters ``fallback`` in model.json, off unless it says so): from the
+   cell's own past only, a hindcast of the last quarter of its cleaned history by the network and by the
+   fade law alone; the fade law is used (network output zero: trust 1, offset 0) when the network's
+   hindcast error is more than ``1 + margin`` times the fade law's.
+
+The prior is knee-aware (``fade_law``/``knee``): after a detected acceleration of the fade the projection
+never lies above the post-knee line.
 """
 
 from __future__ import annotations
@@ -162,10 +177,8 @@ def prepare_cleaned(hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSp
     mean = np.asarray(spec.seq_mean, dtype=float)
     std = np.asarray(spec.seq_std, dtype=float)
     seq[w - k :] = (seq_raw - mean) / std
-    prep = Prepared(
-        seq, np.zeros(0, dtype=np.float32), level, float(cycles[-1]), n, fit, (lo, hi),
-        trend_slope=recent_log_slope(cycles, caps),
-    )
+    prep = Prepared(seq, np.zeros(0, dtype=np.float32), level, float(cycles[-1]), n, fit, (lo, hi))
+    prep = replace(prep, trend_slope=recent_log_slope(cycles, caps))
     horizons = np.asarray(spec.horizons, dtype=float)
     b = prep.base(cycles[-1] + horizons)
     static_raw = np.concatenate(
