@@ -123,6 +123,23 @@ def test_knees_on_lab_cells_are_found_late_in_mit_fast_charged_cells() -> None:
     assert quarter <= 0.1 * len(cells)
 
 
+def test_the_networks_prior_is_knee_aware_only_when_its_model_json_says_so(shipped: HybridModel) -> None:
+    """The shipped network was trained on knee-free priors: it keeps getting them. A model trained since
+    (``knee_prior`` in its model.json, set by the trainer) gets the knee-aware prior, as the fade law has."""
+    from device_agent.health.hybrid import prepare
+    from ml.samples import identity_spec
+
+    cell = knee_cell(1000)[:760]
+    assert not shipped.spec.knee_prior
+    plain = prepare(cell, C0, shipped.spec)
+    aware = prepare(cell, C0, shipped.spec.model_copy(update={"knee_prior": True}))
+    assert plain is not None and plain.fit is not None and plain.fit.knee is None
+    assert aware is not None and aware.fit is not None and aware.fit.knee is not None
+    ahead = np.array([900.0])
+    assert aware.base(ahead)[0] < plain.base(ahead)[0] - 0.05  # the post-knee slope, not the slow past
+    assert identity_spec(20, [1, 2, 4]).knee_prior  # what the trainer writes into a new model.json
+
+
 # ------------------------------------------------------------------------------------------------ shape
 
 

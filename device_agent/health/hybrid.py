@@ -38,8 +38,9 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    fade law alone; the fade law is used (network output zero: trust 1, offset 0) when the network's
    hindcast error is more than ``1 + margin`` times the fade law's.
 
-The prior is knee-aware (``fade_law``/``knee``): after a detected acceleration of the fade the projection
-never lies above the post-knee line.
+With ``knee_prior`` in model.json (the trainer sets it) the prior is knee-aware (``fade_law``/``knee``):
+after a detected acceleration of the fade the projection never lies above the post-knee line. A model.json
+without it (the shipped model, trained before knees) gets the knee-free prior it was trained on.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def prepare_cleaned(hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSp
     cycles = np.array([p.cycle for p in hist], dtype=float)
     caps = np.array([p.capacity_ah for p in hist], dtype=float)
     level = _median(caps[-spec.level_points :])
-    fit = fit_fade(hist)
+    fit = fit_fade(hist, detect_knees=spec.knee_prior)
     lo, hi = spec.prior_clip
     w = spec.window
     k = min(w, n)

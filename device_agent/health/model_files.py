@@ -91,6 +91,9 @@ class FeatureSpec(_Strict):
     eol_scatter_cap: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.1
     #: the device's fallback to the fade law (a model.json without it gets these defaults)
     fallback: FallbackSpec = FallbackSpec()
+    #: the prior b(h) is the knee-aware fade law (device_agent.health.knee); a model.json without it was
+    #: trained on knee-free priors, and its network gets the inputs it was trained on
+    knee_prior: bool = False
 
     @model_validator(mode="after")
     def _lengths(self) -> FeatureSpec:
