@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from device_agent.config import HealthSettings
 from device_agent.health.estimator import HealthEstimator
 from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol
-from device_agent.health.hybrid import HybridModel, cleaned_history, decide_fallback, load_hybrid_model
+from device_agent.health.hybrid import HybridModel, Prepared, cleaned_history, decide_fallback, load_hybrid_model
 from device_agent.health.knee import detect_knee
 from device_agent.health.model_files import FallbackSpec, FeatureSpec
 from device_agent.health.shipped import SHIPPED_MODEL_DIR
@@ -213,7 +214,9 @@ def simulated_capacities(seed: int, ageing: float, ambient_c: float, cycles: int
 
 @pytest.mark.slow  # 60 simulated cycles: ~15 s per case on a loaded 2-core machine
 @pytest.mark.parametrize(("seed", "ageing", "ambient"), [(1, 3.0, 25.0), (2, 2.0, 35.0)])
-def test_simulated_cells_get_a_forecast_that_never_flattens(shipped: HybridModel, seed, ageing, ambient) -> None:
+def test_simulated_cells_get_a_forecast_that_never_flattens(
+    shipped: HybridModel, seed: int, ageing: float, ambient: float
+) -> None:
     settings = HealthSettings()
     rng = np.random.default_rng(seed)
     for model in (shipped, None):
@@ -272,14 +275,14 @@ def test_the_fallback_uses_only_the_past_and_is_deterministic(with_fallback: Hyb
     hist = cleaned_history(cell[:120], shipped.spec)
     calls: list[float] = []
 
-    def run(prep):
+    def run(prep: Prepared) -> np.ndarray:
         calls.append(prep.last_cycle)
         return shipped.correction(prep)
 
     first = decide_fallback(hist, C0, shipped.spec, run)
     assert calls and max(calls) < hist[-1].cycle  # the hindcast starts in the past
     assert decide_fallback(hist, C0, shipped.spec, run) == first
-    # the future of the cell does not change the decision at cycle 120
+    # the model's own prepare makes the same decision, and it travels with the prepared inputs
     prep = shipped.prepare(cell[:120], C0)
     assert prep is not None and (prep.fallback, prep.hindcast) == first
 
@@ -289,7 +292,9 @@ def test_a_network_that_hindcasts_worse_than_the_fade_law_falls_back(with_fallba
     cell = knee_cell(900, knee_at=2000, before=2e-4)  # plain linear fade: the fade law hindcasts it well
     hist = cleaned_history(cell[:400], shipped.spec)
 
-    def wild(prep):  # a network that is badly wrong: trust 0 (persistence) and a big positive offset
+    def wild(
+        prep: Prepared,
+    ) -> np.ndarray:  # a network that is badly wrong: trust 0 (persistence) and a big positive offset
         k = len(shipped.spec.horizons)
         return np.concatenate([np.full(k, -1.0), np.full(k, 1.0)])
 
@@ -300,13 +305,7 @@ def test_a_network_that_hindcasts_worse_than_the_fade_law_falls_back(with_fallba
     # the decision reaches the published forecast: the fade law's trajectory, and it says so
     prep = shipped.prepare(cell[:400], C0)
     assert prep is not None
-    fc = shipped.forecast_from(
-        prep.__class__(**{**{f: getattr(prep, f) for f in prep.__dataclass_fields__}, "fallback": "hindcast"}),
-        wild(prep),
-        C0,
-        0.8,
-        3000,
-    )
+    fc = shipped.forecast_from(replace(prep, fallback="hindcast"), wild(prep), C0, 0.8, 3000)
     law = shipped.forecast_from(prep, np.zeros(2 * len(shipped.spec.horizons)), C0, 0.8, 3000)
     assert fc.params["fallback_fade_law"] == 1.0
     assert fc.soh == pytest.approx(law.soh) and fc.eol_cycle == pytest.approx(law.eol_cycle)
