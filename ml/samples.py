@@ -57,6 +57,7 @@ def identity_spec(
         max_history=max_history,
         level_points=level_points,
         cleaning=cleaning or CleaningSpec(),
+        knee_prior=True,
     )
 
 

@@ -23,6 +23,11 @@ prior halves the horizon error from the first quarter of each history (13.7 → 
 
 Forecast: future cycles are assumed to run at the recent temperature and cycles-per-day of the cell.
 End of life is the first cycle at which C/C0_ref falls below the threshold; RUL = EOL − last cycle.
+
+Knees: the history is also tested for accelerating fade (:mod:`device_agent.health.knee`, causal, with a
+minimum evidence rule). After a detected knee the projection is never above the post-knee line (linear
+in capacity at the recent slope): the forecast does not follow the long slow part of the history past
+the knee.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from device_agent.health.knee import Knee, detect_knee
 
 EA_J_PER_MOL = 31_700.0
 R_J_PER_MOL_K = 8.314462618
@@ -115,6 +122,8 @@ class FadeFit:
     z: float
     rmse_log: float
     axes: StressAxes
+    #: accelerating fade detected in the history (see device_agent.health.knee); None = none
+    knee: Knee | None = None
 
     @property
     def c0_ah(self) -> float:
@@ -128,7 +137,15 @@ class FadeFit:
         return self.capacity_at(self.axes.x_n, self.axes.x_t)
 
     def project(self, future_cycles: np.ndarray) -> np.ndarray:
-        """Capacity at absolute cycle numbers beyond the last one, at the recent stress rates."""
+        """Capacity at absolute cycle numbers beyond the last one, at the recent stress rates; after a
+        detected knee, never above the post-knee line (see device_agent.health.knee)."""
+        law = self.project_law(future_cycles)
+        if self.knee is None:
+            return law
+        return np.asarray(np.minimum(law, self.knee.project(np.asarray(future_cycles, dtype=float))))
+
+    def project_law(self, future_cycles: np.ndarray) -> np.ndarray:
+        """The fade law alone at absolute cycle numbers beyond the last one, at the recent stress rates."""
         ax = self.axes
         d_n = np.maximum(np.asarray(future_cycles, dtype=float) - ax.last_cycle, 0.0)
         x_n = ax.x_n[-1] + ax.a_recent * d_n
@@ -140,7 +157,10 @@ class FadeFit:
         return self.capacity_at(x_n, x_t)
 
     def params(self) -> dict[str, float]:
-        return {"c0_ah": self.c0_ah, "k_c": self.k_c, "k_t": self.k_t, "z": self.z, "rmse_log": self.rmse_log}
+        out = {"c0_ah": self.c0_ah, "k_c": self.k_c, "k_t": self.k_t, "z": self.z, "rmse_log": self.rmse_log}
+        if self.knee is not None:
+            out.update(self.knee.params())
+        return out
 
 
 def _solve_stack(g: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -223,8 +243,11 @@ def _z_score(sse: float, n: int, z: float) -> float:
     return n * math.log(max(sse / n, 1e-12)) + Z_PRIOR_WEIGHT * (math.log(z) / math.log(2.0)) ** 2
 
 
-def fit_fade(points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID) -> FadeFit | None:
+def fit_fade(
+    points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID, *, detect_knees: bool = True
+) -> FadeFit | None:
     """Fit the fade law to measured capacities (≥ 3 valid points), or None if it cannot be fitted.
+    With ``detect_knees`` (the default) the history is also tested for accelerating fade (see knee).
 
     ``z`` is searched on a coarse grid (every 5th value of ``z_grid``), then refined around the best.
     """
@@ -259,6 +282,7 @@ def fit_fade(points: Sequence[CapacityPoint], z_grid: Sequence[float] = Z_GRID) 
         z=float(grid[k_best]),
         rmse_log=float(np.sqrt(np.mean(resid**2))),
         axes=axes,
+        knee=detect_knee([p.cycle for p in valid], [p.capacity_ah for p in valid]) if detect_knees else None,
     )
 
 

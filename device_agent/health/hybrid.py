@@ -25,6 +25,22 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual), falls below
    the threshold (interpolated): when a measured capacity is expected to read below it. The band width
    is calibrated on validation cells by the trainer. RUL = EOL − last cycle.
+5. Shape (``shape_trajectory``): the trajectory is computed on the forecast grid and made non-increasing,
+   and where the measured trend falls (the robust slope of the recent cleaned history,
+   ``knee.recent_log_slope``) it falls over every step by at least ``SHAPE_SLOPE_FRAC`` (½) of that slope.
+   Without it the per-horizon outputs, which are not monotone in ``h``, made ``w·b + r`` rise over a
+   stretch of horizons (a simulated cell at cycle 27: trust 0.70 → 0.60 and offset −0.008 → +0.006 between
+   16 and 32 cycles ahead, the forecast SoH 0.8929 → 0.8935), and the clamp to non-increasing turned that
+   into a plateau: the trajectory stopped falling while the measured capacity kept falling.
+   The values scored by the evaluation (``soh_at``) and the EOL are read off this very trajectory.
+6. Fallback (``decide_fallback``, parameters ``fallback`` in model.json, off unless it says so): from the
+   cell's own past only, a hindcast of the last quarter of its cleaned history by the network and by the
+   fade law alone; the fade law is used (network output zero: trust 1, offset 0) when the network's
+   hindcast error is more than ``1 + margin`` times the fade law's.
+
+With ``knee_prior`` in model.json (the trainer sets it) the prior is knee-aware (``fade_law``/``knee``):
+after a detected acceleration of the fade the projection never lies above the post-knee line. A model.json
+without it (the shipped model, trained before knees) gets the knee-free prior it was trained on.
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ import importlib
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +61,7 @@ from pydantic import ValidationError
 from device_agent.health.capacity_cleaning import causal_clean
 from device_agent.health.estimator import Forecast, ModelError
 from device_agent.health.fade_law import CapacityPoint, FadeFit, fit_fade, forecast_step
+from device_agent.health.knee import recent_log_slope
 from device_agent.health.model_files import (
     MODEL_JSON,
     FeatureSpec,
@@ -67,6 +84,8 @@ STATIC_BASE_FEATURES: tuple[str, ...] = (
 )
 MIN_POINTS = 3
 MIN_AHEAD_CYCLES = 50.0
+#: the published forecast falls at least this fraction of the fitted trend's own decline (shape rule)
+SHAPE_SLOPE_FRAC = 0.5
 
 
 def static_feature_names(horizons: Sequence[int]) -> list[str]:
@@ -100,6 +119,14 @@ class Prepared:
     n_points: int
     fit: FadeFit | None
     prior_clip: tuple[float, float]
+    #: why the device forecasts with the fade law instead of the network (None = the network); see
+    #: decide_fallback
+    fallback: str | None = None
+    #: the hindcast RMSEs (log capacity) behind that decision: (network, fade law); NaN = not run
+    hindcast: tuple[float, float] = (math.nan, math.nan)
+    #: the measured recent trend: robust slope of log capacity per cycle over the last points (see
+    #: knee.recent_log_slope); 0 when unknown
+    trend_slope: float = 0.0
 
     def base(self, target_cycles: np.ndarray) -> np.ndarray:
         """b(h) = clip(log(prior / level)) at absolute cycles; 0 (persistence) without a prior."""
@@ -116,17 +143,26 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(values))
 
 
+def cleaned_history(points: Sequence[CapacityPoint], spec: FeatureSpec) -> list[CapacityPoint]:
+    """The cleaned history the model sees (the last ``max_history`` cleaned points)."""
+    tail = list(points[-4 * spec.max_history :])
+    return causal_clean(tail, spec.cleaning)[-spec.max_history :]
+
+
 def prepare(points: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec) -> Prepared | None:
     """Compute the model inputs from a capacity history (oldest first); None if < 3 cleaned points."""
-    tail = list(points[-4 * spec.max_history :])
-    hist = causal_clean(tail, spec.cleaning)[-spec.max_history :]
+    return prepare_cleaned(cleaned_history(points, spec), c0_ah, spec)
+
+
+def prepare_cleaned(hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec) -> Prepared | None:
+    """:func:`prepare` on a history already cleaned by :func:`cleaned_history`."""
     n = len(hist)
     if n < MIN_POINTS or not (math.isfinite(c0_ah) and c0_ah > 0):
         return None
     cycles = np.array([p.cycle for p in hist], dtype=float)
     caps = np.array([p.capacity_ah for p in hist], dtype=float)
     level = _median(caps[-spec.level_points :])
-    fit = fit_fade(hist)
+    fit = fit_fade(hist, detect_knees=spec.knee_prior)
     lo, hi = spec.prior_clip
     w = spec.window
     k = min(w, n)
@@ -143,6 +179,7 @@ def prepare(points: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec) ->
     std = np.asarray(spec.seq_std, dtype=float)
     seq[w - k :] = (seq_raw - mean) / std
     prep = Prepared(seq, np.zeros(0, dtype=np.float32), level, float(cycles[-1]), n, fit, (lo, hi))
+    prep = replace(prep, trend_slope=recent_log_slope(cycles, caps))
     horizons = np.asarray(spec.horizons, dtype=float)
     b = prep.base(cycles[-1] + horizons)
     static_raw = np.concatenate(
@@ -172,7 +209,8 @@ def correction_at(r: np.ndarray, horizons: Sequence[int], h: np.ndarray) -> np.n
 def log_rel_forecast(
     prep: Prepared, out: np.ndarray, spec: FeatureSpec, targets: np.ndarray
 ) -> np.ndarray:
-    """log(C/level) at absolute target cycles from the model's raw output [u (K), r/output_scale (K)]."""
+    """log(C/level) at absolute target cycles from the model's raw output [u (K), r/output_scale (K)],
+    before the shape rule (see :func:`shaped_log_rel`)."""
     t = np.asarray(targets, dtype=float)
     k = len(spec.horizons)
     h = t - prep.last_cycle
@@ -180,6 +218,76 @@ def log_rel_forecast(
     r = correction_at(out[k : 2 * k], spec.horizons, h) * spec.output_scale
     lo, hi = prep.prior_clip
     return np.asarray(np.clip(w * prep.base(t) + r, lo, hi))
+
+
+def shape_trajectory(prep: Prepared, cycles: np.ndarray, log_rel: np.ndarray) -> np.ndarray:
+    """The shape rule on a forecast log(C/level) at increasing absolute ``cycles``: it never rises, and where
+    the measured trend falls (``prep.trend_slope`` < 0, the robust slope of the recent cleaned history) it
+    falls over every step by at least ``SHAPE_SLOPE_FRAC`` of that slope: the network may slow the decline
+    down (a fade that decelerates), never stop it. So no plateau while the measured capacity keeps falling,
+    and the trajectory reaches end of life (or the horizon limit)."""
+    y = np.asarray(log_rel, dtype=float)
+    if len(y) == 0:
+        return y
+    c = np.asarray(cycles, dtype=float)
+    floor = SHAPE_SLOPE_FRAC * min(prep.trend_slope, 0.0) * np.diff(np.concatenate([[prep.last_cycle], c]))
+    floor[0] = 0.0
+    # y'[i] = min(y[i], y'[i-1] + floor[i])  ⇔  y' − F = running minimum of (y − F), F = cumulative floor
+    f_cum = np.cumsum(floor)
+    return np.asarray(np.minimum.accumulate(y - f_cum) + f_cum)
+
+
+def shaped_log_rel(prep: Prepared, out: np.ndarray, spec: FeatureSpec, targets: np.ndarray) -> np.ndarray:
+    """log(C/level) at absolute target cycles (any order) after the shape rule, computed on the forecast grid
+    (:func:`forecast_step` spacing) joined with the targets, so that it agrees with the published
+    trajectory."""
+    t = np.asarray(targets, dtype=float)
+    if t.size == 0:
+        return np.zeros(0)
+    h_max = max(float(np.max(t)) - prep.last_cycle, 1.0)
+    step = forecast_step(h_max)
+    grid = prep.last_cycle + step * np.arange(1, math.ceil(h_max / step) + 1)
+    allc = np.unique(np.concatenate([grid, t[t > prep.last_cycle]]))
+    y = shape_trajectory(prep, allc, log_rel_forecast(prep, out, spec, allc))
+    res = log_rel_forecast(prep, out, spec, t)  # targets at or before the last cycle: unshaped
+    ahead = t > prep.last_cycle
+    res[ahead] = y[np.searchsorted(allc, t[ahead])]
+    return np.asarray(res)
+
+
+def decide_fallback(
+    hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec, run: Callable[[Prepared], np.ndarray]
+) -> tuple[str | None, tuple[float, float]]:
+    """Whether the device forecasts with the fade law instead of the network, from what it knows now.
+
+    A hindcast on the cell's own cleaned history: from the point ``m`` cleaned points back (``m`` = the last
+    ``hindcast_frac`` of the history, at least ``min_hindcast_points``), both the network (``run``: the
+    model's raw output for prepared inputs) and the fade law (the same forecast with the network's output
+    zero: trust 1, offset 0) forecast the last ``m`` points; their RMSE in log capacity is compared. The
+    fade law is used when the network's is more than ``1 + margin`` times the fade law's. Deterministic; no
+    decision (the network) below ``min_points`` cleaned points. Returns (reason or None, (rmse network,
+    rmse fade law)).
+    """
+    fb = spec.fallback
+    n = len(hist)
+    if not fb.enabled or n < fb.min_points:
+        return None, (math.nan, math.nan)
+    m = max(fb.min_hindcast_points, round(fb.hindcast_frac * n))
+    if n - m < MIN_POINTS:
+        return None, (math.nan, math.nan)
+    past = prepare_cleaned(hist[: n - m], c0_ah, spec)
+    if past is None or past.fit is None:
+        return None, (math.nan, math.nan)
+    targets = np.array([p.cycle for p in hist[n - m :]], dtype=float)
+    truth = np.log(np.array([p.capacity_ah for p in hist[n - m :]], dtype=float) / past.level_ah)
+    out = run(past)
+    err_net = float(np.sqrt(np.mean((shaped_log_rel(past, out, spec, targets) - truth) ** 2)))
+    err_law = float(np.sqrt(np.mean((shaped_log_rel(past, np.zeros_like(out), spec, targets) - truth) ** 2)))
+    if not (math.isfinite(err_net) and math.isfinite(err_law)):
+        return None, (err_net, err_law)
+    if err_net > (1.0 + fb.margin) * err_law:
+        return "hindcast", (err_net, err_law)
+    return None, (err_net, err_law)
 
 
 def eol_scatter(prep: Prepared, spec: FeatureSpec) -> float:
@@ -232,7 +340,17 @@ class HybridModel:
         self._horizons = list(self.spec.horizons)
 
     def prepare(self, points: Sequence[CapacityPoint], c0_ah: float) -> Prepared | None:
-        return prepare(points, c0_ah, self.spec)
+        """The model inputs, with the fallback decision (decide_fallback) made from this history."""
+        hist = cleaned_history(points, self.spec)
+        prep = prepare_cleaned(hist, c0_ah, self.spec)
+        if prep is None:
+            return None
+        reason, errs = decide_fallback(hist, c0_ah, self.spec, self.correction)
+        return replace(prep, fallback=reason, hindcast=errs)
+
+    def effective_output(self, prep: Prepared, out: np.ndarray) -> np.ndarray:
+        """The output the forecast uses: the network's, or zeros (the fade law alone) after a fallback."""
+        return np.zeros_like(out) if prep.fallback is not None else out
 
     def correction(self, prep: Prepared) -> np.ndarray:
         """The raw model output for prepared inputs: [u(h) (K), r(h) / output_scale (K)]."""
@@ -246,8 +364,10 @@ class HybridModel:
         return out
 
     def soh_at(self, prep: Prepared, out: np.ndarray, c0_ah: float, target_cycles: np.ndarray) -> np.ndarray:
-        """SoH (C / c0) at absolute target cycles from prepared inputs and the model's output."""
-        return np.asarray(prep.level_ah * np.exp(log_rel_forecast(prep, out, self.spec, target_cycles)) / c0_ah)
+        """SoH (C / c0) at absolute target cycles from prepared inputs and the model's output (after the
+        fallback decision and the shape rule: the values the published trajectory goes through)."""
+        y = shaped_log_rel(prep, self.effective_output(prep, out), self.spec, target_cycles)
+        return np.asarray(prep.level_ah * np.exp(y) / c0_ah)
 
     def predict_soh(
         self, points: Sequence[CapacityPoint], c0_ah: float, target_cycles: np.ndarray
@@ -264,20 +384,27 @@ class HybridModel:
     ) -> Forecast:
         step = forecast_step(max_cycles)
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
+        # the shape rule makes the trajectory non-increasing and falling wherever the fitted trend falls;
+        # the EOL is read off the very trajectory published
         soh = self.soh_at(prep, out, c0_ah, cycles)
         k = self.spec.eol_band_sigmas if band_sigmas is None else band_sigmas
         scatter = eol_scatter(prep, self.spec)
         eol = eol_from_trajectory(cycles, soh * math.exp(-k * scatter), eol_threshold)
         mean_crossing = eol_from_trajectory(cycles, soh, eol_threshold) if eol is not None else None
-        # capacity does not come back by itself over a long horizon: the trajectory published is
-        # non-increasing (the EOL cycle above is computed from the model's own output, unchanged)
-        soh = np.minimum.accumulate(soh)
         if eol is not None and mean_crossing is not None:
             # up to where the forecast itself crosses the threshold (at or after the EOL, which is lowered by
             # the band), but never fewer than MIN_AHEAD_CYCLES: past EOL the trajectory still shows
             keep = cycles <= max(mean_crossing + step, eol + step, prep.last_cycle + MIN_AHEAD_CYCLES)
             cycles, soh = cycles[keep], soh[keep]
-        params: dict[str, float] = {"level_ah": prep.level_ah, "eol_band_sigmas": k, "scatter_log": scatter}
+        params: dict[str, float] = {
+            "level_ah": prep.level_ah,
+            "eol_band_sigmas": k,
+            "scatter_log": scatter,
+            "trend_slope_log_per_cycle": prep.trend_slope,
+            "fallback_fade_law": 1.0 if prep.fallback is not None else 0.0,
+            "hindcast_rmse_log_network": prep.hindcast[0],
+            "hindcast_rmse_log_fade_law": prep.hindcast[1],
+        }
         if prep.fit is not None:
             params.update({f"prior_{k}": v for k, v in prep.fit.params().items()})
         k = len(self._horizons)

@@ -45,6 +45,20 @@ class CleaningSpec(_Strict):
     shift_points: Annotated[int, Field(ge=2, le=50)] = 3
 
 
+class FallbackSpec(_Strict):
+    """When the device forecasts with the fade law instead of the network (see hybrid.decide_fallback):
+    on a hindcast over the cell's own last ``hindcast_frac`` of cleaned points (at least
+    ``min_hindcast_points``), from a history of at least ``min_points``, the network's log-capacity RMSE is
+    more than ``(1 + margin)`` times the fade law's. Off unless model.json turns it on: with the shipped
+    network no margin beats "never" on the datasets left out of the choice (ml/README.md, Model)."""
+
+    enabled: bool = False
+    min_points: Annotated[int, Field(ge=6, le=10_000)] = 20
+    hindcast_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    min_hindcast_points: Annotated[int, Field(ge=2, le=1000)] = 5
+    margin: Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)] = 0.0
+
+
 class FeatureSpec(_Strict):
     """How the model's two inputs are computed from the capacity history (see hybrid.prepare)."""
 
@@ -75,6 +89,11 @@ class FeatureSpec(_Strict):
     #: on the validation cells by the trainer (0 = the mean forecast's crossing)
     eol_band_sigmas: Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)] = 0.0
     eol_scatter_cap: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.1
+    #: the device's fallback to the fade law (a model.json without it gets these defaults)
+    fallback: FallbackSpec = FallbackSpec()
+    #: the prior b(h) is the knee-aware fade law (device_agent.health.knee); a model.json without it was
+    #: trained on knee-free priors, and its network gets the inputs it was trained on
+    knee_prior: bool = False
 
     @model_validator(mode="after")
     def _lengths(self) -> FeatureSpec:
