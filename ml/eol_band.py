@@ -114,7 +114,8 @@ def calibrate_interval_spread(
     Every method's forecast from every point of every validation cell (the evaluation's protocol,
     :func:`ml.predictions.predict_cells`); for each horizon bin [b, 2b) the smallest factor on
     ``SPREAD_GRID`` whose band holds at least ``coverage`` of the bin's true SoH rows is the factor at b
-    (a bin with too few rows takes the one before it; the curve is then made non-decreasing). The hybrid's
+    (a bin with fewer than ``MIN_BIN_ROWS`` rows takes the calibrated bin before it, or the first calibrated
+    one; ``DEFAULT_SPREAD`` if none is); the curve is then made non-decreasing, so the band only widens. The hybrid's
     points that fell back to physics are left out of the hybrid's calibration (the device uses the physics
     factor there). Returns the IntervalSpec and a table of the chosen factors and the rows they rest on.
     """
@@ -140,26 +141,25 @@ def calibrate_interval_spread(
                 lo = np.concatenate([x[0] for x in parts])
                 hi = np.concatenate([x[1] for x in parts])
                 inside[i] = (truth >= lo) & (truth <= hi)
-        factors: list[float] = []
+        found: dict[int, float] = {}
         detail: dict[str, Any] = {}
         for b in INTERVAL_HORIZONS:
             sel = bins == b
             n_rows = int(sel.sum())
             if n_rows < MIN_BIN_ROWS:
-                value = factors[-1] if factors else DEFAULT_SPREAD
-                detail[str(b)] = {"factor": value, "n_rows": n_rows, "coverage": None, "source": "previous bin"}
-                factors.append(float(value))
+                detail[str(b)] = {"n_rows": n_rows, "coverage": None, "source": "nearest calibrated bin"}
                 continue
             cov = inside[:, sel].mean(axis=1)
             ok = np.nonzero(cov >= coverage)[0]
             i = int(ok[0]) if len(ok) else len(SPREAD_GRID) - 1
-            factors.append(float(SPREAD_GRID[i]))
-            detail[str(b)] = {
-                "factor": float(SPREAD_GRID[i]),
-                "n_rows": n_rows,
-                "coverage": float(cov[i]),
-                "source": "validation",
-            }
+            found[b] = float(SPREAD_GRID[i])
+            detail[str(b)] = {"n_rows": n_rows, "coverage": float(cov[i]), "source": "validation"}
+        # a bin with too few rows takes the calibrated bin before it (the first calibrated one at the start)
+        first = next(iter(found.values()), DEFAULT_SPREAD)
+        factors: list[float] = []
+        for b in INTERVAL_HORIZONS:
+            factors.append(found.get(b, factors[-1] if factors else first))
+            detail[str(b)]["factor"] = factors[-1]
         spec_h[method] = [float(x) for x in np.maximum.accumulate(factors)]
         table["methods"][method] = detail
     spec = IntervalSpec(

@@ -89,7 +89,8 @@ def _thin(
     cycles: Sequence[float], soh: Sequence[float], n: int, band: Interval | None = None
 ) -> tuple[ForecastPoint, ...]:
     """At most ``n`` points of the trajectory, spaced geometrically: dense in the near term, where a user
-    looks first, sparse towards the far horizon; the first and the last point are always kept."""
+    looks first, sparse towards the far horizon; the first and the last point are always kept. The interval's
+    bounds go to 4 decimals (0.01 pp: the health message stays within the IPC budget)."""
     if not cycles:
         return ()
     last = len(cycles) - 1
@@ -103,8 +104,8 @@ def _thin(
         ForecastPoint(
             cycle=float(cycles[k]),
             soh=float(soh[k]),
-            soh_lo=float(lo[k]) if lo is not None and math.isfinite(lo[k]) else None,
-            soh_hi=float(hi[k]) if hi is not None and math.isfinite(hi[k]) else None,
+            soh_lo=min(round(lo[k], 4), float(soh[k])) if lo is not None and math.isfinite(lo[k]) else None,
+            soh_hi=max(round(hi[k], 4), float(soh[k])) if hi is not None and math.isfinite(hi[k]) else None,
         )
         for k in idx
         if math.isfinite(cycles[k]) and math.isfinite(soh[k])
