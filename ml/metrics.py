@@ -235,4 +235,24 @@ def summary_table(metrics: dict[str, Any]) -> str:
                     f"{f(e['rel_err_mean'], '8.3f')} {f(e['rel_err_median_incl_missed'], '8.3f')} "
                     f"{f(e['abs_err_cycles_mean'], '8.1f')}"
                 )
-    return "\n".join(lines)
+    cov = coverage_table(metrics)
+    return "\n".join(lines) + ("\n\n" + cov if cov else "")
+
+
+def coverage_table(metrics: dict[str, Any]) -> str:
+    """Observed coverage of the 80 % interval (all points pooled) per dataset and method, overall and per
+    horizon bin (cycles ahead, powers of two), with the mean width in pp; "" if no method gave an interval."""
+    bins = [str(b) for b in HORIZON_BINS]
+    rows = []
+    for ds, d in metrics["datasets"].items():
+        for m in METHODS:
+            iv = d["methods"][m]["all"].get("interval_80")
+            if not iv:
+                continue
+            by_h = iv["coverage_by_horizon"]
+            cells = [f"{by_h[b]['coverage']:5.2f}" if b in by_h else "    -" for b in bins]
+            rows.append(f"{ds:8s} {m:8s} {iv['coverage']:5.2f} {iv['mean_width_pp']:6.1f} " + " ".join(cells))
+    if not rows:
+        return ""
+    head = f"{'80% cov':8s} {'method':8s} {'all':>5s} {'wid pp':>6s} " + " ".join(f"{'h' + b:>5s}" for b in bins)
+    return "\n".join([head, *rows])

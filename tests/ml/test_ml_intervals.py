@@ -15,7 +15,7 @@ from device_agent.health.model_files import IntervalSpec, read_model_file, write
 from ml.cli import EXIT_OK, main
 from ml.data import read_cell_csv
 from ml.eol_band import INTERVAL_HORIZONS, calibrate_interval_spread
-from ml.metrics import horizon_bin
+from ml.metrics import coverage_table, horizon_bin
 from ml.predictions import INTERVAL_METHODS, PRED_COLUMNS, predict_cell_at, prediction_k
 from tests.ml.ml_support import copy_cells, need_cells
 
@@ -55,6 +55,11 @@ def test_predictions_carry_the_interval_and_metrics_its_coverage(cells_dir, tmp_
         got = {int(b): v["n_rows"] for b, v in iv["coverage_by_horizon"].items()}
         assert got == {b: len(v) for b, v in by_bin.items()}
         assert 0.0 < iv["coverage"] < 1.0 and iv["mean_width_pp"] > 0
+    # the table the CLI prints: one line per method with an interval, its pooled coverage first
+    lines = coverage_table(metrics).splitlines()
+    assert [ln.split()[:2] for ln in lines[1:]] == [["nasa", m] for m in INTERVAL_METHODS]
+    for ln, m in zip(lines[1:], INTERVAL_METHODS, strict=True):
+        assert float(ln.split()[2]) == pytest.approx(nasa[m]["all"]["interval_80"]["coverage"], abs=0.005)
 
 
 def test_the_band_widens_with_the_horizon_in_the_evaluation(shipped_model_dir):
