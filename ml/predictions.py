@@ -17,7 +17,14 @@ from tqdm import tqdm
 
 from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
 from device_agent.health.hybrid import HybridModel, eol_scatter
-from device_agent.health.intervals import CellContext, SpreadCurve, band, model_interval_spec, spread_for
+from device_agent.health.intervals import (
+    CellContext,
+    SpreadCurve,
+    band,
+    model_interval_spec,
+    recent_fade_rate,
+    spread_for,
+)
 from ml.data import Cell, scorability
 from ml.offline_cleaning import clean_cell
 
@@ -116,9 +123,10 @@ def predict_cell_at(
     curves = spread or {m: spread_for(spec, m) for m in INTERVAL_METHODS}
     span = float(hist[-1].cycle - hist[0].cycle)
     ahead = targets - pp.at_cycle
+    recent = recent_fade_rate([q.cycle for q in hist], [q.capacity_ah for q in hist])
     if fit is not None:
         pp.pred["physics"] = fit.project(targets) / c0_hist
-        ctx = CellContext(float(fit.fitted()[-1] / c0_hist), fit.rmse_log, len(hist), span)
+        ctx = CellContext(float(fit.fitted()[-1] / c0_hist), fit.rmse_log, len(hist), span, recent)
         pp.interval["physics"] = band(ahead, pp.pred["physics"], ctx, curves["physics"])
         pp.interval_ctx["physics"] = ctx
         pp.eol_pred["physics"] = forecast_eol(fit, c0_hist, threshold, max_cycles, step=forecast_step(max_cycles))[2]
@@ -131,7 +139,7 @@ def predict_cell_at(
     if model is not None and prep is not None:
         r = model.correction(prep)
         pp.pred["hybrid"] = model.soh_at(prep, r, c0_hist, targets)
-        ctx = CellContext(prep.level_ah / c0_hist, eol_scatter(prep, model.spec), len(hist), span)
+        ctx = CellContext(prep.level_ah / c0_hist, eol_scatter(prep, model.spec), len(hist), span, recent)
         pp.interval["hybrid"] = band(ahead, pp.pred["hybrid"], ctx, curves["hybrid"])
         pp.interval_ctx["hybrid"] = ctx
         pp.eol_pred["hybrid"] = model.forecast_from(prep, r, c0_hist, threshold, max_cycles).eol_cycle

@@ -16,6 +16,7 @@ from device_agent.health.intervals import (
     band,
     crossing,
     forecast_interval,
+    recent_fade_rate,
     spread_for,
 )
 from device_agent.health.model_files import FeatureSpec, IntervalSpec
@@ -79,6 +80,22 @@ def test_a_flat_forecast_of_a_fading_cell_still_gets_a_widening_band():
     h = np.arange(1.0, 501.0)
     lo, _ = band(h, np.full(len(h), 0.9), ctx, SpreadCurve.constant())
     assert lo[-1] < 0.9 * math.exp(-0.3)  # fading 10 % per 100 cycles: 500 cycles ahead is far from sure
+
+
+def test_a_cell_fading_faster_of_late_gets_a_lower_lower_bound():
+    cycles = np.arange(1.0, 201.0)
+    steady = np.exp(-0.0005 * cycles)  # 0.05 % per cycle throughout
+    knee = np.exp(-0.0005 * cycles - 0.00002 * np.maximum(cycles - 150, 0) ** 2)  # faster over the last 50
+    assert recent_fade_rate(cycles, steady) == pytest.approx(0.0005, rel=0.05)
+    assert recent_fade_rate(cycles, knee) > 2 * recent_fade_rate(cycles, steady)
+    assert recent_fade_rate(cycles, np.ones(200)) == 0.0 and recent_fade_rate(cycles[:5], steady[:5]) == 0.0
+    h = np.arange(1.0, 301.0)
+    flat = np.full(len(h), float(knee[-1]))  # a forecast that ignores the knee
+    ctx = CellContext(float(knee[-1]), 0.002, 200, 199.0)
+    with_recent = CellContext(float(knee[-1]), 0.002, 200, 199.0, recent_fade_rate(cycles, knee))
+    lo_avg, _ = band(h, flat, ctx, SpreadCurve.constant())
+    lo_recent, _ = band(h, flat, with_recent, SpreadCurve.constant())
+    assert np.all(lo_recent <= lo_avg) and lo_recent[-1] < lo_avg[-1] - 0.05
 
 
 def test_spread_curve_interpolates_in_log_horizon_and_never_decreases():

@@ -202,7 +202,7 @@ class HealthEstimator:
                 params=forecast.params,
                 method=method,
                 model=self.model,
-                history_cycles=[p.cycle for p in points],
+                history=points,
                 threshold=st.eol_threshold,
                 horizon=st.forecast_max_cycles,
             )

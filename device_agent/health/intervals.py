@@ -14,8 +14,10 @@ around the trend by σ:
 
 * σ — the cell's own scatter around its fit: the fade fit's RMS log residual (floored at ``SCATTER_FLOOR``,
   capped at ``SCATTER_CAP``);
-* D_w(h) = max(D(h), r·h), r the cell's fade rate so far (``log(1/soh_now)`` over the history's span): a
-  forecast that goes flat while the cell has been fading does not get a narrow lower bound for it;
+* D_w(h) = max(D(h), r·h), r the cell's fade rate: the larger of the rate so far (``log(1/soh_now)`` over
+  the history's span) and the recent rate (the last quarter of the history, :func:`recent_fade_rate`): a
+  forecast that goes flat while the cell has been fading, or keeps the average rate while the cell fades
+  faster of late, does not get a narrow lower bound for it;
 * n — the history length (capacities measured): a short history widens the band;
 * s(h) — the spread factor per horizon, interpolated linearly in log2(h) and held constant outside the
   horizons it is given at; calibrated on validation cells by the trainer (``ml.eol_band``) so that 80 % of
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from device_agent.health.fade_law import CapacityPoint
 from device_agent.health.model_files import IntervalSpec
 
 #: the standard normal's 90 % quantile: an 80 % central interval is ± Z80 σ
@@ -95,6 +98,8 @@ class CellContext:
     scatter_log: float
     n_points: int
     span_cycles: float
+    #: log capacity lost per cycle recently (see recent_fade_rate); the band uses the larger of the two rates
+    recent_rate: float = 0.0
 
     @property
     def sigma(self) -> float:
@@ -104,13 +109,34 @@ class CellContext:
     @property
     def fade_rate(self) -> float:
         """Log capacity lost per cycle over the history so far (≥ 0)."""
+        recent = self.recent_rate if math.isfinite(self.recent_rate) else 0.0
         if not (math.isfinite(self.soh_now) and self.soh_now > 0):
-            return 0.0
-        return max(-math.log(self.soh_now), 0.0) / max(self.span_cycles, 1.0)
+            return max(recent, 0.0)
+        return max(max(-math.log(self.soh_now), 0.0) / max(self.span_cycles, 1.0), recent, 0.0)
 
     @property
     def history_factor(self) -> float:
         return math.sqrt(1.0 + N_REF / max(self.n_points, 1))
+
+
+def recent_fade_rate(cycles: Sequence[float], capacities: Sequence[float], frac: float = 0.25) -> float:
+    """Log capacity lost per cycle over the last ``frac`` of the history (at least 9 points): the median of
+    the window's first third against the median of its last third (robust to single outliers); 0 if the
+    window does not fade or is too short."""
+    c = np.asarray(cycles, dtype=float)
+    q = np.asarray(capacities, dtype=float)
+    ok = np.isfinite(c) & np.isfinite(q) & (q > 0)
+    c, q = c[ok], q[ok]
+    n = len(c)
+    k = max(9, int(frac * n))
+    if n < 9:
+        return 0.0
+    c, y = c[-k:], np.log(q[-k:])
+    third = k // 3
+    dc = float(np.median(c[-third:]) - np.median(c[:third]))
+    if dc <= 0:
+        return 0.0
+    return max(float(np.median(y[:third]) - np.median(y[-third:])) / dc, 0.0)
 
 
 def band(ahead: np.ndarray, soh: np.ndarray, ctx: CellContext, spread: SpreadCurve) -> tuple[np.ndarray, np.ndarray]:
@@ -209,17 +235,18 @@ def health_interval(
     params: dict[str, float],
     method: str,
     model: object,
-    history_cycles: Sequence[float],
+    history: Sequence[CapacityPoint],
     threshold: float,
     horizon: float,
 ) -> Interval:
     """The interval of a device forecast (the estimator's one call): the scatter from the forecast's fit
-    parameters (``scatter_log`` of the hybrid, ``rmse_log`` of the fade law), the history's length and
-    span, and the spread curve of ``method`` shipped with ``model`` (the default without one)."""
+    parameters (``scatter_log`` of the hybrid, ``rmse_log`` of the fade law), the history's length, span and
+    recent fade rate, and the spread curve of ``method`` shipped with ``model`` (the default without one)."""
     scatter = params.get("scatter_log", params.get("rmse_log", math.nan))
-    span = float(history_cycles[-1] - history_cycles[0]) if len(history_cycles) else 0.0
-    ctx = CellContext(soh_now=soh_now, scatter_log=scatter, n_points=len(history_cycles), span_cycles=span)
-    last = float(history_cycles[-1]) if len(history_cycles) else 0.0
+    first = float(history[0].cycle) if history else 0.0
+    last = float(history[-1].cycle) if history else 0.0
+    recent = recent_fade_rate([p.cycle for p in history], [p.capacity_ah for p in history])
+    ctx = CellContext(soh_now, scatter, len(history), last - first, recent)
     return forecast_interval(
         cycles,
         soh,
