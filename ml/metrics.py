@@ -37,6 +37,40 @@ def horizon_bin(h: float) -> int:
     return b
 
 
+def interval_metrics(preds: Sequence[PointPrediction], method: str) -> dict[str, Any] | None:
+    """Observed coverage of the 80 % interval: the fraction of target rows whose true SoH lies within
+    [soh_lo, soh_hi], overall and per horizon bin, and the mean width in pp. None if the method gives none."""
+    inside: list[np.ndarray] = []
+    width: list[np.ndarray] = []
+    by_h: dict[int, list[np.ndarray]] = {}
+    for pp in preds:
+        if method not in pp.interval:
+            continue
+        lo, hi = pp.interval[method]
+        ok = (pp.soh_true >= lo) & (pp.soh_true <= hi)
+        inside.append(ok)
+        width.append(hi - lo)
+        hb = np.array([horizon_bin(h) for h in pp.target_cycles - pp.at_cycle])
+        for b in np.unique(hb):
+            by_h.setdefault(int(b), []).append(ok[hb == b])
+    if not inside:
+        return None
+    all_in = np.concatenate(inside)
+    if not len(all_in):
+        return None
+    return {
+        "nominal": 0.8,
+        "n_rows": len(all_in),
+        "n_points": len(inside),
+        "coverage": float(np.mean(all_in)),
+        "mean_width_pp": float(np.mean(np.concatenate(width))) * 100.0,
+        "coverage_by_horizon": {
+            str(b): {"coverage": float(np.mean(np.concatenate(v))), "n_rows": int(sum(len(x) for x in v))}
+            for b, v in sorted(by_h.items())
+        },
+    }
+
+
 def method_metrics(preds: Sequence[PointPrediction], method: str) -> dict[str, Any]:
     errs = [pp.pred[method] - pp.soh_true for pp in preds]
     all_err = np.concatenate(errs) if errs else np.zeros(0)
@@ -96,6 +130,7 @@ def method_metrics(preds: Sequence[PointPrediction], method: str) -> dict[str, A
             "cells": eol_rows,
         },
         "per_cell": per_cell_rows,
+        "interval_80": interval_metrics(preds, method),
     }
 
 
@@ -116,6 +151,9 @@ def compute_metrics(preds: Sequence[PointPrediction], points: Sequence[float], t
             "two valid rows is also < threshold; predicted: first forecast cycle below the threshold; "
             "rel_err_mean is over predicted EOLs only (misses in n_missed), rel_err_median_incl_missed counts "
             "a miss as an infinite error",
+            "interval_80": "interval_80.coverage: fraction of target rows whose true SoH lies in the method's "
+            "80 % central interval [soh_lo, soh_hi] (nominal 0.8), overall and per horizon bin (cycles ahead, "
+            "bins are powers of two: the largest edge <= h); null for persistence, which gives no interval",
             "clean": "horizon_rmse_pp_clean scores only target rows the offline cleaner labels ok",
             "pooling": "horizon_rmse_pp pools every (cell, target row); per_cell and horizon_rmse_pp_cell_median "
             "give each cell and point its own RMSE; hybrid_wins counts cells where the hybrid's RMSE is lower",
@@ -197,4 +235,24 @@ def summary_table(metrics: dict[str, Any]) -> str:
                     f"{f(e['rel_err_mean'], '8.3f')} {f(e['rel_err_median_incl_missed'], '8.3f')} "
                     f"{f(e['abs_err_cycles_mean'], '8.1f')}"
                 )
-    return "\n".join(lines)
+    cov = coverage_table(metrics)
+    return "\n".join(lines) + ("\n\n" + cov if cov else "")
+
+
+def coverage_table(metrics: dict[str, Any]) -> str:
+    """Observed coverage of the 80 % interval (all points pooled) per dataset and method, overall and per
+    horizon bin (cycles ahead, powers of two), with the mean width in pp; "" if no method gave an interval."""
+    bins = [str(b) for b in HORIZON_BINS]
+    rows = []
+    for ds, d in metrics["datasets"].items():
+        for m in METHODS:
+            iv = d["methods"][m]["all"].get("interval_80")
+            if not iv:
+                continue
+            by_h = iv["coverage_by_horizon"]
+            cells = [f"{by_h[b]['coverage']:5.2f}" if b in by_h else "    -" for b in bins]
+            rows.append(f"{ds:8s} {m:8s} {iv['coverage']:5.2f} {iv['mean_width_pp']:6.1f} " + " ".join(cells))
+    if not rows:
+        return ""
+    head = f"{'80% cov':8s} {'method':8s} {'all':>5s} {'wid pp':>6s} " + " ".join(f"{'h' + b:>5s}" for b in bins)
+    return "\n".join([head, *rows])

@@ -16,12 +16,22 @@ import numpy as np
 from tqdm import tqdm
 
 from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
-from device_agent.health.hybrid import HybridModel
+from device_agent.health.hybrid import HybridModel, eol_scatter
+from device_agent.health.intervals import (
+    CellContext,
+    SpreadCurve,
+    band,
+    model_interval_spec,
+    recent_fade_rate,
+    spread_for,
+)
 from ml.data import Cell, scorability
 from ml.offline_cleaning import clean_cell
 
 METHODS = ("persistence", "physics", "hybrid")
-PRED_COLUMNS = ("dataset", "cell", "method", "at_cycle", "target_cycle", "soh_true", "soh_pred")
+PRED_COLUMNS = ("dataset", "cell", "method", "at_cycle", "target_cycle", "soh_true", "soh_pred", "soh_lo", "soh_hi")
+#: the methods that give an 80 % interval (persistence has no trend to be uncertain about: its columns are empty)
+INTERVAL_METHODS = ("physics", "hybrid")
 C0_FIRST = 5
 
 
@@ -38,6 +48,10 @@ class PointPrediction:
     target_ok: np.ndarray  # the offline cleaner's verdict on each target row (for the 'clean' score)
     pred: dict[str, np.ndarray] = field(default_factory=dict)
     eol_pred: dict[str, float | None] = field(default_factory=dict)
+    #: the 80 % interval (soh_lo, soh_hi) at each target row, for the methods that give one
+    interval: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: what each interval was computed from (the cell's scatter, level, history): calibration recomputes bands
+    interval_ctx: dict[str, CellContext] = field(default_factory=dict)
     fallback: dict[str, str | None] = field(default_factory=dict)
     eol_true: float | None = None
     scorable: bool = True  # ml.data.scorability: whether the contract's SoH is a state of health here
@@ -70,8 +84,11 @@ def predict_cell_at(
     p: float = math.nan,
     threshold: float = 0.8,
     max_cycles: int = 5000,
+    spread: dict[str, SpreadCurve] | None = None,
 ) -> PointPrediction | None:
-    """All methods' predictions from the k-th valid row (1-based) for every later valid row."""
+    """All methods' predictions from the k-th valid row (1-based) for every later valid row, with the 80 %
+    interval of physics and hybrid (``spread``: the spread curve per method; default: the model's, else the
+    device default — see device_agent.health.intervals)."""
     pts = cell.points()
     n = len(pts)
     if n == 0 or k >= n:
@@ -102,8 +119,16 @@ def predict_cell_at(
     pp.eol_pred["persistence"] = float(cycles[k - 1]) if last < threshold else None
     pp.fallback["persistence"] = None
     fit = fit_fade(hist) if len(hist) >= 3 else None
+    spec = model_interval_spec(model)
+    curves = spread or {m: spread_for(spec, m) for m in INTERVAL_METHODS}
+    span = float(hist[-1].cycle - hist[0].cycle)
+    ahead = targets - pp.at_cycle
+    recent = recent_fade_rate([q.cycle for q in hist], [q.capacity_ah for q in hist])
     if fit is not None:
         pp.pred["physics"] = fit.project(targets) / c0_hist
+        ctx = CellContext(float(fit.fitted()[-1] / c0_hist), fit.rmse_log, len(hist), span, recent)
+        pp.interval["physics"] = band(ahead, pp.pred["physics"], ctx, curves["physics"])
+        pp.interval_ctx["physics"] = ctx
         pp.eol_pred["physics"] = forecast_eol(fit, c0_hist, threshold, max_cycles, step=forecast_step(max_cycles))[2]
         pp.fallback["physics"] = None
     else:
@@ -114,12 +139,18 @@ def predict_cell_at(
     if model is not None and prep is not None:
         r = model.correction(prep)
         pp.pred["hybrid"] = model.soh_at(prep, r, c0_hist, targets)
+        ctx = CellContext(prep.level_ah / c0_hist, eol_scatter(prep, model.spec), len(hist), span, recent)
+        pp.interval["hybrid"] = band(ahead, pp.pred["hybrid"], ctx, curves["hybrid"])
+        pp.interval_ctx["hybrid"] = ctx
         pp.eol_pred["hybrid"] = model.forecast_from(prep, r, c0_hist, threshold, max_cycles).eol_cycle
         pp.fallback["hybrid"] = None
     else:
         pp.pred["hybrid"] = pp.pred["physics"]
         pp.eol_pred["hybrid"] = pp.eol_pred["physics"]
         pp.fallback["hybrid"] = "physics" if pp.fallback["physics"] is None else "persistence"
+        if "physics" in pp.interval:  # the device falls back to physics with the physics spread
+            pp.interval["hybrid"] = pp.interval["physics"]
+            pp.interval_ctx["hybrid"] = pp.interval_ctx["physics"]
     return pp
 
 
@@ -131,6 +162,7 @@ def predict_cells(
     threshold: float = 0.8,
     max_cycles: int = 5000,
     progress: bool = True,
+    spread: dict[str, SpreadCurve] | None = None,
 ) -> list[PointPrediction]:
     out: list[PointPrediction] = []
     for cell in tqdm(cells, desc="evaluate", unit="cell", leave=False, disable=not progress):
@@ -138,7 +170,9 @@ def predict_cells(
         if n == 0:
             continue
         for p in points:
-            pp = predict_cell_at(cell, prediction_k(p, n), model, p=p, threshold=threshold, max_cycles=max_cycles)
+            pp = predict_cell_at(
+                cell, prediction_k(p, n), model, p=p, threshold=threshold, max_cycles=max_cycles, spread=spread
+            )
             if pp is not None:
                 out.append(pp)
     return out
@@ -156,7 +190,10 @@ def write_predictions(preds: Sequence[PointPrediction], path: Path) -> int:
         for pp in preds:
             for m in METHODS:
                 at = _fmt_cycle(pp.at_cycle)
-                for tc, st, sp in zip(pp.target_cycles, pp.soh_true, pp.pred[m], strict=True):
-                    w.writerow([pp.dataset, pp.cell, m, at, _fmt_cycle(tc), f"{st:.6f}", f"{sp:.6f}"])
+                nan = np.full(len(pp.target_cycles), np.nan)
+                lo, hi = pp.interval.get(m, (nan, nan))
+                for tc, st, sp, sl, sh in zip(pp.target_cycles, pp.soh_true, pp.pred[m], lo, hi, strict=True):
+                    bounds = [f"{sl:.6f}", f"{sh:.6f}"] if math.isfinite(sl) and math.isfinite(sh) else ["", ""]
+                    w.writerow([pp.dataset, pp.cell, m, at, _fmt_cycle(tc), f"{st:.6f}", f"{sp:.6f}", *bounds])
                     n += 1
     return n

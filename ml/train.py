@@ -31,7 +31,7 @@ from device_agent.health.model_files import (
     write_model_file,
 )
 from ml.data import Cell, read_cells_dir, unscorable_cells
-from ml.eol_band import calibrate_eol_band
+from ml.eol_band import calibrate_eol_band, calibrate_interval_spread
 from ml.evaluate import evaluate
 from ml.export import KERAS_FILE, export_model
 from ml.fit import fit_keras, normalisation_stats
@@ -201,11 +201,16 @@ def train(
     device_model = load_hybrid_model(out_dir)  # the files must load on the device runtime
     band, calibration = _eol_band(cfg, device_model, val_cells)
     if band != device_model.spec.eol_band_sigmas:
-        spec = spec.model_copy(update={"eol_band_sigmas": band})
-        mf = ModelFile.model_validate(mf.model_copy(update={"features": spec}).model_dump())
-        write_model_file(mf, out_dir / MODEL_JSON)
-        device_model = load_hybrid_model(out_dir)
-    export_report = {**export_report, "eol_band": calibration}
+        device_model.spec = device_model.spec.model_copy(update={"eol_band_sigmas": band})
+    # the 80 % interval's spread factors, on the validation cells with the calibrated band (never test cells)
+    intervals, interval_table = calibrate_interval_spread(
+        val_cells, device_model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles
+    )
+    spec = spec.model_copy(update={"eol_band_sigmas": band, "intervals": intervals})
+    mf = ModelFile.model_validate(mf.model_copy(update={"features": spec}).model_dump())
+    write_model_file(mf, out_dir / MODEL_JSON)
+    device_model = load_hybrid_model(out_dir)
+    export_report = {**export_report, "eol_band": calibration, "intervals": interval_table}
     metrics: dict[str, Any] = {}
     if test_cells:
         with tempfile.TemporaryDirectory(prefix="battwin-eval-") as tmp_eval:

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -104,8 +104,23 @@ HealthMethod = Literal["physics", "hybrid", "persistence"]
 
 
 class ForecastPoint(Message):
+    """One point of the SoH trajectory ahead, with its 80 % central interval (absent in older messages)."""
+
     cycle: FiniteFloat
     soh: FiniteFloat
+    soh_lo: FiniteFloat | None = None
+    soh_hi: FiniteFloat | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ForecastPoint:
+        if self.soh_lo is not None and self.soh_lo > self.soh:
+            raise ValueError(f"soh_lo {self.soh_lo} is above soh {self.soh}")
+        if self.soh_hi is not None and self.soh_hi < self.soh:
+            raise ValueError(f"soh_hi {self.soh_hi} is below soh {self.soh}")
+        return self
+
+
+RulCycles = Annotated[float, Field(allow_inf_nan=False, ge=0.0)]
 
 
 class Health(Message):
@@ -119,13 +134,28 @@ class Health(Message):
     soh: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=2.0)]
     eol_threshold: Annotated[float, Field(allow_inf_nan=False, gt=0.0, lt=1.0)]
     eol_cycle: FiniteFloat | None = Field(None, description="forecast cycle count at which SoH crosses EOL")
-    rul_cycles: Annotated[float, Field(allow_inf_nan=False, ge=0.0)] | None = None
+    rul_cycles: RulCycles | None = None
+    #: RUL percentiles of the 80 % interval: where the trajectory's lower bound (p10), centre (p50) and upper
+    #: bound (p90) cross the EOL threshold; None = not within the forecast horizon (then every later one too)
+    rul_cycles_p10: RulCycles | None = None
+    rul_cycles_p50: RulCycles | None = None
+    rul_cycles_p90: RulCycles | None = None
     forecast: tuple[ForecastPoint, ...] = ()
     method: HealthMethod
     model_version: str = Field(max_length=64)
     fit_params: dict[str, FiniteFloat] = Field(default_factory=dict)
     source_id: Ident
     simulated: bool = False
+
+    @model_validator(mode="after")
+    def _percentiles(self) -> Health:
+        ps = (self.rul_cycles_p10, self.rul_cycles_p50, self.rul_cycles_p90)
+        for a, b, names in ((ps[0], ps[1], "p10/p50"), (ps[1], ps[2], "p50/p90")):
+            if a is None and b is not None:
+                raise ValueError(f"RUL {names}: a later percentile is set while an earlier one is not")
+            if a is not None and b is not None and a > b:
+                raise ValueError(f"RUL percentiles out of order ({names}: {a} > {b})")
+        return self
 
 
 Severity = Literal["info", "warning", "critical"]

@@ -221,7 +221,7 @@ def test_the_publisher_never_blocks_on_an_oversized_row(tmp_path: Any) -> None:
 def test_cycles_health_and_alarms_are_small_even_at_their_largest() -> None:
     """Only telemetry grows with its batch; the other kinds are bounded by their models: at their largest
     (a 128-character thing and source, a 50-point forecast, a 1,024-character alarm text) they fit the
-    smallest budget, IPC's (health, the largest, is about 3.8 KB of 7.2 KB)."""
+    smallest budget, IPC's (health, the largest, is about 6.3 KB of 7.2 KB)."""
     thing = "t" * 128
     source = "s" * 128
     long = 1.2345678901234567e-5
@@ -258,10 +258,16 @@ def test_cycles_health_and_alarms_are_small_even_at_their_largest() -> None:
         eol_threshold=0.8,
         eol_cycle=1e6 + long,
         rul_cycles=1e6 + long,
-        forecast=tuple(ForecastPoint(cycle=1e6 + k + long, soh=0.5 + long) for k in range(50)),
+        rul_cycles_p10=1e5 + long,
+        rul_cycles_p50=1e6 + long,
+        rul_cycles_p90=2e6 + long,
+        forecast=tuple(
+            ForecastPoint(cycle=1e6 + k + long, soh=0.5 + long, soh_lo=0.4001, soh_hi=0.6001)  # bounds: 4 decimals
+            for k in range(50)
+        ),
         method="hybrid",
         model_version="v" * 64,
-        fit_params={f"param_{k}": long for k in range(8)},
+        fit_params={f"param_{k}": long for k in range(28)},  # the hybrid's: level, band, prior ×6, 2 × 10 horizons
         source_id=source,
     )
     alarm = Alarm(

@@ -255,23 +255,42 @@ def temperature_bins(discharges: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def shown_forecast(health: dict[str, Any] | None, last_cycle: float) -> dict[str, Any]:
     """The newest forecast up to where it crosses the EOL threshold or, if it does not within its horizon,
     up to ``FORECAST_SPAN`` × the cycles seen so far (at least 50 cycles ahead): the device forecasts up to
-    ``health.forecast_max_cycles`` (5000), which would squeeze the measured history into a sliver."""
+    ``health.forecast_max_cycles`` (5000), which would squeeze the measured history into a sliver.
 
-    points = [(p.get("cycle"), p.get("soh")) for p in (health or {}).get("forecast") or []]
-    points = [(float(c), float(v)) for c, v in points if _num(c) is not None and _num(v) is not None]
+    ``soh_lo`` / ``soh_hi``: the 80 % interval of each shown point as the message carries it (None where a
+    point has none: a message from before the intervals)."""
+
+    raw = (health or {}).get("forecast") or []
+    points = [
+        (float(p["cycle"]), float(p["soh"]), _num(p.get("soh_lo")), _num(p.get("soh_hi")))
+        for p in raw
+        if isinstance(p, dict) and _num(p.get("cycle")) is not None and _num(p.get("soh")) is not None
+    ]
     eol = _num((health or {}).get("eol_threshold"))
-    crossing = next((k for k, (_, v) in enumerate(points) if eol is not None and v <= eol), None)
+    crossing = next((k for k, p in enumerate(points) if eol is not None and p[1] <= eol), None)
     if crossing:  # crosses ahead; a battery already past EOL (crossing == 0) still shows its trajectory
         shown = points[: crossing + 1]
     else:
         limit = max(last_cycle * FORECAST_SPAN, last_cycle + 50.0)
-        shown = [(c, v) for c, v in points if c <= limit]
+        shown = [p for p in points if p[0] <= limit]
     return {
-        "cycle": [c for c, _ in shown],
-        "soh": [v for _, v in shown],
+        "cycle": [p[0] for p in shown],
+        "soh": [p[1] for p in shown],
+        "soh_lo": [p[2] for p in shown],
+        "soh_hi": [p[3] for p in shown],
         "truncated_at": shown[-1][0] if shown and len(shown) < len(points) else None,
         "horizon": points[-1][0] if points else None,
     }
+
+
+def rul_range(health: dict[str, Any] | None) -> dict[str, float | None] | None:
+    """The RUL percentiles of the health record (p10, p50, p90 in cycles; p90 None = beyond the forecast
+    horizon), or None when the record has none (a device from before the intervals)."""
+    h = health or {}
+    p10, p50, p90 = (_num(h.get(f"rul_cycles_{q}")) for q in ("p10", "p50", "p90"))
+    if p10 is None:
+        return None
+    return {"p10": p10, "p50": p50, "p90": p90}
 
 
 def eol_band(fit_params: Any) -> dict[str, float] | None:
@@ -349,6 +368,7 @@ def battery_view(
         "eol_threshold": _num((latest or {}).get("eol_threshold")),
         "eol_cycle": _num((latest or {}).get("eol_cycle")),
         "rul_cycles": _num((latest or {}).get("rul_cycles")),
+        "rul_range": rul_range(latest),
         "method": (latest or {}).get("method"),
         "model_version": (latest or {}).get("model_version"),
         "eol_band": eol_band((latest or {}).get("fit_params")),

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from device_agent.config import HealthSettings
 from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol, forecast_step
+from device_agent.health.intervals import Interval, health_interval
 from schema.messages import CycleRecord, ForecastPoint, Health, HealthMethod
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,12 @@ def c0_estimate(points: Sequence[CapacityPoint], settings: HealthSettings) -> fl
     return statistics.median(first) if first else None
 
 
-def _thin(cycles: Sequence[float], soh: Sequence[float], n: int) -> tuple[ForecastPoint, ...]:
+def _thin(
+    cycles: Sequence[float], soh: Sequence[float], n: int, band: Interval | None = None
+) -> tuple[ForecastPoint, ...]:
     """At most ``n`` points of the trajectory, spaced geometrically: dense in the near term, where a user
-    looks first, sparse towards the far horizon; the first and the last point are always kept."""
+    looks first, sparse towards the far horizon; the first and the last point are always kept. The interval's
+    bounds go to 4 decimals (0.01 pp: the health message stays within the IPC budget)."""
     if not cycles:
         return ()
     last = len(cycles) - 1
@@ -95,8 +99,14 @@ def _thin(cycles: Sequence[float], soh: Sequence[float], n: int) -> tuple[Foreca
     else:
         ratio = (last + 1) ** (1.0 / (n - 1))
         idx = sorted({min(last, round(ratio**k) - 1) for k in range(n)} | {0, last})
+    lo, hi = (band.soh_lo, band.soh_hi) if band is not None else (None, None)
     return tuple(
-        ForecastPoint(cycle=float(cycles[k]), soh=float(soh[k]))
+        ForecastPoint(
+            cycle=float(cycles[k]),
+            soh=float(soh[k]),
+            soh_lo=min(round(lo[k], 4), float(soh[k])) if lo is not None and math.isfinite(lo[k]) else None,
+            soh_hi=max(round(hi[k], 4), float(soh[k])) if hi is not None and math.isfinite(hi[k]) else None,
+        )
         for k in idx
         if math.isfinite(cycles[k]) and math.isfinite(soh[k])
     )
@@ -183,6 +193,19 @@ class HealthEstimator:
         if soh < st.eol_threshold:  # already past end of life: no forecast needed, nothing remains
             eol = min(eol, last.cycle) if eol is not None else last.cycle
         rul = max(eol - last.cycle, 0.0) if eol is not None else None
+        band = None
+        if forecast is not None:
+            band = health_interval(
+                forecast.cycles,
+                forecast.soh,
+                soh_now=soh,
+                params=forecast.params,
+                method=method,
+                model=self.model,
+                history=points,
+                threshold=st.eol_threshold,
+                horizon=st.forecast_max_cycles,
+            )
         return Health(
             ts=record.end_ts,
             cycle_index=record.index,
@@ -193,7 +216,10 @@ class HealthEstimator:
             eol_threshold=st.eol_threshold,
             eol_cycle=eol,
             rul_cycles=rul,
-            forecast=_thin(forecast.cycles, forecast.soh, MAX_FORECAST_POINTS) if forecast else (),
+            rul_cycles_p10=band.rul_p10 if band else None,
+            rul_cycles_p50=band.rul_p50 if band else None,
+            rul_cycles_p90=band.rul_p90 if band else None,
+            forecast=_thin(forecast.cycles, forecast.soh, MAX_FORECAST_POINTS, band) if forecast else (),
             method=method,
             model_version=version[:64],
             fit_params={k: v for k, v in (forecast.params if forecast else {}).items() if math.isfinite(v)},

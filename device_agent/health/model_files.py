@@ -59,6 +59,25 @@ class FallbackSpec(_Strict):
     margin: Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)] = 0.0
 
 
+class IntervalSpec(_Strict):
+    """The spread factor s(h) of the 80 % forecast interval (see device_agent.health.intervals), per method,
+    at ``horizons`` (cycles ahead). Calibrated by the trainer on validation cells only (ml.eol_band)."""
+
+    horizons: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(min_length=1)
+    hybrid: list[Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]]
+    physics: list[Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)]]
+    #: the central coverage the factors were calibrated for
+    coverage: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+
+    @model_validator(mode="after")
+    def _lengths(self) -> IntervalSpec:
+        if list(self.horizons) != sorted(set(self.horizons)):
+            raise ValueError("interval horizons must be strictly increasing")
+        if len(self.hybrid) != len(self.horizons) or len(self.physics) != len(self.horizons):
+            raise ValueError("interval spread factors must have one value per horizon")
+        return self
+
+
 class FeatureSpec(_Strict):
     """How the model's two inputs are computed from the capacity history (see hybrid.prepare)."""
 
@@ -94,14 +113,15 @@ class FeatureSpec(_Strict):
     #: the prior b(h) is the knee-aware fade law (device_agent.health.knee); a model.json without it was
     #: trained on knee-free priors, and its network gets the inputs it was trained on
     knee_prior: bool = False
+    #: the 80 % interval's spread factors (device_agent.health.intervals); None (a model.json from before
+    #: intervals) = the default spread
+    intervals: IntervalSpec | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> FeatureSpec:
         if len(self.seq_mean) != len(self.seq_features) or len(self.seq_std) != len(self.seq_features):
             raise ValueError("seq_mean/seq_std must have one value per seq feature")
-        if len(self.static_mean) != len(self.static_features) or len(self.static_std) != len(
-            self.static_features
-        ):
+        if len(self.static_mean) != len(self.static_features) or len(self.static_std) != len(self.static_features):
             raise ValueError("static_mean/static_std must have one value per static feature")
         if list(self.horizons) != sorted(set(self.horizons)):
             raise ValueError("horizons must be strictly increasing")

@@ -135,6 +135,38 @@ def test_battery_page_draws_every_chart_with_data(page: Any, dashboard_url: str)
     assert int(fade.locator("path.line.dash").get_attribute("data-n")) >= 2
     assert fade.locator(".hline line").count() == 1
     assert "EOL threshold" in (fade.locator(".hline text").text_content() or "")
+
+    # the forecast's 80 % band: drawn from the health message's soh_lo / soh_hi, as the API holds them
+    def band_matches_message() -> bool:
+        band = fade.locator("path.band")
+        if band.count() != 1:
+            return False
+        _, dev = fetch(f"{dashboard_url}api/v1/devices/{SIM_THING}")
+        fc = ((dev.get("health") or {}).get("forecast")) or []
+        lo = [float(v) for v in (band.get_attribute("data-lo") or "").split(",") if v]
+        hi = [float(v) for v in (band.get_attribute("data-hi") or "").split(",") if v]
+        n = int(band.get_attribute("data-n") or 0)
+        return (
+            n >= 2 and len(lo) == n == len(hi) and n <= len(fc)
+            and lo == [p["soh_lo"] for p in fc[:n]] and hi == [p["soh_hi"] for p in fc[:n]]
+        )  # fmt: skip
+
+    wait_for(band_matches_message, 60, 1.0, "the fade chart's band = the latest health message's interval")
+    band = fade.locator("path.band")
+    lo = [float(v) for v in (band.get_attribute("data-lo") or "").split(",")]
+    hi = [float(v) for v in (band.get_attribute("data-hi") or "").split(",")]
+    assert all(a < b for a, b in zip(lo, hi, strict=True))  # a band, not a line
+    assert (band.get_attribute("d") or "").count("L") == 2 * len(lo) - 1  # both edges, every point
+
+    # the RUL tile shows the 80 % range (p10–p90) when the health message has one
+    def rul_tile_matches_message() -> bool:
+        _, dev = fetch(f"{dashboard_url}api/v1/devices/{SIM_THING}")
+        tile = page.locator('[data-testid="tile-rul"]').inner_text()
+        if (dev.get("health") or {}).get("rul_cycles_p10") is None:
+            return "80 %" not in tile
+        return re.search(r"\(80 %: [\d.]+–([\d.]+|beyond the horizon)\)", tile) is not None
+
+    wait_for(rul_tile_matches_message, 60, 1.0, "the RUL tile's 80 % range = the latest health message's")
     # temperature distribution: boxes with a median line, and peak dots
     boxes = page.locator("#chart-temperature-dist g.box")
     assert boxes.count() >= 2

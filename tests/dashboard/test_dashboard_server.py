@@ -14,7 +14,14 @@ from cloud.api.local_server import LocalApiServer
 from cloud.dashboard.api_client import HttpApi, InProcessApi, get_json
 from cloud.dashboard.server import Dashboard, DashboardServer
 from cloud.dashboard.shadow_control import IotDataShadowControl, shadow_view
-from cloud.dashboard.views import alarm_events, eol_band, find_anomalies, shown_forecast, temperature_bins
+from cloud.dashboard.views import (
+    alarm_events,
+    eol_band,
+    find_anomalies,
+    rul_range,
+    shown_forecast,
+    temperature_bins,
+)
 from cloud.local_stack.aws_local import LocalAws
 from tests.dashboard.conftest import BMS_THING, REPLAY_THING, SIM_THING, fetch, wait_for
 
@@ -116,13 +123,35 @@ def test_forecast_is_cut_at_eol_or_a_readable_horizon() -> None:
     assert shown_forecast(None, 0.0)["cycle"] == []
 
 
+def test_forecast_carries_the_interval_of_new_messages_and_none_for_old_ones() -> None:
+    fc = [
+        {"cycle": float(c), "soh": 1.0 - 0.001 * c, "soh_lo": 0.99 - 0.0012 * c, "soh_hi": 1.0 - 0.0008 * c}
+        for c in range(0, 5000, 100)
+    ]
+    cut = shown_forecast({"forecast": fc, "eol_threshold": 0.8}, 10.0)
+    assert cut["soh_lo"] == [p["soh_lo"] for p in fc[:3]] and cut["soh_hi"] == [p["soh_hi"] for p in fc[:3]]
+    old = shown_forecast({"forecast": [{"cycle": 1.0, "soh": 0.9}], "eol_threshold": 0.8}, 0.0)
+    assert old["soh_lo"] == [None] and old["soh_hi"] == [None]
+    assert rul_range({"rul_cycles_p10": 50.0, "rul_cycles_p50": 80.0, "rul_cycles_p90": 130.0}) == {
+        "p10": 50.0, "p50": 80.0, "p90": 130.0,
+    }  # fmt: skip
+    assert rul_range({"rul_cycles_p10": 50.0, "rul_cycles_p50": 80.0})["p90"] is None  # type: ignore[index]
+    assert rul_range({"rul_cycles": 80.0}) is None and rul_range(None) is None
+
+
 def test_eol_band_comes_from_the_hybrid_health_record() -> None:
     band = eol_band({"eol_band_sigmas": 3.0, "scatter_log": 0.02, "level_ah": 1.1})
     assert band is not None and band["sigmas"] == 3.0
-    assert band["lowered_by"] == pytest.approx(1 - 2.718281828 ** -0.06, rel=1e-6)  # 5.8 %
+    assert band["lowered_by"] == pytest.approx(1 - 2.718281828**-0.06, rel=1e-6)  # 5.8 %
     # physics records (no band), a band of 0, a missing scatter or a malformed record: nothing to explain
-    for params in ({"k_c": 0.01, "z": 1.0}, {"eol_band_sigmas": 0.0, "scatter_log": 0.02},
-                   {"eol_band_sigmas": 3.0}, {"eol_band_sigmas": "3", "scatter_log": 0.02}, None, [1, 2]):
+    for params in (
+        {"k_c": 0.01, "z": 1.0},
+        {"eol_band_sigmas": 0.0, "scatter_log": 0.02},
+        {"eol_band_sigmas": 3.0},
+        {"eol_band_sigmas": "3", "scatter_log": 0.02},
+        None,
+        [1, 2],
+    ):
         assert eol_band(params) is None, params
 
 

@@ -38,6 +38,12 @@ def test_tiny_training_produces_a_device_model(tiny_trained):
     assert len(p.data_fingerprint) == 64
     assert mf.parity_max_abs_soh <= PARITY_TOLERANCE[mf.quantization]
     assert mf.metrics["held_out"]["nasa"]["hybrid"]["all"]["horizon_rmse_pp"] is not None
+    # the 80 % interval's spread factors, calibrated on the validation cells only, ship in model.json
+    iv = mf.features.intervals
+    assert iv is not None and iv.coverage == 0.8
+    assert iv.physics == sorted(iv.physics) and iv.hybrid == sorted(iv.hybrid)
+    cal = mf.metrics["export"]["intervals"]
+    assert cal["n_points"] > 0 and any(v["source"] == "validation" for v in cal["methods"]["physics"].values())
     m = load_hybrid_model(model_dir)
     assert m.version == mf.version
     for name in ("metrics.json", "predictions.csv", "training_report.md", "loss.png", "error_vs_horizon_nasa.png",

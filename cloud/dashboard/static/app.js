@@ -216,6 +216,12 @@
     if (shadow) renderShadow(shadow);
   }
 
+  /* the 80 % RUL range (p10–p90) of the latest health record; "" when the record has none */
+  function rulRange(r) {
+    if (!r || typeof r.p10 !== "number") return "";
+    return " (80 %: " + fmt(r.p10, 0) + "–" + (typeof r.p90 === "number" ? fmt(r.p90, 0) : "beyond the horizon") + ")";
+  }
+
   function renderThing(d) {
     const title = document.getElementById("thing-title");
     title.textContent = "";
@@ -230,7 +236,7 @@
     const open = (s.alarms || []).map(function (a) { return a.code; });
     [
       ["SoH", pct(s.soh), "tile-soh"],
-      ["RUL", fmt(s.rul_cycles, 0, " cycles"), "tile-rul"],
+      ["RUL", fmt(s.rul_cycles, 0, " cycles") + rulRange(d.fade.rul_range), "tile-rul"],
       ["capacity", fmt(s.capacity_ah, 3, " Ah"), "tile-capacity"],
       ["C0", fmt(d.fade.c0_ah, 3, " Ah"), "tile-c0"],
       ["cycle", fmt(s.cycle_index, 0), "tile-cycle"],
@@ -291,10 +297,15 @@
           "forecast lowered by " + f.eol_band.sigmas.toFixed(1) + " × this cell's scatter (" +
           (100 * f.eol_band.lowered_by).toFixed(1) + " %), so it comes before the dashed line crosses.";
       }
+      if ((f.forecast.soh_lo || []).some(function (v) { return typeof v === "number"; })) {
+        fadeNote.textContent += " The shaded band is the forecast's 80 % interval: 8 in 10 future capacities are " +
+          "expected inside it; RUL 80 % is where its edges cross the threshold.";
+      }
     }
     Charts.line(document.getElementById("chart-fade"), {
       id: "fade", xType: "number", xLabel: "cycle", yLabel: "SoH", height: 260, hlines: hl, markers: fadeMarkers,
       xExtra: typeof f.eol_cycle === "number" ? [f.eol_cycle] : [],
+      bands: [{ name: "80 % interval", x: f.forecast.cycle, lo: f.forecast.soh_lo || [], hi: f.forecast.soh_hi || [], color: "#c01048" }],
       series: [
         { name: "measured (capacity / C0)", x: cap.cycle, y: cap.soh, color: "#1f6feb", mode: "dots" },
         { name: "estimated SoH", x: f.estimate.cycle, y: f.estimate.soh, color: "#067647", mode: "line" },

@@ -101,7 +101,8 @@
 
   /* spec: {id, title, xType: "time"|"number", xLabel, yLabel, height, yPad, yMin, yMax,
    *        series: [{name, x: [], y: [], color, mode: "line"|"dots"|"both", dash}],
-   *        markers: [{x, label, color}], hlines: [{y, label, color}], rings: [{x, y, label}]} */
+   *        bands: [{name, x: [], lo: [], hi: [], color}] (a shaded interval; points without both bounds are skipped),
+ *        markers: [{x, label, color}], hlines: [{y, label, color}], rings: [{x, y, label}]} */
   function line(container, spec) {
     const width = Math.max(320, Math.round(container.clientWidth || 600));
     const height = spec.height || 220;
@@ -112,9 +113,17 @@
       }
       return Object.assign({ color: PALETTE[k % PALETTE.length], mode: "line" }, s, { pts: pts });
     });
+    const bands = (spec.bands || []).map(function (b) {
+      const pts = [];
+      for (let i = 0; i < Math.min(b.x.length, b.lo.length, b.hi.length); i++) {
+        if (finite(b.x[i]) && finite(b.lo[i]) && finite(b.hi[i])) pts.push([b.x[i], b.lo[i], b.hi[i]]);
+      }
+      return Object.assign({ color: "#c01048" }, b, { pts: pts });
+    });
     const allX = [];
     const allY = [];
     for (const s of series) for (const p of s.pts) { allX.push(p[0]); allY.push(p[1]); }
+    for (const b of bands) for (const p of b.pts) { allX.push(p[0]); allY.push(p[1], p[2]); }
     if (!allX.length) {
       empty(container, spec, spec.emptyText || "no data yet");
       return;
@@ -185,6 +194,16 @@
     const cp = el("clipPath", { id: clip }, defs);
     el("rect", { x: m.l, y: m.t - 2, width: pw, height: ph + 4 }, cp);
     const plot = el("g", { "clip-path": "url(#" + clip + ")" }, svg);
+    for (const b of bands) {
+      if (b.pts.length < 2) continue;
+      // the upper bound left to right, then the lower bound back: one closed, shaded shape under the lines
+      const upper = b.pts.map(function (p, i) { return (i ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[2]).toFixed(1); });
+      const lower = b.pts.slice().reverse().map(function (p) { return "L" + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1); });
+      el("path", {
+        class: "band", d: upper.join("") + lower.join("") + "Z", fill: b.color, "data-series": b.name, "data-n": b.pts.length,
+        "data-lo": b.pts.map(function (p) { return p[1]; }).join(","), "data-hi": b.pts.map(function (p) { return p[2]; }).join(","),
+      }, plot);
+    }
     for (const s of series) {
       if (!s.pts.length) continue;
       const g = el("g", { class: "series", "data-series": s.name }, plot);
@@ -212,7 +231,8 @@
 
     const legend = el("g", { class: "legend" }, svg);
     let lx = width - m.r;
-    const named = series.filter(function (s) { return s.name && s.pts.length; }).reverse();
+    const named = series.filter(function (s) { return s.name && s.pts.length; })
+      .concat(bands.filter(function (b) { return b.name && b.pts.length >= 2; })).reverse();
     for (const s of named) {
       const w = 14 + s.name.length * 5.6;
       lx -= w + 8;
