@@ -392,9 +392,11 @@ def monthly_bill(
     else:
         lines["iot_messaging"] = 0.0
     lines["iot_connectivity"] = 60 * HOURS_PER_MONTH / 1e6 * prices.iot_connectivity_per_million_minutes.usd
-    actions = all_units
+    actions = all_units  # one action per message: the ingest Lambda today, Firehose (the lake) in the target
     if arch.telemetry_latest_state_action and "telemetry" in units:
-        actions += units["telemetry"]
+        actions += units["telemetry"]  # + the DynamoDBv2 write of the latest-sample summary
+    if arch.telemetry_path == "firehose":
+        actions += sum(u for k, u in units.items() if k != "telemetry")  # the small kinds: lake + Lambda
     lines["iot_rules"] = all_units * prices.iot_rule_triggered_per_million.usd / 1e6
     lines["iot_actions"] = actions * prices.iot_action_executed_per_million.usd / 1e6
 
