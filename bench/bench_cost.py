@@ -1,0 +1,138 @@
+"""What a device costs per month (issue #16): the bill per device at 1,000 / 10,000 / 100,000 devices.
+
+Measured in this run: the real agent's uplink on the simulator at the default settings for a simulated day
+(messages and bytes per kind, 5 KB units per message, the compact form of the same telemetry batches), and
+the real ingest handler's AWS calls per message on moto (counted with a botocore hook). Priced with the dated
+table of :mod:`cloud.cost_model`. The baseline is today's architecture, priced from the same measurements;
+the target architecture's ratio to it is printed.
+
+Prints the table, merges ``cost_per_device_month_usd`` and ``cost_lines_usd`` (keyed "1000", "10000",
+"100000"; the target's) into bench/results/cloud.json (keeping what bench_cloud wrote) and draws
+docs/img/cost-vs-fleet.png.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cloud import cost_model as cm  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PNG = REPO / "docs" / "img" / "cost-vs-fleet.png"
+TARGET_USD = 0.10
+
+
+def rounded(lines: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in sorted(lines.items())}
+
+
+def draw(bills: dict[str, dict[int, cm.Bill]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    sizes = list(cm.FLEET_SIZES)
+    for name, by_size in bills.items():
+        ax.plot(sizes, [by_size[n].total_usd for n in sizes], marker="o", label=name)
+    ax.axhline(TARGET_USD, color="k", linestyle="--", linewidth=1, label="target $0.10")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("devices in the fleet")
+    ax.set_ylabel("USD per device-month")
+    ax.set_title(f"battwin cloud cost per device (measured traffic, prices as of {cm.PRICES.as_of})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    print("device traffic: real agent on the simulator, default settings, 24 simulated hours ...", flush=True)
+    traffic, messages = cm.measure_device_traffic(24.0)
+    print(f"cloud path: the real ingest handler on moto, {len(messages)} messages ...", flush=True)
+    path = cm.measure_cloud_path(messages)
+    bills = {
+        arch.name: {n: cm.monthly_bill(traffic, path, arch, n) for n in cm.FLEET_SIZES} for arch in cm.ARCHITECTURES
+    }
+    today, target = bills[cm.TODAY.name], bills[cm.TARGET.name]
+
+    print("\none device (per hour):")
+    for kind, k in sorted(traffic.json_kinds.items()):
+        c = traffic.compact_kinds[kind]
+        print(
+            f"  {kind:<10} {k.messages_per_hour:6.2f} msgs  {k.mean_payload_bytes:7.0f} B JSON "
+            f"({k.units_5kb_per_hour / max(k.messages_per_hour, 1e-9):.2f} units)  "
+            f"{c.mean_payload_bytes:6.0f} B compact ({c.units_5kb_per_hour / max(c.messages_per_hour, 1e-9):.2f} units)"
+        )
+    print("ingest handler per message (moto):")
+    for kind, p in sorted(path.kinds.items()):
+        print(
+            f"  {kind:<10} S3 PUT {p.s3_puts:.2f} ({p.s3_put_bytes:6.0f} B)  DynamoDB calls {p.ddb_calls:.2f} "
+            f"WRU {p.ddb_wru:.2f}+{p.ddb_gsi_wru:.2f} (index)  Glue {p.glue_calls:.3f}  CPU {p.cpu_s * 1000:.1f} ms"
+        )
+    print(f"  calls: {path.calls}")
+
+    lines = sorted({line for by in bills.values() for b in by.values() for line in b.lines_usd})
+    print(f"\nUSD per device-month (prices as of {cm.PRICES.as_of}, {cm.PRICES.region}):")
+    head = "  " + f"{'line':<30}" + "".join(f"{'today ' + str(n):>14}" for n in cm.FLEET_SIZES)
+    head += "".join(f"{'target ' + str(n):>15}" for n in cm.FLEET_SIZES)
+    print(head)
+    for line in lines:
+        row = "".join(f"{today[n].lines_usd.get(line, 0.0):14.4f}" for n in cm.FLEET_SIZES)
+        row += "".join(f"{target[n].lines_usd.get(line, 0.0):15.4f}" for n in cm.FLEET_SIZES)
+        print(f"  {line:<30}{row}")
+    print(
+        f"  {'TOTAL':<30}"
+        + "".join(f"{today[n].total_usd:14.4f}" for n in cm.FLEET_SIZES)
+        + "".join(f"{target[n].total_usd:15.4f}" for n in cm.FLEET_SIZES)
+    )
+    print("\ntotals per device-month, every architecture modelled:")
+    for name, by in bills.items():
+        cells = "  ".join(f"{n:>6}: ${by[n].total_usd:.4f}" for n in cm.FLEET_SIZES)
+        ok = all(by[n].total_usd <= TARGET_USD for n in cm.FLEET_SIZES)
+        print(f"  {name:<24} {cells}   {'<= $0.10' if ok else '> $0.10'}")
+    for n in cm.FLEET_SIZES:
+        print(
+            f"target vs today at {n:>6} devices: ${target[n].total_usd:.4f} / ${today[n].total_usd:.4f} "
+            f"= {target[n].total_usd / today[n].total_usd:.3f}x"
+        )
+
+    out_file = RESULTS / "cloud.json"
+    result: dict[str, Any] = json.loads(out_file.read_text()) if out_file.exists() else {}
+    result["cost_per_device_month_usd"] = {str(n): round(target[n].total_usd, 6) for n in cm.FLEET_SIZES}
+    result["cost_lines_usd"] = {str(n): rounded(target[n].lines_usd) for n in cm.FLEET_SIZES}
+    result["cost_model"] = {
+        "architecture": cm.TARGET.name,
+        "built": cm.TARGET.built,
+        "note": "the target architecture is modelled from measured traffic, not built yet (see cloud/README.md)",
+        "prices_as_of": str(cm.PRICES.as_of),
+        "region": cm.PRICES.region,
+        "baseline_today_per_device_month_usd": {str(n): round(today[n].total_usd, 6) for n in cm.FLEET_SIZES},
+        "baseline_today_lines_usd": {str(n): rounded(today[n].lines_usd) for n in cm.FLEET_SIZES},
+        "ratio_target_vs_today": {str(n): round(target[n].total_usd / today[n].total_usd, 4) for n in cm.FLEET_SIZES},
+        "variants_per_device_month_usd": {
+            name: {str(n): round(by[n].total_usd, 6) for n in cm.FLEET_SIZES} for name, by in bills.items()
+        },
+        "traffic": traffic.model_dump(mode="json"),
+        "cloud_path": path.model_dump(mode="json"),
+        "assumptions": cm.Assumptions().model_dump(mode="json"),
+    }
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    draw(bills, PNG)
+    print(f"\nwritten {out_file} and {PNG}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The cost model of issue #16: the 5 KB metering, the line arithmetic on hand-checked inputs, today's bill at
+the issue's stated traffic, and traffic read from a real agent run through the real ingest handler."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud import cost_model as cm
+
+MONTH = cm.HOURS_PER_MONTH
+
+
+def traffic(
+    kinds: dict[str, tuple[float, int]], compact: dict[str, tuple[float, int]] | None = None
+) -> cm.DeviceTraffic:
+    """(messages per hour, bytes each) per kind -> a DeviceTraffic stated by hand."""
+
+    def build(spec: dict[str, tuple[float, int]]) -> dict[str, cm.KindTraffic]:
+        return {
+            k: cm.KindTraffic(
+                messages_per_hour=n, payload_bytes_per_hour=n * size, units_5kb_per_hour=n * cm.units_5kb(size)
+            )
+            for k, (n, size) in spec.items()
+        }
+
+    return cm.DeviceTraffic(
+        source="stated", simulated_hours=1.0, json_kinds=build(kinds), compact_kinds=build(compact or kinds)
+    )
+
+
+def one_path(**kw: float) -> cm.CloudPath:
+    fields = dict(
+        messages=1,
+        s3_puts=1.0,
+        s3_put_bytes=1000.0,
+        ddb_wru=12.0,
+        ddb_gsi_wru=1.0,
+        ddb_stored_bytes=11_500.0,
+        ddb_calls=2.0,
+        glue_calls=0.0,
+        cpu_s=0.0,
+        log_bytes=0.0,
+    )
+    fields.update(kw)
+    return cm.CloudPath(source="stated", kinds={"telemetry": cm.KindPath(**fields)}, calls={})
+
+
+def test_5kb_rounding() -> None:
+    assert cm.units_5kb(11 * 1024) == 3  # the issue's ~11 KB telemetry batch: 3 IoT units
+    assert cm.units_5kb(5 * 1024) == 1
+    assert cm.units_5kb(5 * 1024 + 1) == 2
+    assert cm.units_5kb(0) == 1  # an empty message is still one unit
+    with pytest.raises(ValueError):
+        cm.units_5kb(-1)
+    kt = cm.KindTraffic.from_sizes([100, 5121, 11 * 1024], hours=1.0)
+    assert kt.units_5kb_per_hour == 1 + 2 + 3  # per message, not from the mean size (which would give 2 x 3)
+
+
+def test_iot_messaging_tiers() -> None:
+    assert cm.PRICES.iot_messaging_usd(1e6) == pytest.approx(1.00)
+    assert cm.PRICES.iot_messaging_usd(2e9) == pytest.approx(1000 + 800)
+    assert cm.PRICES.iot_messaging_usd(6e9) == pytest.approx(1000 + 4000 * 0.8 + 1000 * 0.7)
+
+
+def test_line_arithmetic_one_11kb_message_per_hour() -> None:
+    t = traffic({"telemetry": (1.0, 11 * 1024)})
+    bill = cm.monthly_bill(t, one_path(), cm.TODAY, fleet_size=1)
+    units = 3 * MONTH  # 2,190 five-KB units a month
+    assert bill.lines_usd["iot_messaging"] == pytest.approx(units * 1e-6, rel=1e-4)
+    assert bill.lines_usd["iot_rules"] == pytest.approx(units * 0.15e-6, rel=1e-4)
+    assert bill.lines_usd["iot_actions"] == pytest.approx(units * 0.15e-6, rel=1e-4)
+    assert bill.lines_usd["s3_puts"] == pytest.approx(MONTH * 0.005 / 1000, rel=1e-4)
+    assert bill.lines_usd["dynamodb_writes"] == pytest.approx(MONTH * 13 * 0.625e-6, rel=1e-4)
+    assert bill.lines_usd["lambda_requests"] == pytest.approx(MONTH * 0.2e-6, rel=1e-4)
+    # duration: 1 S3 PUT (25 ms) + 2 DynamoDB calls (6 ms) = 37 ms at 0.5 GB
+    assert bill.lines_usd["lambda_duration"] == pytest.approx(MONTH * 0.037 * 0.5 * 0.0000166667, rel=1e-3)
+    # 30 days of TTL'd History items (11,500 B each) kept: storage and PITR on the same bytes
+    stored_gb = MONTH * 11_500 * (30 / (MONTH / 24)) / cm.GB
+    assert bill.lines_usd["dynamodb_storage"] == pytest.approx(stored_gb * 0.25, rel=1e-4)
+    assert bill.lines_usd["dynamodb_pitr"] == pytest.approx(stored_gb * 0.20, rel=1e-4)
+    # Basic Ingest drops exactly the messaging line
+    basic = cm.monthly_bill(t, one_path(), cm.TODAY.model_copy(update={"ingress": "basic_ingest"}), fleet_size=1)
+    assert basic.lines_usd["iot_messaging"] == 0.0
+    assert basic.total_usd == pytest.approx(bill.total_usd - bill.lines_usd["iot_messaging"], abs=1e-6)
+
+
+def test_compact_telemetry_round_trips_and_fits_one_unit() -> None:
+    messages = cm.run_agent(0.05, thing="cost-compact")  # 180 samples: three 60-sample batches
+    tele = [p for t, p in messages if t.endswith("/telemetry")]
+    assert tele
+    import json
+
+    for payload in tele:
+        small = cm.compact_telemetry(payload)
+        assert cm.units_5kb(len(small)) == 1 < cm.units_5kb(len(payload))
+        rows = cm.expand_compact_telemetry(small)
+        samples = json.loads(payload)["body"]["samples"]
+        assert [r["voltage_v"] for r in rows] == [s["voltage_v"] for s in samples]
+        assert [round(r["ts"], 3) for r in rows] == [round(s["ts"], 3) for s in samples]
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ValueError):
+        cm.monthly_bill(traffic({"telemetry": (1.0, 100)}), one_path(), cm.TODAY, fleet_size=0)
+    with pytest.raises(ValueError):
+        cm.KindTraffic(messages_per_hour=-1.0, payload_bytes_per_hour=0.0, units_5kb_per_hour=0.0)
+
+
+@pytest.fixture(scope="module")
+def measured() -> tuple[cm.DeviceTraffic, list[tuple[str, bytes]], cm.CloudPath]:
+    t, messages = cm.measure_device_traffic(1.0)
+    return t, messages, cm.measure_cloud_path(messages)
+
+
+@pytest.mark.slow
+def test_traffic_and_requests_come_from_a_real_run(
+    measured: tuple[cm.DeviceTraffic, list[tuple[str, bytes]], cm.CloudPath],
+) -> None:
+    t, messages, path = measured
+    assert "real agent" in t.source and "real ingest handler" in path.source
+    tele = t.json_kinds["telemetry"]
+    # the default settings: 1 s sampling in 60-sample batches -> 60 telemetry messages an hour, > 5 KB each
+    assert tele.messages_per_hour == pytest.approx(60, abs=1)
+    assert tele.payload_bytes_per_hour == sum(len(p) for topic, p in messages if topic.endswith("/telemetry"))
+    assert tele.units_5kb_per_hour == sum(cm.units_5kb(len(p)) for topic, p in messages if topic.endswith("/telemetry"))
+    assert t.compact_kinds["telemetry"].units_5kb_per_hour == tele.messages_per_hour
+    # the hook counted the handler's calls: one lake object and one History put per message
+    assert path.calls["s3.PutObject"] == len(messages)
+    assert path.calls["dynamodb.PutItem"] == len(messages)
+    kp = path.kinds["telemetry"]
+    assert kp.s3_puts == 1.0 and kp.ddb_gsi_wru == 1.0
+    assert kp.ddb_wru >= cm.units_5kb(0) + tele.mean_payload_bytes // 1024  # the ~11 KB body in History
+    assert kp.s3_put_bytes > 0 and kp.cpu_s > 0
+
+
+@pytest.mark.slow
+def test_today_at_the_issues_traffic_is_near_its_1_03_dollars(
+    measured: tuple[cm.DeviceTraffic, list[tuple[str, bytes]], cm.CloudPath],
+) -> None:
+    """The issue's figure (60.8 messages/hour, ~11 KB telemetry = 3 units, 1,000 devices): ~$1.03 per device-month
+    from six lines (DynamoDB writes, S3 PUTs, IoT messaging, DynamoDB storage + PITR, rules, Lambda). The model's
+    same six lines, with the measured requests per message, agree within 10 % (the issue rounded its line items
+    and took a fixed 11 WRU per batch; the hook measures the item sizes). The model's other lines (Athena's GETs
+    of per-message objects, Glue, logs, connectivity) are not in the issue's sum and are left out of it here."""
+    _t, _m, path = measured
+    issue = traffic({"telemetry": (60.0, 11 * 1024), "cycles": (0.54, 630), "health": (0.26, 2000)})
+    bill = cm.monthly_bill(issue, path, cm.TODAY, fleet_size=1000)
+    six = (
+        "dynamodb_writes",
+        "s3_puts",
+        "iot_messaging",
+        "dynamodb_storage",
+        "dynamodb_pitr",
+        "iot_rules",
+        "iot_actions",
+        "lambda_requests",
+        "lambda_duration",
+    )
+    assert sum(bill.lines_usd[k] for k in six) == pytest.approx(1.03, rel=0.10)
+    assert bill.lines_usd["iot_messaging"] == pytest.approx(0.132, rel=0.02)  # 60.8 x 730 x ~3 units at $1/M
+    assert bill.lines_usd["s3_puts"] == pytest.approx(0.222, rel=0.02)  # one PUT per message
+    assert bill.total_usd > 1.0
+    target = cm.monthly_bill(issue, path, cm.TARGET, fleet_size=1000)
+    assert target.lines_usd["iot_messaging"] == 0.0 and target.lines_usd["s3_puts"] < 0.01
