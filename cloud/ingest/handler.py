@@ -56,7 +56,7 @@ from cloud.aws import (
     setup_lambda_logging,
 )
 from cloud.ingest.checks import Rejected, RuleEvent, raw_payload, summarise_errors, validate_message
-from cloud.ingest.device_state import DeviceStateWriter
+from cloud.ingest.device_state import AlarmChange, DeviceStateWriter
 from cloud.lake import (
     DEFAULT_DEAD_LETTER_PREFIX,
     DEFAULT_LAKE_PREFIX,
@@ -67,14 +67,15 @@ from cloud.lake import (
     partition_prefix,
     utc_day,
 )
+from cloud.notify import DEFAULT_NAMESPACE, NoticeBook, Notifier, emit_metrics, notifies
 from cloud.tables import history_pk, history_sk
-from schema.messages import Envelope, Message, Telemetry
+from schema.messages import Alarm, Envelope, Message, Telemetry
 
 log = logging.getLogger("battwin.cloud.ingest")
 
 #: AWS IoT Core's own limit for an MQTT message
 IOT_MAX_MESSAGE_BYTES = 128 * 1024
-Status = Literal["stored", "duplicate", "dead_letter"]
+Status = Literal["stored", "duplicate", "dead_letter", "presence"]
 
 
 class IngestSettings(BaseModel):
@@ -89,6 +90,9 @@ class IngestSettings(BaseModel):
     max_message_bytes: int = Field(default=IOT_MAX_MESSAGE_BYTES, ge=256)
     max_clock_skew_s: float = Field(default=86_400.0, gt=0.0)
     glue_database: str | None = None
+    #: the operators' SNS topic (None: notices are logged only)
+    alarm_topic_arn: str | None = None
+    metrics_namespace: str = DEFAULT_NAMESPACE
 
     @classmethod
     def from_env(cls) -> IngestSettings:
@@ -102,6 +106,8 @@ class IngestSettings(BaseModel):
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", IOT_MAX_MESSAGE_BYTES),
             max_clock_skew_s=env_float("MAX_CLOCK_SKEW_S", 86_400.0),
             glue_database=env("GLUE_DATABASE", "") or None,
+            alarm_topic_arn=env("ALARM_TOPIC_ARN", "") or None,
+            metrics_namespace=env("METRICS_NAMESPACE", DEFAULT_NAMESPACE),
         )
 
 
@@ -128,12 +134,18 @@ class Ingestor:
         dynamodb: Any = None,
         s3: Any = None,
         glue: Any = None,
+        sns: Any = None,
+        clock: Any = time.time,
     ) -> None:
         self.settings = settings
         self.ddb = dynamodb or client("dynamodb")
         self.s3 = s3 or client("s3")
         self._glue = glue
+        self._sns = sns
+        self.clock = clock
+        self.notices = NoticeBook(self.ddb, settings.device_state_table)
         self._partitions: set[tuple[str, str, str]] = set()
+        self._notified = 0
         self._glue_tables: dict[str, dict[str, Any]] = {}
         self.device_state = DeviceStateWriter(self.ddb, settings.device_state_table)
 
@@ -143,9 +155,33 @@ class Ingestor:
             self._glue = client("glue")
         return self._glue
 
+    @property
+    def notifier(self) -> Notifier:
+        if self._sns is None and self.settings.alarm_topic_arn:
+            self._sns = client("sns")
+        return Notifier(self._sns, self.settings.alarm_topic_arn)
+
     # -- entry ------------------------------------------------------------------------------------
     def handle(self, event: dict[str, Any], now: float | None = None) -> Outcome:
+        """One rule event → its outcome; a dead letter, a duplicate or a notice is also counted as a
+        CloudWatch metric (embedded metric format: one log line, only for those outcomes)."""
+        self._notified = 0
+        outcome = self._handle(event, now)
+        counts = {"DeadLetters": int(outcome.status == "dead_letter"), "Duplicates": int(outcome.status == "duplicate")}
+        if self._notified or any(counts.values()):
+            props = {"reason": outcome.reason} if outcome.reason else {}
+            emit_metrics(
+                self.settings.metrics_namespace,
+                {**counts, "AlarmNotifications": self._notified},
+                int(self.clock() * 1000),
+                **props,
+            )
+        return outcome
+
+    def _handle(self, event: dict[str, Any], now: float | None) -> Outcome:
         received_at = time.time() if now is None else now
+        if isinstance(event.get("eventType"), str) and isinstance(event.get("clientId"), str):
+            return self._presence(event, received_at)
         try:
             meta = RuleEvent.model_validate(event)
         except ValidationError as exc:
@@ -233,7 +269,9 @@ class Ingestor:
                 raise
             # the object exists: written by an earlier attempt at this message (or its first delivery); kept
         self._ensure_partition(envelope.kind, utc_day(envelope.ts), envelope.thing)
-        self.device_state.update(envelope, body, received_at)
+        change = self.device_state.update(envelope, body, received_at)
+        if isinstance(body, Alarm) and change is not None:
+            self._notify_alarm(envelope.thing, body, change)
         item: dict[str, Any] = {
             "pk": history_pk(envelope.thing, envelope.kind),
             "sk": history_sk(envelope.ts, envelope.id),
@@ -260,6 +298,45 @@ class Ingestor:
             raise
         log.debug("message stored", extra={"message_id": envelope.id, "thing": envelope.thing, "kind": envelope.kind})
         return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key)
+
+    def _notify_alarm(self, thing: str, alarm: Alarm, change: AlarmChange) -> None:
+        """Tell operators once per episode (:mod:`cloud.notify`): the delivery whose alarm update began the
+        episode claims the notice; a retry of that message takes over a claim that was never marked sent."""
+        if not alarm.active or not notifies(alarm.code):
+            return
+        now = self.clock()
+        if change == "new_episode":
+            claimed = self.notices.claim_new(thing, alarm.code, alarm.ts, now)
+        elif change == "stale":
+            claimed = self.notices.reclaim(thing, alarm.code, alarm.ts, now)
+        else:
+            return
+        if not claimed:
+            return
+        self.notifier.publish(
+            thing,
+            alarm.code,
+            alarm.ts,
+            alarm.message,
+            {"severity": str(alarm.severity), "source_id": alarm.source_id, "details": alarm.details},
+        )
+        self.notices.mark_sent(thing, alarm.code, alarm.ts)
+        self._notified += 1
+
+    def _presence(self, event: dict[str, Any], received_at: float) -> Outcome:
+        """An IoT lifecycle event (``$aws/events/presence/{connected|disconnected}/{clientId}``; client id =
+        thing name): the thing's connection state; an unknown thing or an older event changes nothing."""
+        kind = event["eventType"]
+        thing = event["clientId"]
+        if kind not in ("connected", "disconnected"):
+            return Outcome("presence", thing=thing, reason=f"ignored event type {kind[:40]!r}")
+        at_ms = event.get("timestamp")
+        at = float(at_ms) / 1000.0 if isinstance(at_ms, int | float) else received_at
+        reason = event.get("disconnectReason")
+        applied = self.device_state.update_presence(
+            thing[:128], kind == "connected", at, str(reason)[:64] if reason is not None else None
+        )
+        return Outcome("presence", thing=thing, kind=kind, reason=None if applied else "unknown thing or older event")
 
     def _ensure_partition(self, kind: str, day: str, thing: str) -> None:
         st = self.settings

@@ -33,6 +33,7 @@ FUNCTIONS = {
     "api": "ApiFunction",
     "start": "RetrainStartFunction",
     "promote": "PromoteFunction",
+    "silence": "SilenceCheckFunction",
 }
 
 
