@@ -9,7 +9,8 @@ failing in the rule::
     FROM 'battwin/+/telemetry'
 
 An event that is the envelope itself with ``rule_*`` fields added (``SELECT *, topic(2) AS rule_thing …``)
-is accepted too.
+is accepted too. An IoT lifecycle event (``clientId`` and ``eventType``, from the presence rule) updates the
+thing's connection state in DeviceState (:meth:`Ingestor._presence`).
 
 Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
 :class:`~schema.messages.Envelope` → the topic's thing and kind must match the envelope's → body model
@@ -21,7 +22,8 @@ this order, every step idempotent:
    first delivery's bytes are kept);
 2. Glue partition registration (once per partition and container; failures are logged, never fatal);
 3. DeviceState updates (:mod:`cloud.ingest.device_state`), each conditional on being newer than what is
-   stored (a repeat changes nothing);
+   stored (a repeat changes nothing); an alarm that began an episode is published to the operators' SNS topic
+   once (:mod:`cloud.notify`);
 4. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
    message whose item exists is a duplicate, and its earlier delivery stored everything.
 

@@ -49,7 +49,7 @@ def local() -> Iterator[dict[str, Any]]:
 def inbox(local: dict[str, Any]) -> list[dict[str, Any]]:
     """Every notice delivered to the subscribed queue since the last call (taken off the queue)."""
     sqs = local["aws"].client("sqs")
-    out = []
+    out: list[dict[str, Any]] = []
     while True:
         got = sqs.receive_message(QueueUrl=local["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=0)
         msgs = got.get("Messages", [])
