@@ -246,6 +246,9 @@ def test_a_silent_device_is_raised_once_and_cleared_by_a_message_or_a_reconnect(
     assert notices(msgs) == [("ops-s1", SILENT_CODE, t_quiet)]
     assert msgs[0]["disconnect_reason"] == "CONNECTION_LOST" and msgs[0]["connected"] is False
     assert _state(local, "ops-s1")["silent_since"] == t_quiet
+    api = Api(local["env"]["DEVICE_STATE_TABLE"], local["env"]["HISTORY_TABLE"], dynamodb=aws.client("dynamodb"))
+    shown = json.loads(api.handle({"httpMethod": "GET", "path": "/devices/ops-s1"})["body"])
+    assert (shown["silent_since"], shown["connected"]) == (t_quiet, False)  # what the API shows operators
     assert check(NOW + 300) == (["ops-s1"], [])  # the same episode: told once
     assert silent_notices() == []
 
