@@ -32,20 +32,12 @@ from cloud.aws import is_conditional_failure, marshal_value
 
 log = logging.getLogger("battwin.cloud.notify")
 
-#: the alarm codes an operator is told about (the agent's battery alarms and the anomaly detector's codes)
-NOTIFY_CODES = frozenset(
-    {
-        "over_temperature",
-        "eol_reached",
-        "cell_imbalance",
-        "source_offline",
-        "anomaly",
-        "anomaly_detected",
-        "soh_anomaly",
-        "resistance_anomaly",
-        "temperature_anomaly",
-    }
-)
+#: the battery alarms an operator is told about (``device_agent.alarms``), and the anomaly detector's codes
+#: (issue 15: capacity drop, resistance jump, heating out of proportion to the current, cell drift); the agent's
+#: own housekeeping codes (spool_dropped, model_unavailable, ...) stay in DeviceState and the dashboard
+BATTERY_ALARM_CODES = frozenset({"over_temperature", "eol_reached", "cell_imbalance", "source_offline"})
+ANOMALY_CODES = frozenset({"capacity_drop", "resistance_jump", "abnormal_heating", "cell_drift"})
+NOTIFY_CODES = BATTERY_ALARM_CODES | ANOMALY_CODES
 SILENT_CODE = "device_silent"
 #: a claim older than this (seconds) that was never marked sent may be taken over by a retry
 CLAIM_LEASE_S = 45.0
@@ -54,8 +46,8 @@ DEFAULT_NAMESPACE = "battwin"
 
 
 def notifies(code: str) -> bool:
-    """Whether an alarm of ``code`` is sent to operators (the battery alarms and any anomaly code)."""
-    return code in NOTIFY_CODES or code.endswith("_anomaly") or code.startswith("anomaly")
+    """Whether an alarm of ``code`` is sent to operators (the battery alarms and the anomaly codes)."""
+    return code in NOTIFY_CODES
 
 
 def notice_attribute(code: str) -> str:

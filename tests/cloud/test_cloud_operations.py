@@ -136,7 +136,8 @@ def test_battery_alarm_reaches_sns_once_per_episode(local: dict[str, Any]) -> No
         alarm("ops-a", t0 + 10, True),  # still active: same episode
         alarm("ops-a", t0 + 10, True),  # ... delivered twice
         alarm("ops-a", t0 + 5, True, code="cell_imbalance"),  # another code: its own episode
-        alarm("ops-a", t0 + 6, True, code="calibration_due"),  # not a battery alarm: stored, not paged
+        alarm("ops-a", t0 + 6, True, code="spool_dropped"),  # the agent's housekeeping: stored, not paged
+        alarm("ops-a", t0 + 7, True, code="resistance_jump"),  # an anomaly: paged
         alarm("ops-a", t0 + 20, True),
         alarm("ops-a", t0 + 30, False),  # clear: the episode ends
         alarm("ops-a", t0 + 25, True),  # late (older than the clear): changes nothing
@@ -150,6 +151,7 @@ def test_battery_alarm_reaches_sns_once_per_episode(local: dict[str, Any]) -> No
         ("ops-a", "cell_imbalance", t0 + 5),
         ("ops-a", "over_temperature", t0),
         ("ops-a", "over_temperature", t0 + 40),
+        ("ops-a", "resistance_jump", t0 + 7),
     ]
 
 
