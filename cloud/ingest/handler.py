@@ -121,6 +121,8 @@ class Outcome:
     kind: str | None = None
     reason: str | None = None
     key: str | None = None
+    #: operator notices this message sent (1: it began an alarm episode; None: none)
+    notices: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -147,7 +149,6 @@ class Ingestor:
         self.clock = clock
         self.notices = NoticeBook(self.ddb, settings.device_state_table)
         self._partitions: set[tuple[str, str, str]] = set()
-        self._notified = 0
         self._glue_tables: dict[str, dict[str, Any]] = {}
         self.device_state = DeviceStateWriter(self.ddb, settings.device_state_table)
 
@@ -167,14 +168,14 @@ class Ingestor:
     def handle(self, event: dict[str, Any], now: float | None = None) -> Outcome:
         """One rule event → its outcome; a dead letter, a duplicate or a notice is also counted as a
         CloudWatch metric (embedded metric format: one log line, only for those outcomes)."""
-        self._notified = 0
         outcome = self._handle(event, now)
+        notified = outcome.notices or 0
         counts = {"DeadLetters": int(outcome.status == "dead_letter"), "Duplicates": int(outcome.status == "duplicate")}
-        if self._notified or any(counts.values()):
+        if notified or any(counts.values()):
             props = {"reason": outcome.reason} if outcome.reason else {}
             emit_metrics(
                 self.settings.metrics_namespace,
-                {**counts, "AlarmNotifications": self._notified},
+                {**counts, "AlarmNotifications": notified},
                 int(self.clock() * 1000),
                 **props,
             )
@@ -272,8 +273,9 @@ class Ingestor:
             # the object exists: written by an earlier attempt at this message (or its first delivery); kept
         self._ensure_partition(envelope.kind, utc_day(envelope.ts), envelope.thing)
         change = self.device_state.update(envelope, body, received_at)
-        if isinstance(body, Alarm) and change is not None:
-            self._notify_alarm(envelope.thing, body, change)
+        notices = None
+        if isinstance(body, Alarm) and change is not None and self._notify_alarm(envelope.thing, body, change):
+            notices = 1
         item: dict[str, Any] = {
             "pk": history_pk(envelope.thing, envelope.kind),
             "sk": history_sk(envelope.ts, envelope.id),
@@ -296,25 +298,25 @@ class Ingestor:
         except Exception as exc:
             if is_conditional_failure(exc):
                 log.info("duplicate message ignored", extra={"message_id": envelope.id, "thing": envelope.thing})
-                return Outcome("duplicate", id=envelope.id, thing=envelope.thing, kind=envelope.kind)
+                return Outcome("duplicate", id=envelope.id, thing=envelope.thing, kind=envelope.kind, notices=notices)
             raise
         log.debug("message stored", extra={"message_id": envelope.id, "thing": envelope.thing, "kind": envelope.kind})
-        return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key)
+        return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key, notices=notices)
 
-    def _notify_alarm(self, thing: str, alarm: Alarm, change: AlarmChange) -> None:
+    def _notify_alarm(self, thing: str, alarm: Alarm, change: AlarmChange) -> bool:
         """Tell operators once per episode (:mod:`cloud.notify`): the delivery whose alarm update began the
         episode claims the notice; a retry of that message takes over a claim that was never marked sent."""
         if not alarm.active or not notifies(alarm.code):
-            return
+            return False
         now = self.clock()
         if change == "new_episode":
             claimed = self.notices.claim_new(thing, alarm.code, alarm.ts, now)
         elif change == "stale":
             claimed = self.notices.reclaim(thing, alarm.code, alarm.ts, now)
         else:
-            return
+            return False
         if not claimed:
-            return
+            return False
         self.notifier.publish(
             thing,
             alarm.code,
@@ -323,7 +325,7 @@ class Ingestor:
             {"severity": str(alarm.severity), "source_id": alarm.source_id, "details": alarm.details},
         )
         self.notices.mark_sent(thing, alarm.code, alarm.ts)
-        self._notified += 1
+        return True
 
     def _presence(self, event: dict[str, Any], received_at: float) -> Outcome:
         """An IoT lifecycle event (``$aws/events/presence/{connected|disconnected}/{clientId}``; client id =
