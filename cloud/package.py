@@ -56,12 +56,13 @@ LAMBDA_PROJECT_FILES = (
     "cloud/__init__.py",
     "cloud/aws.py",
     "cloud/lake.py",
+    "cloud/notify.py",
     "cloud/tables.py",
     "device_agent/__init__.py",
     "device_agent/logging_setup.py",
 )
 #: whole packages: the handlers, and ``schema`` (the wire format, the bottom layer; it imports nothing of ours)
-LAMBDA_PROJECT_PACKAGES = ("schema", "cloud/ingest", "cloud/api", "cloud/retrain")
+LAMBDA_PROJECT_PACKAGES = ("schema", "cloud/ingest", "cloud/api", "cloud/retrain", "cloud/silence")
 #: third-party distributions copied into the zip
 LAMBDA_DISTRIBUTIONS = ("pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection")
 TRAINING_PACKAGES = ("ml", "device_agent", "hardware", "schema")

@@ -1,7 +1,9 @@
 """Fleet and device API: an API Gateway (REST, Lambda proxy) handler, usable in-process as a plain function.
 
 Routes (all ``GET``; JSON responses; list endpoints take ``limit`` (1–1000) and the opaque ``next`` token
-returned by the previous page)::
+returned by the previous page; a page also ends before its items pass :data:`MAX_PAGE_BYTES` in the response,
+so no response reaches Lambda's 6 MB limit whatever the items' sizes, and ``next`` then continues after the
+last item returned)::
 
     /devices                                   fleet summary (one row per thing)
     /devices/{thing}                           the thing's state: health, latest sample, open alarms, last cycle
@@ -16,6 +18,7 @@ stored items: :mod:`cloud.api.views`. Authorisation (IAM or Cognito) is API Gate
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -44,6 +47,42 @@ from cloud.tables import HISTORY_BY_TIME_INDEX, history_pk, sk_lower, sk_upper
 log = logging.getLogger("battwin.cloud.api")
 
 THING_RE = r"[A-Za-z0-9_.:\-]{1,128}"
+#: a page's items, measured as they appear in the Lambda proxy response (the body is a JSON string inside the
+#: response JSON, so quotes count twice), stay under this; Lambda refuses responses over 6 MB (API Gateway: 502)
+MAX_PAGE_BYTES = 5 * 1024 * 1024
+
+
+def encoded_size(view: dict[str, Any]) -> int:
+    """Bytes ``view`` adds to the proxy response: its JSON, escaped into the body string, plus a comma."""
+    return len(json.dumps(json.dumps(view, separators=(",", ":"), allow_nan=False))) - 1
+
+
+class PageBuilder:
+    """Collects a page's views until the next one would pass :data:`MAX_PAGE_BYTES` (at least one item)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.views: list[dict[str, Any]] = []
+        self.size = 0
+        self.last_raw: dict[str, Any] | None = None
+        self.full = False
+
+    def add(self, raw: dict[str, Any], view: dict[str, Any]) -> bool:
+        """Add the view of stored item ``raw``; False (and full) if it does not fit."""
+        n = encoded_size(view)
+        if self.views and self.size + n > self.max_bytes:
+            self.full = True
+            return False
+        self.views.append(view)
+        self.size += n
+        self.last_raw = raw
+        return True
+
+    def next_key(self, key_names: tuple[str, ...], last_evaluated: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Where the next page starts: after the last item taken if the page filled up, else DynamoDB's."""
+        if self.full and self.last_raw is not None:
+            return {k: self.last_raw[k] for k in key_names}
+        return last_evaluated
 
 
 # -- the API ----------------------------------------------------------------------------------------
@@ -52,7 +91,10 @@ THING_RE = r"[A-Za-z0-9_.:\-]{1,128}"
 class Api:
     """The routes over the two tables (``dynamodb`` is a boto3 DynamoDB client)."""
 
-    def __init__(self, device_state_table: str, history_table: str, dynamodb: Any = None) -> None:
+    def __init__(
+        self, device_state_table: str, history_table: str, dynamodb: Any = None, max_page_bytes: int = MAX_PAGE_BYTES
+    ) -> None:
+        self.max_page_bytes = max_page_bytes
         self.device_state_table = device_state_table
         self.history_table = history_table
         self.ddb = dynamodb or client("dynamodb")
@@ -124,9 +166,12 @@ class Api:
         if start:
             kwargs["ExclusiveStartKey"] = start
         page = self._call(self.ddb.scan, **kwargs)
-        items = [device_summary(unmarshal(it)) for it in page.get("Items", [])]
-        items.sort(key=lambda d: d["thing"])
-        return {"items": items, "next": encode_token(page.get("LastEvaluatedKey"), scope)}
+        out = PageBuilder(self.max_page_bytes)
+        for raw in page.get("Items", []):
+            if not out.add(raw, device_summary(unmarshal(raw))):
+                break
+        items = sorted(out.views, key=lambda d: d["thing"])
+        return {"items": items, "next": encode_token(out.next_key(("thing",), page.get("LastEvaluatedKey")), scope)}
 
     def get_device(self, thing: str) -> dict[str, Any]:
         got = self.ddb.get_item(TableName=self.device_state_table, Key={"thing": {"S": thing}}, ConsistentRead=True)
@@ -161,10 +206,17 @@ class Api:
             kwargs["ExclusiveStartKey"] = start
         page = self._call(self.ddb.query, **kwargs)
         found = page.get("Items", [])
-        if q.kind is None:  # the index holds keys only: fetch the items, keep the index's order
-            found = self._batch_get([{"pk": k["pk"], "sk": k["sk"]} for k in found])
-        items = [history_item(unmarshal(it)) for it in found]
-        return {"thing": thing, "items": items, "next": encode_token(page.get("LastEvaluatedKey"), scope)}
+        out = PageBuilder(self.max_page_bytes)
+        # the index holds keys only: fetch the items (100 at a time, keeping the index's order) until the page is full
+        chunk = len(found) if q.kind is not None else 100
+        for first in range(0, len(found), max(chunk, 1)):
+            part = found[first : first + chunk]
+            if q.kind is None:
+                part = self._batch_get([{"pk": k["pk"], "sk": k["sk"]} for k in part])
+            if not all(out.add(raw, history_item(unmarshal(raw))) for raw in part):
+                break
+        last = out.next_key(key_names, page.get("LastEvaluatedKey"))
+        return {"thing": thing, "items": out.views, "next": encode_token(last, scope)}
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
         got: dict[tuple[str, str], dict[str, Any]] = {}
@@ -197,11 +249,13 @@ class Api:
         if start:
             kwargs["ExclusiveStartKey"] = start
         page = self._call(self.ddb.query, **kwargs)
-        items = []
+        out = PageBuilder(self.max_page_bytes)
         for raw in page.get("Items", []):
             it = unmarshal(raw)
-            items.append({"id": it.get("id"), "ts": it.get("ts"), **message_body(it)})
-        return {"thing": thing, "items": items, "next": encode_token(page.get("LastEvaluatedKey"), scope)}
+            if not out.add(raw, {"id": it.get("id"), "ts": it.get("ts"), **message_body(it)}):
+                break
+        last = out.next_key(("pk", "sk"), page.get("LastEvaluatedKey"))
+        return {"thing": thing, "items": out.views, "next": encode_token(last, scope)}
 
     @staticmethod
     def _call(fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:

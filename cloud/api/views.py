@@ -55,6 +55,8 @@ def device_summary(state: dict[str, Any]) -> dict[str, Any]:
         "temperature_c": (sum(temps) / len(temps)) if temps and all(math.isfinite(t) for t in temps) else None,
         "soc_pct": sample.get("soc_pct"),
         "open_alarms": [a.get("code") for a in open_alarms(state)],
+        "connected": state.get("connected"),  # from the IoT lifecycle events (None: none seen yet)
+        "silent_since": state.get("silent_since"),  # raised device_silent: last heard from then (cloud.silence)
     }
 
 

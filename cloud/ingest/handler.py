@@ -9,7 +9,8 @@ failing in the rule::
     FROM 'battwin/+/telemetry'
 
 An event that is the envelope itself with ``rule_*`` fields added (``SELECT *, topic(2) AS rule_thing …``)
-is accepted too.
+is accepted too. An IoT lifecycle event (``clientId`` and ``eventType``, from the presence rule) updates the
+thing's connection state in DeviceState (:meth:`Ingestor._presence`).
 
 Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
 :class:`~schema.messages.Envelope` → the topic's thing and kind must match the envelope's → body model
@@ -21,7 +22,8 @@ this order, every step idempotent:
    first delivery's bytes are kept);
 2. Glue partition registration (once per partition and container; failures are logged, never fatal);
 3. DeviceState updates (:mod:`cloud.ingest.device_state`), each conditional on being newer than what is
-   stored (a repeat changes nothing);
+   stored (a repeat changes nothing); an alarm that began an episode is published to the operators' SNS topic
+   once (:mod:`cloud.notify`);
 4. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
    message whose item exists is a duplicate, and its earlier delivery stored everything.
 
@@ -56,7 +58,7 @@ from cloud.aws import (
     setup_lambda_logging,
 )
 from cloud.ingest.checks import Rejected, RuleEvent, raw_payload, summarise_errors, validate_message
-from cloud.ingest.device_state import DeviceStateWriter
+from cloud.ingest.device_state import AlarmChange, DeviceStateWriter
 from cloud.lake import (
     DEFAULT_DEAD_LETTER_PREFIX,
     DEFAULT_LAKE_PREFIX,
@@ -67,14 +69,15 @@ from cloud.lake import (
     partition_prefix,
     utc_day,
 )
+from cloud.notify import DEFAULT_NAMESPACE, NoticeBook, Notifier, emit_metrics, notifies
 from cloud.tables import history_pk, history_sk
-from schema.messages import Envelope, Message, Telemetry
+from schema.messages import Alarm, Envelope, Message, Telemetry
 
 log = logging.getLogger("battwin.cloud.ingest")
 
 #: AWS IoT Core's own limit for an MQTT message
 IOT_MAX_MESSAGE_BYTES = 128 * 1024
-Status = Literal["stored", "duplicate", "dead_letter"]
+Status = Literal["stored", "duplicate", "dead_letter", "presence"]
 
 
 class IngestSettings(BaseModel):
@@ -89,6 +92,9 @@ class IngestSettings(BaseModel):
     max_message_bytes: int = Field(default=IOT_MAX_MESSAGE_BYTES, ge=256)
     max_clock_skew_s: float = Field(default=86_400.0, gt=0.0)
     glue_database: str | None = None
+    #: the operators' SNS topic (None: notices are logged only)
+    alarm_topic_arn: str | None = None
+    metrics_namespace: str = DEFAULT_NAMESPACE
 
     @classmethod
     def from_env(cls) -> IngestSettings:
@@ -102,6 +108,8 @@ class IngestSettings(BaseModel):
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", IOT_MAX_MESSAGE_BYTES),
             max_clock_skew_s=env_float("MAX_CLOCK_SKEW_S", 86_400.0),
             glue_database=env("GLUE_DATABASE", "") or None,
+            alarm_topic_arn=env("ALARM_TOPIC_ARN", "") or None,
+            metrics_namespace=env("METRICS_NAMESPACE", DEFAULT_NAMESPACE),
         )
 
 
@@ -113,6 +121,8 @@ class Outcome:
     kind: str | None = None
     reason: str | None = None
     key: str | None = None
+    #: operator notices this message sent (1: it began an alarm episode; None: none)
+    notices: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -128,11 +138,16 @@ class Ingestor:
         dynamodb: Any = None,
         s3: Any = None,
         glue: Any = None,
+        sns: Any = None,
+        clock: Any = time.time,
     ) -> None:
         self.settings = settings
         self.ddb = dynamodb or client("dynamodb")
         self.s3 = s3 or client("s3")
         self._glue = glue
+        self._sns = sns
+        self.clock = clock
+        self.notices = NoticeBook(self.ddb, settings.device_state_table)
         self._partitions: set[tuple[str, str, str]] = set()
         self._glue_tables: dict[str, dict[str, Any]] = {}
         self.device_state = DeviceStateWriter(self.ddb, settings.device_state_table)
@@ -143,9 +158,33 @@ class Ingestor:
             self._glue = client("glue")
         return self._glue
 
+    @property
+    def notifier(self) -> Notifier:
+        if self._sns is None and self.settings.alarm_topic_arn:
+            self._sns = client("sns")
+        return Notifier(self._sns, self.settings.alarm_topic_arn)
+
     # -- entry ------------------------------------------------------------------------------------
     def handle(self, event: dict[str, Any], now: float | None = None) -> Outcome:
+        """One rule event → its outcome; a dead letter, a duplicate or a notice is also counted as a
+        CloudWatch metric (embedded metric format: one log line, only for those outcomes)."""
+        outcome = self._handle(event, now)
+        notified = outcome.notices or 0
+        counts = {"DeadLetters": int(outcome.status == "dead_letter"), "Duplicates": int(outcome.status == "duplicate")}
+        if notified or any(counts.values()):
+            props = {"reason": outcome.reason} if outcome.reason else {}
+            emit_metrics(
+                self.settings.metrics_namespace,
+                {**counts, "AlarmNotifications": notified},
+                int(self.clock() * 1000),
+                **props,
+            )
+        return outcome
+
+    def _handle(self, event: dict[str, Any], now: float | None) -> Outcome:
         received_at = time.time() if now is None else now
+        if isinstance(event.get("eventType"), str) and isinstance(event.get("clientId"), str):
+            return self._presence(event, received_at)
         try:
             meta = RuleEvent.model_validate(event)
         except ValidationError as exc:
@@ -233,7 +272,10 @@ class Ingestor:
                 raise
             # the object exists: written by an earlier attempt at this message (or its first delivery); kept
         self._ensure_partition(envelope.kind, utc_day(envelope.ts), envelope.thing)
-        self.device_state.update(envelope, body, received_at)
+        change = self.device_state.update(envelope, body, received_at)
+        notices = None
+        if isinstance(body, Alarm) and change is not None and self._notify_alarm(envelope.thing, body, change):
+            notices = 1
         item: dict[str, Any] = {
             "pk": history_pk(envelope.thing, envelope.kind),
             "sk": history_sk(envelope.ts, envelope.id),
@@ -256,10 +298,49 @@ class Ingestor:
         except Exception as exc:
             if is_conditional_failure(exc):
                 log.info("duplicate message ignored", extra={"message_id": envelope.id, "thing": envelope.thing})
-                return Outcome("duplicate", id=envelope.id, thing=envelope.thing, kind=envelope.kind)
+                return Outcome("duplicate", id=envelope.id, thing=envelope.thing, kind=envelope.kind, notices=notices)
             raise
         log.debug("message stored", extra={"message_id": envelope.id, "thing": envelope.thing, "kind": envelope.kind})
-        return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key)
+        return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key, notices=notices)
+
+    def _notify_alarm(self, thing: str, alarm: Alarm, change: AlarmChange) -> bool:
+        """Tell operators once per episode (:mod:`cloud.notify`): the delivery whose alarm update began the
+        episode claims the notice; a retry of that message takes over a claim that was never marked sent."""
+        if not alarm.active or not notifies(alarm.code):
+            return False
+        now = self.clock()
+        if change == "new_episode":
+            claimed = self.notices.claim_new(thing, alarm.code, alarm.ts, now)
+        elif change == "stale":
+            claimed = self.notices.reclaim(thing, alarm.code, alarm.ts, now)
+        else:
+            return False
+        if not claimed:
+            return False
+        self.notifier.publish(
+            thing,
+            alarm.code,
+            alarm.ts,
+            alarm.message,
+            {"severity": str(alarm.severity), "source_id": alarm.source_id, "details": alarm.details},
+        )
+        self.notices.mark_sent(thing, alarm.code, alarm.ts)
+        return True
+
+    def _presence(self, event: dict[str, Any], received_at: float) -> Outcome:
+        """An IoT lifecycle event (``$aws/events/presence/{connected|disconnected}/{clientId}``; client id =
+        thing name): the thing's connection state; an unknown thing or an older event changes nothing."""
+        kind = event["eventType"]
+        thing = event["clientId"]
+        if kind not in ("connected", "disconnected"):
+            return Outcome("presence", thing=thing, reason=f"ignored event type {kind[:40]!r}")
+        at_ms = event.get("timestamp")
+        at = float(at_ms) / 1000.0 if isinstance(at_ms, int | float) else received_at
+        reason = event.get("disconnectReason")
+        applied = self.device_state.update_presence(
+            thing[:128], kind == "connected", at, str(reason)[:64] if reason is not None else None
+        )
+        return Outcome("presence", thing=thing, kind=kind, reason=None if applied else "unknown thing or older event")
 
     def _ensure_partition(self, kind: str, day: str, thing: str) -> None:
         st = self.settings

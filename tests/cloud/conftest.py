@@ -33,6 +33,7 @@ FUNCTIONS = {
     "api": "ApiFunction",
     "start": "RetrainStartFunction",
     "promote": "PromoteFunction",
+    "silence": "SilenceCheckFunction",
 }
 
 
@@ -80,6 +81,8 @@ def aws(moto_endpoint: str) -> dict[str, Any]:
         "quicksight",
         "sqs",
         "logs",
+        "sns",
+        "cloudwatch",
     ]
     return {n: boto3.client(n, region_name=REGION, endpoint_url=moto_endpoint) for n in names}
 
@@ -128,6 +131,8 @@ def resolver(
             return str(
                 aws["sqs"].get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             )
+        if rtype == "AWS::SQS::Queue" and attr == "QueueName":
+            return pid.rstrip("/").rsplit("/", 1)[-1]  # the physical id is the queue's URL
         if rtype == "AWS::Logs::LogGroup" and attr == "Arn":
             return f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{pid}:*"
         if rtype == "AWS::ApiGateway::RestApi" and attr == "RootResourceId":
@@ -203,6 +208,8 @@ MOTO_SKIPPED_TYPES = {
     "AWS::QuickSight::DataSource",
     "AWS::QuickSight::DataSet",
     "AWS::QuickSight::Analysis",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SNS::Subscription",  # conditional: only with an AlarmEmail (the tests deploy without one)
 }
 
 
@@ -243,6 +250,12 @@ def skipped_created(
     props = resolver.properties("IngestEventInvokeConfig")
     aws["lambda"].put_function_event_invoke_config(**props)
     made["IngestEventInvokeConfig"] = props
+
+    # CloudWatch alarms (moto's CloudFormation skips them): PutMetricAlarm validates each one's properties
+    for logical in _of_type(template, "AWS::CloudWatch::Alarm"):
+        props = resolver.properties(logical)
+        aws["cloudwatch"].put_metric_alarm(**props)
+        made[logical] = props
 
     props = resolver.properties("FleetThingGroup")
     made["FleetThingGroup"] = aws["iot"].create_thing_group(**lower_camel(props))

@@ -73,6 +73,7 @@ def test_functions(aws: dict[str, Any], physical_ids: dict[str, str], lambda_env
         "api": "cloud.api.handler.handler",
         "start": "cloud.retrain.start.handler",
         "promote": "cloud.retrain.promote.handler",
+        "silence": "cloud.silence.handler.handler",
     }
     for short, logical in FUNCTIONS.items():
         conf = aws["lambda"].get_function_configuration(FunctionName=physical_ids[logical])
@@ -214,7 +215,21 @@ def test_skipped_types_created_through_their_apis(
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
     iot = aws["iot"]
     rules = {r["ruleName"] for r in iot.list_topic_rules()["rules"]}
-    assert rules == {"battwin_telemetry", "battwin_cycles", "battwin_health", "battwin_alarms"}
+    assert rules == {"battwin_telemetry", "battwin_cycles", "battwin_health", "battwin_alarms", "battwin_presence"}
+    presence = iot.get_topic_rule(ruleName="battwin_presence")["rule"]
+    assert presence["sql"] == "SELECT * FROM '$aws/events/presence/+/+'"
+    assert presence["actions"][0]["lambda"]["functionArn"].endswith(physical_ids["IngestFunction"])
+    # the CloudWatch alarms, as CloudWatch holds them, tell the stack's SNS topic
+    topic = physical_ids["AlarmTopic"]
+    assert topic.startswith("arn:aws:sns:") and topic.endswith(":battwin-operator-alarms")
+    alarms = aws["cloudwatch"].describe_alarms(AlarmNamePrefix="battwin-")["MetricAlarms"]
+    assert len(alarms) == len([k for k in skipped_created if k.endswith("Alarm")]) >= 12
+    assert all(a["AlarmActions"] == [topic] for a in alarms)
+    by_name = {a["AlarmName"]: a for a in alarms}
+    assert by_name["battwin-ingest-errors"]["Dimensions"] == [
+        {"Name": "FunctionName", "Value": physical_ids["IngestFunction"]}
+    ]
+    assert by_name["battwin-ingest-dead-letters"]["Namespace"] == lambda_env["ingest"]["METRICS_NAMESPACE"]
     for kind in ("telemetry", "cycles", "health", "alarms"):
         rule = iot.get_topic_rule(ruleName=f"battwin_{kind}")["rule"]
         assert rule["sql"].endswith(f"FROM 'battwin/+/{kind}'")

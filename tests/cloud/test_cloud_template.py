@@ -112,6 +112,8 @@ def test_iot_policy_scoped_to_the_connecting_thing(tpl: dict[str, Any]) -> None:
 def test_topic_rules_pass_the_topic_and_invoke_the_ingest_lambda(tpl: dict[str, Any]) -> None:
     r = static_resolver(tpl, ResourcePrefix="fleet1")
     rules = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::IoT::TopicRule"}
+    presence = rules.pop("PresenceRule")  # the lifecycle events (tests/cloud/test_cloud_operations.py)
+    assert presence["TopicRulePayload"]["Actions"] == [{"Lambda": {"FunctionArn": "IngestFunction.Arn"}}]
     assert len(rules) == 4
     permissions = {
         r.properties(k)["SourceArn"]
@@ -161,7 +163,8 @@ def test_iam_least_privilege(tpl: dict[str, Any]) -> None:
         if "*" in resources:
             assert set(actions) == STAR_ALLOWED[s["Sid"]], (logical, s)
         for res in resources:
-            assert res == "*" or ":" in res or "." in res, (logical, res)
+            ref_is_arn = tpl["Resources"].get(res, {}).get("Type") == "AWS::SNS::Topic"  # a topic's Ref is its ARN
+            assert res == "*" or ":" in res or "." in res or ref_is_arn, (logical, res)
     # the training image repository is derived from the image URI
     pull = next(s for lg, s in stmts if lg == "SageMakerTrainingRole" and s["Sid"] == "PullTrainingImage")
     assert pull["Resource"] == "arn:aws:ecr:eu-west-1:763104351884:repository/tensorflow-training"
@@ -253,7 +256,7 @@ def foreign_resources(tpl: dict[str, Any], roles: set[str]) -> list[tuple[str, s
 
 def test_lambdas_reach_only_the_stacks_own_resources(tpl: dict[str, Any]) -> None:
     roles = lambda_roles(tpl)
-    assert roles == {"IngestRole", "ApiRole", "RetrainStartRole", "PromoteRole"}
+    assert roles == {"IngestRole", "ApiRole", "RetrainStartRole", "PromoteRole", "SilenceCheckRole"}
     foreign = foreign_resources(tpl, roles)
     stars = [f for f in foreign if f[2] == "*"]
     assert stars == [("PromoteRole", "DeploymentApisHaveNoResourceLevelPermissions", "*")]
@@ -300,7 +303,7 @@ def test_a_foreign_resource_in_a_lambda_role_is_caught(tpl: dict[str, Any]) -> N
 def test_lambda_handlers_and_environment(tpl: dict[str, Any]) -> None:
     r = static_resolver(tpl)
     functions = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
-    assert len(functions) == 4
+    assert len(functions) == 5
     for props in functions.values():
         module, func = props["Handler"].rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), func))

@@ -44,10 +44,15 @@ def _telemetry_payload(thing: str, ts: float, n: int = 3) -> bytes:
 
 def test_template_rules_are_the_ones_the_runner_mirrors() -> None:
     rules = topic_rules(load_template())
-    assert {r.logical_id for r in rules} == {"TelemetryRule", "CyclesRule", "HealthRule", "AlarmsRule"}
+    assert {r.logical_id for r in rules} == {"TelemetryRule", "CyclesRule", "HealthRule", "AlarmsRule", "PresenceRule"}
     for rule in rules:
         q = RuleQuery(rule.sql)
-        assert q.topic_filter == f"battwin/+/{rule.logical_id[: -len('Rule')].lower()}"
+        if rule.logical_id == "PresenceRule":  # IoT lifecycle events, handed to the ingest as they are
+            assert q.topic_filter == "$aws/events/presence/+/+"
+            event = b'{"clientId":"t-1","eventType":"disconnected","timestamp":1700000000123}'
+            assert q.evaluate(Message("$aws/events/presence/disconnected/t-1", event, 1)) == json.loads(event)
+        else:
+            assert q.topic_filter == f"battwin/+/{rule.logical_id[: -len('Rule')].lower()}"
         assert rule.function == "IngestFunction"
         assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
     assert max_retry_attempts(load_template(), "IngestFunction") == 2

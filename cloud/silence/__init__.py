@@ -1,0 +1,1 @@
+"""The scheduled check for devices that fell silent (:mod:`cloud.silence.handler`)."""
