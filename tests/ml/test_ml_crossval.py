@@ -86,13 +86,19 @@ def test_first_passage_fires_earlier_the_more_measurements_scatter_and_never_far
 # --- leave one dataset out (``--by dataset``, issue #15) ----------------------------------------------------
 
 
-def _ds_metrics(rmse: dict[str, float], eol: dict[str, float | None], missed: dict[str, int] | None = None):
-    """Hand-made per-dataset metrics in compute_metrics' shape: the same figures at every point."""
-    missed = missed or {}
+def _ds_metrics(rmse: dict[str, float], eol: dict[str, list[float | None]]):
+    """Hand-made per-dataset metrics in compute_metrics' shape, the same at every point; ``eol``: each
+    method's relative EOL error at each point with a true EOL (None = missed)."""
     methods = {}
     for m in ("hybrid", "physics", "persistence"):
-        mm = {"horizon_rmse_pp": rmse[m], "n_cells": 4,
-              "eol": {"rel_err_mean": eol[m], "n_missed": missed.get(m, 0), "n_cells": 4}}
+        rows = [{"cell": f"c{i}", "rel_err": e} if e is not None else {"cell": f"c{i}"} for i, e in enumerate(eol[m])]
+        hit = [e for e in eol[m] if e is not None]
+        mm = {
+            "horizon_rmse_pp": rmse[m],
+            "n_cells": 4,
+            "eol": {"rel_err_mean": sum(hit) / len(hit) if hit else None, "n_missed": len(rows) - len(hit),
+                    "n_cells": len(rows), "cells": rows},
+        }
         methods[m] = {k: mm for k in ("p0.25", "p0.5", "p0.75", "all")}
     return {"methods": methods}
 
@@ -100,34 +106,45 @@ def _ds_metrics(rmse: dict[str, float], eol: dict[str, float | None], missed: di
 def test_targets_met_when_the_hybrid_is_no_worse_anywhere():
     from ml.lodo import targets_check
 
-    good = _ds_metrics({"hybrid": 2.0, "physics": 2.5, "persistence": 6.0},
-                       {"hybrid": 0.12, "physics": 0.2, "persistence": None}, {"persistence": 4})
+    good = _ds_metrics(
+        {"hybrid": 2.0, "physics": 2.5, "persistence": 6.0},
+        {"hybrid": [0.1, 0.14], "physics": [0.2, None], "persistence": [None, None]},
+    )
     t = targets_check({"nasa": good, "tju": good}, [0.25, 0.5, 0.75])
     assert t["met"] and t["failures"] == []
-    assert t["nasa_pooled_eol"] == {"rel_err_mean": 0.12, "target": 0.15, "ok": True, "n_missed": 0}
-    # persistence predicts no EOL: not comparable, not a pass or a failure
-    assert t["datasets"]["tju"]["p0.5"]["vs_persistence"]["eol_rel_err"] is None
-    assert t["datasets"]["tju"]["p0.5"]["vs_physics"] == {"horizon_rmse": True, "eol_rel_err": True,
-                                                          "eol_misses": True}
+    assert t["nasa_pooled_eol"] == {"rel_err_mean": pytest.approx(0.12), "target": 0.15, "ok": True, "n_missed": 0}
+    row = t["datasets"]["tju"]["p0.5"]
+    assert row["eol_cost"] == {"hybrid": pytest.approx(0.12), "physics": pytest.approx(0.6), "persistence": 1.0}
+    assert row["vs_physics"] == {"horizon_rmse": True, "eol_cost": True}
+    # a lab without any true EOL after the points: EOL not comparable (null), not a failure
+    no_eol = _ds_metrics({"hybrid": 2.0, "physics": 2.5, "persistence": 6.0},
+                         {"hybrid": [], "physics": [], "persistence": []})
+    t = targets_check({"mit": no_eol}, [0.25, 0.5, 0.75])
+    assert t["met"] and t["datasets"]["mit"]["all"]["vs_physics"] == {"horizon_rmse": True, "eol_cost": None}
+    assert t["nasa_pooled_eol"] is None
 
 
 def test_targets_report_every_failure_and_nasa_above_its_bound():
     from ml.lodo import targets_check
 
-    # lab C of the issue: worse than physics on everything; NASA: RMSE fine but EOL 0.2 > 0.15
-    lab_c = _ds_metrics({"hybrid": 3.13, "physics": 1.82, "persistence": 6.11},
-                        {"hybrid": 0.155, "physics": 0.071, "persistence": 0.19}, {"hybrid": 1})
-    nasa = _ds_metrics({"hybrid": 2.0, "physics": 2.5, "persistence": 6.0},
-                       {"hybrid": 0.2, "physics": 0.25, "persistence": 0.5})
+    # lab C of the issue: worse than physics on everything; NASA: RMSE fine, EOL 0.2 > 0.15 though
+    # better than physics; persistence's one hit (0.05) does not beat the hybrid: its misses cost 1 each
+    lab_c = _ds_metrics(
+        {"hybrid": 3.13, "physics": 1.82, "persistence": 6.11},
+        {"hybrid": [0.155, None], "physics": [0.071, 0.1], "persistence": [0.1, None]},
+    )
+    nasa = _ds_metrics(
+        {"hybrid": 2.0, "physics": 2.5, "persistence": 6.0},
+        {"hybrid": [0.2, 0.2], "physics": [0.25, 0.25], "persistence": [0.05, None]},
+    )
     t = targets_check({"mit": lab_c, "nasa": nasa}, [0.25, 0.5, 0.75])
     assert not t["met"]
     assert t["nasa_pooled_eol"]["ok"] is False
     assert "nasa all: hybrid EOL relative error 0.200 > 0.15" in t["failures"]
-    assert t["datasets"]["mit"]["p0.25"]["vs_physics"] == {"horizon_rmse": False, "eol_rel_err": False,
-                                                           "eol_misses": False}
-    assert t["datasets"]["mit"]["all"]["vs_persistence"] == {"horizon_rmse": True, "eol_rel_err": True,
-                                                             "eol_misses": False}
+    assert t["datasets"]["mit"]["p0.25"]["vs_physics"] == {"horizon_rmse": False, "eol_cost": False}
+    assert t["datasets"]["mit"]["all"]["vs_persistence"] == {"horizon_rmse": True, "eol_cost": False}
     assert "mit p0.75: hybrid horizon_rmse worse than physics" in t["failures"]
+    assert t["datasets"]["nasa"]["all"]["vs_persistence"] == {"horizon_rmse": True, "eol_cost": True}
     assert not any(f.startswith("nasa p") for f in t["failures"])  # NASA's point-wise figures all pass
 
 
