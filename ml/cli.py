@@ -185,15 +185,23 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     from ml.crossval import crossval
     from ml.data import CellFileError
     from ml.export import ExportError
+    from ml.lodo import lodo
     from ml.metrics import summary_table
     from ml.train_config import TrainConfig
 
     _setup_logging(args.verbose)
+    if args.by == "dataset" and args.dataset is not None:
+        return _usage("--by dataset holds out every dataset in turn; --dataset is for --by cell")
+    if args.by == "cell" and args.dataset is None:
+        return _usage("--by cell (the default) needs --dataset NAME (or use --by dataset)")
     overrides = {k: v for k in ("epochs", "seed") if (v := getattr(args, k)) is not None}
     try:
         cfg = TrainConfig.tiny_preset(**overrides) if args.tiny else TrainConfig(**overrides)
         cells = _read_dirs(args.cells, cfg.max_cells_per_dataset)
-        result = crossval(cells, args.dataset, args.folds, cfg, args.out)
+        if args.by == "dataset":
+            lresult = lodo(cells, cfg, args.out)
+        else:
+            result = crossval(cells, args.dataset, args.folds, cfg, args.out)
     except ValidationError as exc:
         return _usage(f"bad training option: {exc}")
     except ExportError as exc:
@@ -201,6 +209,14 @@ def cmd_crossval(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except (CellFileError, ValueError) as exc:
         return _usage(str(exc))
+    if args.by == "dataset":
+        for f in lresult.folds:
+            print(f"held out {f['held_out']}: {len(f['test_cells'])} scorable cells scored "
+                  f"(model {f['model_version']}, EOL band {f['eol_band_sigmas']:g})")
+        print(lresult.table)
+        print(f"wrote {args.out / 'table.md'}, {args.out / 'metrics.json'}, {args.out / 'predictions.csv'}, "
+              f"{args.out / 'folds.json'}")
+        return EXIT_OK
     for f in result.folds:
         print(f"fold {f['fold']}: held out {', '.join(f['test_cells'])} (model {f['model_version']})")
     print(summary_table(result.metrics))
@@ -248,11 +264,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("crossval", help="k-fold cross-validation by whole cells over one dataset's scorable cells")
+    p = sub.add_parser("crossval", help="cross-validation: leave one dataset out (--by dataset) or k folds of one "
+                       "dataset's scorable cells (--by cell --dataset NAME)")
     p.add_argument("--cells", type=Path, action="append", required=True, metavar="DIR",
                    help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)")
-    p.add_argument("--dataset", required=True, help="the dataset (folder name) whose cells are cross-validated")
-    p.add_argument("--folds", type=_folds, default=4, help="number of folds (default 4)")
+    p.add_argument("--by", choices=("cell", "dataset"), default="cell",
+                   help="dataset: hold out each whole dataset in turn, train on the others (table.md); "
+                   "cell (default): k folds of --dataset's cells")
+    p.add_argument("--dataset", default=None, help="--by cell: the dataset (folder name) whose cells are folded")
+    p.add_argument("--folds", type=_folds, default=4, help="--by cell: number of folds (default 4)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
