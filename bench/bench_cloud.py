@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -37,21 +36,10 @@ REGION = "us-east-1"
 
 
 def agent_messages(hours: float, thing: str = "bench-device", start_ts: float | None = None) -> list[tuple[str, bytes]]:
-    from device_agent.agent import Agent
-    from device_agent.config import AgentConfig
-    from device_agent.uplink.spool import Spool
-    from device_agent.uplink.transport import MemoryTransport
-    from hardware.registry import create_source
+    """The real agent at its default settings on the simulator (the cost model's own measurement)."""
+    from cloud.cost_model import run_agent
 
-    start = start_ts if start_ts is not None else float(int(time.time() // 3600) * 3600 - 3 * 86_400)
-    config = AgentConfig(
-        thing_name=thing,
-        source={"url": "simulator", "simulator": {"time_acceleration": 1_000_000.0, "start_ts": start}},
-    )
-    transport = MemoryTransport()
-    agent = Agent(config, create_source(config.source.url, config.source), transport, Spool(":memory:"))
-    agent.run(threading.Event(), max_samples=int(hours * 3600 / config.source.sample_interval_s))
-    return list(transport.published)
+    return run_agent(hours, thing=thing, start_ts=start_ts)
 
 
 def device_traffic(hours: float = 24.0) -> dict[str, Any]:

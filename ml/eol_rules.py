@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
-from device_agent.health.hybrid import HybridModel, Prepared, eol_from_trajectory, eol_scatter
+from device_agent.health.fade_law import eol_from_trajectory, fit_fade, forecast_eol, forecast_step
+from device_agent.health.hybrid import HybridModel, Prepared, eol_scatter
 from ml.data import Cell
 from ml.eol_band import eol_points
 

@@ -9,12 +9,11 @@ from pydantic import ValidationError
 
 from device_agent.config import HealthSettings
 from device_agent.health.estimator import HealthEstimator
-from device_agent.health.fade_law import CapacityPoint, arrhenius, fit_fade
+from device_agent.health.fade_law import CapacityPoint, arrhenius, eol_from_trajectory, fit_fade
 from device_agent.health.intervals import (
     CellContext,
     SpreadCurve,
     band,
-    crossing,
     forecast_interval,
     recent_fade_rate,
     spread_for,
@@ -117,14 +116,14 @@ def test_rul_percentiles_are_ordered_and_where_the_bounds_cross():
     assert iv.rul_p10 is not None and iv.rul_p50 is not None and iv.rul_p90 is not None
     assert iv.rul_p10 < iv.rul_p50 < iv.rul_p90
     lo, hi = np.array(iv.soh_lo), np.array(iv.soh_hi)
-    assert iv.rul_p10 + 150 == pytest.approx(crossing(cycles, lo, 0.8))  # the lower bound ends life first
-    assert iv.rul_p50 + 150 == pytest.approx(crossing(cycles, soh, 0.8))
-    assert iv.rul_p90 + 150 == pytest.approx(crossing(cycles, hi, 0.8))
+    assert iv.rul_p10 + 150 == pytest.approx(eol_from_trajectory(cycles, lo, 0.8))  # the lower bound ends life first
+    assert iv.rul_p50 + 150 == pytest.approx(eol_from_trajectory(cycles, soh, 0.8))
+    assert iv.rul_p90 + 150 == pytest.approx(eol_from_trajectory(cycles, hi, 0.8))
 
 
 def test_a_trajectory_cut_at_its_eol_is_extended_for_the_late_percentile():
     cycles, soh, ctx = physics_context(fading(150))
-    eol = crossing(cycles, soh, 0.8)
+    eol = eol_from_trajectory(cycles, soh, 0.8)
     keep = cycles <= eol + 5  # what the device publishes: the forecast only a little past its EOL
     iv = forecast_interval(
         cycles[keep], soh[keep], last_cycle=150.0, ctx=ctx, spread=SpreadCurve.constant(), threshold=0.8, horizon=2000

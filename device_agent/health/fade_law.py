@@ -310,3 +310,17 @@ def forecast_eol(
     c1, c2, s1, s2 = horizon[i - 1], horizon[i], soh[i - 1], soh[i]
     eol = float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)
     return horizon[:shown], soh[:shown], eol
+
+
+def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:
+    """The first cycle at which the trajectory ``soh`` falls below ``threshold`` (interpolated between the
+    two points around the crossing), or None if it never does."""
+    soh = np.asarray(soh)
+    below = np.nonzero(soh < threshold)[0]
+    if len(below) == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(cycles[0])
+    c1, c2, s1, s2 = cycles[i - 1], cycles[i], soh[i - 1], soh[i]
+    return float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 
 from device_agent.health.capacity_cleaning import causal_clean
 from device_agent.health.estimator import Forecast, ModelError
-from device_agent.health.fade_law import CapacityPoint, FadeFit, fit_fade, forecast_step
+from device_agent.health.fade_law import CapacityPoint, FadeFit, eol_from_trajectory, fit_fade, forecast_step
 from device_agent.health.knee import recent_log_slope
 from device_agent.health.model_files import (
     MODEL_JSON,
@@ -295,17 +295,6 @@ def eol_scatter(prep: Prepared, spec: FeatureSpec) -> float:
     if prep.fit is None or not math.isfinite(prep.fit.rmse_log):
         return 0.0
     return float(min(max(prep.fit.rmse_log, 0.0), spec.eol_scatter_cap))
-
-
-def eol_from_trajectory(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:
-    below = np.nonzero(soh < threshold)[0]
-    if len(below) == 0:
-        return None
-    i = int(below[0])
-    if i == 0:
-        return float(cycles[0])
-    c1, c2, s1, s2 = cycles[i - 1], cycles[i], soh[i - 1], soh[i]
-    return float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_agent.health.fade_law import CapacityPoint
+from device_agent.health.fade_law import CapacityPoint, eol_from_trajectory
 from device_agent.health.model_files import IntervalSpec
 
 #: the standard normal's 90 % quantile: an 80 % central interval is ± Z80 σ
@@ -157,18 +157,6 @@ def band(ahead: np.ndarray, soh: np.ndarray, ctx: CellContext, spread: SpreadCur
     return s * np.exp(-w_lo), s * np.exp(w_hi)
 
 
-def crossing(cycles: np.ndarray, soh: np.ndarray, threshold: float) -> float | None:
-    """The first cycle at which ``soh`` falls below ``threshold`` (interpolated), or None."""
-    below = np.nonzero(np.asarray(soh) < threshold)[0]
-    if len(below) == 0:
-        return None
-    i = int(below[0])
-    if i == 0:
-        return float(cycles[0])
-    c1, c2, s1, s2 = cycles[i - 1], cycles[i], soh[i - 1], soh[i]
-    return float(c1 + (s1 - threshold) * (c2 - c1) / (s1 - s2)) if s1 != s2 else float(c2)
-
-
 def extend(cycles: np.ndarray, soh: np.ndarray, until: float, n_new: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """The trajectory continued at its final log slope (over its last tenth, at least two points) up to
     cycle ``until``; unchanged if it already reaches it. A rising end is continued flat."""
@@ -214,7 +202,7 @@ def forecast_interval(
     n = len(c)
     ruls: list[float | None] = []
     for traj in (lo_e, se, hi_e):
-        x = crossing(ce, traj, threshold) if len(ce) else None
+        x = eol_from_trajectory(ce, traj, threshold) if len(ce) else None
         ruls.append(max(x - last_cycle, 0.0) if x is not None else None)
     # None only as a suffix (a later bound cannot cross when an earlier one does not), ordered
     for i in (1, 2):
