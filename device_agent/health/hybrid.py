@@ -50,8 +50,8 @@ import importlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,8 +60,20 @@ from pydantic import ValidationError
 
 from device_agent.health.capacity_cleaning import causal_clean
 from device_agent.health.estimator import Forecast, ModelError
-from device_agent.health.fade_law import CapacityPoint, FadeFit, eol_from_trajectory, fit_fade, forecast_step
-from device_agent.health.knee import recent_log_slope
+from device_agent.health.fade_law import CapacityPoint, eol_from_trajectory, forecast_step
+from device_agent.health.forecast_shape import SHAPE_SLOPE_FRAC, decide_fallback, shape_trajectory, shaped_log_rel
+from device_agent.health.hybrid_features import (
+    MIN_POINTS,
+    SEQ_FEATURES,
+    STATIC_BASE_FEATURES,
+    Prepared,
+    cleaned_history,
+    correction_at,
+    log_rel_forecast,
+    prepare,
+    prepare_cleaned,
+    static_feature_names,
+)
 from device_agent.health.model_files import (
     MODEL_JSON,
     FeatureSpec,
@@ -71,25 +83,34 @@ from device_agent.health.model_files import (
 )
 from schema.messages import HealthMethod
 
+__all__ = [
+    "MIN_AHEAD_CYCLES",
+    "MIN_POINTS",
+    "SEQ_FEATURES",
+    "SHAPE_SLOPE_FRAC",
+    "STATIC_BASE_FEATURES",
+    "HybridModel",
+    "LoadReason",
+    "ModelLoadError",
+    "Prepared",
+    "causal_clean",
+    "cleaned_history",
+    "correction_at",
+    "decide_fallback",
+    "eol_scatter",
+    "interpreter_class",
+    "load_hybrid_model",
+    "log_rel_forecast",
+    "prepare",
+    "prepare_cleaned",
+    "shape_trajectory",
+    "shaped_log_rel",
+    "static_feature_names",
+]
+
 log = logging.getLogger(__name__)
 
-SEQ_FEATURES: tuple[str, ...] = ("log_cap_rel", "age", "log_fit_rel", "valid")
-STATIC_BASE_FEATURES: tuple[str, ...] = (
-    "has_prior",
-    "prior_rmse_pct",
-    "prior_z",
-    "log_level_c0",
-    "log_n",
-    "log_span",
-)
-MIN_POINTS = 3
 MIN_AHEAD_CYCLES = 50.0
-#: the published forecast falls at least this fraction of the fitted trend's own decline (shape rule)
-SHAPE_SLOPE_FRAC = 0.5
-
-
-def static_feature_names(horizons: Sequence[int]) -> list[str]:
-    return [f"prior_h{h}" for h in horizons] + list(STATIC_BASE_FEATURES)
 
 
 LoadReason = Literal["missing", "bad_json", "sha_mismatch", "corrupt", "shape_mismatch", "runtime_unavailable"]
@@ -101,193 +122,6 @@ class ModelLoadError(RuntimeError):
     def __init__(self, reason: LoadReason, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason: LoadReason = reason
-
-
-# --------------------------------------------------------------------------------------------------
-# features (shared with the trainer; the cleaning is in device_agent.health.capacity_cleaning)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """The model inputs for one history, and what is needed to turn outputs into a forecast."""
-
-    seq: np.ndarray  # (window, n_seq) float32, normalised
-    static: np.ndarray  # (n_static,) float32, normalised
-    level_ah: float
-    last_cycle: float
-    n_points: int
-    fit: FadeFit | None
-    prior_clip: tuple[float, float]
-    #: why the device forecasts with the fade law instead of the network (None = the network); see
-    #: decide_fallback
-    fallback: str | None = None
-    #: the hindcast RMSEs (log capacity) behind that decision: (network, fade law); NaN = not run
-    hindcast: tuple[float, float] = (math.nan, math.nan)
-    #: the measured recent trend: robust slope of log capacity per cycle over the last points (see
-    #: knee.recent_log_slope); 0 when unknown
-    trend_slope: float = 0.0
-
-    def base(self, target_cycles: np.ndarray) -> np.ndarray:
-        """b(h) = clip(log(prior / level)) at absolute cycles; 0 (persistence) without a prior."""
-        t = np.asarray(target_cycles, dtype=float)
-        if self.fit is None:
-            return np.zeros_like(t)
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            b = np.log(self.fit.project(t) / self.level_ah)
-        b = np.nan_to_num(b, nan=self.prior_clip[0], neginf=self.prior_clip[0], posinf=self.prior_clip[1])
-        return np.clip(b, self.prior_clip[0], self.prior_clip[1])
-
-
-def _median(values: np.ndarray) -> float:
-    return float(np.median(values))
-
-
-def cleaned_history(points: Sequence[CapacityPoint], spec: FeatureSpec) -> list[CapacityPoint]:
-    """The cleaned history the model sees (the last ``max_history`` cleaned points)."""
-    tail = list(points[-4 * spec.max_history :])
-    return causal_clean(tail, spec.cleaning)[-spec.max_history :]
-
-
-def prepare(points: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec) -> Prepared | None:
-    """Compute the model inputs from a capacity history (oldest first); None if < 3 cleaned points."""
-    return prepare_cleaned(cleaned_history(points, spec), c0_ah, spec)
-
-
-def prepare_cleaned(hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec) -> Prepared | None:
-    """:func:`prepare` on a history already cleaned by :func:`cleaned_history`."""
-    n = len(hist)
-    if n < MIN_POINTS or not (math.isfinite(c0_ah) and c0_ah > 0):
-        return None
-    cycles = np.array([p.cycle for p in hist], dtype=float)
-    caps = np.array([p.capacity_ah for p in hist], dtype=float)
-    level = _median(caps[-spec.level_points :])
-    fit = fit_fade(hist, detect_knees=spec.knee_prior)
-    lo, hi = spec.prior_clip
-    w = spec.window
-    k = min(w, n)
-    seq_raw = np.zeros((k, len(SEQ_FEATURES)), dtype=float)
-    seq_raw[:, 0] = np.clip(np.log(caps[-k:] / level), -1.0, 1.0)
-    seq_raw[:, 1] = np.clip((cycles[-1] - cycles[-k:]) / spec.cycle_scale, 0.0, 50.0)
-    if fit is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fitted = np.log(fit.fitted()[-k:] / level)
-        seq_raw[:, 2] = np.clip(np.nan_to_num(fitted, nan=lo, neginf=lo, posinf=hi), lo, hi)
-    seq_raw[:, 3] = 1.0
-    seq = np.zeros((w, len(SEQ_FEATURES)), dtype=np.float32)
-    mean = np.asarray(spec.seq_mean, dtype=float)
-    std = np.asarray(spec.seq_std, dtype=float)
-    seq[w - k :] = (seq_raw - mean) / std
-    prep = Prepared(seq, np.zeros(0, dtype=np.float32), level, float(cycles[-1]), n, fit, (lo, hi))
-    prep = replace(prep, trend_slope=recent_log_slope(cycles, caps))
-    horizons = np.asarray(spec.horizons, dtype=float)
-    b = prep.base(cycles[-1] + horizons)
-    static_raw = np.concatenate(
-        [
-            b,
-            [
-                1.0 if fit is not None else 0.0,
-                min(100.0 * fit.rmse_log, 20.0) if fit is not None else 0.0,
-                fit.z - 1.0 if fit is not None else 0.0,
-                float(np.clip(math.log(level / c0_ah), -1.5, 0.5)),
-                math.log1p(n),
-                math.log1p(max(cycles[-1] - cycles[0], 0.0)),
-            ],
-        ]
-    )
-    static = ((static_raw - np.asarray(spec.static_mean)) / np.asarray(spec.static_std)).astype(np.float32)
-    return replace(prep, static=static)
-
-
-def correction_at(r: np.ndarray, horizons: Sequence[int], h: np.ndarray) -> np.ndarray:
-    """r(h): linear in log2(h) between the horizons, constant outside them."""
-    xs = np.log2(np.asarray(horizons, dtype=float))
-    hh = np.log2(np.clip(np.asarray(h, dtype=float), horizons[0], horizons[-1]))
-    return np.asarray(np.interp(hh, xs, np.asarray(r, dtype=float)))
-
-
-def log_rel_forecast(
-    prep: Prepared, out: np.ndarray, spec: FeatureSpec, targets: np.ndarray
-) -> np.ndarray:
-    """log(C/level) at absolute target cycles from the model's raw output [u (K), r/output_scale (K)],
-    before the shape rule (see :func:`shaped_log_rel`)."""
-    t = np.asarray(targets, dtype=float)
-    k = len(spec.horizons)
-    h = t - prep.last_cycle
-    w = np.clip(1.0 + correction_at(out[:k], spec.horizons, h), *spec.trust_clip)
-    r = correction_at(out[k : 2 * k], spec.horizons, h) * spec.output_scale
-    lo, hi = prep.prior_clip
-    return np.asarray(np.clip(w * prep.base(t) + r, lo, hi))
-
-
-def shape_trajectory(prep: Prepared, cycles: np.ndarray, log_rel: np.ndarray) -> np.ndarray:
-    """The shape rule on a forecast log(C/level) at increasing absolute ``cycles``: it never rises, and where
-    the measured trend falls (``prep.trend_slope`` < 0, the robust slope of the recent cleaned history) it
-    falls over every step by at least ``SHAPE_SLOPE_FRAC`` of that slope: the network may slow the decline
-    down (a fade that decelerates), never stop it. So no plateau while the measured capacity keeps falling,
-    and the trajectory reaches end of life (or the horizon limit)."""
-    y = np.asarray(log_rel, dtype=float)
-    if len(y) == 0:
-        return y
-    c = np.asarray(cycles, dtype=float)
-    floor = SHAPE_SLOPE_FRAC * min(prep.trend_slope, 0.0) * np.diff(np.concatenate([[prep.last_cycle], c]))
-    floor[0] = 0.0
-    # y'[i] = min(y[i], y'[i-1] + floor[i])  ⇔  y' − F = running minimum of (y − F), F = cumulative floor
-    f_cum = np.cumsum(floor)
-    return np.asarray(np.minimum.accumulate(y - f_cum) + f_cum)
-
-
-def shaped_log_rel(prep: Prepared, out: np.ndarray, spec: FeatureSpec, targets: np.ndarray) -> np.ndarray:
-    """log(C/level) at absolute target cycles (any order) after the shape rule, computed on the forecast grid
-    (:func:`forecast_step` spacing) joined with the targets, so that it agrees with the published
-    trajectory."""
-    t = np.asarray(targets, dtype=float)
-    if t.size == 0:
-        return np.zeros(0)
-    h_max = max(float(np.max(t)) - prep.last_cycle, 1.0)
-    step = forecast_step(h_max)
-    grid = prep.last_cycle + step * np.arange(1, math.ceil(h_max / step) + 1)
-    allc = np.unique(np.concatenate([grid, t[t > prep.last_cycle]]))
-    y = shape_trajectory(prep, allc, log_rel_forecast(prep, out, spec, allc))
-    res = log_rel_forecast(prep, out, spec, t)  # targets at or before the last cycle: unshaped
-    ahead = t > prep.last_cycle
-    res[ahead] = y[np.searchsorted(allc, t[ahead])]
-    return np.asarray(res)
-
-
-def decide_fallback(
-    hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec, run: Callable[[Prepared], np.ndarray]
-) -> tuple[str | None, tuple[float, float]]:
-    """Whether the device forecasts with the fade law instead of the network, from what it knows now.
-
-    A hindcast on the cell's own cleaned history: from the point ``m`` cleaned points back (``m`` = the last
-    ``hindcast_frac`` of the history, at least ``min_hindcast_points``), both the network (``run``: the
-    model's raw output for prepared inputs) and the fade law (the same forecast with the network's output
-    zero: trust 1, offset 0) forecast the last ``m`` points; their RMSE in log capacity is compared. The
-    fade law is used when the network's is more than ``1 + margin`` times the fade law's. Deterministic; no
-    decision (the network) below ``min_points`` cleaned points. Returns (reason or None, (rmse network,
-    rmse fade law)).
-    """
-    fb = spec.fallback
-    n = len(hist)
-    if not fb.enabled or n < fb.min_points:
-        return None, (math.nan, math.nan)
-    m = max(fb.min_hindcast_points, round(fb.hindcast_frac * n))
-    if n - m < MIN_POINTS:
-        return None, (math.nan, math.nan)
-    past = prepare_cleaned(hist[: n - m], c0_ah, spec)
-    if past is None or past.fit is None:
-        return None, (math.nan, math.nan)
-    targets = np.array([p.cycle for p in hist[n - m :]], dtype=float)
-    truth = np.log(np.array([p.capacity_ah for p in hist[n - m :]], dtype=float) / past.level_ah)
-    out = run(past)
-    err_net = float(np.sqrt(np.mean((shaped_log_rel(past, out, spec, targets) - truth) ** 2)))
-    err_law = float(np.sqrt(np.mean((shaped_log_rel(past, np.zeros_like(out), spec, targets) - truth) ** 2)))
-    if not (math.isfinite(err_net) and math.isfinite(err_law)):
-        return None, (err_net, err_law)
-    if err_net > (1.0 + fb.margin) * err_law:
-        return "hindcast", (err_net, err_law)
-    return None, (err_net, err_law)
 
 
 def eol_scatter(prep: Prepared, spec: FeatureSpec) -> float:
