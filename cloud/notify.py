@@ -29,6 +29,7 @@ import sys
 from typing import Any
 
 from cloud.aws import is_conditional_failure, marshal_value
+from schema.messages import ANOMALY_CODES
 
 log = logging.getLogger("battwin.cloud.notify")
 
@@ -36,7 +37,6 @@ log = logging.getLogger("battwin.cloud.notify")
 #: (issue 15: capacity drop, resistance jump, heating out of proportion to the current, cell drift); the agent's
 #: own housekeeping codes (spool_dropped, model_unavailable, ...) stay in DeviceState and the dashboard
 BATTERY_ALARM_CODES = frozenset({"over_temperature", "eol_reached", "cell_imbalance", "source_offline"})
-ANOMALY_CODES = frozenset({"capacity_drop", "resistance_jump", "abnormal_heating", "cell_drift"})
 NOTIFY_CODES = BATTERY_ALARM_CODES | ANOMALY_CODES
 SILENT_CODE = "device_silent"
 #: a claim older than this (seconds) that was never marked sent may be taken over by a retry

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from device_agent.config import AgentConfig
-from schema.messages import Alarm, Health, Sample, Severity
+from schema.messages import Alarm, AnomalyCode, Health, Sample, Severity
 
 AlarmCode = Literal[
     "source_offline",
@@ -29,10 +29,7 @@ AlarmCode = Literal[
     "over_temperature",
     "cell_imbalance",
     "config_rejected",
-    "capacity_drop",
-    "resistance_jump",
-    "abnormal_heating",
-    "cell_drift",
+    AnomalyCode,  # a nested Literal: flattened, one closed set of codes
 ]
 Detail = float | int | str | bool | None
 Side = Literal["above", "below"]

@@ -17,7 +17,7 @@ import itertools
 import json
 import secrets
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -159,6 +159,11 @@ class Health(Message):
 
 
 Severity = Literal["info", "warning", "critical"]
+
+#: the alarm codes of the device's anomaly detectors (device_agent.health.anomalies): one list for the device,
+#: the cloud's notifications and the dashboard's timeline markers
+AnomalyCode = Literal["capacity_drop", "resistance_jump", "abnormal_heating", "cell_drift"]
+ANOMALY_CODES: frozenset[str] = frozenset(get_args(AnomalyCode))
 
 
 class Alarm(Message):

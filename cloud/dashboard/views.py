@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.dashboard.api_client import ApiClient, ApiClientError, device_path, get_json
+from schema.messages import ANOMALY_CODES
 
 log = logging.getLogger("battwin.dashboard.views")
 
@@ -304,9 +305,9 @@ def eol_band(fit_params: Any) -> dict[str, float] | None:
     return {"sigmas": k, "scatter_log": scatter, "lowered_by": 1.0 - math.exp(-k * scatter)}
 
 
-#: the device's anomaly alarms (device_agent.health.anomalies.AnomalyCode; a test keeps the two equal): drawn as
-#: anomaly markers on the timeline, with their evidence
-ANOMALY_ALARM_CODES: frozenset[str] = frozenset({"capacity_drop", "resistance_jump", "abnormal_heating", "cell_drift"})
+#: the device's anomaly alarms (schema.messages.AnomalyCode): drawn as anomaly markers on the timeline, with their
+#: evidence
+ANOMALY_ALARM_CODES: frozenset[str] = ANOMALY_CODES
 
 
 def alarm_events(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:

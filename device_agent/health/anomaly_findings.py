@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from device_agent.config import AnomalySettings
+from schema.messages import AnomalyCode
 
-AnomalyCode = Literal["capacity_drop", "resistance_jump", "abnormal_heating", "cell_drift"]
 Detail = float | int | str | bool | None
 
 #: an alarm clears once the judged value is back within this fraction of the threshold
