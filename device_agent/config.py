@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -208,6 +208,58 @@ class ShadowSettings(Section):
     topic_root: Annotated[str, Field(pattern=r"^\$?[A-Za-z0-9_\-]{1,32}$")] = "$aws"
 
 
+#: an MQTT topic level list without wildcards or empty levels (``homeassistant``, ``home/battwin``)
+TopicPrefix = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")]
+
+
+class HomeAssistantSettings(Section):
+    """Optional output to Home Assistant through MQTT discovery on a local broker (``device_agent.home_assistant``;
+    docs/home_assistant.md). Off by default: nothing connects to a local broker unless ``enabled``."""
+
+    enabled: bool = False
+    #: the local broker Home Assistant listens to (its Mosquitto add-on, usually), not the AWS uplink
+    url: Annotated[str, Field(pattern=r"^(mqtt|mqtts)://[^/\s]+$")] = "mqtt://127.0.0.1:1883"
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    password: SecretStr | None = None
+    #: TLS (``mqtts://`` only): a CA to trust instead of the system's, and a client certificate + key
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: MQTT client id on the local broker; None = ``battwin-ha-<node_id>``
+    client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] | None = None
+    #: Home Assistant's discovery prefix (its MQTT integration's setting; ``homeassistant`` unless changed there)
+    discovery_prefix: TopicPrefix = "homeassistant"
+    #: where the states and availability are published: ``<state_prefix>/<node_id>/...``
+    state_prefix: TopicPrefix = "battwin-ha"
+    #: the node id in discovery topics and unique ids; None = the thing name with other characters as ``_``
+    node_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] | None = None
+    #: retain the discovery configs (Home Assistant finds the entities again after its own restart)
+    retain_discovery: bool = True
+    #: retain the states (Home Assistant shows the last value at once after its restart)
+    retain_state: bool = True
+    keepalive_s: Annotated[int, Field(ge=5, le=1200)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0.0, le=120.0)] = 5.0
+    reconnect_min_s: Annotated[float, Field(gt=0.0, le=60.0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 60.0
+    #: the agent hands states to the publisher through a queue this long; past it they are dropped (counted)
+    queue_size: Annotated[int, Field(ge=16, le=100_000)] = 1000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HomeAssistantSettings:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set without a username")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate needs its key)")
+        tls_files = [name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name) is not None]
+        if tls_files and not self.url.startswith("mqtts://"):
+            raise ValueError(f"{', '.join(tls_files)} set but url {self.url!r} is not mqtts:// (TLS)")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) exceeds reconnect_max_s ({self.reconnect_max_s})"
+            )
+        return self
+
+
 class _DropEmptyThingName(PydanticBaseSettingsSource):
     """The environment source, with an empty ``BATTWIN_THING_NAME`` treated as unset."""
 
@@ -256,6 +308,7 @@ class AgentConfig(BaseSettings):
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     anomalies: AnomalySettings = Field(default_factory=AnomalySettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    home_assistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from device_agent.config import AgentConfig
 from device_agent.health.estimator import HealthModel
 from device_agent.health.model_manager import ModelManager
 from device_agent.health.shipped import shipped_model_dir
+from device_agent.home_assistant import attach_home_assistant
 from device_agent.shadow.client import ShadowClient
 from device_agent.shadow.config_sync import ConfigSync
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
@@ -119,6 +120,7 @@ def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agen
         agent.model_manager = attach_model_manager(agent, config.health.model_dir)
     if config.shadow.enabled:
         attach_config_sync(agent, build_shadow(config, agent.transport))
+    attach_home_assistant(agent, config)  # optional output to Home Assistant (off unless home_assistant.enabled)
     return agent
 
 
