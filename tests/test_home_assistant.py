@@ -180,7 +180,11 @@ def test_off_by_default_nothing_connects_to_a_local_broker(tmp_path, mosquitto):
     agent.close()
     time.sleep(0.5)
     connected = [line for line in mosquitto.log.read_text().splitlines() if "New client connected" in line]
-    assert connected == [], connected  # nothing connected to the local broker at all
+    assert connected == [], connected  # nothing connected to the local broker at all ...
+    probe = Subscriber(mosquitto.url, "homeassistant/#")  # ... where a client that does connect is logged
+    probe.close()
+    logged = lambda: "New client connected" in mosquitto.log.read_text()  # noqa: E731
+    assert _wait(logged, scaled(5)), "mosquitto does not log connections: this test would prove nothing"
 
 
 @pytest.mark.parametrize(
@@ -475,3 +479,13 @@ def test_killed_agent_process_shows_unavailable(tmp_path, mosquitto):
             proc.kill()
             proc.wait()
         watch.close()
+
+
+def test_the_docs_list_every_entity():
+    from device_agent.home_assistant.entities import HEALTH_ROWS, PACK_SAMPLE_ROWS
+
+    text = (REPO / "docs" / "home_assistant.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z0-9_N]+)` \|", text, flags=re.M))
+    rows = {row.key for row in (*PACK_SAMPLE_ROWS, *HEALTH_ROWS, *ALARM_ROWS)} | {"temperature_N", "cell_N_voltage"}
+    assert documented >= rows, rows - documented
+    assert not {code for code in PULSED_ALARMS if f"| `{code}` |" in text}
