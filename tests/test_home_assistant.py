@@ -30,7 +30,7 @@ from hardware.source import Source
 from schema.messages import Health, MessageKind, Sample
 from schema.simulator_settings import SimulatorSettings
 from tests.conftest import Mosquitto, Subscriber, require_mosquitto
-from tests.support import REPO, free_port, scaled
+from tests.support import REPO, free_port, require_module, scaled
 
 # -- Home Assistant's documented MQTT discovery fields, as data --------------------------------------------------
 # MQTT discovery: https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery (topic
@@ -124,7 +124,7 @@ def check_discovery(topic: str, config: dict[str, Any]) -> str:
 
 def render(template: str, state: dict[str, Any]) -> str:
     """A discovery template as Home Assistant renders it (Jinja2, ``value_json`` = the parsed payload)."""
-    jinja2 = pytest.importorskip("jinja2")
+    jinja2: Any = require_module("jinja2")  # in requirements/dev.lock
     return str(jinja2.Environment().from_string(template).render(value_json=state))
 
 

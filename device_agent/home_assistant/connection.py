@@ -153,5 +153,5 @@ class LocalBroker:
             self._conn.disconnect().result(timeout_s)
         except Exception as exc:  # never connected, or already down
             log.debug("home assistant broker: disconnect: %s", exc)
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_s + 5)
+        if self._thread is not None:  # a daemon: a connect attempt still hanging on a silent host is left behind
+            self._thread.join(timeout=min(timeout_s, 2.0))

@@ -179,10 +179,11 @@ class StatePublisher:
     def _done_with(self, exc: BaseException | None) -> None:
         with self._inflight_lock:
             self._inflight -= 1
-        if exc is None:
-            self.published += 1
-        else:
-            self.failed += 1  # lost with the connection: the resync on reconnect sends the last state again
+            if exc is None:
+                self.published += 1
+            else:
+                self.failed += 1  # lost with the connection: the resync on reconnect sends the last state again
+        if exc is not None:
             log.debug("home assistant: publish failed: %s", exc)
 
     def _log_drops(self, broker: Broker) -> None:
