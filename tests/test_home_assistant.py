@@ -369,6 +369,47 @@ def test_a_pack_whose_source_stops_answering_is_unavailable_not_a_flat_line(tmp_
     watch.close()
 
 
+class TwoPacks:
+    """What a multi-pack runner offers the output (device_agent.packs.MultiPackAgent): its config and agents."""
+
+    def __init__(self, config: AgentConfig, agents: list[Agent]) -> None:
+        self.config = config
+        self.agents = agents
+
+
+def test_several_packs_share_one_connection_and_each_is_a_device(tmp_path, mosquitto):
+    watch = HaWatch(mosquitto.url)
+    core = agent_config(tmp_path, mosquitto.url, thing="core-1")
+    agents = []
+    for n in (1, 2):  # two simulators with the same seed: the same source id, told apart by the thing name
+        cfg = core.model_copy(update={"thing_name": f"core-1.pack{n}"}, deep=True)
+        cfg.spool.path = tmp_path / f"pack{n}.db"
+        agents.append(Agent(cfg, SimulatorSource(sim_settings(), interval_s=10.0), MemoryTransport()))
+    bridge = attach_home_assistant(TwoPacks(core, agents))
+    assert bridge is not None and bridge.broker is not None and bridge.broker.wait_connected(scaled(10))
+    runs = [threading.Thread(target=a.run, args=(threading.Event(),), kwargs={"max_samples": 200}) for a in agents]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=scaled(30))
+    for a in agents:
+        a.close()
+    # the connection closed after the last pack stopped, with "offline"
+    assert watch.wait(lambda: watch.on("battwin-ha/core_1/status")[-1:] == [b"offline"], scaled(10))
+    configs = watch.configs()
+    devices = {c["device"]["identifiers"][0]: c["device"]["name"] for c in configs.values()}
+    assert devices == {
+        "battwin_core_1_simulator_7": "core-1.pack1 simulator:7",
+        "battwin_core_1_core_1_pack2_simulator_7": "core-1.pack2 simulator:7",
+    }
+    unique_ids = [c["unique_id"] for c in configs.values()]
+    assert len(unique_ids) == len(set(unique_ids))
+    for pack in ("simulator_7", "core_1_pack2_simulator_7"):
+        assert watch.on(f"battwin-ha/core_1/{pack}/sample"), pack
+    assert len([line for line in mosquitto.log.read_text().splitlines() if "as battwin-ha-" in line]) == 1
+    watch.close()
+
+
 # -- never in the way of the polling loop ----------------------------------------------------------------------
 def test_the_queue_is_bounded_and_refusals_are_counted():
     publisher = StatePublisher(lambda item: [], queue_size=16, status=lambda on: Publication("s", b"", True))

@@ -2,10 +2,11 @@
 (every message the agent spooled: telemetry, cycles, health, alarms) to a :class:`HomeAssistantBridge`, which
 queues it for the state publisher's thread and there turns it into discovery configs and states per pack.
 
-A pack is one source id. Its sample entities are announced with its first sample (the number of cells and
-temperature sensors is the pack's), its health entities and alarm binary sensors when it is attached. Simulated
-fallback samples of a real source (``source.fallback = "simulator"``) never reach Home Assistant: the pack is
-unavailable while its source is offline.
+A pack is one attached agent (one source): a Home Assistant device. Its sample entities are announced with its
+first sample (the number of cells and temperature sensors is the pack's), its health entities and alarm binary
+sensors when it is attached. Simulated fallback samples of a real source (``source.fallback = "simulator"``) never
+reach Home Assistant: the pack is unavailable while its source is offline. A multi-pack runner (anything with an
+``agents`` list) is attached pack by pack, over one connection.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from device_agent.config import AgentConfig, ConfigError, HomeAssistantSettings
 from device_agent.home_assistant.discovery import (
@@ -45,6 +46,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class HasAgents(Protocol):
+    """A runner of several packs (``device_agent.packs.MultiPackAgent``): one agent per pack."""
+
+    config: AgentConfig
+
+    @property
+    def agents(self) -> list[Agent]: ...
+
+
 class HomeAssistantConfigError(ConfigError):
     """The ``home_assistant`` section names something that is not there (a TLS file)."""
 
@@ -67,6 +78,8 @@ class _Seed:
 
 @dataclass(frozen=True)
 class _Delivered:
+    #: the pack (the agent that spooled the message)
+    pack: str
     kind: MessageKind
     body: Message
     #: the delivering agent's source is the simulator (else simulated samples are its fallback: not shown)
@@ -91,6 +104,7 @@ class HomeAssistantBridge:
         self.thing_name = thing_name
         self._packs: dict[str, _Pack] = {}  # the publisher's thread only
         self._users = 0
+        self._keys: set[str] = set()
         self._lock = threading.Lock()
         self.publisher = StatePublisher(self._translate, settings.queue_size, self._status)
         self.broker: LocalBroker | None = None
@@ -129,18 +143,27 @@ class HomeAssistantBridge:
     def add_agent(self, agent: Agent) -> None:
         """Follow ``agent``: its messages become states; the bridge stops after the last agent's shutdown."""
         simulated = agent.source.simulated
-        identity = PackIdentity(agent.source.source_id, agent.config.thing_name, simulated)
+        source_id, thing = agent.source.source_id, agent.config.thing_name
+        with self._lock:
+            key = slug(source_id)
+            if key in self._keys:  # two packs on the same kind of source id: the thing name tells them apart
+                key = slug(f"{thing}_{source_id}")
+            base, n = key, 1
+            while key in self._keys:
+                n += 1
+                key = f"{base}_{n}"
+            self._keys.add(key)
+            self._users += 1
+        identity = PackIdentity(source_id, thing, simulated, key)
         self.publisher.submit(_Seed(identity, frozenset(agent.alarms.active)))
         previous = agent.on_message
 
         def on_message(kind: MessageKind, body: Message, msg_id: str) -> None:
             if previous is not None:
                 previous(kind, body, msg_id)
-            self.publisher.submit(_Delivered(kind, body, simulated))
+            self.publisher.submit(_Delivered(key, kind, body, simulated))
 
         agent.on_message = on_message
-        with self._lock:
-            self._users += 1
         agent.on_shutdown.append(self._release)
 
     def _release(self) -> None:
@@ -163,49 +186,32 @@ class HomeAssistantBridge:
     def _translate(self, item: Any) -> Iterator[Publication]:
         if isinstance(item, _Seed):
             yield from self._seed(item)
-        elif isinstance(item, _Delivered):
-            body = item.body
-            if isinstance(body, Telemetry):
-                latest: dict[str, Sample] = {}
-                for sample in body.samples:
-                    if sample.simulated and not item.source_simulated:
-                        continue  # fallback data while the real source is offline
-                    latest[sample.source_id] = sample
-                for sample in latest.values():
-                    yield from self._on_sample(sample)
-            elif isinstance(body, Health):
-                yield from self._on_health(body)
-            elif isinstance(body, Alarm):
-                yield from self._on_alarm(body)
+            return
+        if not isinstance(item, _Delivered):
+            return
+        pack = self._packs.get(item.pack)
+        if pack is None:  # its seed was refused by a full queue
+            return
+        body = item.body
+        if isinstance(body, Telemetry):
+            shown = [s for s in body.samples if not (s.simulated and not item.source_simulated)]
+            if shown:  # the batch's latest reading (fallback data while the real source is offline: not shown)
+                yield from self._on_sample(pack, shown[-1])
+        elif isinstance(body, Health):
+            yield self._state(pack, "health", state_of(HEALTH_ROWS, body), body.ts, body.simulated)
+        elif isinstance(body, Alarm):
+            yield from self._on_alarm(pack, body)
 
     def _seed(self, seed: _Seed) -> Iterator[Publication]:
-        pack = self._packs.get(seed.identity.source_id)
-        if pack is None:
-            pack = self._packs[seed.identity.source_id] = _Pack(seed.identity, active=set(seed.active))
-            yield from self._announce(pack)
-        else:
-            pack.active |= seed.active
-            yield self._alarm_state(pack)
+        pack = self._packs[seed.identity.pack] = _Pack(seed.identity, active=set(seed.active))
+        yield from self._discovery(pack, HEALTH_ROWS)
+        yield from self._discovery(pack, ALARM_ROWS)
+        yield self._alarm_state(pack)
         if "source_offline" in pack.active:
             pack.online = False
             yield self._availability(pack)
 
-    def _ensure(self, source_id: str, simulated: bool) -> tuple[_Pack, list[Publication]]:
-        """The pack of this source id; a new one (a source no agent attached) announces its entities."""
-        pack = self._packs.get(source_id)
-        if pack is not None:
-            return pack, []
-        pack = self._packs[source_id] = _Pack(PackIdentity(source_id, self.thing_name, simulated))
-        return pack, list(self._announce(pack))
-
-    def _announce(self, pack: _Pack) -> Iterator[Publication]:
-        yield from self._discovery(pack, HEALTH_ROWS)
-        yield from self._discovery(pack, ALARM_ROWS)
-        yield self._alarm_state(pack)
-
-    def _on_sample(self, sample: Sample) -> Iterator[Publication]:
-        pack, pubs = self._ensure(sample.source_id, sample.simulated)
-        yield from pubs
+    def _on_sample(self, pack: _Pack, sample: Sample) -> Iterator[Publication]:
         rows = sample_rows(sample)
         if len(rows) > len(pack.rows):  # the first sample, or more cells / sensors than before
             pack.rows = rows
@@ -215,14 +221,7 @@ class HomeAssistantBridge:
             yield self._availability(pack)
         yield self._state(pack, "sample", state_of(pack.rows, sample), sample.ts, sample.simulated)
 
-    def _on_health(self, health: Health) -> Iterator[Publication]:
-        pack, pubs = self._ensure(health.source_id, health.simulated)
-        yield from pubs
-        yield self._state(pack, "health", state_of(HEALTH_ROWS, health), health.ts, health.simulated)
-
-    def _on_alarm(self, alarm: Alarm) -> Iterator[Publication]:
-        pack, pubs = self._ensure(alarm.source_id, alarm.simulated)
-        yield from pubs
+    def _on_alarm(self, pack: _Pack, alarm: Alarm) -> Iterator[Publication]:
         if alarm.active:
             pack.active.add(alarm.code)
         else:
@@ -258,12 +257,13 @@ def _json(value: Any) -> bytes:
 
 
 def attach_home_assistant(
-    agent: Agent, config: AgentConfig | None = None, bridge: HomeAssistantBridge | None = None
+    target: Agent | HasAgents, config: AgentConfig | None = None, bridge: HomeAssistantBridge | None = None
 ) -> HomeAssistantBridge | None:
-    """With ``home_assistant.enabled``: publish ``agent``'s packs to Home Assistant (MQTT discovery on the local
-    broker, in a thread of its own). Several agents in one process share one bridge: pass the first call's
-    result as ``bridge``. Off (the default): returns None and nothing connects."""
-    config = config or agent.config
+    """With ``home_assistant.enabled``: publish the packs of ``target`` (an agent, or a multi-pack runner with an
+    ``agents`` list) to Home Assistant: MQTT discovery on the local broker, in a thread of its own. Several calls
+    in one process can share one connection: pass the first call's result as ``bridge``. Off (the default):
+    returns None and nothing connects."""
+    config = config or target.config
     settings = config.home_assistant
     if not settings.enabled:
         return None
@@ -271,5 +271,6 @@ def attach_home_assistant(
         check_files(settings)
         bridge = HomeAssistantBridge(settings, config.thing_name)
         bridge.start()
-    bridge.add_agent(agent)
+    for agent in target.agents if isinstance(target, HasAgents) else [target]:
+        bridge.add_agent(agent)
     return bridge

@@ -91,10 +91,12 @@ class PackIdentity:
     source_id: str
     thing_name: str
     simulated: bool
+    #: the pack's part of topics and ids; default: the source id made safe (``jbd:ttyUSB0`` → ``jbd_ttyusb0``)
+    key: str | None = None
 
     @property
     def pack(self) -> str:
-        return slug(self.source_id)
+        return self.key or slug(self.source_id)
 
     def device(self, node_id: str, sw_version: str) -> dict[str, Any]:
         scheme = self.source_id.split(":", 1)[0].lower()
