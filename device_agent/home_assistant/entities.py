@@ -154,6 +154,7 @@ _ALARM_NAMES: dict[str, str] = {
     "eol_reached": "End of life reached",
     "source_fallback_simulator": "Simulated fallback data",
     "model_unavailable": "Health model unavailable",
+    "soc_disagreement": "SoC disagreement (BMS vs battwin)",  # with battwin's own SoC (issue #17 item 3)
 }
 
 ActiveAlarms = frozenset[str]
