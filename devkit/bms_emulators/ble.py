@@ -94,7 +94,8 @@ class PeerFault(enum.StrEnum):
     SILENT = "silent"  # the request arrives, nothing comes back
     GARBAGE = "garbage"  # random bytes instead of a reply
     BAD_CHECKSUM = "bad_checksum"  # the reply with its checksum corrupted
-    DROP = "drop"  # the link goes down right after the request
+    DROP = "drop"  # the link goes down right after the request (later writes fail: "Not connected")
+    DROP_STALL = "drop_stall"  # the same, but later writes hang (a BlueZ stack that stalls on a dead link)
 
 
 class BlePeer:
@@ -195,6 +196,7 @@ class FakeBleakClient:
         self._connected = False
         self._handlers: dict[int, Callable[..., Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stalled = False
 
     @property
     def peer(self) -> BlePeer | None:
@@ -257,13 +259,16 @@ class FakeBleakClient:
         return bytearray()
 
     async def write_gatt_char(self, spec: Any, data: Any, response: bool | None = None) -> None:
+        if self._stalled:
+            await asyncio.Event().wait()  # never answers; only cancelling ends it
         char = self._char(spec)
         peer = self.peer
         assert peer is not None
         request = bytes(data)
         peer.requests.append(request)
         loop = asyncio.get_running_loop()
-        if peer.fault is PeerFault.DROP:
+        if peer.fault in (PeerFault.DROP, PeerFault.DROP_STALL):
+            self._stalled = peer.fault is PeerFault.DROP_STALL
             loop.call_soon(self.drop)
             return
         if peer.fault is PeerFault.SILENT:

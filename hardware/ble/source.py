@@ -353,7 +353,7 @@ class BleSource(PolledSource):
             await asyncio.gather(update, watch, return_exceptions=True)
         if update.done() and not update.cancelled():
             return dict(update.result())
-        raise SourceUnavailable(f"{self.source_id}: the BLE link dropped during the poll")
+        raise SourceUnavailable(f"{self.source_id}: the BLE link dropped during the poll (seen while waiting)")
 
     @staticmethod
     async def _link_lost(bms: Any) -> None:
