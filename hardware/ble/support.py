@@ -17,10 +17,12 @@ class BleSupportMissing(SourceConfigError):
     """A ``ble:`` source was asked for where aiobmsble cannot run: Python < 3.12, or the extra not installed."""
 
 
-def ble_support_problem() -> str | None:
-    """Why ``ble:`` sources cannot work here, or None when they can (aiobmsble imports)."""
-    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    if sys.version_info[:2] < MIN_PYTHON:
+def ble_support_problem(python: tuple[int, int] | None = None) -> str | None:
+    """Why ``ble:`` sources cannot work here, or None when they can (aiobmsble imports). ``python``: the
+    interpreter's version unless given (tests)."""
+    version = python or (sys.version_info[0], sys.version_info[1])
+    running = f"{version[0]}.{version[1]}"
+    if version < MIN_PYTHON:
         return (
             f"BLE sources need Python >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (aiobmsble), this is Python {running}; "
             f"install the agent on Python 3.12+ with the extra: pip install '{EXTRA}' (hardware/README.md, BLE)"

@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the imports below need aiobmsble: they follow the Python and package checks)
 """The ``ble:`` source through aiobmsble, against a fake Bluetooth LE world (devkit.bms_emulators.ble).
 
 The frames the fake packs send come from the project's JBD emulator (JBD's BLE service carries its UART frames)
