@@ -141,8 +141,10 @@ class _LoopThread:
 
 
 def _family_classes(aiobmsble_utils: Any) -> dict[str, Any]:
-    """aiobmsble's families: module name without ``_bms`` → its BMS class."""
-    return {m.__name__.rsplit(".", 1)[-1].removesuffix("_bms"): m.BMS for m in aiobmsble_utils.load_bms_plugins()}
+    """aiobmsble's families: module name without ``_bms`` → its BMS class (not its ``dummy`` test plug-in)."""
+    families = {m.__name__.rsplit(".", 1)[-1].removesuffix("_bms"): m.BMS for m in aiobmsble_utils.load_bms_plugins()}
+    families.pop("dummy", None)
+    return families
 
 
 def supported_families() -> list[str]:

@@ -312,6 +312,7 @@ def test_unknown_family_and_bad_secret_are_config_errors(radio: FakeRadio) -> No
         ble_source(radio, f"ble:{JBD_ADDRESS}?type=daly&secret=1234")
     families = supported_families()
     assert {"jbd", "jikong", "daly"} <= set(families) and len(families) >= 40
+    assert "dummy" not in families  # aiobmsble's own test plug-in is no BMS
 
 
 # -- the agent: source_offline after N failed polls, cleared when the pack is back ------------------------
