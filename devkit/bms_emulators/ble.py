@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -296,7 +295,8 @@ class FakeRadio:
         self.peers: dict[str, BlePeer] = {}
         self.clients: list[FakeBleakClient] = []
         self.scans = 0
-        self._lock = threading.Lock()
+        #: raised by the next scans while set (e.g. BlueZ not running, D-Bus access denied)
+        self.scan_error: Exception | None = None
 
     def add(self, peer: BlePeer) -> BlePeer:
         self.peers[peer.address] = peer
@@ -319,6 +319,8 @@ class FakeRadio:
         from hardware.ble.source import Found
 
         self.scans += 1
+        if self.scan_error is not None:
+            raise self.scan_error
         for peer in self.peers.values():
             if peer.in_range and target.matches(peer.address, peer.local_name):
                 device = BLEDevice(peer.address, peer.local_name, details={})

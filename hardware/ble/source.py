@@ -207,7 +207,9 @@ class BleSource(PolledSource):
             self._runner.run(self._async_connect(), budget + _GRACE_S)
         except SourceUnavailable:
             raise
-        except SourceError as exc:
+        except SourceConfigError:
+            raise
+        except Exception as exc:  # a scan that fails (BlueZ not running, no adapter, D-Bus refused) and the like
             raise SourceUnavailable(f"{self.source_id}: {type(exc).__name__}: {exc}") from None
 
     async def _async_connect(self) -> None:

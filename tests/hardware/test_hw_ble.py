@@ -279,6 +279,21 @@ def test_a_pack_out_of_range_is_unavailable_backs_off_and_comes_back(radio: Fake
         source.close()
 
 
+def test_a_failing_bluetooth_stack_is_unavailable_not_a_crash(radio: FakeRadio) -> None:
+    from bleak.exc import BleakDBusError
+
+    radio.add(JbdBlePeer(JBD_ADDRESS, make_feed(seed=15)))
+    radio.scan_error = BleakDBusError("org.freedesktop.DBus.Error.AccessDenied", ["not allowed to talk to org.bluez"])
+    source = ble_source(radio, f"ble:{JBD_ADDRESS}?type=jbd&{FAST}")
+    try:
+        with pytest.raises(SourceUnavailable, match="AccessDenied"):
+            source.poll()
+        radio.scan_error = None
+        assert poll_until(source).voltage_v > 0
+    finally:
+        source.close()
+
+
 def test_an_unknown_advertisement_asks_for_a_type(radio: FakeRadio) -> None:
     # not a JBD name, and an address outside JBD's OUIs: aiobmsble's matchers cannot tell
     radio.add(JbdBlePeer("02:00:00:00:00:01", make_feed(seed=12), local_name="MyPack"))
