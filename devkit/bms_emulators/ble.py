@@ -121,6 +121,8 @@ class BlePeer:
         self.faults = FaultControl(seed=11)
         self.requests: list[bytes] = []
         self.connects = 0
+        #: connection attempts hang (a pack that advertises but never completes a connection)
+        self.connect_hangs = False
 
     def replies(self, char: FakeCharacteristic, data: bytes) -> list[bytes]:
         """The byte stream answering one write (split into notifications by the client)."""
@@ -216,6 +218,8 @@ class FakeBleakClient:
         peer = self.peer
         if peer is None or not peer.in_range:
             raise BleakDeviceNotFoundError(self.address, f"device {self.address} not found")
+        if peer.connect_hangs:
+            await asyncio.Event().wait()  # only cancelling ends it
         peer.connects += 1
         self._connected = True
         self.radio.clients.append(self)

@@ -243,16 +243,16 @@ class BleSource(PolledSource):
             async with asyncio.timeout(self.connect_timeout_s):
                 await stack.enter_async_context(bms)
         except TimeoutError:
-            await self._close_quietly(stack)
+            await self._drop(bms)
             self._found = None
             raise SourceUnavailable(
                 f"{self.source_id}: no connection to {found.device.address} within {self.connect_timeout_s:g} s"
             ) from None
         except PermissionError as exc:  # a wrong secret
-            await self._close_quietly(stack)
+            await self._drop(bms)
             raise SourceUnavailable(f"{self.source_id}: the BMS refused the connection: {exc}") from None
         except Exception as exc:
-            await self._close_quietly(stack)
+            await self._drop(bms)
             self._found = None  # scan again next time: BlueZ may have forgotten the device
             raise SourceUnavailable(
                 f"{self.source_id}: connecting to {found.device.address} failed: {type(exc).__name__}: {exc}"
@@ -285,6 +285,15 @@ class BleSource(PolledSource):
                 handler(sender, data)
 
             bms._notification_handler = counting
+
+    @staticmethod
+    async def _drop(bms: Any) -> None:
+        """After a failed connect: make sure no half-open link stays behind (a cancelled connect may leave one)."""
+        try:
+            async with asyncio.timeout(5.0):
+                await bms.disconnect()
+        except Exception as exc:
+            log.debug("dropping a failed BLE connection: %s: %s", type(exc).__name__, exc)
 
     @staticmethod
     async def _close_quietly(stack: contextlib.AsyncExitStack) -> None:

@@ -294,6 +294,19 @@ def test_a_failing_bluetooth_stack_is_unavailable_not_a_crash(radio: FakeRadio) 
         source.close()
 
 
+def test_a_connection_that_never_completes_is_unavailable(radio: FakeRadio) -> None:
+    peer = radio.add(JbdBlePeer(JBD_ADDRESS, make_feed(seed=16)))
+    peer.connect_hangs = True
+    source = ble_source(radio, f"ble:{JBD_ADDRESS}?type=jbd&connect_timeout=0.3&{FAST}")
+    try:
+        with pytest.raises(SourceUnavailable, match="no connection to .* within 0.3 s"):
+            source.poll()
+        peer.connect_hangs = False
+        assert poll_until(source).voltage_v > 0
+    finally:
+        source.close()
+
+
 def test_an_unknown_advertisement_asks_for_a_type(radio: FakeRadio) -> None:
     # not a JBD name, and an address outside JBD's OUIs: aiobmsble's matchers cannot tell
     radio.add(JbdBlePeer("02:00:00:00:00:01", make_feed(seed=12), local_name="MyPack"))
