@@ -210,7 +210,10 @@ class BleSource(PolledSource):
         except SourceConfigError:
             raise
         except Exception as exc:  # a scan that fails (BlueZ not running, no adapter, D-Bus refused) and the like
-            raise SourceUnavailable(f"{self.source_id}: {type(exc).__name__}: {exc}") from None
+            raise SourceUnavailable(
+                f"{self.source_id}: Bluetooth failed: {type(exc).__name__}: {exc} (is bluetoothd running, and may "
+                "this user talk to it? hardware/README.md, Bluetooth LE packs)"
+            ) from None
 
     async def _async_connect(self) -> None:
         if self._found is None:
