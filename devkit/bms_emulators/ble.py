@@ -143,16 +143,27 @@ class JbdBlePeer(BlePeer):
     """A JBD/Xiaoxiang pack over BLE: service ff00, notify ff01, write ff02; the UART frames of
     :class:`JbdEmulator` for the simulated pack in ``feed``."""
 
-    def __init__(self, address: str, feed: PackFeed, local_name: str = "JBD-SP04S034-L4S") -> None:
+    def __init__(
+        self,
+        address: str,
+        feed: PackFeed,
+        local_name: str = "JBD-SP04S034-L4S",
+        auth: tuple[bytes, bytes] | None = None,
+    ) -> None:
         ff01 = FakeCharacteristic(full_uuid("ff01"), 0x11, ["read", "notify"])
         ff02 = FakeCharacteristic(full_uuid("ff02"), 0x15, ["write-without-response", "write"])
         super().__init__(address, local_name, [FakeService(full_uuid("ff00"), 0x10, [ff01, ff02])])
         self.feed = feed
         self.emulator = JbdEmulator(feed)
+        #: the Bluetooth password exchange (FF AA frames): the request this pack accepts and its recorded answer;
+        #: any other FF AA request gets no answer
+        self.auth = auth
 
     def replies(self, char: FakeCharacteristic, data: bytes) -> list[bytes]:
         if char.uuid != full_uuid("ff02"):
             return []
+        if data.startswith(b"\xff\xaa"):
+            return [self.auth[1]] if self.auth is not None and data == self.auth[0] else []
         frames = self.emulator.respond(data, self.feed.state()) or []
         if self.fault is PeerFault.BAD_CHECKSUM:
             return [self.corrupt(f) for f in frames]

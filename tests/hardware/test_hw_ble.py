@@ -128,6 +128,43 @@ def test_a_charging_pack_reads_positive_current(radio: FakeRadio) -> None:
         source.close()
 
 
+def _jbd_auth_capture() -> tuple[bytes, bytes]:
+    """A real JBD password exchange (btsnoop, esphome-jbd-bms): the app's FF AA 15 request with "000000" and the
+    pack's answer (status 0x00: accepted)."""
+    request = response = None
+    path = CORPUS_DIR / "jbd.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else ():
+        rec = json.loads(line)
+        if rec["protocol"] == "jbd_ffaa_auth" and rec["register_or_id"] == "0x15":
+            if rec["direction"] == "request" and request is None:
+                request = bytes.fromhex(rec["hex"])
+            elif rec["direction"] == "response" and response is None:
+                response = bytes.fromhex(rec["hex"])
+    if request is None or response is None:
+        require_corpus()
+        pytest.fail("no JBD 0x15 password exchange in the frame corpus")
+    return request, response
+
+
+def test_a_jbd_pack_with_a_bluetooth_password(radio: FakeRadio) -> None:
+    request, response = _jbd_auth_capture()
+    assert request[4:-1] == b"000000"  # the password the capture carries
+    feed = make_feed(seed=17)
+    peer = radio.add(JbdBlePeer(JBD_ADDRESS, feed, auth=(request, response)))
+    source = ble_source(radio, f"ble:{JBD_ADDRESS}?type=jbd&secret=000000&{FAST}")
+    try:
+        assert_matches(source.poll(), feed.state(), JBD_RES)
+        assert peer.requests[0] == request  # aiobmsble sent the exchange byte for byte as the vendor app did
+    finally:
+        source.close()
+    wrong = ble_source(radio, f"ble:{JBD_ADDRESS}?type=jbd&secret=123456&connect_timeout=1&{FAST}")
+    try:
+        with pytest.raises(SourceUnavailable, match="no connection to"):  # this pack does not answer a wrong one
+            wrong.poll()
+    finally:
+        wrong.close()
+
+
 # -- decoding: real JK BLE captures ------------------------------------------------------------------------
 #: JK sends its "ready" message after the device info; this is the frame mpp-solar recorded for it
 JK_READY = bytes.fromhex("aa5590ebc8010100000000000000000000000044")
