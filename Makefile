@@ -33,7 +33,7 @@ $(DEMO_STAMP): requirements/demo.lock pyproject.toml
 # regenerate the locks from pyproject.toml (keeps the versions already locked unless pyproject needs others)
 lock: $(STAMP)
 	$(UV_COMPILE) pyproject.toml --all-extras -o requirements/dev.lock
-	$(UV_COMPILE) pyproject.toml requirements/device.in --extra device --extra litert \
+	$(UV_COMPILE) pyproject.toml requirements/device.in --extra device --extra litert --extra ble \
 		-c requirements/dev.lock -o requirements/device.lock
 	$(UV_COMPILE) pyproject.toml requirements/device.in --extra device \
 		-c requirements/dev.lock -o requirements/device-32bit.lock

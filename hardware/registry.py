@@ -2,7 +2,8 @@
 
 ``scheme:rest`` URLs select a driver: ``simulator``, ``replay:PATH``, ``jbd:/dev/ttyUSB0``,
 ``daly:/dev/ttyUSB0?address=0x40``, ``jk:/dev/ttyUSB0``, ``sbs:/dev/i2c-1?address=0x0b``,
-``modbus-tcp://host:502?unit=1&map=sunspec``, ``modbus-rtu:/dev/ttyUSB0?baud=9600&unit=1&map=FILE.yaml``.
+``modbus-tcp://host:502?unit=1&map=sunspec``, ``modbus-rtu:/dev/ttyUSB0?baud=9600&unit=1&map=FILE.yaml``,
+``ble:AA:BB:CC:DD:EE:FF?type=jbd`` (hardware.ble).
 
 A driver is a factory ``(SourceUrl, SourceSettings) -> Source`` (:data:`SourceFactory`): it reads its
 options from the parsed URL, the agent's defaults (``retries``, ``sample_interval_s`` ...) from the
@@ -46,6 +47,9 @@ BUILTIN_DRIVERS: dict[str, str] = {
     "sbs": "hardware.sbs.driver:create",
     "modbus-tcp": "hardware.modbus.driver:create_tcp",
     "modbus-rtu": "hardware.modbus.driver:create_rtu",
+    # BLE packs through aiobmsble (battwin[ble], Python >= 3.12); listed everywhere, refused with a typed error
+    # naming the extra where aiobmsble is missing
+    "ble": "hardware.ble.source:create",
 }
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]{0,31}$")

@@ -5,7 +5,8 @@ them), so a driver factory is typed ``Callable[[SourceUrl, SourceSettings], Sour
 importing the other upward.
 
 The URL grammar: ``scheme:rest`` selects a driver — ``simulator``, ``replay:PATH``, ``jbd:/dev/ttyUSB0``,
-``daly:/dev/ttyUSB0?address=0x40``, ``sbs:/dev/i2c-1?address=0x0b``, ``modbus-tcp://host:502?unit=1`` ...
+``daly:/dev/ttyUSB0?address=0x40``, ``sbs:/dev/i2c-1?address=0x0b``, ``modbus-tcp://host:502?unit=1``,
+``ble:AA:BB:CC:DD:EE:FF?type=jbd`` ...
 A malformed URL or option raises :class:`SourceConfigError`.
 """
 

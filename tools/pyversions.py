@@ -42,6 +42,8 @@ ROOTS = (
     "pymodbus",
     "pyyaml",
     "ai-edge-litert",
+    # BLE packs (the ble extra, Python >= 3.12 only: its lock entries carry the marker, pip skips them elsewhere)
+    "aiobmsble",
     # the cloud handlers (boto3 is what the Lambda runtime provides) and the AWS they are tested against
     "boto3",
     "moto",
