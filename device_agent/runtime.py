@@ -8,7 +8,7 @@ import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
@@ -24,6 +24,9 @@ from hardware.errors import SourceError
 from hardware.registry import create_source
 from hardware.replay import ReplaySource
 from schema.messages import Message, MessageKind
+
+if TYPE_CHECKING:
+    from device_agent.packs import MultiPackAgent
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,15 @@ def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agen
     if config.shadow.enabled:
         attach_config_sync(agent, build_shadow(config, agent.transport))
     return agent
+
+
+def build_runner(config: AgentConfig, transport: Transport | None = None) -> Agent | MultiPackAgent:
+    """One agent, or with ``packs`` configured the multi-pack agent (device_agent.packs) over one transport."""
+    if config.packs:
+        from device_agent.packs import build_multipack
+
+        return build_multipack(config, transport)
+    return build_agent(config, transport)
 
 
 class _DiscardTransport(MemoryTransport):

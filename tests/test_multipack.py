@@ -1,0 +1,398 @@
+"""Several packs under one agent (issue #17 item 1): configuration, per-pack twins, isolation, shared transport,
+bank view. End-to-end runs against mosquitto and the cloud ingest's checks are at the bottom."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device_agent import packs as packs_module
+from device_agent.agent import Agent
+from device_agent.bank import PackFigures, bank_view
+from device_agent.config import AgentConfig, ConfigError, load_config, pack_config
+from device_agent.packs import MultiPackAgent, SharedTransport
+from device_agent.runtime import build_runner
+from device_agent.uplink.transport import MemoryTransport, TransportError
+from hardware.errors import SourceTimeout
+from hardware.simulator.source import SimulatorSource
+from hardware.source import Source
+from schema.messages import Envelope, Sample
+from schema.simulator_settings import SimulatorSettings
+
+
+def _packs_config(tmp_path: Path, packs: list[dict[str, Any]], **extra: Any) -> AgentConfig:
+    fields: dict[str, Any] = {
+        "thing_name": "core-1",
+        "source": {"url": "simulator", "sample_interval_s": 10.0},
+        "telemetry": {"batch_max_samples": 20, "batch_max_age_s": 3600.0},
+        "spool": {"path": tmp_path / "spool.db"},
+        "shadow": {"enabled": False},
+        "health": {"use_shipped_model": False},
+        "packs": packs,
+    }
+    return AgentConfig(**{**fields, **extra})
+
+
+def _sim(seed: int, capacity_ah: float = 2.0) -> SimulatorSource:
+    settings = SimulatorSettings(
+        seed=seed, capacity_ah=capacity_ah, time_acceleration=1e6, start_ts=1.7e9, rest_after_charge_s=60.0
+    )
+    return SimulatorSource(settings, interval_s=10.0, name=f"pack{seed}")
+
+
+class CountingTransport(MemoryTransport):
+    """A MemoryTransport that records its lifecycle and what was published after it stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = 0
+        self.stops = 0
+        self.after_stop: list[str] = []
+
+    def start(self) -> None:
+        self.starts += 1
+        self.set_online(True)
+
+    def stop(self) -> None:
+        self.stops += 1
+        super().stop()
+
+    def publish(self, topic: str, payload: bytes) -> Any:
+        if self.stops:
+            self.after_stop.append(topic)
+        return super().publish(topic, payload)
+
+
+def _by_thing(transport: MemoryTransport) -> dict[str, list[Envelope]]:
+    out: dict[str, list[Envelope]] = {}
+    for topic, payload in transport.published:
+        env = Envelope.model_validate_json(payload)
+        assert topic == f"battwin/{env.thing}/{env.kind}"  # what the cloud ingest checks
+        env.parsed_body()
+        out.setdefault(env.thing, []).append(env)
+    return out
+
+
+# -- configuration --------------------------------------------------------------------------------------------
+def test_a_config_without_packs_is_the_single_agent_as_before(tmp_path):
+    config = load_config(None, {"spool": {"path": str(tmp_path / "s.db")}, "shadow": {"enabled": False}})
+    assert config.packs == []
+    runner = build_runner(config, MemoryTransport())
+    try:
+        assert type(runner) is Agent and runner.config.thing_name == "battwin-sim-1"
+        assert runner.topic("telemetry") == "battwin/battwin-sim-1/telemetry"
+    finally:
+        runner.close()
+
+
+def test_each_pack_gets_its_thing_name_spool_file_share_and_overrides(tmp_path):
+    config = _packs_config(
+        tmp_path,
+        [
+            {"id": "a", "url": "jbd:/dev/ttyUSB0"},
+            {
+                "id": "b",
+                "url": "jbd:/dev/ttyUSB1",
+                "tracker": {"cells_series": 16},
+                "health": {"rated_capacity_ah": 280},
+            },
+        ],
+    )
+    a, b = (pack_config(config, p) for p in config.packs)
+    assert (a.thing_name, b.thing_name) == ("core-1.a", "core-1.b")
+    assert (a.spool.path.name, b.spool.path.name) == ("spool.a.db", "spool.b.db")
+    assert a.spool.max_bytes + b.spool.max_bytes <= config.spool.max_bytes
+    assert (a.source.url, b.source.url) == ("jbd:/dev/ttyUSB0", "jbd:/dev/ttyUSB1")
+    assert (a.tracker.cells_series, b.tracker.cells_series) == (1, 16)
+    assert (a.health.rated_capacity_ah, b.health.rated_capacity_ah) == (None, 280.0)
+    assert a.source.sample_interval_s == 10.0 and a.packs == [] and config.thing_name == "core-1"
+
+
+@pytest.mark.parametrize(
+    ("packs", "expected"),
+    [
+        ([{"id": "a", "url": "simulator"}, {"id": "A", "url": "simulator"}], "id 'A' is used twice"),
+        (
+            [{"id": "a", "url": "jbd:/dev/ttyUSB0"}, {"id": "b", "url": "jbd:/dev/ttyUSB0"}],
+            "share the serial device /dev/ttyUSB0: jbd reads one pack per device",
+        ),
+        (
+            [
+                {"id": "a", "url": "daly:/dev/ttyUSB0?address=0x40"},
+                {"id": "b", "url": "daly:/dev/ttyUSB0?address=0x80"},
+            ],
+            "address option selects the host port",
+        ),
+        (
+            [
+                {"id": "a", "url": "modbus-rtu:/dev/ttyUSB0?unit=2"},
+                {"id": "b", "url": "modbus-rtu:/dev/ttyUSB0?unit=0x2"},
+            ],
+            "with the same unit",
+        ),
+        (
+            [{"id": "a", "url": "modbus-rtu:/dev/ttyUSB0"}, {"id": "b", "url": "jbd:/dev/ttyUSB0"}],
+            "with different drivers",
+        ),
+        (
+            [{"id": "a", "url": "modbus-tcp://10.0.0.5:502?unit=1"}, {"id": "b", "url": "modbus-tcp://10.0.0.5:502"}],
+            "same network device and unit",
+        ),
+        ([{"id": "a", "url": "jbd:/dev/ttyUSB0", "tracker": {"cells_series": 0}}], "packs[a].tracker: cells_series"),
+        ([{"id": "a", "url": "jbd:/dev/ttyUSB0", "health": {"colour": 1}}], "packs[a].health: colour"),
+        ([{"id": "a", "url": "   "}], "packs[a].url: source URL is empty"),
+        ([{"id": "x" * 32, "url": "simulator"}], "is longer than 128 characters"),
+        ([{"id": "a.b", "url": "simulator"}], "packs.0.id"),
+        ([{"id": "a", "url": "simulator", "spool": {}}], "packs.0.spool"),
+    ],
+)
+def test_bad_pack_lists_are_refused_up_front_naming_the_packs(packs, expected):
+    overrides: dict[str, Any] = {"packs": packs}
+    if "x" * 32 in json.dumps(packs):
+        overrides["thing_name"] = "c" * 100
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert expected in str(err.value)
+
+
+def test_packs_on_one_bus_with_distinct_addresses_are_accepted_and_spool_share_is_checked():
+    ok = load_config(
+        None,
+        {
+            "packs": [
+                {"id": "u1", "url": "modbus-rtu:/dev/ttyUSB0?unit=1"},
+                {"id": "u2", "url": "modbus-rtu:/dev/ttyUSB0?unit=2"},
+                {"id": "s", "url": "sbs:/dev/i2c-1?address=0x0b"},
+                {"id": "t", "url": "sbs:/dev/i2c-1?address=0x0c"},
+            ]
+        },
+    )
+    assert [p.id for p in ok.packs] == ["u1", "u2", "s", "t"]
+    with pytest.raises(ConfigError, match="leaves 32768 each"):
+        load_config(
+            None, {"spool": {"max_bytes": 65536}, "packs": [{"id": "a", "url": "sim"}, {"id": "b", "url": "sim"}]}
+        )
+
+
+def test_packs_from_a_toml_file(tmp_path):
+    path = tmp_path / "battwin.toml"
+    path.write_text(
+        'thing_name = "garage"\n[bank]\narrangement = "series"\n'
+        '[[packs]]\nid = "p1"\nurl = "jbd:/dev/ttyUSB0"\n'
+        '[[packs]]\nid = "p2"\nurl = "jbd:/dev/ttyUSB1"\n[packs.tracker]\ncells_series = 8\n'
+    )
+    config = load_config(path)
+    assert config.bank.arrangement == "series"
+    assert [pack_config(config, p).thing_name for p in config.packs] == ["garage.p1", "garage.p2"]
+    assert pack_config(config, config.packs[1]).tracker.cells_series == 8
+
+
+def test_an_unknown_driver_is_refused_before_any_pack_runs(tmp_path):
+    config = _packs_config(tmp_path, [{"id": "a", "url": "simulator"}, {"id": "b", "url": "nosuchbms:/dev/x"}])
+    with pytest.raises(Exception, match=r"packs\[b\]"):
+        MultiPackAgent(config, MemoryTransport())
+
+
+# -- per-pack twins over one transport --------------------------------------------------------------------------
+def test_each_pack_is_its_own_twin_on_its_own_topics(tmp_path):
+    config = _packs_config(tmp_path, [{"id": "a", "url": "simulator"}, {"id": "b", "url": "simulator"}])
+    transport = CountingTransport()
+    runner = MultiPackAgent(config, transport, {"a": _sim(1, 2.0), "b": _sim(2, 3.0)})
+    stats = runner.run(threading.Event(), max_samples=3000)
+    runner.close()
+    things = _by_thing(transport)
+    assert set(things) == {"core-1.a", "core-1.b"}
+    for pack_id, capacity in (("a", 2.0), ("b", 3.0)):
+        envs = things[f"core-1.{pack_id}"]
+        source_ids = {s.source_id for e in envs if e.kind == "telemetry" for s in e.parsed_body().samples}  # type: ignore[attr-defined]
+        assert source_ids == {f"simulator:pack{1 if pack_id == 'a' else 2}"}  # no sample of the other pack
+        cycles = [e.parsed_body() for e in envs if e.kind == "cycles"]
+        assert len(cycles) == stats[pack_id].cycles >= 2
+        caps = [c.capacity_ah for c in cycles if c.capacity_ah is not None]  # type: ignore[attr-defined]
+        assert caps and all(abs(c - capacity) < 0.25 * capacity for c in caps)  # its own battery's capacity
+    assert (tmp_path / "spool.a.db").exists() and (tmp_path / "spool.b.db").exists()
+    assert transport.starts == 1 and transport.stops == 1 and transport.after_stop == []
+    view = runner.last_bank
+    assert view is not None and view.packs == 2 and view.arrangement == "parallel"
+    status = json.loads((tmp_path / "bank.json").read_text())
+    assert status["packs"] == 2 and [p["pack_id"] for p in status["pack_figures"]] == ["a", "b"]
+    assert status["simulated"] is True
+    # both packs measured a capacity: in parallel they add up, and the 2 Ah pack is the weakest
+    assert view.capacity_ah is not None and abs(view.capacity_ah - 5.0) < 1.0 and view.weakest_pack == "a"
+
+
+class RaisingSource(Source):
+    """A driver with a bug: every open/poll raises something that is not a SourceError."""
+
+    source_id = "broken:0"
+    time_acceleration = 1000.0  # retried every 10 ms (sample_interval_s / this), not every 10 s
+
+    def poll(self) -> Sample:
+        raise ZeroDivisionError("driver bug")
+
+
+class HangingSource(Source):
+    """A read that never returns until released (a wedged USB adapter)."""
+
+    source_id = "hang:0"
+    time_acceleration = 1000.0
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def poll(self) -> Sample:
+        self.entered.set()
+        self.release.wait()
+        raise SourceTimeout("released")
+
+
+def test_a_failing_pack_and_a_hanging_pack_do_not_stall_the_others(tmp_path, monkeypatch):
+    monkeypatch.setattr(packs_module, "JOIN_TIMEOUT_S", 2.0)
+    config = _packs_config(
+        tmp_path,
+        [
+            {"id": "ok1", "url": "sim"},
+            {"id": "bug", "url": "sim"},
+            {"id": "hang", "url": "sim"},
+            {"id": "ok2", "url": "sim"},
+        ],
+        **{"source": {"url": "simulator", "sample_interval_s": 10.0, "offline_after_failures": 3}},
+    )
+    hanging = HangingSource()
+    transport = CountingTransport()
+    runner = MultiPackAgent(
+        config, transport, {"ok1": _sim(1), "bug": RaisingSource(), "hang": hanging, "ok2": _sim(2)}
+    )
+    stop = threading.Event()
+    done = threading.Event()
+
+    def run() -> None:
+        runner.run(stop, max_samples=None)
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert hanging.entered.wait(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            healthy = [runner.packs[i].agent.stats.samples for i in (0, 3)]
+            if min(healthy) >= 500 and runner.packs[1].agent.stats.poll_failures >= 3:
+                break
+            time.sleep(0.05)
+        stop.set()
+        assert done.wait(60)  # the run ends although the hanging pack's thread is still stuck
+    finally:
+        hanging.release.set()
+        thread.join(30)
+    runner.close()
+    samples = {p.id: p.agent.stats.samples for p in runner.packs}
+    assert samples["ok1"] >= 500 and samples["ok2"] >= 500 and samples["bug"] == 0 and samples["hang"] == 0
+    things = _by_thing(transport)
+    assert {e.kind for e in things["core-1.ok1"]} >= {"telemetry"} and {e.kind for e in things["core-1.ok2"]} >= {
+        "telemetry"
+    }
+    offline = [e.parsed_body() for e in things["core-1.bug"] if e.kind == "alarms"]
+    assert any(a.code == "source_offline" and "ZeroDivisionError" in a.message for a in offline)  # type: ignore[attr-defined]
+    assert transport.stops == 1
+
+
+class BusProbe(Source):
+    """Records how many reads are on the bus at once."""
+
+    def __init__(self, name: str, on_bus: list[int], peak: list[int], lock: threading.Lock) -> None:
+        self.source_id = name
+        self.on_bus, self.peak, self.lock = on_bus, peak, lock
+        self.n = 0
+
+    def poll(self) -> Sample:
+        with self.lock:
+            self.on_bus[0] += 1
+            self.peak[0] = max(self.peak[0], self.on_bus[0])
+        time.sleep(0.002)
+        with self.lock:
+            self.on_bus[0] -= 1
+        self.n += 1
+        return Sample(ts=1.7e9 + self.n, voltage_v=13.2, current_a=0.0, source_id=self.source_id)
+
+
+def test_packs_on_one_bus_take_turns(tmp_path):
+    config = _packs_config(
+        tmp_path,
+        [{"id": f"u{k}", "url": f"modbus-rtu:/dev/ttyFAKE?unit={k}"} for k in (1, 2, 3)],
+        source={"url": "simulator", "sample_interval_s": 0.001},
+    )
+    on_bus, peak, lock = [0], [0], threading.Lock()
+    probes = {f"u{k}": BusProbe(f"probe:{k}", on_bus, peak, lock) for k in (1, 2, 3)}
+    runner = MultiPackAgent(config, MemoryTransport(), probes)  # type: ignore[arg-type]
+    runner.run(threading.Event(), max_samples=100)
+    runner.close()
+    assert all(p.n == 100 for p in probes.values())
+    assert peak[0] == 1  # never two reads on the bus at once
+
+
+def test_the_shared_transport_starts_once_and_stops_once_after_the_last_user():
+    inner = CountingTransport()
+    share = SharedTransport(inner)
+    handles = [share.handle() for _ in range(3)]
+    for h in handles:
+        h.start()
+        h.start()  # a handle counts once
+    handles[0].stop()
+    handles[0].stop()
+    handles[1].stop()
+    assert (inner.starts, inner.stops) == (1, 0)
+    handles[2].stop()
+    assert (inner.starts, inner.stops) == (1, 1)
+    with pytest.raises(TransportError):  # the connection is closed for every user
+        handles[0].publish("t", b"x").result(1)
+
+
+def test_the_shared_window_is_split_among_the_packs():
+    class Ipcish(MemoryTransport):
+        max_inflight_messages = 8
+
+    share = SharedTransport(Ipcish())
+    handles = [share.handle() for _ in range(4)]
+    assert [h.max_inflight_messages for h in handles] == [2, 2, 2, 2]
+
+
+# -- bank view ------------------------------------------------------------------------------------------------
+FIGS = [
+    PackFigures("a", True, capacity_ah=100.0, soc_pct=80.0, voltage_v=13.3, current_a=-10.0),
+    PackFigures("b", True, capacity_ah=90.0, soc_pct=70.0, voltage_v=13.2, current_a=-9.0),
+    PackFigures("c", False, capacity_ah=95.0, soc_pct=75.0, voltage_v=13.1, current_a=-11.0),
+]
+
+
+def test_bank_view_in_parallel():
+    v = bank_view("parallel", FIGS)
+    assert v.capacity_ah == pytest.approx(285.0)
+    assert v.remaining_ah == pytest.approx(80.0 + 63.0 + 71.25)
+    assert v.voltage_v == pytest.approx(13.2) and v.current_a == pytest.approx(-30.0)
+    assert (v.weakest_pack, v.weakest_capacity_ah) == ("b", 90.0)
+    assert v.soc_spread_pct == pytest.approx(10.0)
+    assert v.capacity_spread_pct == pytest.approx(10.0)
+    assert v.voltage_spread_v == pytest.approx(0.2)
+    assert (v.packs, v.packs_online) == (3, 2)
+
+
+def test_bank_view_in_series():
+    v = bank_view("series", FIGS)
+    assert v.capacity_ah == pytest.approx(90.0)  # the smallest pack limits the string
+    assert v.remaining_ah == pytest.approx(63.0)  # b empties first
+    assert v.voltage_v == pytest.approx(39.6) and v.current_a == pytest.approx(-10.0)
+    assert v.weakest_pack == "b"
+
+
+def test_bank_view_does_not_guess_what_is_not_measured():
+    v = bank_view("parallel", [PackFigures("a", True, soc_pct=50.0), PackFigures("b", True, capacity_ah=10.0)])
+    assert v.capacity_ah is None and v.remaining_ah is None and v.current_a is None
+    assert v.weakest_pack == "b"  # the only measured capacity
+    assert bank_view("series", []).capacity_ah is None
