@@ -396,3 +396,127 @@ def test_bank_view_does_not_guess_what_is_not_measured():
     assert v.capacity_ah is None and v.remaining_ah is None and v.current_a is None
     assert v.weakest_pack == "b"  # the only measured capacity
     assert bank_view("series", []).capacity_ah is None
+
+
+# -- scoping: what the nucleus (recipe accessControl) and IoT Core (DevicePolicy) let a core publish -------------
+def _iot_policy_allows(pattern: str, topic: str) -> bool:
+    """IoT Core policy resource matching: ``*`` any characters (``/`` included), ``?`` one, else literal."""
+    import re
+
+    return (
+        re.fullmatch("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), topic)
+        is not None
+    )
+
+
+def test_pack_topics_pass_both_nuclei_and_the_iot_policy_keeps_each_core_to_its_own_packs():
+    import yaml
+
+    from devkit.nucleus.acl import AccessControl
+    from tests.support import REPO
+
+    recipe = yaml.safe_load((REPO / "recipes" / "com.battwin.Agent.yaml").read_text())
+    acl = AccessControl.from_configuration(recipe["ComponentConfiguration"]["DefaultConfiguration"])
+    config = _packs_config(Path("/tmp"), [{"id": "p1", "url": "sim"}, {"id": "p2", "url": "sim"}])
+    topics = [
+        f"battwin/{pack_config(config, p).thing_name}/{kind}" for p in config.packs for kind in ("telemetry", "alarms")
+    ]
+    for flavour in ("classic", "lite"):
+        for topic in topics:
+            assert acl.allows("aws.greengrass.ipc.mqttproxy", "aws.greengrass#PublishToIoTCore", topic, flavour), topic
+
+    template = (REPO / "cloud" / "template.yaml").read_text()
+    thing_var = "${!iot:Connection.Thing.ThingName}"
+    publish = [
+        line.split(":topic/", 1)[1].rstrip('"')
+        for line in template.splitlines()
+        if ":topic/battwin/" in line and thing_var in line
+    ]
+    assert len(publish) == 2  # battwin/<thing>/* and battwin/<thing>.*
+
+    def allowed(core: str, topic: str) -> bool:
+        return any(_iot_policy_allows(p.replace(thing_var, core), topic) for p in publish)
+
+    assert all(allowed("core-1", t) for t in topics)
+    assert allowed("core-1", "battwin/core-1/telemetry")  # the single-pack agent as before
+    assert not allowed("core-1", "battwin/core-10/telemetry")  # another core whose name starts the same
+    assert not allowed("core-1", "battwin/core-10.p1/telemetry")  # ... nor its packs
+    assert not allowed("core-10", "battwin/core-1.p1/telemetry")
+    assert not allowed("core", "battwin/core-1.p1/telemetry")
+
+
+# -- end to end: battwin run with packs, JBD emulators over ptys, mosquitto, the cloud ingest's checks ------------
+@pytest.mark.slow
+def test_battwin_run_with_packs_end_to_end(tmp_path, mosquitto, subscriber_factory):
+    import subprocess
+    import sys
+
+    from cloud.ingest.checks import RuleEvent, validate_message
+    from devkit.bms_emulators.faults import FaultControl
+    from devkit.bms_emulators.jbd import JbdEmulator
+    from tests.hardware.hw_support import make_feed
+
+    emulators = [JbdEmulator(make_feed(seed), FaultControl()) for seed in (3, 4)]
+    for e in emulators:
+        e.start()
+    sub = subscriber_factory(mosquitto.url)
+    conf = tmp_path / "battwin.toml"
+    conf.write_text(
+        f'thing_name = "garage"\n[mqtt]\nurl = "{mosquitto.url}"\n[spool]\npath = "{tmp_path / "spool.db"}"\n'
+        "[shadow]\nenabled = false\n[health]\nuse_shipped_model = false\n"
+        "[source]\nsample_interval_s = 0.2\noffline_after_failures = 2\n"
+        "[telemetry]\nbatch_max_samples = 5\nbatch_max_age_s = 3600\n"
+        '[bank]\narrangement = "series"\ninterval_s = 1\n'
+        f'[[packs]]\nid = "j1"\nurl = "{emulators[0].url}?timeout=0.5&backoff_min_s=0"\n'
+        f'[[packs]]\nid = "j2"\nurl = "{emulators[1].url}?timeout=0.5&backoff_min_s=0"\n'
+        '[[packs]]\nid = "sim"\nurl = "simulator"\n[packs.source.simulator]\nseed = 5\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device_agent.cli", "run", "--config", str(conf), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        things = ("garage.j1", "garage.j2", "garage.sim")
+
+        def telemetry_from(envs: list[dict[str, Any]], thing: str) -> int:
+            return sum(1 for e in envs if e["thing"] == thing and e["kind"] == "telemetry")
+
+        assert sub.wait_for(lambda envs: all(telemetry_from(envs, t) >= 2 for t in things), timeout=60)
+        emulators[1].stop()  # pack j2's adapter is pulled out
+        before = {t: telemetry_from(sub.envelopes(), t) for t in ("garage.j1", "garage.sim")}
+        assert sub.wait_for(
+            lambda envs: (
+                any(
+                    e["thing"] == "garage.j2" and e["kind"] == "alarms" and e["body"]["code"] == "source_offline"
+                    for e in envs
+                )
+                and all(telemetry_from(envs, t) >= before[t] + 3 for t in before)
+            ),
+            timeout=60,
+        )
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+        for e in emulators:
+            e.stop()
+    assert proc.returncode == 0, err[-2000:]
+    for topic, payload in sub.messages:
+        _, thing, kind = topic.split("/")
+        envelope, _body = validate_message(
+            payload,
+            RuleEvent(rule_topic=topic, rule_thing=thing, rule_kind=kind),
+            time.time(),
+            max_message_bytes=128 * 1024,
+            max_clock_skew_s=86_400.0,
+        )  # raises Rejected on a thing/topic mismatch or a bad body
+        assert envelope.thing in things
+    sim = [e for e in sub.envelopes() if e["thing"] == "garage.sim"]
+    assert sim and all(e["simulated"] for e in sim)
+    assert not any(e["simulated"] for e in sub.envelopes() if e["thing"] in ("garage.j1", "garage.j2"))
+    status = json.loads((tmp_path / "bank.json").read_text())
+    assert status["arrangement"] == "series" and status["packs"] == 3
+    figures = {p["pack_id"]: p for p in status["pack_figures"]}
+    assert status["voltage_v"] == pytest.approx(sum(f["voltage_v"] for f in figures.values()))  # in series
+    assert status["packs_online"] == 2 and figures["j2"]["online"] is False  # its adapter was pulled out
