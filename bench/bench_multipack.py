@@ -49,7 +49,7 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def child(packs: int, seconds: float, broker: str, work: Path) -> dict[str, Any]:
+def child(packs: int, seconds: float, broker: str, work: Path, warmup_s: float = WARMUP_S) -> dict[str, Any]:
     """One agent process: ``packs`` = 0 runs the single-pack agent (no ``packs`` configured)."""
     import logging
 
@@ -79,13 +79,13 @@ def child(packs: int, seconds: float, broker: str, work: Path) -> dict[str, Any]
     def mark() -> None:
         marks["t"], marks["cpu"] = time.monotonic(), _cpu_s()
 
-    threading.Timer(WARMUP_S, mark).start()
-    threading.Timer(WARMUP_S + seconds, stop.set).start()
+    threading.Timer(warmup_s, mark).start()
+    threading.Timer(warmup_s + seconds, stop.set).start()
     stats = runner.run(stop)
     t_end, cpu_end = time.monotonic(), _cpu_s()
     rss_end = _status_mb("VmRSS")
     # the CPU of the drain and shutdown after stop is counted in the steady window's CPU (conservative)
-    steady_wall = (WARMUP_S + seconds) - (marks["t"] - t_start)
+    steady_wall = (warmup_s + seconds) - (marks["t"] - t_start)
     from device_agent.packs import MultiPackAgent
 
     if isinstance(runner, MultiPackAgent) and isinstance(stats, dict):
@@ -108,9 +108,10 @@ def child(packs: int, seconds: float, broker: str, work: Path) -> dict[str, Any]
     }
 
 
-def _spawn(packs: int, seconds: float, broker: str, work: Path) -> subprocess.Popen[str]:
+def _spawn(packs: int, seconds: float, broker: str, work: Path, warmup_s: float) -> subprocess.Popen[str]:
     work.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, __file__, "--child", "--packs", str(packs), "--seconds", str(seconds)]
+    args += ["--warmup", str(warmup_s)]
     args += ["--broker", broker, "--work", str(work)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -127,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--packs", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=600.0, help="steady window after a 15 s warm-up")
+    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds before the window (start-up)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--broker", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS / "multipack.json")
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.packs, args.seconds, args.broker, args.work)))
+        print(json.dumps(child(args.packs, args.seconds, args.broker, args.work, args.warmup)))
         return 0
 
     from bench.bench_agent import Broker
@@ -141,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="battwin-bench-multipack-"))
     broker = Broker(work)
     try:
-        timeout = WARMUP_S + args.seconds + 120
-        multi = _spawn(args.packs, args.seconds, broker.url, work / "multi")
-        single = _spawn(0, args.seconds, broker.url, work / "single")
+        timeout = args.warmup + args.seconds + 120
+        multi = _spawn(args.packs, args.seconds, broker.url, work / "multi", args.warmup)
+        single = _spawn(0, args.seconds, broker.url, work / "single", args.warmup)
         m = _collect(multi, timeout)
         s = _collect(single, timeout)
         bare = subprocess.run(

@@ -520,3 +520,29 @@ def test_battwin_run_with_packs_end_to_end(tmp_path, mosquitto, subscriber_facto
     figures = {p["pack_id"]: p for p in status["pack_figures"]}
     assert status["voltage_v"] == pytest.approx(sum(f["voltage_v"] for f in figures.values()))  # in series
     assert status["packs_online"] == 2 and figures["j2"]["online"] is False  # its adapter was pulled out
+
+
+@pytest.mark.slow
+def test_the_multipack_benchmark_measures_both_agents_and_writes_its_figures(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import require_mosquitto
+    from tests.support import REPO
+
+    require_mosquitto()
+    out = tmp_path / "multipack.json"
+    args = ["--packs", "3", "--seconds", "3", "--warmup", "2", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_multipack.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["packs"] == 3 and figures["single_pack"]["packs"] == 1 and figures["simulated"] is True
+    assert figures["cpu_pct_of_one_core"] > 0 and figures["rss_mb"] > figures["bare_python_rss_mb"]
+    assert figures["multi_pack"]["samples"] > figures["single_pack"]["samples"] > 0  # three packs polled, not one
+    assert set(figures["met"]) == {"cpu_pct_of_one_core", "rss_mb"}
+    assert "simulated packs at 1 Hz" in proc.stdout
