@@ -546,3 +546,27 @@ def test_the_multipack_benchmark_measures_both_agents_and_writes_its_figures(tmp
     assert figures["multi_pack"]["samples"] > figures["single_pack"]["samples"] > 0  # three packs polled, not one
     assert set(figures["met"]) == {"cpu_pct_of_one_core", "rss_mb"}
     assert "simulated packs at 1 Hz" in proc.stdout
+
+
+def test_the_readme_multipack_example_is_a_valid_configuration(tmp_path):
+    from tests.support import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Several packs on one core", 1)[1]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "battwin.toml"
+    path.write_text(toml)
+    config = load_config(path)
+    packs = [pack_config(config, p) for p in config.packs]
+    assert [p.thing_name for p in packs] == ["garage.p1", "garage.p2", "garage.p3"]
+    assert (packs[1].tracker.cells_series, packs[1].health.rated_capacity_ah) == (16, 280.0)
+    assert packs[2].tracker.cells_series == 1  # the override was p2's only
+    runner = MultiPackAgent(
+        config.model_copy(update={"spool": config.spool.model_copy(update={"path": tmp_path / "s.db"})}),
+        MemoryTransport(),
+    )
+    try:
+        buses = {p.id: p.source.bus for p in runner.packs}
+        assert buses["p1"] is None and buses["p2"] is not None and buses["p2"] is buses["p3"]  # one RS485 bus
+    finally:
+        runner.close()
