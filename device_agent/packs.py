@@ -37,6 +37,8 @@ from device_agent.alarms import AlarmCode
 from device_agent.bank import BankView, PackFigures, bank_view, write_status
 from device_agent.config import BUS_ADDRESSED, AgentConfig, PackSettings, pack_config
 from device_agent.health.estimator import HealthModel
+from device_agent.uplink.publisher import Publisher
+from device_agent.uplink.spool import Spool
 from device_agent.uplink.state_store import StateStore
 from device_agent.uplink.transport import MessageHandler, Transport, inflight_limit
 from hardware.errors import SourceConfigError, SourceError, SourceUnavailable
@@ -274,7 +276,20 @@ class MultiPackAgent:
             for pack in self.packs:
                 pack.agent.close()
             raise
-        self.state = StateStore(config.spool.path)  # the core's own facts (the last good health model)
+        # the core's own spool file: its facts (the last good health model), and what a single-pack agent left
+        # unsent there before packs were configured — sent now, beside the packs, not forgotten
+        self.core_spool = Spool(
+            config.spool.path, config.spool.max_bytes, config.spool.policy, config.spool.synchronous
+        )
+        self.state = StateStore(self.core_spool.path)
+        self.leftover: Publisher | None = None
+        if self.core_spool.pending:
+            log.info(
+                "sending what the single-pack agent left in the core spool", extra={"pending": self.core_spool.pending}
+            )
+            self.leftover = Publisher(
+                self.core_spool, self.shared.handle(), config.mqtt.inflight, config.mqtt.publish_timeout_s
+            )
 
     # -- the coordinator ----------------------------------------------------------------------------
     @property
@@ -291,6 +306,8 @@ class MultiPackAgent:
         try:
             for t in threads:
                 t.start()
+            if self.leftover is not None:
+                self.leftover.start()
             interval = self.config.bank.interval_s
             next_bank = time.monotonic() + min(interval, 5.0)
             while not stop.is_set() and any(t.is_alive() for t in threads):
@@ -306,6 +323,8 @@ class MultiPackAgent:
                 if t.is_alive():
                     log.error("pack did not stop (its source hangs); leaving it", extra={"pack": pack.id})
             self._safe_bank_view()
+            if self.leftover is not None:
+                self.leftover.stop(drain_timeout_s=5.0)
             for hook in self.on_shutdown:
                 try:
                     hook()
@@ -325,6 +344,7 @@ class MultiPackAgent:
         for pack in self.packs:
             pack.agent.close()
         self.state.close()
+        self.core_spool.close()
 
     @property
     def pending(self) -> int:

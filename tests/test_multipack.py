@@ -570,3 +570,54 @@ def test_the_readme_multipack_example_is_a_valid_configuration(tmp_path):
         assert buses["p1"] is None and buses["p2"] is not None and buses["p2"] is buses["p3"]  # one RS485 bus
     finally:
         runner.close()
+
+
+def test_what_the_single_pack_agent_left_unsent_is_sent_after_switching_to_packs(tmp_path):
+    from device_agent.uplink.spool import Spool
+
+    old = Spool(tmp_path / "spool.db")
+    old.put("left-1", "battwin/core-1/telemetry", b'{"left":1}', 1.7e9)
+    old.put("left-2", "battwin/core-1/alarms", b'{"left":2}', 1.7e9)
+    old.close()
+    config = _packs_config(tmp_path, [{"id": "a", "url": "sim"}])
+    transport = CountingTransport()
+    runner = MultiPackAgent(config, transport, {"a": _sim(1)})
+    runner.run(threading.Event(), max_samples=50)
+    runner.close()
+    topics = [t for t, _ in transport.published]
+    assert {"battwin/core-1/telemetry", "battwin/core-1/alarms"} <= set(topics)  # the leftovers, as spooled
+    assert Spool(tmp_path / "spool.db").pending == 0  # acknowledged, then deleted
+    assert transport.stops == 1
+
+
+def test_a_live_change_and_a_new_model_reach_every_pack(tmp_path):
+    config = _packs_config(
+        tmp_path, [{"id": "a", "url": "sim"}, {"id": "b", "url": "sim", "telemetry": {"decimation": 5}}]
+    )
+    runner = MultiPackAgent(config, MemoryTransport(), {"a": _sim(1), "b": _sim(2)})
+    try:
+        changed = config.model_copy(
+            update={"telemetry": config.telemetry.model_copy(update={"batch_max_samples": 7, "decimation": 2})}
+        )
+        runner.apply_config(changed)
+
+        class Model:
+            method = "hybrid"
+            version = "test-1"
+            calls = 0
+
+            def forecast(self, *args: Any, **kwargs: Any) -> None:
+                Model.calls += 1
+
+        runner.set_health_model(Model())  # type: ignore[arg-type]
+        for agent in runner.agents:
+            agent._run_tasks()  # what each pack's thread does before its next poll
+        a, b = runner.agents
+        assert (a.batcher.max_samples, b.batcher.max_samples) == (7, 7)
+        assert (a.batcher.decimation, b.batcher.decimation) == (2, 5)  # b's own override still wins
+        assert a.estimator.model is b.estimator.model is not None  # one model, shared
+        assert a.estimator.model.version == "test-1"
+        a.estimator.model.forecast([], 1.0, 0.8, 10)
+        assert Model.calls == 1
+    finally:
+        runner.close()
