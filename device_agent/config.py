@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -265,6 +267,15 @@ class _DropEmptyThingName(PydanticBaseSettingsSource):
         return values
 
 
+class _EnvSource(EnvSettingsSource):
+    """The environment, with an empty ``BATTWIN_PACKS`` read as no packs (a nucleus may render an empty list so)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if field_name == "packs" and isinstance(value, str) and not value.strip():
+            return []
+        return super().decode_complex_value(field_name, field, value)
+
+
 class _NucleusThingName(PydanticBaseSettingsSource):
     """``thing_name`` from ``AWS_IOT_THING_NAME`` (the lowest-priority source above the defaults)."""
 
@@ -317,7 +328,8 @@ class AgentConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = _TOML_PATH.get()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, _DropEmptyThingName(settings_cls, env_settings)]
+        env = _EnvSource(settings_cls)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _DropEmptyThingName(settings_cls, env)]
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         sources.append(_NucleusThingName(settings_cls))
@@ -359,6 +371,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     except ValidationError as exc:
         lines = format_validation_error(exc, str(path) if path else "config")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None
+    except SettingsError as exc:  # e.g. BATTWIN_PACKS that is not JSON
+        raise ConfigError(f"invalid configuration: {exc}: {exc.__cause__ or ''}".rstrip(": ")) from None
     finally:
         _TOML_PATH.reset(token)
 

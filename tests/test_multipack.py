@@ -621,3 +621,16 @@ def test_a_live_change_and_a_new_model_reach_every_pack(tmp_path):
         assert Model.calls == 1
     finally:
         runner.close()
+
+
+def test_packs_from_the_environment_as_the_recipe_passes_them(monkeypatch):
+    monkeypatch.setenv(
+        "BATTWIN_PACKS", '[{"id": "a", "url": "jbd:/dev/ttyUSB0"}, {"id": "b", "url": "jbd:/dev/ttyUSB1"}]'
+    )
+    assert [p.id for p in load_config().packs] == ["a", "b"]
+    for empty in ("[]", ""):  # the default, and an empty list rendered as nothing
+        monkeypatch.setenv("BATTWIN_PACKS", empty)
+        assert load_config().packs == []
+    monkeypatch.setenv("BATTWIN_PACKS", "jbd:/dev/ttyUSB0")
+    with pytest.raises(ConfigError, match='field "packs"'):
+        load_config()
