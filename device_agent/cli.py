@@ -91,10 +91,12 @@ def _install_signal_stop(stop: threading.Event) -> None:
 
 # -- run ------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from device_agent.runtime import build_agent
+    from device_agent.runtime import build_agent, uplink_description
 
     config = _config_from_args(args)
     setup_logging(config.log_level)
+    if config.packs:
+        return _run_packs(config, args)
     agent = build_agent(config)
     stop = threading.Event()
     _install_signal_stop(stop)
@@ -104,7 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.duration:
         threading.Timer(args.duration, stop.set).start()
     log.info(
-        "agent starting", extra={"thing": config.thing_name, "source": config.source.url, "broker": config.mqtt.url}
+        "agent starting",
+        extra={"thing": config.thing_name, "source": config.source.url, "uplink": uplink_description(config)},
     )
     spooled = 0
     try:
@@ -119,6 +122,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error(
             "agent exiting: the nucleus no longer accepts its IPC token; unsent messages stay in the spool "
             "for the restarted agent",
+            extra={"reason": fatal, "exit_code": EXIT_NUCLEUS_REFUSED, "spooled": spooled},
+        )
+        return EXIT_NUCLEUS_REFUSED
+    return EXIT_OK
+
+
+def _run_packs(config: AgentConfig, args: argparse.Namespace) -> int:
+    """``run`` with ``packs`` configured: every pack in this process over one connection (device_agent.packs)."""
+    from device_agent.runtime import build_pack_runner, uplink_description
+
+    runner = build_pack_runner(config)
+    stop = threading.Event()
+    _install_signal_stop(stop)
+    on_fatal = getattr(runner.transport, "add_fatal_callback", None)
+    if callable(on_fatal):
+        on_fatal(lambda reason: stop.set())
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    log.info(
+        "multi-pack agent starting",
+        extra={"thing": config.thing_name, "packs": [p.id for p in config.packs], "uplink": uplink_description(config)},
+    )
+    spooled = 0
+    try:
+        stats = runner.run(stop, max_samples=args.max_samples)
+    finally:
+        with contextlib.suppress(Exception):
+            spooled = runner.pending
+        runner.close()
+    log.info("multi-pack agent stopped", extra={"samples": {k: s.samples for k, s in stats.items()}})
+    fatal = getattr(runner.transport, "fatal", None)
+    if isinstance(fatal, str):
+        log.error(
+            "agent exiting: the nucleus no longer accepts its IPC token; unsent messages stay in the spools",
             extra={"reason": fatal, "exit_code": EXIT_NUCLEUS_REFUSED, "spooled": spooled},
         )
         return EXIT_NUCLEUS_REFUSED

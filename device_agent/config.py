@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -260,6 +262,46 @@ class HomeAssistantSettings(Section):
         return self
 
 
+#: separates the core's thing name from a pack's id in the pack's thing name (``core-7.pack-a``): AWS IoT thing
+#: names cannot contain ".", so a pack's name can never be another registered thing's name (see docs/greengrass.md)
+PACK_SEPARATOR = "."
+PackId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")]
+#: the sections a pack may override (only the fields it names; the rest come from the agent's own section)
+PACK_OVERRIDABLE = ("source", "tracker", "health", "alarms", "anomalies", "telemetry")
+#: schemes whose packs may share one device path, told apart by this URL option (a bus address)
+BUS_ADDRESSED = {"modbus-rtu": ("unit", "1"), "sbs": ("address", "0x0b")}
+_NO_BUS_REASON = {
+    "daly": "its address option selects the host port (0x40 RS485 / 0x80 UART), not a pack",
+    "jbd": "its protocol has no pack address",
+    "jk": "its protocol has no pack address",
+}
+
+
+class PackSettings(Section):
+    """One pack of a multi-pack agent (``[[packs]]``): its own source, thing name, spool file and twin."""
+
+    #: the pack's thing name is ``<thing_name>.<id>``
+    id: PackId
+    #: the pack's source URL (as ``source.url``): ``jbd:/dev/ttyUSB0``, ``modbus-rtu:/dev/ttyUSB1?unit=3`` ...
+    url: Annotated[str, Field(min_length=1, max_length=1024)]
+    source: dict[str, Any] = Field(default_factory=dict)
+    tracker: dict[str, Any] = Field(default_factory=dict)
+    health: dict[str, Any] = Field(default_factory=dict)
+    alarms: dict[str, Any] = Field(default_factory=dict)
+    anomalies: dict[str, Any] = Field(default_factory=dict)
+    telemetry: dict[str, Any] = Field(default_factory=dict)
+
+
+class BankSettings(Section):
+    """How the packs of a multi-pack agent are wired together, for the bank view (device_agent.bank)."""
+
+    arrangement: Literal["parallel", "series"] = "parallel"
+    #: how often the bank view is computed, logged and written to ``status_path`` (seconds)
+    interval_s: Annotated[float, Field(ge=1.0, le=86_400.0)] = 60.0
+    #: the latest bank view as JSON; None = ``bank.json`` beside the spool
+    status_path: Path | None = None
+
+
 class _DropEmptyThingName(PydanticBaseSettingsSource):
     """The environment source, with an empty ``BATTWIN_THING_NAME`` treated as unset."""
 
@@ -275,6 +317,15 @@ class _DropEmptyThingName(PydanticBaseSettingsSource):
         if values.get("thing_name") == "":
             values = {k: v for k, v in values.items() if k != "thing_name"}
         return values
+
+
+class _EnvSource(EnvSettingsSource):
+    """The environment, with an empty ``BATTWIN_PACKS`` read as no packs (a nucleus may render an empty list so)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if field_name == "packs" and isinstance(value, str) and not value.strip():
+            return []
+        return super().decode_complex_value(field_name, field, value)
 
 
 class _NucleusThingName(PydanticBaseSettingsSource):
@@ -309,6 +360,16 @@ class AgentConfig(BaseSettings):
     anomalies: AnomalySettings = Field(default_factory=AnomalySettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     home_assistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    packs: list[PackSettings] = Field(default_factory=list, max_length=64)
+    bank: BankSettings = Field(default_factory=BankSettings)
+
+    @model_validator(mode="after")
+    def _packs_valid(self) -> AgentConfig:
+        if self.packs:
+            problems = pack_problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -320,7 +381,8 @@ class AgentConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = _TOML_PATH.get()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, _DropEmptyThingName(settings_cls, env_settings)]
+        env = _EnvSource(settings_cls)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _DropEmptyThingName(settings_cls, env)]
         if toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         sources.append(_NucleusThingName(settings_cls))
@@ -362,6 +424,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     except ValidationError as exc:
         lines = format_validation_error(exc, str(path) if path else "config")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines), lines) from None
+    except SettingsError as exc:  # e.g. BATTWIN_PACKS that is not JSON
+        raise ConfigError(f"invalid configuration: {exc}: {exc.__cause__ or ''}".rstrip(": ")) from None
     finally:
         _TOML_PATH.reset(token)
 
@@ -382,6 +446,119 @@ def _check_thing_name_source(toml: dict[str, Any], overrides: dict[str, Any]) ->
             "(which the Greengrass nucleus sets) is not set either"
         )
         raise ConfigError(message)
+
+
+def pack_thing_name(core_thing: str, pack_id: str) -> str:
+    return f"{core_thing}{PACK_SEPARATOR}{pack_id}"
+
+
+def pack_spool_path(core_spool: Path, pack_id: str) -> Path:
+    """``/var/lib/battwin/spool.db`` → ``/var/lib/battwin/spool.<id>.db``: one SQLite file per pack."""
+    return core_spool.with_name(f"{core_spool.stem}{PACK_SEPARATOR}{pack_id}{core_spool.suffix or '.db'}")
+
+
+def pack_config(core: AgentConfig, pack: PackSettings) -> AgentConfig:
+    """The configuration of one pack's agent: the core's, with the pack's URL, thing name, spool file (and its
+    share of ``spool.max_bytes``) and the section fields the pack overrides. Raises ValueError (naming the
+    field) for a bad override."""
+    update: dict[str, Any] = {}
+    for name in PACK_OVERRIDABLE:
+        base: BaseModel = getattr(core, name)
+        override = dict(getattr(pack, name))
+        if name == "source":
+            override["url"] = pack.url
+        if not override:
+            continue
+        try:
+            update[name] = type(base).model_validate({**base.model_dump(), **override})
+        except ValidationError as exc:
+            lines = format_validation_error(exc, f"packs[{pack.id}].{name}")
+            raise ValueError("; ".join(lines)) from None
+    share = core.spool.max_bytes // max(1, len(core.packs))
+    update["spool"] = core.spool.model_copy(
+        update={"path": pack_spool_path(core.spool.path, pack.id), "max_bytes": share}
+    )
+    update["thing_name"] = pack_thing_name(core.thing_name, pack.id)
+    update["packs"] = []
+    return core.model_copy(update=update)
+
+
+def pack_problems(core: AgentConfig) -> list[str]:
+    """What is wrong with the ``packs`` list, each naming the pack(s) and why (empty: nothing)."""
+    from schema.source_settings import SourceConfigError, parse_source_url
+
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    devices: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for pack in core.packs:
+        key = pack.id.lower()  # one spool file per pack: ids that differ only in case collide on some disks
+        if key in seen:
+            problems.append(f"packs: id {pack.id!r} is used twice (ids must differ, ignoring case)")
+            continue
+        seen[key] = pack.id
+        thing = pack_thing_name(core.thing_name, pack.id)
+        if len(thing) > 128:
+            problems.append(f"packs[{pack.id}]: thing name {thing!r} is longer than 128 characters")
+        try:
+            url = parse_source_url(pack.url)
+        except SourceConfigError as exc:
+            problems.append(f"packs[{pack.id}].url: {exc}")
+            continue
+        try:
+            pack_config(core, pack)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if url.host is not None:
+            device = (f"{url.host}:{url.port}", url.query.get("unit", "1"))
+            devices.setdefault(("net", device[0] + "#" + device[1]), []).append((pack.id, url.scheme, ""))
+        elif url.path and url.scheme not in ("simulator", "sim", "replay"):
+            option, default = BUS_ADDRESSED.get(url.scheme, ("", ""))
+            address = (
+                str(int(url.query.get(option, default), 0))
+                if option and _is_int(url.query.get(option, default))
+                else ""
+            )
+            devices.setdefault(("dev", url.path), []).append((pack.id, url.scheme, address))
+    share = core.spool.max_bytes // max(1, len(core.packs))
+    if share < 64 * 1024:
+        problems.append(
+            f"spool.max_bytes: {core.spool.max_bytes} bytes shared by {len(core.packs)} packs leaves {share} each "
+            "(at least 65536 per pack)"
+        )
+    for (kind, where), users in devices.items():
+        if len(users) < 2:
+            continue
+        ids = ", ".join(repr(u[0]) for u in users)
+        if kind == "net":
+            problems.append(f"packs {ids} read the same network device and unit {where!r}")
+            continue
+        schemes = {u[1] for u in users}
+        if len(schemes) > 1:
+            problems.append(f"packs {ids} share {where} with different drivers ({', '.join(sorted(schemes))})")
+            continue
+        scheme = next(iter(schemes))
+        if scheme not in BUS_ADDRESSED:
+            why = _NO_BUS_REASON.get(scheme, "the driver has no bus address")
+            problems.append(
+                f"packs {ids} share the serial device {where}: {scheme} reads one pack per device ({why}); "
+                "give each pack its own adapter"
+            )
+            continue
+        addresses = [u[2] for u in users]
+        option = BUS_ADDRESSED[scheme][0]
+        if len(set(addresses)) < len(addresses):
+            problems.append(
+                f"packs {ids} share {where} with the same {option}: each pack on a bus needs its own {option}"
+            )
+    return problems
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
 
 
 def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,7 +8,7 @@ import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
@@ -26,9 +26,19 @@ from hardware.registry import create_source
 from hardware.replay import ReplaySource
 from schema.messages import Message, MessageKind
 
+if TYPE_CHECKING:
+    from device_agent.packs import MultiPackAgent
+
 log = logging.getLogger(__name__)
 
 GG_SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+
+
+def uplink_description(config: AgentConfig) -> str:
+    """Where the agent's messages go, for its start-up log line: the nucleus under Greengrass, else the broker."""
+    if os.environ.get(GG_SOCKET_ENV) and os.environ.get("SVCUID"):
+        return "greengrass-ipc"
+    return config.mqtt.url
 
 
 def build_transport(config: AgentConfig) -> Transport:
@@ -122,6 +132,22 @@ def build_agent(config: AgentConfig, transport: Transport | None = None) -> Agen
         attach_config_sync(agent, build_shadow(config, agent.transport))
     attach_home_assistant(agent, config)  # optional output to Home Assistant (off unless home_assistant.enabled)
     return agent
+
+
+def build_runner(config: AgentConfig, transport: Transport | None = None) -> Agent | MultiPackAgent:
+    """One agent, or with ``packs`` configured the multi-pack agent (device_agent.packs) over one transport."""
+    if config.packs:
+        return build_pack_runner(config, transport)
+    return build_agent(config, transport)
+
+
+def build_pack_runner(config: AgentConfig, transport: Transport | None = None) -> MultiPackAgent:
+    """The multi-pack agent (device_agent.packs) over one transport, with the optional outputs attached."""
+    from device_agent.packs import build_multipack
+
+    runner = build_multipack(config, transport)
+    attach_home_assistant(runner, config)  # every pack over one local connection (off unless enabled)
+    return runner
 
 
 class _DiscardTransport(MemoryTransport):

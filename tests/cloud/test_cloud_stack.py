@@ -144,6 +144,7 @@ def test_iot_policy_is_scoped_to_the_connecting_thing(aws: dict[str, Any], stack
     assert by_action["iot:Connect"]["Resource"] == f"{arn}:client/{thing}"
     assert by_action["iot:Publish"]["Resource"] == [
         f"{arn}:topic/battwin/{thing}/*",
+        f"{arn}:topic/battwin/{thing}.*",
         f"{arn}:topic/$aws/things/{thing}/shadow/name/battwin-config/get",
         f"{arn}:topic/$aws/things/{thing}/shadow/name/battwin-config/update",
     ]

@@ -102,6 +102,7 @@ def test_iot_policy_scoped_to_the_connecting_thing(tpl: dict[str, Any]) -> None:
             tails = [res.split(":topic/", 1)[1] for res in resources]
             assert tails == [
                 f"battwin/{thing}/*",
+                f"battwin/{thing}.*",  # the packs of a multi-pack agent (tests/test_multipack.py)
                 f"$aws/things/{thing}/shadow/name/battwin-config/get",
                 f"$aws/things/{thing}/shadow/name/battwin-config/update",
             ]
