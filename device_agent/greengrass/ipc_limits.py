@@ -57,6 +57,13 @@ def describe_refusal(kind: str, message: str) -> tuple[int, str]:
             "the nucleus' MQTT spooler is full (the core is offline or its spooler is smaller than the backlog); "
             "the message stays in the agent's spool and is sent again"
         )
+    if kind == "ServiceError" and not message.strip():
+        # nucleus lite 2.6 answers so while its own IoT Core connection is down (seen on a real lite: every
+        # publish during a broker outage); the publisher pauses and sends the message again
+        return logging.WARNING, (
+            "the nucleus refused a publish with ServiceError and no reason (nucleus lite answers so while its "
+            "IoT Core connection is down); the message stays in the agent's spool and is sent again"
+        )
     return logging.ERROR, f"the nucleus refused a publish with {kind}: {message[:300]}"
 
 

@@ -310,11 +310,16 @@ class ModelManager:
         self._refused[path] = fingerprint  # not tried again while its files stay the same
         if path == self.current_dir:
             self._fingerprint = fingerprint
+        if self.current_version:
+            using, outcome = f"still using {self.current_version}", "keeping the current one"
+        elif self._starting:  # nothing chosen yet: the start-up goes on to the next candidate
+            using, outcome = "trying the next candidate at start-up", "trying the next candidate"
+        else:
+            using, outcome = "no model in use", "no model in use"
         log.warning(
-            "health model refused; keeping the current one",
+            f"health model refused; {outcome}",
             extra={"model_dir": str(path), "reason": reason[:300], "current": self.current_version},
         )
-        using = f"still using {self.current_version}" if self.current_version else "no model in use"
         message = f"model at {path} refused ({reason}); {using}"[:1024]
         if self._starting:
             self._notes.append(f"{path.name}: {reason}"[:300])

@@ -72,6 +72,12 @@ def test_an_unauthorized_topic_points_at_the_access_control(emulator, caplog):
         ("UnauthorizedError", "not authorized", "accessControl", logging.ERROR),
         ("ServiceError", f"Publish to topic t failed with error {SPOOLER_FULL}", "spooler is full", logging.WARNING),
         ("ServiceError", "Failed to publish", "refused a publish with ServiceError: Failed to publish", logging.ERROR),
+        (
+            "ServiceError",
+            "",
+            "no reason (nucleus lite answers so while its IoT Core connection is down)",
+            logging.WARNING,
+        ),
         ("InvalidArgumentsError", "payload too big", "InvalidArgumentsError: payload too big", logging.ERROR),
     ],
 )
