@@ -82,7 +82,8 @@ class LifeHistory:
 
 def measured_fraction(settings: SimulatorSettings, params: CellParameters, c_rate: float) -> float:
     """Charge delivered down to the cut-off at ``c_rate`` / true capacity, for a pack aged as ``settings``
-    say: the pack model runs through its first discharge (a check-up, here at ``c_rate``), noise off."""
+    say: the pack model runs through two cycles (check-ups, here at ``c_rate``; noise off) and the second
+    discharge, which starts from the duty cycle's CC-CV charge like every later one, is measured."""
     from hardware.simulator.model import PackSimulator  # the model imports this module
 
     quiet = settings.model_copy(
@@ -90,10 +91,12 @@ def measured_fraction(settings: SimulatorSettings, params: CellParameters, c_rat
     )
     sim = PackSimulator(quiet, dataclasses.replace(params, checkup_c_rate=c_rate))
     true_ah = sim.state.full_capacity_ah
-    before = sim.state.equivalent_full_cycles
-    for _ in range(100_000):
+    before = math.nan
+    for _ in range(200_000):
         state = sim.step(MEASURE_STEP_S)
-        if state.cycle_count >= 1:
+        if state.cycle_count == 1 and math.isnan(before) and state.phase != "discharge":
+            before = state.equivalent_full_cycles  # the second discharge starts from a CC-CV charge, as live
+        if state.cycle_count >= 2:
             return min(1.0, (state.equivalent_full_cycles - before) * state.design_capacity_ah / true_ah)
     raise RuntimeError("the simulated discharge did not end")  # cannot happen: a discharge ends at the cut-off
 
