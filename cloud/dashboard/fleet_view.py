@@ -64,9 +64,10 @@ def _thin(xs: list[Any], n: int) -> list[Any]:
         return []
     if len(xs) <= n:
         return xs
-    step = len(xs) / n
-    idx = sorted({min(len(xs) - 1, math.floor(k * step)) for k in range(n)} | {len(xs) - 1})
-    return [xs[i] for i in idx]
+    if n == 1:
+        return xs[-1:]
+    step = (len(xs) - 1) / (n - 1)  # > 1: n distinct, evenly spaced indices, the first and the newest included
+    return [xs[round(k * step)] for k in range(n)]
 
 
 def fade_curve(cycles: list[dict[str, Any]], c0: float | None) -> list[tuple[float, float]]:

@@ -157,7 +157,7 @@
     tbody.textContent = "";
     o.at_risk.forEach(function (r, k) {
       const range = typeof r.rul_p10 === "number" ? fmt(r.rul_p10, 0) + "–" + (typeof r.rul_p90 === "number" ? fmt(r.rul_p90, 0) : "beyond horizon") : "–";
-      tbody.appendChild(h("tr", { "data-thing": r.thing, "data-rul": r.rul_cycles }, [
+      tbody.appendChild(h("tr", { "data-risk-thing": r.thing, "data-rul": r.rul_cycles }, [
         h("td", { class: "num", text: String(k + 1) }),
         h("td", {}, [h("a", { href: "#/thing/" + encodeURIComponent(r.thing), text: r.thing }), " ", simBadge(r.simulated)]),
         h("td", { class: "num", "data-col": "soh", text: pct(r.soh) }),
