@@ -258,6 +258,7 @@ def test_fleet_view_shows_soh_spread_risk_ranking_fade_curves_and_alarms(page: A
 
     wait_for(freeze, 60, 1.0, "a fleet where every battery has a health estimate, read consistently")
     fleet, overview = frozen["fleet"], frozen["overview"]
+
     def serve(payload: str) -> Any:
         return lambda route: route.fulfill(status=200, content_type="application/json", body=payload)
 
