@@ -58,6 +58,9 @@ def test_backfill_gives_the_agent_and_the_cloud_a_simulated_past(tmp_path: Path)
     true_soh = aged_fade(sim, CellParameters(), history.equivalent_cycles, history.age_days).fade
     assert last["soh"] == pytest.approx(true_soh, abs=0.03)
     assert last["equivalent_cycles"] == pytest.approx(history.points[-1].equivalent_cycles, rel=0.05)
+    # the discharges ran warmer than the 35 °C around them, as the live ones do (self-heating)
+    cycles = [m["body"] for m in msgs if m["kind"] == "cycles"]
+    assert all(36.0 < c["mean_temperature_c"] < c["max_temperature_c"] < 50.0 for c in cycles)
     agent.close()
     # a restart keeps the past (the agent's progress state)
     again = _agent(tmp_path, sim)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from hardware.simulator.cell import CellParameters
-from hardware.simulator.life import aged_fade, life_history, measured_fraction
+from hardware.simulator.life import aged_fade, life_history, measure_discharge, measured_fraction
 from hardware.simulator.model import PackSimulator
 from schema.simulator_settings import SimulatorSettings
 
@@ -87,10 +87,14 @@ def test_half_depth_life_is_measured_on_check_ups_only() -> None:
     assert 40 * 0.5 < life.equivalent_cycles < 40 * 0.5 + 10 * 0.5 + 0.1  # half depth, full-depth check-ups
 
 
-def test_measured_fraction_falls_with_rate() -> None:
-    settings = SimulatorSettings()
-    slow, fast = measured_fraction(settings, CellParameters(), 0.5), measured_fraction(settings, CellParameters(), 2.0)
-    assert 0.9 < fast < slow < 1.0
+def test_a_faster_discharge_measures_less_and_runs_warmer() -> None:
+    settings = SimulatorSettings(ambient_c=20.0)
+    slow, fast = measure_discharge(settings, CellParameters(), 0.5), measure_discharge(settings, CellParameters(), 2.0)
+    assert 0.9 < fast.fraction < slow.fraction < 1.0
+    assert slow.fraction == measured_fraction(settings, CellParameters(), 0.5)
+    # self-heating: I²R grows with the current; the pack ends the discharge warmer than its mean
+    assert 20.0 < slow.mean_temperature_c < fast.mean_temperature_c < fast.max_temperature_c < 20.0 + 25.0
+    assert fast.mean_temperature_c > 20.0 + 3.0
 
 
 def test_bad_life_is_refused() -> None:

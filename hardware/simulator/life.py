@@ -13,8 +13,9 @@ and ``initial_age_days``); :func:`life_history` gives the capacity a cycle track
 way there, so a demo battery can start with a history (tagged simulated like everything else it sends).
 
 Measured capacity is what a discharge delivers down to the cut-off voltage, a little less than the true
-capacity (the IR drop at the cut-off): :func:`measured_fraction` finds that ratio by running the pack model
-through one discharge at the given rate, new and aged, and :func:`life_history` interpolates between them.
+capacity (the IR drop at the cut-off): :func:`measure_discharge` finds that ratio, and the pack's temperature
+during the discharge, by running the pack model through a discharge at the given rate, new and aged;
+:func:`life_history` interpolates between them.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class LifePoint:
     capacity_ah: float  # true capacity
     measured_ah: float  # what the discharge delivered to the cut-off at ``c_rate``
     c_rate: float
+    mean_temperature_c: float  # the pack's mean and peak temperature during the discharge
+    max_temperature_c: float
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,17 @@ class LifeHistory:
     points: tuple[LifePoint, ...]
 
 
-def measured_fraction(settings: SimulatorSettings, params: CellParameters, c_rate: float) -> float:
-    """Charge delivered down to the cut-off at ``c_rate`` / true capacity, for a pack aged as ``settings``
-    say: the pack model runs through two cycles (check-ups, here at ``c_rate``; noise off) and the second
-    discharge, which starts from the duty cycle's CC-CV charge like every later one, is measured."""
+@dataclass(frozen=True)
+class DischargeMeasure:
+    fraction: float  # charge delivered down to the cut-off / true capacity
+    mean_temperature_c: float  # mean pack temperature during that discharge (self-heating included)
+    max_temperature_c: float
+
+
+def measure_discharge(settings: SimulatorSettings, params: CellParameters, c_rate: float) -> DischargeMeasure:
+    """What a discharge at ``c_rate`` delivers to the cut-off and how warm the pack runs, for a pack aged as
+    ``settings`` say: the pack model runs through two cycles (check-ups, here at ``c_rate``; noise off) and the
+    second discharge, which starts from the duty cycle's CC-CV charge like every later one, is measured."""
     from hardware.simulator.model import PackSimulator  # the model imports this module
 
     quiet = settings.model_copy(
@@ -92,13 +102,23 @@ def measured_fraction(settings: SimulatorSettings, params: CellParameters, c_rat
     sim = PackSimulator(quiet, dataclasses.replace(params, checkup_c_rate=c_rate))
     true_ah = sim.state.full_capacity_ah
     before = math.nan
+    temps: list[float] = []
     for _ in range(200_000):
         state = sim.step(MEASURE_STEP_S)
         if state.cycle_count == 1 and math.isnan(before) and state.phase != "discharge":
             before = state.equivalent_full_cycles  # the second discharge starts from a CC-CV charge, as live
+        elif not math.isnan(before) and state.phase == "discharge":
+            temps.append(state.temperatures_c[0])
         if state.cycle_count >= 2:
-            return min(1.0, (state.equivalent_full_cycles - before) * state.design_capacity_ah / true_ah)
+            fraction = min(1.0, (state.equivalent_full_cycles - before) * state.design_capacity_ah / true_ah)
+            temps = temps or [state.temperatures_c[0]]
+            return DischargeMeasure(fraction, sum(temps) / len(temps), max(temps))
     raise RuntimeError("the simulated discharge did not end")  # cannot happen: a discharge ends at the cut-off
+
+
+def measured_fraction(settings: SimulatorSettings, params: CellParameters, c_rate: float) -> float:
+    """Charge delivered down to the cut-off at ``c_rate`` / true capacity (:func:`measure_discharge`)."""
+    return measure_discharge(settings, params, c_rate).fraction
 
 
 def life_history(
@@ -146,13 +166,28 @@ def life_history(
     age = cycles / cycles_per_day
     end = settings.model_copy(update={"initial_equivalent_cycles": efc, "initial_age_days": age})
     # measured fraction per discharge rate, new and at the end of this life
-    fractions = {c: (measured_fraction(new, p, c), measured_fraction(end, p, c)) for c in rates}
+    measures = {c: (measure_discharge(new, p, c), measure_discharge(end, p, c)) for c in rates}
     end_fade = aged_fade(settings, p, efc, age).fade
     c0 = settings.capacity_ah
     points = []
     for k, e, d, fade, c in raw:
-        f0, f1 = fractions[c]
-        # the measured fraction drifts with the resistance, which grows linearly with the fade
+        m0, m1 = measures[c]
+        # what a discharge measures drifts with the resistance, which grows linearly with the fade
         w = 0.0 if end_fade >= 1.0 else (1.0 - fade) / (1.0 - end_fade)
-        points.append(LifePoint(k, e, d, c0 * fade, c0 * fade * (f0 + w * (f1 - f0)), c))
+
+        def between(a: float, b: float, w: float = w) -> float:
+            return a + w * (b - a)
+
+        points.append(
+            LifePoint(
+                k,
+                e,
+                d,
+                c0 * fade,
+                c0 * fade * between(m0.fraction, m1.fraction),
+                c,
+                between(m0.mean_temperature_c, m1.mean_temperature_c),
+                between(m0.max_temperature_c, m1.max_temperature_c),
+            )
+        )
     return LifeHistory(cycles, efc, age, cycles_per_day, tuple(points))
