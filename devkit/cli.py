@@ -52,7 +52,7 @@ def register_demo(subparsers: Any) -> None:
     p.add_argument("--broker", default=None, help="use this broker instead of the embedded amqtt")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--acceleration", type=float, default=2000.0, help="simulated seconds per wall second")
-    p.add_argument("--ageing", type=float, default=40.0, help="ageing speed-up of the simulated cells")
+    p.add_argument("--ageing", type=float, default=1.0, help="ageing speed-up of the simulated cells")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--table", dest="table", action="store_true", default=None, help="terminal fleet table")
     p.add_argument("--no-table", dest="table", action="store_false")

@@ -1,9 +1,11 @@
 """``battwin demo``: an embedded broker and a fleet of simulated batteries ageing live.
 
 Each battery runs a complete edge agent (simulator → tracker → estimator → spool → MQTT) under a
-different stress — temperature, depth of discharge, C-rate — time-accelerated so that ageing shows
-within minutes. A monitor subscribes to ``battwin/+/+`` like the cloud would, and the terminal shows
-the fleet as the broker sees it. Everything shown is simulated and says so.
+different stress — temperature, depth of discharge, C-rate — and at a different life stage (a backfilled
+past of 50 to 1200 cycles, see ``devkit.demo_history``), time-accelerated so that cycles happen within
+minutes while each ages at a real cell's pace per cycle (``ageing`` 1). A monitor subscribes to
+``battwin/+/+`` like the cloud would, and the terminal shows the fleet as the broker sees it.
+Everything shown is simulated and says so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.broker.embedded import EmbeddedBroker
+from devkit.demo_history import aged_settings, backfill
 from devkit.local_shadow import LocalShadowService
 from hardware.simulator.source import SimulatorSource
 from schema.simulator_settings import SimulatorSettings
@@ -40,19 +43,22 @@ class FleetMember:
     name: str
     stress: str
     simulator: dict[str, Any]
+    #: cycles lived before the demo starts (one a day), backfilled: see devkit.demo_history
+    life_cycles: int = 0
 
 
 FLEET: tuple[FleetMember, ...] = (
-    FleetMember("sim-25c-1c", "25 °C, 1C, full depth", {"ambient_c": 25.0, "discharge_c_rate": 1.0}),
-    FleetMember("sim-45c-1c", "45 °C, 1C, full depth", {"ambient_c": 45.0, "discharge_c_rate": 1.0}),
-    FleetMember("sim-25c-2c", "25 °C, 2C, full depth", {"ambient_c": 25.0, "discharge_c_rate": 2.0}),
+    FleetMember("sim-25c-1c", "25 °C, 1C, full depth", {"ambient_c": 25.0, "discharge_c_rate": 1.0}, 300),
+    FleetMember("sim-45c-1c", "45 °C, 1C, full depth", {"ambient_c": 45.0, "discharge_c_rate": 1.0}, 100),
+    FleetMember("sim-25c-2c", "25 °C, 2C, full depth", {"ambient_c": 25.0, "discharge_c_rate": 2.0}, 550),
     FleetMember(
         "sim-25c-dod50",
         "25 °C, 1C, 50 % depth",
         {"ambient_c": 25.0, "discharge_c_rate": 1.0, "depth_of_discharge": 0.5, "checkup_every": 4},
+        50,
     ),
-    FleetMember("sim-10c-pulse", "10 °C, pulsed 1C", {"ambient_c": 10.0, "discharge_profile": "pulse"}),
-    FleetMember("sim-35c-1.5c", "35 °C, 1.5C, full depth", {"ambient_c": 35.0, "discharge_c_rate": 1.5}),
+    FleetMember("sim-10c-pulse", "10 °C, pulsed 1C", {"ambient_c": 10.0, "discharge_profile": "pulse"}, 1200),
+    FleetMember("sim-35c-1c5", "35 °C, 1.5C, full depth", {"ambient_c": 35.0, "discharge_c_rate": 1.5}, 200),
 )
 
 
@@ -139,6 +145,7 @@ def _agent_for(
     sim = SimulatorSettings(
         seed=seed, time_acceleration=accel, ageing_factor=ageing, start_ts=time.time(), **member.simulator
     )
+    sim, history = aged_settings(sim, member.life_cycles)
     config = AgentConfig(
         thing_name=member.name,
         source={"url": f"simulator:{member.name}", "sample_interval_s": 10.0, "simulator": sim.model_dump()},
@@ -155,6 +162,8 @@ def _agent_for(
     model_dir = model_dir_for(config)
     if model_dir is not None:
         agent.model_manager = attach_model_manager(agent, model_dir)
+    if history is not None and sim.start_ts is not None:
+        backfill(agent, history, sim, sim.start_ts)
     return agent
 
 
@@ -164,7 +173,7 @@ def run_demo(
     broker_url: str | None = None,
     workdir: Path | None = None,
     acceleration: float = 2000.0,
-    ageing: float = 40.0,
+    ageing: float = 1.0,
     **options: Any,
 ) -> int:
     # the full stack (cloud emulated locally + dashboard) lives in an optional package, reached by entry point

@@ -30,6 +30,10 @@ class SimulatorSettings(BaseModel):
     rest_after_discharge_s: NonNegFloat = 600.0
     # ageing: multiplies the fade and resistance-growth rates (1 = a real cell's pace)
     ageing_factor: Annotated[float, Field(gt=0.0, le=10_000.0)] = 1.0
+    # life already lived when the simulation starts (hardware.simulator.life): discharge throughput in
+    # equivalent full cycles and calendar age in days, aged in closed form at ambient temperature (0 = new)
+    initial_equivalent_cycles: Annotated[float, Field(ge=0.0, le=100_000.0, allow_inf_nan=False)] = 0.0
+    initial_age_days: Annotated[float, Field(ge=0.0, le=36_525.0, allow_inf_nan=False)] = 0.0
     # wall-clock pacing: simulated seconds per wall-clock second
     time_acceleration: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 1.0
     # sensor noise (standard deviations)

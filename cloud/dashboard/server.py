@@ -3,6 +3,7 @@
     GET  /                               the UI (static/index.html; static/* for its scripts and styles)
     GET  /api/info                       where the data comes from, whether shadow editing is available
     GET  /api/fleet                      one row per thing (DashboardData.fleet)
+    GET  /api/fleet/overview             the fleet view's charts, ≤ 5 MB (DashboardData.fleet_overview)
     GET  /api/things/{thing}             everything a battery page shows (DashboardData.thing)
     GET  /api/things/{thing}/shadow      the configuration shadow: desired, reported, rejected, delta
     POST /api/things/{thing}/shadow      {"desired": {...}}: merged into the shadow's desired state
@@ -138,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self.app.info())
             elif path == "/api/fleet":
                 self._json(200, self.app.data.fleet())
+            elif path == "/api/fleet/overview":
+                self._json(200, self.app.data.fleet_overview())
             elif m := re.fullmatch(r"/api/things/([^/]+)/shadow", path):
                 self._json(200, self.app.get_shadow(_thing(m.group(1))))
             elif m := re.fullmatch(r"/api/things/([^/]+)", path):

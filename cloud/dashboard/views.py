@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.dashboard.api_client import ApiClient, ApiClientError, device_path, get_json
+from cloud.dashboard.fleet_view import MAX_OVERVIEW_BYTES, overview
 from schema.messages import ANOMALY_CODES
 
 log = logging.getLogger("battwin.dashboard.views")
@@ -92,7 +93,7 @@ class DashboardData:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- fleet ------------------------------------------------------------------------------------
-    def fleet(self) -> dict[str, Any]:
+    def _summaries(self) -> list[dict[str, Any]]:
         summaries: list[dict[str, Any]] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
@@ -102,6 +103,10 @@ class DashboardData:
             token = page.get("next")
             if not token:
                 break
+        return summaries
+
+    def fleet(self) -> dict[str, Any]:
+        summaries = self._summaries()
         details = list(self._pool.map(self._detail_or_none, [s["thing"] for s in summaries]))
         rows = [fleet_row(s, d) for s, d in zip(summaries, details, strict=True)]
         return {"items": rows, "generated_at": time.time(), "api": self.api.description}
@@ -116,24 +121,49 @@ class DashboardData:
     # -- one battery ------------------------------------------------------------------------------
     def thing(self, thing: str) -> dict[str, Any]:
         detail = get_json(self.api, device_path(thing))
-        with self._lock:
-            cache = self._things.setdefault(thing, _ThingCache())
-        with cache.lock:
-            if cache.first_seen != detail.get("first_seen"):  # a new device under this name: start afresh
-                cache.first_seen = detail.get("first_seen")
-                cache.kinds = {}
-            for kind in ("cycles", "health", "alarms"):
-                kc = cache.kinds.setdefault(kind, _KindCache())
-                kc.add(self._history_since(thing, kind, kc.since()))
-            cycles = [_record(it) for it in cache.kinds["cycles"].sorted()]
-            health = [_record(it) for it in cache.kinds["health"].sorted()]
-            alarms = [_record(it) for it in cache.kinds["alarms"].sorted()]
+        cycles, health, alarms = self._records(thing, detail, ("cycles", "health", "alarms"))
         telemetry = get_json(
             self.api,
             device_path(thing, "history"),
             {"kind": "telemetry", "order": "desc", "limit": str(TELEMETRY_MESSAGES)},
         )
         return battery_view(detail, telemetry.get("items") or [], cycles, health, alarms)
+
+    def _records(self, thing: str, detail: dict[str, Any], kinds: tuple[str, ...]) -> list[list[dict[str, Any]]]:
+        """The thing's records of each kind (oldest first), read incrementally into the cache."""
+        with self._lock:
+            cache = self._things.setdefault(thing, _ThingCache())
+        with cache.lock:
+            if cache.first_seen != detail.get("first_seen"):  # a new device under this name: start afresh
+                cache.first_seen = detail.get("first_seen")
+                cache.kinds = {}
+            out = []
+            for kind in kinds:
+                kc = cache.kinds.setdefault(kind, _KindCache())
+                kc.add(self._history_since(thing, kind, kc.since()))
+                out.append([_record(it) for it in kc.sorted()])
+        return out
+
+    # -- the fleet's overview ------------------------------------------------------------------------
+    def fleet_overview(self, max_bytes: int = MAX_OVERVIEW_BYTES) -> dict[str, Any]:
+        """The fleet view's charts: SoH histogram, batteries ranked by RUL, every fade curve, alarms over time."""
+        summaries = self._summaries()
+        things = [str(s["thing"]) for s in summaries]
+        details = list(self._pool.map(self._detail_or_none, things))
+        records = list(self._pool.map(self._fade_and_alarms, things, details))
+        return {**overview(summaries, details, records, max_bytes), "api": self.api.description}
+
+    def _fade_and_alarms(
+        self, thing: str, detail: dict[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if detail is None:
+            return [], []
+        try:
+            cycles, alarms = self._records(thing, detail, ("cycles", "alarms"))
+        except ApiClientError as exc:
+            log.info("history unavailable", extra={"thing": thing, "status": exc.status})
+            return [], []
+        return cycles, alarms
 
     def _history_since(self, thing: str, kind: str, since: float) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -67,7 +67,7 @@ DEFAULT_DASHBOARD_PORT = 8090
 class StackOptions:
     batteries: int = 4
     acceleration: float = 2000.0
-    ageing: float = 40.0
+    ageing: float = 1.0
     broker_url: str | None = None
     workdir: Path | None = None
     emulator: bool = True
@@ -299,7 +299,7 @@ def run_full_demo(
     broker_url: str | None = None,
     workdir: Path | None = None,
     acceleration: float = 2000.0,
-    ageing: float = 40.0,
+    ageing: float = 1.0,
     *,
     table: bool | None = None,
     dashboard: bool = True,

@@ -31,6 +31,7 @@ from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.bms_emulators.feed import PackFeed
 from devkit.bms_emulators.jbd import JbdEmulator
 from devkit.demo import FleetMember
+from devkit.demo_history import aged_settings, backfill
 from hardware.registry import create_source
 from hardware.replay import ReplaySource
 from hardware.simulator.source import SimulatorSource
@@ -57,6 +58,7 @@ class EmulatedBmsMember:
     stress: str
     protocol: str
     simulator: dict[str, Any]
+    life_cycles: int = 0  # cycles lived before the demo (devkit.demo_history)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class ReplayMember:
 
 
 EMULATED_BMS = EmulatedBmsMember(
-    "bms-jbd-1", "JBD BMS emulator, 30 °C, 1C", "jbd", {"ambient_c": 30.0, "discharge_c_rate": 1.0}
+    "bms-jbd-1", "JBD BMS emulator, 30 °C, 1C", "jbd", {"ambient_c": 30.0, "discharge_c_rate": 1.0}, 400
 )
 
 
@@ -136,6 +138,7 @@ def simulated_member(m: FleetMember, seed: int, conn: Connection, workdir: Path,
     sim = SimulatorSettings(
         seed=seed, time_acceleration=accel, ageing_factor=ageing, start_ts=time.time(), **m.simulator
     )
+    sim, history = aged_settings(sim, m.life_cycles)
     config = AgentConfig(
         thing_name=m.name,
         source={"url": f"simulator:{m.name}", "sample_interval_s": interval, "simulator": sim.model_dump()},
@@ -146,7 +149,10 @@ def simulated_member(m: FleetMember, seed: int, conn: Connection, workdir: Path,
         shadow={"topic_root": conn.shadow_root},
     )
     source = SimulatorSource(sim, interval_s=interval, name=m.name)
-    return Member(m.name, "simulator", m.stress, _agent(config, source, conn))
+    agent = _agent(config, source, conn)
+    if history is not None and sim.start_ts is not None:
+        backfill(agent, history, sim, sim.start_ts)
+    return Member(m.name, "simulator", m.stress, agent)
 
 
 def emulated_bms_member(
@@ -158,6 +164,7 @@ def emulated_bms_member(
     bms_accel = min(accel, BMS_SIM_SECONDS_PER_POLL / MIN_BMS_POLL_S)
     wall_interval = BMS_SIM_SECONDS_PER_POLL / bms_accel
     sim = SimulatorSettings(seed=seed, time_acceleration=bms_accel, ageing_factor=ageing, **m.simulator)
+    sim, history = aged_settings(sim, m.life_cycles)
     feed = PackFeed(sim, realtime=True, min_step_wall_s=wall_interval * 0.8)
     t0 = time.time()
     emulator = JbdEmulator(feed)
@@ -173,7 +180,10 @@ def emulated_bms_member(
             shadow={"topic_root": conn.shadow_root},
         )
         source = EmulatedBmsSource(create_source(config.source.url, config.source), bms_accel, t0=t0)
-        return Member(m.name, f"{m.protocol} driver + emulator", m.stress, _agent(config, source, conn), emulator)
+        agent = _agent(config, source, conn)
+        if history is not None:
+            backfill(agent, history, sim, t0)
+        return Member(m.name, f"{m.protocol} driver + emulator", m.stress, agent, emulator)
     except BaseException:
         emulator.stop()
         raise

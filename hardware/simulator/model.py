@@ -40,7 +40,9 @@ Capacity fade (common to all cells; ``C_k = C0_k·exp(f_d)``)
     A(T)  = exp(Ea/R_gas·(1/T_ref - 1/T))  (Arrhenius, Ea = 31.7 kJ/mol, T_ref = 298.15 K)
     S(c)  = exp(Ea_c·(c - 1)/(R_gas·T))    (discharge C-rate stress after Wang et al. 2011, 1 at 1C)
 
-``F`` is ``ageing_factor``. Both terms are integrated incrementally in their differential form so that
+``F`` is ``ageing_factor``. A pack may start with a life already lived (``initial_equivalent_cycles``,
+``initial_age_days``): both terms then start from their closed form at ambient temperature
+(:mod:`hardware.simulator.life`). Both terms are integrated incrementally in their differential form so that
 varying temperature and C-rate are handled: over a sub-step with the stress frozen, each term moves along
 its own power law from the *equivalent* throughput/time that reproduces its current value (the
 "virtual throughput" method; exact at constant stress, no singularity at t = 0)::
@@ -118,6 +120,7 @@ from hardware.simulator.cell import (
     open_circuit_slope,
     open_circuit_voltage,
 )
+from hardware.simulator.life import aged_fade
 from hardware.simulator.state import PackState
 from schema.simulator_settings import SimulatorSettings
 
@@ -176,6 +179,12 @@ class PackSimulator:
         self._rf = self._temperature_factor(self._temp_k)
         self._t = 0.0
         self._throughput_ah = 0.0
+        if st.initial_equivalent_cycles > 0.0 or st.initial_age_days > 0.0:  # a life already lived
+            aged = aged_fade(st, p, st.initial_equivalent_cycles, st.initial_age_days)
+            self._q_cyc, self._q_cal, self._fade = aged.q_cyc, aged.q_cal, aged.fade
+            self._g_age = 1.0 + p.resistance_growth * (1.0 - self._fade) / 0.2
+            self._rf *= self._g_age
+            self._throughput_ah = st.initial_equivalent_cycles * c0
         self._cycles = 0
         self._phase = REST
         self._after_rest = DISCHARGE

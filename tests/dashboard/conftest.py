@@ -72,7 +72,7 @@ def stack() -> Iterator[LocalStack]:
     options = StackOptions(
         batteries=2,
         acceleration=2000.0,
-        ageing=10.0,
+        ageing=1.0,
         dashboard_port=0,
         replay_log=REPLAY_LOG,
         replay_rate_hz=600.0,

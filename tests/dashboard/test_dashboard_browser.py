@@ -7,7 +7,10 @@ Screenshots go to test-artifacts/dashboard/.
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -218,6 +221,94 @@ def test_values_update_over_time(page: Any, dashboard_url: str) -> None:
     cell = page.locator(f'tr[data-thing="{SIM_THING}"] td[data-col="last_seen"]')
     before = cell.inner_text()
     wait_for(lambda: cell.inner_text() != before, 30, 0.5, "the fleet table to update")
+
+
+def _fleet_key(fleet: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted((r["thing"], r["soh"], r["rul_cycles"]) for r in fleet["items"])
+
+
+def _raised(dashboard_url: str, things: list[str]) -> int:
+    """Alarm raises stored for ``things``, counted from the API's history (not from the fleet view)."""
+    n = 0
+    for thing in things:
+        _, page = fetch(f"{dashboard_url}api/v1/devices/{thing}/history?kind=alarms&limit=1000")
+        n += sum(1 for it in page["items"] if (it.get("body") or {}).get("active"))
+    return n
+
+
+@pytest.mark.slow
+def test_fleet_view_shows_soh_spread_risk_ranking_fade_curves_and_alarms(page: Any, dashboard_url: str) -> None:
+    """The operator's first screen, checked against the API's own values: one page answer is frozen (the same
+    /api/fleet and /api/fleet/overview served to every poll) so the drawing can be compared with the values
+    it was drawn from, which the test reads from /api/fleet and the API's history itself."""
+    frozen: dict[str, Any] = {}
+
+    def freeze() -> bool:
+        _, before = fetch(dashboard_url + "api/fleet")
+        raised_before = _raised(dashboard_url, [r["thing"] for r in before["items"]])
+        status, overview = fetch(dashboard_url + "api/fleet/overview")
+        _, after = fetch(dashboard_url + "api/fleet")
+        if status != 200 or _fleet_key(before) != _fleet_key(after):
+            return False  # a health estimate arrived meanwhile: try again
+        if any(r["soh"] is None for r in after["items"]):
+            return False
+        raised_after = _raised(dashboard_url, [r["thing"] for r in after["items"]])
+        frozen.update(fleet=after, overview=overview, raised=(raised_before, raised_after))
+        return True
+
+    wait_for(freeze, 60, 1.0, "a fleet where every battery has a health estimate, read consistently")
+    fleet, overview = frozen["fleet"], frozen["overview"]
+
+    def serve(payload: str) -> Any:
+        return lambda route: route.fulfill(status=200, content_type="application/json", body=payload)
+
+    for path, body in (("/api/fleet", fleet), ("/api/fleet/overview", overview)):
+        page.route(f"**{path}", serve(json.dumps(body)))
+    page.goto(dashboard_url)
+    page.wait_for_selector("#chart-soh-hist svg[data-bars]", timeout=20_000)
+    page.wait_for_selector("#chart-fleet-fade svg[data-points]", timeout=20_000)
+    rows = fleet["items"]
+    assert len(rows) >= 4
+
+    # SoH distribution: the bars count the fleet's SoH values, bin by bin (2-point bins, lo <= SoH < hi)
+    expected = Counter(math.floor(r["soh"] / 0.02 + 1e-9) for r in rows)
+    bars = page.locator("#chart-soh-hist g.bar")
+    drawn = {
+        bars.nth(k).get_attribute("data-label"): int(bars.nth(k).get_attribute("data-count"))
+        for k in range(bars.count())
+    }
+    want = {f"{2 * k}–{2 * k + 2} %": n for k, n in expected.items()}
+    assert {k: v for k, v in drawn.items() if v} == want
+    assert int(page.locator("#chart-soh-hist svg").get_attribute("data-total")) == len(rows)
+
+    # at risk: every battery with an RUL, fewest cycles first
+    with_rul = sorted((r for r in rows if r["rul_cycles"] is not None), key=lambda r: (r["rul_cycles"], r["soh"]))
+    risk_rows = page.locator("#at-risk tbody tr")
+    assert [risk_rows.nth(k).get_attribute("data-risk-thing") for k in range(risk_rows.count())] == [
+        r["thing"] for r in with_rul
+    ]
+    shown = [
+        float(risk_rows.nth(k).locator('td[data-col="rul_cycles"]').inner_text()) for k in range(risk_rows.count())
+    ]
+    assert shown == sorted(shown) and len(shown) >= 3
+    for r, text in zip(with_rul, shown, strict=True):
+        assert text == pytest.approx(r["rul_cycles"], abs=0.5)
+    ranges = [risk_rows.nth(k).locator('td[data-col="rul_range"]').inner_text() for k in range(risk_rows.count())]
+    assert any(re.fullmatch(r"\d+–(\d+|beyond horizon)", t) for t in ranges), ranges
+
+    # fade curves: one line per battery, each with its measured discharges
+    curves = page.locator("#chart-fleet-fade path.line")
+    assert curves.count() == len(rows)
+    assert {curves.nth(k).get_attribute("data-series") for k in range(curves.count())} == {r["thing"] for r in rows}
+    for k in range(curves.count()):
+        assert int(curves.nth(k).get_attribute("data-n")) >= 2
+
+    # alarms over time: the raises stored in the API, between the counts read before and after the freeze
+    lo, hi = frozen["raised"]
+    svg = page.locator("#chart-fleet-alarms svg")
+    total = int(svg.get_attribute("data-total") or 0) if svg.count() else 0
+    assert lo <= total <= hi
+    page.screenshot(path=str(ARTIFACTS / "fleet-view.png"), full_page=True)
 
 
 def _shadow_row(page: Any, table: str, field: str) -> str | None:

@@ -1,5 +1,5 @@
 """docs/dashboard.md's figures, asserted at the published level: the anomaly rule's thresholds, the demo's
-defaults (×2000 time, ×40 ageing, the replay's 200 samples per second, the emulated BMS at ×1000 at most, read
+defaults (×2000 time, ×1 ageing, the replay's 200 samples per second, the emulated BMS at ×1000 at most, read
 every 10 ms), the 1.5 s page poll, the 480 live samples and the local ingest's ten-year clock allowance (the
 deployed one's is one day)."""
 
@@ -9,7 +9,8 @@ import inspect
 
 import pytest
 
-from cloud.dashboard import server, views
+import devkit.demo
+from cloud.dashboard import fleet_view, server, views
 from cloud.dashboard.views import find_anomalies
 from cloud.ingest import handler
 from cloud.local_stack import demo, fleet
@@ -43,11 +44,15 @@ def test_an_anomaly_is_more_than_4_robust_sd_and_more_than_1_percent_of_c0_from_
 
 def test_the_documented_demo_and_dashboard_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     opts = demo.StackOptions()
-    assert (opts.acceleration, opts.ageing, opts.replay_rate_hz, opts.poll_ms) == (2000.0, 40.0, 200.0, 1500)
+    assert (opts.acceleration, opts.ageing, opts.replay_rate_hz, opts.poll_ms) == (2000.0, 1.0, 200.0, 1500)
     assert opts.dashboard_host == "127.0.0.1"
     run_defaults = inspect.signature(demo.run_full_demo).parameters
-    for name, value in (("acceleration", 2000.0), ("ageing", 40.0), ("replay_rate_hz", 200.0)):
+    for name, value in (("acceleration", 2000.0), ("ageing", 1.0), ("replay_rate_hz", 200.0)):
         assert run_defaults[name].default == value, name
+    # the device-only demo (no cloud package) ages at the same pace; the fleet view's bounds
+    assert inspect.signature(devkit.demo.run_demo).parameters["ageing"].default == 1.0
+    assert fleet_view.MAX_OVERVIEW_BYTES == 5 * 1024 * 1024 and fleet_view.SOH_BIN == 0.02
+    assert (fleet_view.CURVE_POINTS, fleet_view.OVERVIEW_ALARMS, fleet_view.ALARM_BINS) == (200, 2000, 24)
     assert server.POLL_MS == 1500 and views.LIVE_SAMPLES == 480 and views.TEMPERATURE_BINS == 12
     # the emulated BMS: read every 10 ms at most, so its pack runs ×1000 at most
     assert fleet.MIN_BMS_POLL_S == 0.01 and fleet.BMS_SIM_SECONDS_PER_POLL / fleet.MIN_BMS_POLL_S == 1000.0

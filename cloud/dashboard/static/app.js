@@ -100,6 +100,23 @@
     document.title = "battwin — fleet";
     view.appendChild(h("h1", { text: "Fleet" }));
     view.appendChild(h("p", { class: "summary-line", id: "fleet-summary", text: "loading…" }));
+    const panel = function (id, title, note, body) {
+      return h("section", { class: "panel", id: "panel-" + id }, [h("h2", { text: title }), h("div", { class: "note", text: note }), body]);
+    };
+    view.appendChild(h("div", { class: "charts fleet-overview", id: "fleet-overview" }, [
+      panel("soh-hist", "SoH distribution", "Batteries per 2-point SoH bin (newest health estimate of each).",
+        h("div", { class: "chart", id: "chart-soh-hist", "data-testid": "chart-soh-hist" })),
+      panel("at-risk", "At risk: ranked by remaining useful life", "Fewest cycles to end of life first; 80 % range p10–p90 when the forecast has one.",
+        h("div", { class: "risk" }, [h("table", { class: "grid", id: "at-risk" }, [
+          h("thead", {}, h("tr", {}, ["#", "thing", "SoH", "RUL (cycles)", "RUL 80 %", "cycle"].map(function (t) { return h("th", { text: t }); }))),
+          h("tbody", {}),
+        ]), h("p", { class: "note", id: "at-risk-note" })])),
+      panel("fleet-fade", "Fade curves", "Measured SoH (capacity / C0) per complete discharge, every battery.",
+        h("div", { class: "chart", id: "chart-fleet-fade", "data-testid": "chart-fleet-fade" })),
+      panel("fleet-alarms", "Alarms over time", "Alarms raised across the fleet, per time bin (device clocks).",
+        h("div", { class: "chart", id: "chart-fleet-alarms", "data-testid": "chart-fleet-alarms" })),
+    ]));
+    view.appendChild(h("h2", { text: "Batteries" }));
     const head = h("tr", {}, COLUMNS.map(function (c) {
       return h("th", { "data-key": c.key, "data-sort": state.sort.key === c.key ? state.sort.dir : null, onclick: function () { sortBy(c.key); }, text: c.label });
     }));
@@ -120,10 +137,50 @@
     return row[key];
   }
   async function pollFleet(seq) {
-    const data = await getJson("/api/fleet");
+    const [data, overview] = await Promise.all([getJson("/api/fleet"), getJson("/api/fleet/overview")]);
     if (seq !== state.seq) return;
     state.fleet = data;
     renderFleet();
+    renderOverview(overview);
+  }
+  function renderOverview(o) {
+    const hist = o.soh_histogram;
+    Charts.bars(document.getElementById("chart-soh-hist"), {
+      id: "soh-hist", xLabel: "SoH", yLabel: "batteries", height: 220, emptyText: "no health estimate yet",
+      bins: hist.bins.map(function (b) {
+        return { label: (100 * b.lo).toFixed(0) + "–" + (100 * b.hi).toFixed(0) + " %", count: b.count,
+          color: typeof o.eol_threshold === "number" && b.hi <= o.eol_threshold + 1e-9 ? "#c01048" : "#1f6feb",
+          title: (100 * b.lo).toFixed(0) + "–" + (100 * b.hi).toFixed(0) + " %: " + b.count + (b.things.length ? " (" + b.things.join(", ") + ")" : "") };
+      }),
+    });
+    const tbody = document.querySelector("#at-risk tbody");
+    tbody.textContent = "";
+    o.at_risk.forEach(function (r, k) {
+      const range = typeof r.rul_p10 === "number" ? fmt(r.rul_p10, 0) + "–" + (typeof r.rul_p90 === "number" ? fmt(r.rul_p90, 0) : "beyond horizon") : "–";
+      tbody.appendChild(h("tr", { "data-risk-thing": r.thing, "data-rul": r.rul_cycles }, [
+        h("td", { class: "num", text: String(k + 1) }),
+        h("td", {}, [h("a", { href: "#/thing/" + encodeURIComponent(r.thing), text: r.thing }), " ", simBadge(r.simulated)]),
+        h("td", { class: "num", "data-col": "soh", text: pct(r.soh) }),
+        h("td", { class: "num", "data-col": "rul_cycles", text: fmt(r.rul_cycles, 0) }),
+        h("td", { class: "num", "data-col": "rul_range", text: range }),
+        h("td", { class: "num", "data-col": "cycle_index", text: fmt(r.cycle_index, 0) }),
+      ]));
+    });
+    document.getElementById("at-risk-note").textContent = o.without_rul ? o.without_rul + " without an RUL forecast yet." : "";
+    const hl = typeof o.eol_threshold === "number" ? [{ y: o.eol_threshold, label: "EOL threshold " + pct(o.eol_threshold), color: "#c01048" }] : [];
+    Charts.line(document.getElementById("chart-fleet-fade"), {
+      id: "fleet-fade", xType: "number", xLabel: "cycle", yLabel: "SoH", height: 260, hlines: hl,
+      series: o.curves.map(function (c) { return { name: c.thing, x: c.cycle, y: c.soh, mode: "line" }; }),
+      emptyText: "no complete discharge yet",
+    });
+    Charts.bars(document.getElementById("chart-fleet-alarms"), {
+      id: "fleet-alarms", xLabel: "time (device clocks)", yLabel: "raised", height: 220, emptyText: "no alarm raised",
+      bins: o.alarms.bins.map(function (b) {
+        const span = o.alarms.bins.length ? o.alarms.bins[o.alarms.bins.length - 1].t1 - o.alarms.bins[0].t0 : 0;
+        const codes = Object.keys(b.codes).map(function (c) { return c + " ×" + b.codes[c]; }).join(", ");
+        return { label: Charts.timeLabel(b.t0, span), count: b.count, color: "#b54708", title: when(b.t0) + ": " + b.count + (codes ? " (" + codes + ")" : "") };
+      }),
+    });
   }
   function renderFleet() {
     const data = state.fleet;

@@ -301,5 +301,53 @@
     text(legend, width - 113, 11, "peak temp. in bin");
   }
 
-  window.BattwinCharts = { line: line, box: box, timeLabel: timeLabel };
+  /* spec: {id, title, xLabel, yLabel, height, bins: [{label, count, title, color}], emptyText}
+   * one bar per bin, its height the count; each bar carries data-count and data-label */
+  function bars(container, spec) {
+    const bins = spec.bins || [];
+    if (!bins.length) {
+      empty(container, spec, spec.emptyText || "no data yet");
+      return;
+    }
+    const width = Math.max(320, Math.round(container.clientWidth || 600));
+    const height = spec.height || 220;
+    const m = { l: 44, r: 12, t: 22, b: 34 };
+    const svg = frame(container, spec, width, height);
+    const pw = width - m.l - m.r;
+    const ph = height - m.t - m.b;
+    let top = 0;
+    for (const b of bins) top = Math.max(top, b.count);
+    top = Math.max(1, top);
+    const sy = function (y) { return m.t + ph - (y / top) * ph; };
+    const grid = el("g", { class: "grid" }, svg);
+    const axis = el("g", { class: "axis" }, svg);
+    for (const v of ticks(0, top, Math.min(5, top)).filter(function (v) { return v === Math.round(v); })) {
+      el("line", { x1: m.l, x2: m.l + pw, y1: sy(v), y2: sy(v) }, grid);
+      text(axis, m.l - 5, sy(v) + 3, numLabel(v), { "text-anchor": "end" });
+    }
+    el("line", { x1: m.l, x2: m.l + pw, y1: m.t + ph, y2: m.t + ph }, axis);
+    el("line", { x1: m.l, x2: m.l, y1: m.t, y2: m.t + ph }, axis);
+    if (spec.yLabel) text(axis, 10, m.t + ph / 2, spec.yLabel, { "text-anchor": "middle", transform: "rotate(-90 10 " + (m.t + ph / 2) + ")" });
+    if (spec.xLabel) text(axis, m.l + pw / 2, height - 3, spec.xLabel, { "text-anchor": "middle" });
+    const slot = pw / bins.length;
+    const bw = Math.max(1, slot * 0.8);
+    const every = Math.max(1, Math.ceil(bins.length / Math.max(1, Math.floor(pw / 60))));
+    let total = 0;
+    bins.forEach(function (b, k) {
+      const x = m.l + slot * k + (slot - bw) / 2;
+      const g = el("g", { class: "bar", "data-count": b.count, "data-label": b.label }, svg);
+      if (b.count > 0) {
+        el("rect", { x: x.toFixed(1), y: sy(b.count).toFixed(1), width: bw.toFixed(1), height: Math.max(1, m.t + ph - sy(b.count)).toFixed(1), fill: b.color || "#1f6feb" }, g);
+        text(g, x + bw / 2, sy(b.count) - 3, String(b.count), { "text-anchor": "middle" });
+      }
+      const tip = el("title", {}, g);
+      tip.textContent = b.title || b.label + ": " + b.count;
+      if (k % every === 0) text(axis, x + bw / 2, m.t + ph + 15, b.label, { "text-anchor": "middle" });
+      total += b.count;
+    });
+    svg.setAttribute("data-bars", String(bins.length));
+    svg.setAttribute("data-total", String(total));
+  }
+
+  window.BattwinCharts = { line: line, box: box, bars: bars, timeLabel: timeLabel };
 })();
