@@ -427,6 +427,51 @@ def test_the_queue_is_bounded_and_refusals_are_counted():
     accepted = [publisher.submit(i) for i in range(40)]  # no worker: nothing drains the queue
     assert accepted == [True] * 16 + [False] * 24
     assert publisher.dropped == 24
+    # an alarm or health record is never refused: a flood of telemetry cannot hide a state change
+    assert publisher.submit("alarm", droppable=False) and publisher.dropped == 24
+
+
+def test_an_alarm_behind_a_telemetry_flood_still_reaches_home_assistant(tmp_path, mosquitto):
+    """A stalled publisher thread (a busy device) whose queue fills with telemetry: the source_offline alarm that
+    comes next is still queued, and the pack turns unavailable once the thread runs again."""
+    watch = HaWatch(mosquitto.url)
+    config = agent_config(tmp_path, mosquitto.url, thing="ha-7", queue_size=16)
+    config.telemetry.batch_max_samples = 1  # one queued item per reading
+    availability = "battwin-ha/ha_7/jbd_ttyusb0/availability"
+    stall, release, stop = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    class StallingSource(FlakySource):
+        def poll(self) -> Sample:
+            n = self.polls + 1
+            if n == 30:  # Home Assistant has the pack online; from the next item on the publisher thread stalls
+                seen["online"] = _wait(lambda: watch.on(availability) == [b"online"], scaled(20))
+                stall.set()
+            if n == 90:  # 29 readings and the offline alarm wait behind the stalled thread: it runs again
+                release.set()
+                seen["offline"] = _wait(lambda: b"offline" in watch.on(availability), scaled(20))
+                stop.set()
+            if 60 <= n < 90:
+                self.polls += 1
+                raise SourceUnavailable("no reply on /dev/ttyUSB0")
+            return super().poll()
+
+    agent = Agent(config, StallingSource(10**9, threading.Event(), threading.Event()), MemoryTransport())
+    bridge = attach_home_assistant(agent)
+    assert bridge is not None and bridge.broker is not None and bridge.broker.wait_connected(scaled(10))
+    translate = bridge.publisher._translate
+
+    def stalling(item: Any) -> Any:
+        if stall.is_set():
+            release.wait(scaled(60))
+        return translate(item)
+
+    bridge.publisher._translate = stalling  # type: ignore[method-assign]
+    agent.run(stop)
+    agent.close()
+    watch.close()
+    assert seen == {"online": True, "offline": True}
+    assert bridge.publisher.dropped >= 10  # the flood did fill the queue: readings were refused, the alarm was not
 
 
 def test_a_local_broker_that_is_down_costs_the_agent_nothing(tmp_path, caplog):

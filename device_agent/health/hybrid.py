@@ -202,8 +202,14 @@ class HybridModel:
         return self.soh_at(prep, self.correction(prep), c0_ah, target_cycles)
 
     def forecast_from(
-        self, prep: Prepared, out: np.ndarray, c0_ah: float, eol_threshold: float, max_cycles: int,
-        *, band_sigmas: float | None = None,
+        self,
+        prep: Prepared,
+        out: np.ndarray,
+        c0_ah: float,
+        eol_threshold: float,
+        max_cycles: int,
+        *,
+        band_sigmas: float | None = None,
     ) -> Forecast:
         step = forecast_step(max_cycles)
         cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)

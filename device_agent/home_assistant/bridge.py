@@ -155,13 +155,15 @@ class HomeAssistantBridge:
             self._keys.add(key)
             self._users += 1
         identity = PackIdentity(source_id, thing, simulated, key)
-        self.publisher.submit(_Seed(identity, frozenset(agent.alarms.active)))
+        self.publisher.submit(_Seed(identity, frozenset(agent.alarms.active)), droppable=False)
         previous = agent.on_message
 
         def on_message(kind: MessageKind, body: Message, msg_id: str) -> None:
             if previous is not None:
                 previous(kind, body, msg_id)
-            self.publisher.submit(_Delivered(key, kind, body, simulated))
+            # a telemetry batch may be dropped by a full queue (the next one carries newer readings); an alarm or
+            # a health record never is: it changes what Home Assistant shows until the next one
+            self.publisher.submit(_Delivered(key, kind, body, simulated), droppable=isinstance(body, Telemetry))
 
         agent.on_message = on_message
         agent.on_shutdown.append(self._release)
@@ -190,7 +192,7 @@ class HomeAssistantBridge:
         if not isinstance(item, _Delivered):
             return
         pack = self._packs.get(item.pack)
-        if pack is None:  # its seed was refused by a full queue
+        if pack is None:  # not seeded: the bridge stopped before this pack was added
             return
         body = item.body
         if isinstance(body, Telemetry):

@@ -10,7 +10,6 @@ message), the status, every discovery config and the last state of every topic a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -56,7 +55,10 @@ class StatePublisher:
         the agent's status publication (sent first on every connection, "offline" on a clean stop)."""
         self._translate = translate
         self._status = status
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        #: unbounded itself: ``submit`` refuses droppable items past ``queue_size``; the rest (alarms, health,
+        #: seeds: a handful per cycle) always get in, in order, so a flood of telemetry never hides a state change
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue_size = queue_size
         self._pending: dict[str, Publication] = {}
         self._last: dict[str, Publication] = {}
         self._inflight = 0
@@ -75,21 +77,21 @@ class StatePublisher:
         self._last_log = 0.0
 
     # -- the agent's side (any thread; never blocks) -------------------------------------------------
-    def submit(self, item: Any) -> bool:
+    def submit(self, item: Any, droppable: bool = True) -> bool:
+        """Queue ``item`` for the worker. A droppable item (a telemetry batch: the next one replaces it) is
+        refused once ``queue_size`` items wait, and counted; any other item is always queued."""
         if self._stopping.is_set():
             return False
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        if droppable and self._queue.qsize() >= self._queue_size:
             with self._counts_lock:
                 self.dropped += 1
             return False
+        self._queue.put_nowait(item)
         return True
 
     def wake(self) -> None:
         """Something changed on the broker's side (a (re)connection): the worker looks now."""
-        with contextlib.suppress(queue.Full):  # a full queue: the worker looks at the broker after it anyway
-            self._queue.put_nowait(None)
+        self._queue.put_nowait(None)
 
     def request_resync(self) -> None:
         """Send discovery and the last states again (Home Assistant restarted)."""
