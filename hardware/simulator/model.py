@@ -400,8 +400,9 @@ class PackSimulator:
             if i < st.charge_cutoff_c_rate * self._c0 or self._cv_elapsed >= self._params.cv_timeout_s:
                 self._end_charge()
                 return h
-        if max(self._soc) >= 1.0:
-            self._end_charge()  # a cell is full (only when the charge voltage is above OCV(1) = 4.2 V)
+        if max(self._soc) >= 1.0 or min(self._soc) >= st.charge_stop_soc:
+            self._end_charge()  # a cell is full (only when the charge voltage is above OCV(1) = 4.2 V), or the
+            # pack reached the charge_stop_soc of partial cycles
         return h
 
     def _discharge_current(self, h: float) -> tuple[float, float]:
@@ -522,7 +523,7 @@ class PackSimulator:
             cells = tuple([v + gauss(0.0, sv) for v in volts])
         else:
             cells = tuple(volts)
-        current = self._last_i
+        current = self._last_i + st.current_offset_a
         if st.noise_current_a > 0.0:
             current += gauss(0.0, st.noise_current_a)
         temp_c = self._temp_k - ZERO_C_K
