@@ -211,7 +211,7 @@ class SocSettings(Section):
     #: full charge: charging at or above this voltage per cell (None: the chemistry's) with the current tapered
     #: below ``full_taper_c`` × capacity re-anchors the count at 100 %
     full_voltage_per_cell_v: Annotated[float, Field(ge=1.5, le=5.0)] | None = None
-    full_taper_c: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    full_taper_c: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     #: the SoC is published only while its standard deviation is at most this (pp)
     publish_max_sd_pct: Annotated[float, Field(gt=0.0, le=100.0)] = 15.0
     #: alarm ``soc_disagreement``: raised when |BMS SoC - battwin SoC| exceeds this (pp) ...

@@ -168,7 +168,7 @@ def pooled_rmse(results: Sequence[NasaResult]) -> float:
     return math.sqrt(sum(d.sq_sum for r in results for d in r.discharges) / n) if n else math.nan
 
 
-def _reference(log_path: Path, cutoff_v: float, rest_a: float) -> dict[int, list[tuple[float, float]]]:
+def _reference(log_path: Path, cutoff_v: float, rest_a: float) -> dict[int, tuple[float, list[tuple[float, float]]]]:
     """Per discharge run of the raw log: (t_s, reference SoC %) from the first sample under load to the first
     crossing of the cut-off (runs that never cross it have no reference and are left out)."""
     runs: dict[int, list[tuple[float, float, float]]] = {}
@@ -179,7 +179,7 @@ def _reference(log_path: Path, cutoff_v: float, rest_a: float) -> dict[int, list
             runs.setdefault(int(row["run"]), []).append(
                 (float(row["t_s"]), float(row["voltage_v"]), float(row["current_a"]))
             )
-    out: dict[int, list[tuple[float, float]]] = {}
+    out: dict[int, tuple[float, list[tuple[float, float]]]] = {}
     for run, rows in runs.items():
         began = next((k for k, r in enumerate(rows) if r[2] < -rest_a), None)
         if began is None:
@@ -195,7 +195,7 @@ def _reference(log_path: Path, cutoff_v: float, rest_a: float) -> dict[int, list
         if crossed is None or ah[-1] <= 0.0:
             continue
         total = ah[-1]
-        out[run] = [(rows[began + j][0], 100.0 * (1.0 - a / total)) for j, a in enumerate(ah)]
+        out[run] = (total, [(rows[began + j][0], 100.0 * (1.0 - a / total)) for j, a in enumerate(ah)])
     return out
 
 
@@ -218,7 +218,7 @@ def evaluate_nasa(log_path: Path, workdir: Path | None = None, config: AgentConf
     reference = _reference(log_path, config.tracker.cutoff_voltage_per_cell_v, config.tracker.rest_current_a)
     discharges: list[DischargeError] = []
     unpublished = skipped = 0
-    for run, points in sorted(reference.items()):
+    for run, (total_ah, points) in sorted(reference.items()):
         errs = []
         for t, ref in points:
             value = est.get(round(t, 3))
@@ -229,10 +229,8 @@ def evaluate_nasa(log_path: Path, workdir: Path | None = None, config: AgentConf
         if not errs:
             skipped += 1
             continue
-        total_ah = points[-1][0]  # placeholder overwritten below
-        del total_ah
         discharges.append(
-            DischargeError(name, run, len(errs), sum(e * e for e in errs), max(abs(e) for e in errs), 0.0)
+            DischargeError(name, run, len(errs), sum(e * e for e in errs), max(abs(e) for e in errs), total_ah)
         )
     return NasaResult(name, discharges, unpublished, skipped)
 

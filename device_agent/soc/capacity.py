@@ -6,9 +6,12 @@ Two sources, blended like the SoC itself (a scalar Kalman on the capacity, relat
   whenever a new one appears (standard deviation :data:`MEASURED_SD`);
 * **partial cycles**: the charge counted between two well-known states of charge (a relaxed rest read
   through the OCV table, or a full charge) is the capacity times the SoC between them. With a span of at least
-  ``MIN_SPAN_PCT`` and both ends known to within ``MAX_END_SD_PCT`` it is blended in with the standard
-  deviation the two ends give it. This is what keeps the count right on a battery that never reaches the
-  cut-off (so never gets a new measured capacity) while it ages.
+  :data:`MIN_SPAN_PCT` and both ends known to within :data:`MAX_END_SD_PCT` it is blended in with the standard
+  deviation the two ends give it — but only once the measured capacity is :data:`PARTIAL_AFTER_EFC`
+  equivalent full cycles old (or there is none): a fresh measurement down to the configured cut-off is the
+  better figure (the OCV table's 0 % is an *open-circuit* empty, a little below the loaded cut-off). This is
+  what keeps the count right on a battery that never reaches the cut-off, so never gets a new measured
+  capacity, while it ages.
 
 Between the two the capacity's uncertainty grows with the charge moved (:data:`DRIFT_SD_PER_EFC`).
 """
@@ -23,11 +26,13 @@ MEASURED_SD = 0.01
 #: standard deviation (relative) of the rated capacity before anything is measured
 RATED_SD = 0.05
 #: growth of the relative standard deviation per square root of equivalent full cycle moved
-DRIFT_SD_PER_EFC = 0.003
+DRIFT_SD_PER_EFC = 0.01
 #: a partial cycle must span this much SoC (pp) ...
 MIN_SPAN_PCT = 30.0
 #: ... between two ends each known to within this (pp)
 MAX_END_SD_PCT = 2.5
+#: partial cycles refine the capacity once the measured one is this many equivalent full cycles old
+PARTIAL_AFTER_EFC = 3.0
 
 
 @dataclass
@@ -44,6 +49,8 @@ class CapacityTracker:
         self.sd = RATED_SD
         self.counted_ah = 0.0
         self.partial_updates = 0
+        #: equivalent full cycles moved since the latest measured capacity (inf: none measured)
+        self.efc_since_measured = math.inf
         self._measured: float | None = None
         self._ref: Reference | None = None
 
@@ -52,6 +59,7 @@ class CapacityTracker:
         self.counted_ah += delta_ah
         if self.capacity_ah:
             efc = abs(delta_ah) / (2.0 * self.capacity_ah)
+            self.efc_since_measured += efc
             self.sd = math.sqrt(self.sd * self.sd + DRIFT_SD_PER_EFC * DRIFT_SD_PER_EFC * efc)
 
     def measured(self, capacity_ah: float | None, correction_ah: float = 0.0) -> None:
@@ -60,6 +68,7 @@ class CapacityTracker:
         if capacity_ah is None or capacity_ah <= 0.0 or capacity_ah == self._measured:
             return
         self._measured = capacity_ah
+        self.efc_since_measured = 0.0
         self.capacity_ah, self.sd = max(0.5 * capacity_ah, capacity_ah + correction_ah), MEASURED_SD
 
     def rated(self, rated_ah: float | None) -> None:
@@ -72,7 +81,7 @@ class CapacityTracker:
         default now): with the previous one, a partial-cycle capacity."""
         ref = Reference(soc_pct, sd_pct, self.counted_ah if counted_ah is None else counted_ah)
         prev, self._ref = self._ref, ref
-        if prev is None or self.capacity_ah is None:
+        if prev is None or self.capacity_ah is None or self.efc_since_measured < PARTIAL_AFTER_EFC:
             return
         span = ref.soc_pct - prev.soc_pct
         if abs(span) < MIN_SPAN_PCT or max(ref.sd_pct, prev.sd_pct) > MAX_END_SD_PCT:
