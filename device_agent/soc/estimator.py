@@ -39,6 +39,7 @@ from device_agent.health.estimator import HealthEstimator
 from device_agent.soc.capacity import CapacityTracker
 from device_agent.soc.kalman import SocFilter
 from device_agent.soc.ocv import OCV_TABLES, OcvTable
+from device_agent.soc.similar import DischargeMemory
 from schema.messages import Sample
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class SocEstimator:
         #: the current sensor's offset learnt at rest (A), taken off every reading
         self.offset_a = 0.0
         self._discharge_since: float | None = None
+        self._past_cutoff = False  # the discharge under way has crossed the cut-off (until the next charge)
+        self._seen_measured: float | None = None
+        self.memory = DischargeMemory()
         #: how long the latest discharge that reached the cut-off took to reach it (s)
         self.last_discharge_s: float | None = None
         #: how often the count was corrected at rest and anchored at full (for logs and evaluations)
@@ -90,11 +94,18 @@ class SocEstimator:
         self.rated_ah = config.soc.capacity_ah or config.health.rated_capacity_ah
         self.capacity.rated(self.rated_ah)
 
-    def capacity_ah(self) -> float | None:
+    def capacity_ah(self, ts: float | None = None) -> float | None:
+        """The capacity to count on now: during a discharge (``ts`` given) the one measured on similar
+        discharges (:mod:`.similar`), else the tracked one (:mod:`.capacity`)."""
         # a measured capacity was counted with the offset in it: true = read - offset
         correction = self.offset_a * self.last_discharge_s / 3600.0 if self.last_discharge_s is not None else 0.0
-        self.capacity.measured(self.capacity_fn(), correction)
-        return self.capacity.capacity_ah
+        raw = self.capacity_fn()
+        if raw is not None and raw > 0.0 and raw != self._seen_measured:
+            self._seen_measured = raw
+            self.memory.measured(max(0.5 * raw, raw + correction))
+        self.capacity.measured(raw, correction)
+        similar = self.memory.capacity_now(ts) if ts is not None else None
+        return similar if similar is not None else self.capacity.capacity_ah
 
     def update(self, sample: Sample) -> Sample:
         """``sample`` with ``soc_est_pct`` filled in (unchanged when disabled or not known well enough)."""
@@ -110,7 +121,7 @@ class SocEstimator:
         v_cell = sample.voltage_v / cells
         current = sample.current_a
         at_rest = abs(current) < self.tracker.rest_current_a
-        capacity = self.capacity_ah()
+        capacity = self.capacity_ah(sample.ts)
         f = self.filter
         dt = 0.0
         if f is None:
@@ -134,7 +145,7 @@ class SocEstimator:
                     self._rest_prior.predict(delta_ah, dt, capacity, st.offset_sd_c, st.capacity_sd)
         self._last_ts, self._last_current, self._last_rest = sample.ts, current, at_rest
         lowest = min(sample.cell_voltages_v) if sample.cell_voltages_v else v_cell
-        self._discharge(sample.ts, current, lowest)
+        self._discharge(sample.ts, current, lowest, sample.temperature_c)
         if at_rest:
             self._rest(sample.ts, v_cell, current, dt_s=0.0 if self._rest_prior is None else dt)
         else:
@@ -161,16 +172,24 @@ class SocEstimator:
         self.filter = SocFilter.fused(self._rest_prior, 100.0 * measured, sd_pct)
         self._rest_reading = (100.0 * measured, sd_pct)
 
-    def _discharge(self, ts: float, current: float, lowest_v: float) -> None:
+    def _discharge(self, ts: float, current: float, lowest_v: float, temperature_c: float | None) -> None:
         """Time the discharge from its start to the cut-off (the lowest cell's crossing, as the cycle tracker
         measures capacity), for the offset in the measured capacity."""
         if current >= self.tracker.rest_current_a:
             self._discharge_since = None  # charging
-        elif current <= -self.tracker.rest_current_a and self._discharge_since is None:
+            self._past_cutoff = False
+            self.memory.stop()
+        elif current <= -self.tracker.rest_current_a and self._discharge_since is None and not self._past_cutoff:
             self._discharge_since = ts
+            self.memory.start(ts)
         elif self._discharge_since is not None and lowest_v <= self.tracker.cutoff_voltage_per_cell_v:
+            self.memory.add(ts, current, temperature_c)
             self.last_discharge_s = ts - self._discharge_since
+            self.memory.reached_cutoff(ts)
             self._discharge_since = None
+            self._past_cutoff = True
+            return
+        self.memory.add(ts, current, temperature_c)
 
     def _end_rest(self) -> None:
         if self._rest_reading is not None:  # the rest's last (most relaxed) reading: a known SoC
