@@ -37,8 +37,11 @@ NASA_LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bm
 NASA_RATED_AH = 2.0
 #: the cut-off of NASA's capacity figure (V per cell)
 NASA_CUTOFF_V = 2.7
-#: the logs the tests and the note evaluate: one of each group of loads and temperatures that reaches 2.7 V
-NASA_EVAL_LOGS = ("B0025", "B0029", "B0033", "B0038", "B0045", "B0046", "B0049", "B0053", "B0055")
+#: the logs the tests and the note evaluate: all 30
+NASA_EVAL_LOGS = tuple(f"B00{n}" for n in (*range(25, 35), 36, *range(38, 57)))
+#: a discharge whose Ah to the cut-off is below this fraction of its cell's median is a cut-short or freak run
+#: (the data's README: "failed runs read near zero"): reported, and reported apart
+REGULAR_FRACTION = 0.5
 
 
 # -- (a) the simulator -----------------------------------------------------------------------------------
@@ -143,6 +146,7 @@ class DischargeError:
     sq_sum: float
     max_abs_pct: float
     ah_to_cutoff: float
+    regular: bool = True
 
     @property
     def rmse_pct(self) -> float:
@@ -162,10 +166,11 @@ class NasaResult:
         return pooled_rmse([self])
 
 
-def pooled_rmse(results: Sequence[NasaResult]) -> float:
-    """RMSE over every compared sample of every discharge of ``results``."""
-    n = sum(d.n for r in results for d in r.discharges)
-    return math.sqrt(sum(d.sq_sum for r in results for d in r.discharges) / n) if n else math.nan
+def pooled_rmse(results: Sequence[NasaResult], regular_only: bool = False) -> float:
+    """RMSE over every compared sample of every discharge of ``results`` (or of the regular ones only)."""
+    chosen = [d for r in results for d in r.discharges if d.regular or not regular_only]
+    n = sum(d.n for d in chosen)
+    return math.sqrt(sum(d.sq_sum for d in chosen) / n) if n else math.nan
 
 
 def _reference(log_path: Path, cutoff_v: float, rest_a: float) -> dict[int, tuple[float, list[tuple[float, float]]]]:
@@ -232,6 +237,13 @@ def evaluate_nasa(log_path: Path, workdir: Path | None = None, config: AgentConf
         discharges.append(
             DischargeError(name, run, len(errs), sum(e * e for e in errs), max(abs(e) for e in errs), total_ah)
         )
+    if discharges:
+        median = sorted(d.ah_to_cutoff for d in discharges)[len(discharges) // 2]
+        discharges = [
+            DischargeError(d.log, d.run, d.n, d.sq_sum, d.max_abs_pct, d.ah_to_cutoff,
+                           d.ah_to_cutoff >= REGULAR_FRACTION * median)
+            for d in discharges
+        ]  # fmt: skip
     return NasaResult(name, discharges, unpublished, skipped)
 
 

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 UNKNOWN_SD_PCT = 25.0
 #: standard deviation (pp) of the full-charge anchor
 FULL_SD_PCT = 0.5
+#: a measured capacity below this fraction of the rated one (or of the largest measured) is not counted on: a run
+#: cut short or a freak reading, not the battery (a battery at half its capacity is long past end of life)
+PLAUSIBLE_FRACTION = 0.5
 #: the time constant (s of qualified rest) of the learnt current offset
 OFFSET_TAU_S = 600.0
 
@@ -79,6 +82,7 @@ class SocEstimator:
         self._discharge_since: float | None = None
         self._past_cutoff = False  # the discharge under way has crossed the cut-off (until the next charge)
         self._seen_measured: float | None = None
+        self._largest_measured = 0.0
         self.memory = DischargeMemory()
         #: how long the latest discharge that reached the cut-off took to reach it (s)
         self.last_discharge_s: float | None = None
@@ -102,8 +106,13 @@ class SocEstimator:
         raw = self.capacity_fn()
         if raw is not None and raw > 0.0 and raw != self._seen_measured:
             self._seen_measured = raw
-            self.memory.measured(max(0.5 * raw, raw + correction))
-        self.capacity.measured(raw, correction)
+            reference = max(self.rated_ah or 0.0, self._largest_measured)
+            self._largest_measured = max(self._largest_measured, raw)
+            if raw >= PLAUSIBLE_FRACTION * reference:  # an aborted or freak run does not set the capacity
+                self.memory.measured(max(0.5 * raw, raw + correction))
+                self.capacity.measured(raw, correction)
+            else:
+                self.memory.pending = None
         similar = self.memory.capacity_now(ts) if ts is not None else None
         return similar if similar is not None else self.capacity.capacity_ah
 
