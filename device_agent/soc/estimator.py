@@ -31,6 +31,8 @@ rest or a full charge narrows it). Nothing here looks ahead: each value depends 
 from __future__ import annotations
 
 import logging
+import statistics
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,9 +50,10 @@ log = logging.getLogger(__name__)
 UNKNOWN_SD_PCT = 25.0
 #: standard deviation (pp) of the full-charge anchor
 FULL_SD_PCT = 0.5
-#: a measured capacity below this fraction of the rated one (or of the largest measured) is not counted on: a run
-#: cut short or a freak reading, not the battery (a battery at half its capacity is long past end of life)
+#: a measured capacity below this fraction of the median of the latest ones (the rated one first) is not counted
+#: on: a run cut short or a freak reading, not the battery; a lasting change is followed once it is the median
 PLAUSIBLE_FRACTION = 0.5
+PLAUSIBLE_WINDOW = 5
 #: the time constant (s of qualified rest) of the learnt current offset
 OFFSET_TAU_S = 600.0
 
@@ -82,7 +85,7 @@ class SocEstimator:
         self._discharge_since: float | None = None
         self._past_cutoff = False  # the discharge under way has crossed the cut-off (until the next charge)
         self._seen_measured: float | None = None
-        self._largest_measured = 0.0
+        self._recent_measured: deque[float] = deque(maxlen=PLAUSIBLE_WINDOW)
         self.memory = DischargeMemory()
         #: how long the latest discharge that reached the cut-off took to reach it (s)
         self.last_discharge_s: float | None = None
@@ -106,8 +109,9 @@ class SocEstimator:
         raw = self.capacity_fn()
         if raw is not None and raw > 0.0 and raw != self._seen_measured:
             self._seen_measured = raw
-            reference = max(self.rated_ah or 0.0, self._largest_measured)
-            self._largest_measured = max(self._largest_measured, raw)
+            recent = ([self.rated_ah] if self.rated_ah else []) + list(self._recent_measured)
+            self._recent_measured.append(raw)
+            reference = statistics.median(recent[-PLAUSIBLE_WINDOW:]) if recent else raw
             if raw >= PLAUSIBLE_FRACTION * reference:  # an aborted or freak run does not set the capacity
                 self.memory.measured(max(0.5 * raw, raw + correction))
                 self.capacity.measured(raw, correction)
@@ -190,15 +194,15 @@ class SocEstimator:
             self.memory.stop()
         elif current <= -self.tracker.rest_current_a and self._discharge_since is None and not self._past_cutoff:
             self._discharge_since = ts
-            self.memory.start(ts)
+            self.memory.start(ts, temperature_c)
         elif self._discharge_since is not None and lowest_v <= self.tracker.cutoff_voltage_per_cell_v:
-            self.memory.add(ts, current, temperature_c)
+            self.memory.add(ts, current)
             self.last_discharge_s = ts - self._discharge_since
             self.memory.reached_cutoff(ts)
             self._discharge_since = None
             self._past_cutoff = True
             return
-        self.memory.add(ts, current, temperature_c)
+        self.memory.add(ts, current)
 
     def _end_rest(self) -> None:
         if self._rest_reading is not None:  # the rest's last (most relaxed) reading: a known SoC

@@ -3,10 +3,12 @@
 Capacity to the cut-off depends on the load and the temperature: a cell gives less before its loaded voltage
 reaches the cut-off at 4 A than at 1 A, and less cold than warm. So each measured capacity is remembered with
 the mean current and temperature of the discharge that measured it, and during a discharge the count runs on
-the capacities measured on *similar* ones (mean current within :data:`CURRENT_FRACTION`, temperature within
-:data:`TEMPERATURE_C`, as the anomaly detectors judge "similar"): the median of the latest
+the capacities measured on *similar* ones (mean current within :data:`CURRENT_FRACTION`, temperature at the
+start within :data:`TEMPERATURE_C`, as the anomaly detectors judge "similar"): the median of the latest
 :data:`MEDIAN_OF` of them, so a single interrupted or odd run does not set it. The discharge's mean current so
-far decides (never its future): it is judged after :data:`SETTLE_S` of discharging.
+far and its starting temperature decide (never its future): it is judged after :data:`SETTLE_S` of
+discharging. (The starting temperature, not the mean: a cell heats by 10-15 °C over a 4 A discharge, so the
+mean so far says little early on.)
 """
 
 from __future__ import annotations
@@ -34,15 +36,14 @@ class DischargeMemory:
         self.entries: deque[Measured] = deque(maxlen=REMEMBERED)
         self._since: float | None = None
         self._ah = 0.0
-        self._temp_sum = 0.0
-        self._temp_n = 0
+        self._start_temp: float | None = None
         self._last_ts: float | None = None
         #: the discharge that last reached the cut-off: its mean current and temperature, awaiting its capacity
         self.pending: tuple[float, float | None] | None = None
 
     # -- the discharge under way --------------------------------------------------------------------------
-    def start(self, ts: float) -> None:
-        self._since, self._ah, self._temp_sum, self._temp_n, self._last_ts = ts, 0.0, 0.0, 0, ts
+    def start(self, ts: float, temperature_c: float | None) -> None:
+        self._since, self._ah, self._start_temp, self._last_ts = ts, 0.0, temperature_c, ts
 
     def stop(self) -> None:
         self._since = None
@@ -51,25 +52,20 @@ class DischargeMemory:
     def active(self) -> bool:
         return self._since is not None
 
-    def add(self, ts: float, current_a: float, temperature_c: float | None) -> None:
+    def add(self, ts: float, current_a: float) -> None:
         if self._since is None or self._last_ts is None:
             return
         self._ah += max(0.0, -current_a) * max(0.0, ts - self._last_ts) / 3600.0
         self._last_ts = ts
-        if temperature_c is not None:
-            self._temp_sum += temperature_c
-            self._temp_n += 1
 
     def _mean(self, ts: float) -> tuple[float, float | None] | None:
         if self._since is None or ts - self._since < SETTLE_S:
             return None
-        current = self._ah * 3600.0 / (ts - self._since)
-        return current, (self._temp_sum / self._temp_n if self._temp_n else None)
+        return self._ah * 3600.0 / (ts - self._since), self._start_temp
 
     def reached_cutoff(self, ts: float) -> None:
-        self.pending = self._mean(ts) if self._since is not None and ts > self._since else None
-        if self.pending is None and self._since is not None and ts > self._since:
-            self.pending = (self._ah * 3600.0 / (ts - self._since), None)
+        if self._since is not None and ts > self._since:
+            self.pending = (self._ah * 3600.0 / (ts - self._since), self._start_temp)
         self._since = None
 
     # -- capacities --------------------------------------------------------------------------------------
