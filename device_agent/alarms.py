@@ -116,6 +116,8 @@ CELL_IMBALANCE: ThresholdAlarm[Sample] = ThresholdAlarm(
         details_fn=lambda spread: {"spread_v": round(spread, 4)},
     ),
 )
+
+
 def _soc_disagreement(sample: Sample, config: AgentConfig) -> float | None:
     # judged only when both are there: the BMS reports a SoC and battwin's own is known well enough to publish
     if not config.soc.enabled or sample.soc_pct is None or sample.soc_est_pct is None:

@@ -4,6 +4,7 @@ points the health estimator fits, when the first cycle was seen and the charge d
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from device_agent.health.estimator import MAX_HISTORY, HealthEstimator
 from device_agent.health.fade_law import CapacityPoint
@@ -37,7 +38,11 @@ class Progress:
 
     def save(self) -> None:
         est = self.estimator
-        state = {"cycle": self.tracker.cycle, "first_ts": est.first_ts, "discharged_ah": est.discharged_ah}
+        state: dict[str, Any] = {
+            "cycle": self.tracker.cycle,
+            "first_ts": est.first_ts,
+            "discharged_ah": est.discharged_ah,
+        }
         if self.soc is not None:
             state["soc"] = self.soc.snapshot()
         try:

@@ -269,7 +269,8 @@ def draw_figures(out_dir: Path, logs: Sequence[str] = NASA_EVAL_LOGS) -> dict[st
         ax.plot(run.hours, run.plain_pct, color="tab:red", lw=0.8, alpha=0.8,
                 label=f"plain coulomb count (max error {plain_max:.0f} pp)")  # fmt: skip
         ax.set_ylabel("SoC (%)")
-        ax.set_title(f"SIMULATED: current sensor offset {offset * 1000:+.0f} mA (1 % of 1C), partial cycles", fontsize=9)
+        title = f"SIMULATED: current sensor offset {offset * 1000:+.0f} mA (1 % of 1C), partial cycles"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     axes[-1].set_xlabel("simulated hours")
     fig.tight_layout()
@@ -277,20 +278,43 @@ def draw_figures(out_dir: Path, logs: Sequence[str] = NASA_EVAL_LOGS) -> dict[st
     plt.close(fig)
 
     results = [evaluate_nasa(NASA_LOGS / f"{name}.csv.gz") for name in logs]
-    summary["nasa"] = {r.log: {"rmse_pp": round(r.rmse_pct, 2), "discharges": len(r.discharges),
-                               "worst_discharge_rmse_pp": round(max(d.rmse_pct for d in r.discharges), 2),
-                               "unpublished_samples": r.unpublished_samples} for r in results}  # fmt: skip
+    summary["nasa"] = {
+        r.log: {
+            "rmse_pp": round(r.rmse_pct, 2),
+            "rmse_regular_pp": round(pooled_rmse([r], regular_only=True), 2),
+            "discharges": len(r.discharges),
+            "regular": sum(d.regular for d in r.discharges),
+            "worst": max(((d.run, round(d.rmse_pct, 2), round(d.ah_to_cutoff, 3)) for d in r.discharges),
+                         key=lambda w: w[1]),
+            "unpublished_samples": r.unpublished_samples,
+            "unpublished_discharges": r.skipped_discharges,
+        }
+        for r in results
+    }  # fmt: skip
     summary["nasa_pooled_rmse_pp"] = round(pooled_rmse(results), 2)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    summary["nasa_pooled_rmse_regular_pp"] = round(pooled_rmse(results, regular_only=True), 2)
+    summary["nasa_discharges"] = sum(len(r.discharges) for r in results)
+    summary["nasa_regular_discharges"] = sum(d.regular for r in results for d in r.discharges)
+    within = [d for r in results for d in r.discharges if d.rmse_pct <= 2.0]
+    summary["nasa_discharges_within_2pp"] = len(within)
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     for k, r in enumerate(results):
-        xs = [d.run for d in r.discharges]
-        ax.scatter([k + 0.8 * (x - min(xs)) / max(1, max(xs) - min(xs)) - 0.4 for x in xs],
-                   [d.rmse_pct for d in r.discharges], s=6)  # fmt: skip
+        for regular, marker in ((True, "o"), (False, "x")):
+            ds = [d for d in r.discharges if d.regular is regular]
+            xs = [k + 0.7 * (j / max(1, len(r.discharges) - 1)) - 0.35 for j, d in enumerate(r.discharges)
+                  if d.regular is regular]  # fmt: skip
+            ax.scatter(xs, [d.rmse_pct for d in ds], s=5 if regular else 12, marker=marker,
+                       color="tab:blue" if regular else "tab:red")  # fmt: skip
     ax.axhline(2.0, color="grey", ls="--", lw=0.8, label="target 2 pp")
-    ax.set_xticks(range(len(results)), [f"{r.log}\n{r.rmse_pct:.2f} pp" for r in results], fontsize=7)
-    ax.set_ylabel("RMSE per discharge (pp)")
-    ax.set_title(f"NASA PCoE logs (real data): battwin SoC during discharges, pooled RMSE {pooled_rmse(results):.2f} pp",
-                 fontsize=9)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(results)), [f"{r.log[1:]}\n{r.rmse_pct:.1f}" for r in results], fontsize=6)
+    ax.set_ylabel("RMSE per discharge (pp, log scale)")
+    ax.set_title(
+        "NASA PCoE logs (real data), battwin SoC during discharges: per log its RMSE (pp) under the name; "
+        f"pooled {pooled_rmse(results):.2f} pp, {pooled_rmse(results, regular_only=True):.2f} pp without "
+        "cut-short runs (x)",
+        fontsize=8,
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "soc-nasa.png", dpi=110)

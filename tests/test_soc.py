@@ -44,7 +44,9 @@ def rest(est: SocEstimator, t: float, volts: float, seconds: float, step: float 
     return t, out
 
 
-def hold(est: SocEstimator, t: float, volts: float, amps: float, seconds: float, step: float = 10.0) -> tuple[float, Sample]:
+def hold(
+    est: SocEstimator, t: float, volts: float, amps: float, seconds: float, step: float = 10.0
+) -> tuple[float, Sample]:
     out = sample(t, volts, amps)
     for _ in range(int(seconds / step)):
         t += step
@@ -386,3 +388,20 @@ def test_default_telemetry_with_soc_est_pct_is_35_samples_a_batch_on_the_ipc_bud
     assert len(with_soc) > 50
     assert {n for n, _ in with_soc[:-1]} == {35}
     assert max(sizes) <= budget == 7_287 and min(size for _, size in with_soc[:-1]) >= 7_100
+
+
+def test_the_simulator_reads_the_current_with_its_offset_and_stops_partial_charges():
+    from hardware.simulator.model import PackSimulator
+    from schema.simulator_settings import SimulatorSettings
+
+    base = {"seed": 1, "cells_series": 1, "noise_current_a": 0.0, "depth_of_discharge": 0.5, "checkup_every": 10_000}
+    plain = PackSimulator(SimulatorSettings(**base))
+    offset = PackSimulator(SimulatorSettings(**base, current_offset_a=0.02, charge_stop_soc=0.8))
+    for _ in range(30):  # at rest, then discharging: the reading is the true current plus the offset
+        a, b = plain.step(60.0), offset.step(60.0)
+        assert b.current_a == pytest.approx(a.current_a + 0.02, abs=1e-9)
+    socs = []
+    for _ in range(24 * 60):  # a day of 1-minute steps: the partial charges end at 80 %, never full
+        socs.append(offset.step(60.0).soc_pct)
+    assert 79.0 < max(socs[120:]) < 81.5  # after the first discharge from the initial full state
+    assert max(plain.step(60.0).soc_pct for _ in range(24 * 60)) > 99.0

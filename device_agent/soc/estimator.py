@@ -255,7 +255,7 @@ class SocEstimator:
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("saved SoC state unreadable; starting afresh", extra={"error": str(exc)[:200]})
             return
-        if not (0.0 <= f.soc_pct <= 100.0 and 0.0 <= f.sd_pct):
+        if not (0.0 <= f.soc_pct <= 100.0 and f.sd_pct >= 0.0):
             log.warning("saved SoC state out of range; starting afresh", extra={"soc_pct": f.soc_pct})
             return
         self.filter, self._last_ts, self._last_rest = f, ts, bool(state.get("rest", False))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 Chemistry = Literal["nmc", "lfp"]
@@ -34,7 +35,7 @@ class OcvTable:
         if len(self.soc) != len(self.volts) or len(self.soc) < 2:
             raise ValueError(f"OCV table {self.name}: needs as many SoC as voltage knots, at least two")
         for seq, what in ((self.soc, "SoC"), (self.volts, "OCV")):
-            if any(b <= a for a, b in zip(seq, seq[1:], strict=False)):
+            if any(b <= a for a, b in pairwise(seq)):
                 raise ValueError(f"OCV table {self.name}: {what} knots must rise strictly")
 
     def ocv(self, soc: float) -> float:

@@ -87,7 +87,8 @@ Start fully charged (s = 1), at rest, T = T_amb. Then repeat:
 4. ``charge_cc`` at ``charge_c_rate``·C0 until a cell's terminal voltage would exceed
    ``charge_voltage_per_cell_v``, then ``charge_cv``: each sub-step the current is solved so that the
    highest cell ends it at that voltage; the charge ends when the current falls below
-   ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or when a cell is full).
+   ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or when a cell is full), or — partial cycles — as soon as
+   the pack's true SoC reaches ``charge_stop_soc`` (default 1: never early).
 
 The voltage cut-off is decided like a cycler does, on its *reading*: the discharge ends at the first
 ``step()`` whose measured (noisy) lowest cell voltage is at or below the cut-off — the reading that
@@ -97,6 +98,9 @@ readings a hardware clamp limits the current so the true lowest cell never falls
 (10 s, < 0.1 % of capacity), after which the discharge ends without a reading. So readings up to 10 s
 apart always show the crossing; with longer steps the crossing falls between readings, as it would with a
 real pack polled that slowly.
+
+A current sensor's constant offset (``current_offset_a``, default 0) is added to every current reading, never
+to the model's true current (what a battery SoC estimator has to live with).
 
 Sensor noise: Gaussian, from ``random.Random(seed)`` (which first draws the manufacturing spread), on the
 pack voltage, each cell voltage, the current and the temperature. The run is fully deterministic for a
