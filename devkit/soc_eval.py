@@ -256,26 +256,40 @@ def draw_figures(out_dir: Path, logs: Sequence[str] = NASA_EVAL_LOGS) -> dict[st
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, object] = {}
-    fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
-    for ax, offset in zip(axes, (0.02, -0.02), strict=True):
-        run = simulate_partial_cycles(offset)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7))
+    runs = {offset: simulate_partial_cycles(offset) for offset in (0.02, -0.02)}
+    for offset, run in runs.items():
         est_max, plain_max = run.max_error()
         summary[f"sim_offset_{offset:+.2f}A"] = {"battwin_max_error_pp": round(est_max, 2),
                                                  "plain_max_error_pp": round(plain_max, 2),
                                                  "max_true_soc_pct": round(run.max_true_pct, 1)}  # fmt: skip
-        ax.plot(run.hours, run.true_pct, color="black", lw=0.8, label="true SoC (simulator)")
-        ax.plot(run.hours, [math.nan if e is None else e for e in run.est_pct], color="tab:blue", lw=0.8,
-                label=f"battwin soc_est_pct (max error {est_max:.1f} pp)")  # fmt: skip
-        ax.plot(run.hours, run.plain_pct, color="tab:red", lw=0.8, alpha=0.8,
-                label=f"plain coulomb count (max error {plain_max:.0f} pp)")  # fmt: skip
-        ax.set_ylabel("SoC (%)")
-        title = f"SIMULATED: current sensor offset {offset * 1000:+.0f} mA (1 % of 1C), partial cycles"
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-    axes[-1].set_xlabel("simulated hours")
+        ma = f"{offset * 1000:+.0f} mA"
+        errors = [math.nan if e is None else e - t for e, t in zip(run.est_pct, run.true_pct, strict=True)]
+        label = f"battwin, offset {ma} (max |error| {est_max:.1f} pp)"
+        axes[0].plot(run.hours, errors, lw=0.7, label=label)
+        axes[0].plot(run.hours, [p - t for p, t in zip(run.plain_pct, run.true_pct, strict=True)], lw=0.7, alpha=0.7,
+                     label=f"plain coulomb count, offset {ma} (max |error| {plain_max:.0f} pp)")  # fmt: skip
+    axes[0].axhspan(-3.0, 3.0, color="grey", alpha=0.15, label="±3 pp")
+    axes[0].set_ylabel("SoC error (pp)")
+    axes[0].set_xlabel("simulated hours")
+    axes[0].set_title("SIMULATED: current sensor offset ±20 mA (1 % of 1C), partial cycles 35-85 %, 30 days",
+                      fontsize=9)  # fmt: skip
+    axes[0].legend(fontsize=7, loc="center right", ncol=2)
+    run = runs[0.02]
+    last = [k for k, h in enumerate(run.hours) if h >= run.hours[-1] - 24.0]
+    hours = [run.hours[k] for k in last]
+    axes[1].plot(hours, [run.true_pct[k] for k in last], color="black", lw=1.0, label="true SoC (simulator)")
+    axes[1].plot(hours, [math.nan if run.est_pct[k] is None else run.est_pct[k] for k in last], color="tab:blue",
+                 lw=1.0, ls="--", label="battwin soc_est_pct")  # fmt: skip
+    axes[1].plot(hours, [run.plain_pct[k] for k in last], color="tab:red", lw=0.8, label="plain coulomb count")
+    axes[1].set_ylabel("SoC (%)")
+    axes[1].set_xlabel("simulated hours (the last day, offset +20 mA)")
+    axes[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(out_dir / "soc-simulated.png", dpi=110)
     plt.close(fig)
+    if not logs:
+        return summary
 
     results = [evaluate_nasa(NASA_LOGS / f"{name}.csv.gz") for name in logs]
     summary["nasa"] = {
@@ -325,8 +339,9 @@ def draw_figures(out_dir: Path, logs: Sequence[str] = NASA_EVAL_LOGS) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.soc_eval", description=__doc__)
     parser.add_argument("--figures", type=Path, required=True, help="folder for soc-simulated.png, soc-nasa.png")
+    parser.add_argument("--simulated-only", action="store_true", help="draw the simulated figure only")
     args = parser.parse_args(argv)
-    summary = draw_figures(args.figures)
+    summary = draw_figures(args.figures, () if args.simulated_only else NASA_EVAL_LOGS)
     print(json.dumps(summary, indent=1))
     return 0
 
