@@ -405,3 +405,34 @@ def test_the_simulator_reads_the_current_with_its_offset_and_stops_partial_charg
         socs.append(offset.step(60.0).soc_pct)
     assert 79.0 < max(socs[120:]) < 81.5  # after the first discharge from the initial full state
     assert max(plain.step(60.0).soc_pct for _ in range(24 * 60)) > 99.0
+
+
+def test_during_a_discharge_the_capacity_is_the_one_measured_on_similar_discharges():
+    from device_agent.soc.similar import SETTLE_S, DischargeMemory
+
+    memory = DischargeMemory()
+
+    def discharge(t: float, amps: float, temp: float, capacity: float | None) -> None:
+        memory.start(t, temp)
+        for k in range(1, 121):
+            memory.add(t + 10.0 * k, -amps)
+        memory.reached_cutoff(t + 1200.0)
+        if capacity is not None:
+            memory.measured(capacity)
+
+    for k, cap in enumerate((1.80, 1.82, 1.20, 1.81)):  # 1 A at 25 °C; one odd run among them
+        discharge(T0 + 10_000 * k, 1.0, 25.0, cap)
+    discharge(T0 + 50_000, 4.0, 25.0, 1.50)  # 4 A at 25 °C
+    discharge(T0 + 60_000, 1.0, 4.0, 1.00)  # 1 A at 4 °C
+
+    def now(amps: float, temp: float, seconds: float = 300.0) -> float | None:
+        memory.start(T0 + 100_000, temp)
+        for k in range(1, int(seconds / 10) + 1):
+            memory.add(T0 + 100_000 + 10.0 * k, -amps)
+        return memory.capacity_now(T0 + 100_000 + seconds)
+
+    assert now(1.0, 25.0) == pytest.approx(1.81)  # median of the latest three similar (1.82, 1.20, 1.81)
+    assert now(4.1, 26.0) == pytest.approx(1.50)
+    assert now(1.0, 5.0) == pytest.approx(1.00)  # cold: the cold run's
+    assert now(3.5, 40.0) == pytest.approx(1.50)  # not seen at 40 °C: the nearest load's
+    assert now(1.0, 25.0, seconds=SETTLE_S - 10) is None  # too early to judge the load

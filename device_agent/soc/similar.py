@@ -8,7 +8,9 @@ start within :data:`TEMPERATURE_C`, as the anomaly detectors judge "similar"): t
 :data:`MEDIAN_OF` of them, so a single interrupted or odd run does not set it. The discharge's mean current so
 far and its starting temperature decide (never its future): it is judged after :data:`SETTLE_S` of
 discharging. (The starting temperature, not the mean: a cell heats by 10-15 °C over a 4 A discharge, so the
-mean so far says little early on.)
+mean so far says little early on.) With none similar, the capacities measured at the nearest load seen (of
+whatever temperature): capacity to the cut-off falls with the load, so that is closer than the latest one
+measured at a very different load.
 """
 
 from __future__ import annotations
@@ -87,4 +89,7 @@ class DischargeMemory:
             if abs(e.current_a - current) <= CURRENT_FRACTION * current
             and (temp is None or e.temperature_c is None or abs(e.temperature_c - temp) <= TEMPERATURE_C)
         ]
+        if not similar and self.entries:  # a load not seen at this temperature: the nearest load seen
+            nearest = min(self.entries, key=lambda e: abs(e.current_a - current)).current_a
+            similar = [e.capacity_ah for e in self.entries if abs(e.current_a - nearest) <= CURRENT_FRACTION * nearest]
         return statistics.median(similar[-MEDIAN_OF:]) if similar else None
