@@ -49,6 +49,8 @@ class CapacityTracker:
         self.sd = RATED_SD
         self.counted_ah = 0.0
         self.partial_updates = 0
+        #: partial-cycle updates since the latest measured capacity (then the tracked capacity is the freshest)
+        self.partial_since_measured = 0
         #: equivalent full cycles moved since the latest measured capacity (inf: none measured)
         self.efc_since_measured = math.inf
         self._measured: float | None = None
@@ -69,6 +71,7 @@ class CapacityTracker:
             return
         self._measured = capacity_ah
         self.efc_since_measured = 0.0
+        self.partial_since_measured = 0
         self.capacity_ah, self.sd = max(0.5 * capacity_ah, capacity_ah + correction_ah), MEASURED_SD
 
     def rated(self, rated_ah: float | None) -> None:
@@ -95,6 +98,7 @@ class CapacityTracker:
         self.capacity_ah *= 1.0 + gain * (implied / self.capacity_ah - 1.0)
         self.sd = math.sqrt((1.0 - gain) * p)
         self.partial_updates += 1
+        self.partial_since_measured += 1
 
     def forget_reference(self) -> None:
         """The charge moved is unknown from here (a gap under load): no span across it."""

@@ -6,8 +6,9 @@ Per sample (:meth:`SocEstimator.update`):
 * **count** — the charge since the last sample (trapezoid of the two currents) over the capacity
   (:mod:`.capacity`): the health estimator's latest measured capacity, else the configured rated one
   (``soc.capacity_ah``, else ``health.rated_capacity_ah``), refined between measurements by partial cycles
-  (the charge counted between two rests or full charges far apart in SoC); with no capacity at all nothing is
-  counted and nothing published. The measured capacity was counted with the sensor's offset in it: the
+  (the charge counted between two rests or full charges far apart in SoC); during a discharge the capacities
+  measured on similar discharges (:mod:`.similar`) unless partial cycles have refined it since; with no
+  capacity at all nothing is counted and nothing published. The measured capacity was counted with the sensor's offset in it: the
   learnt offset times the time that discharge took to reach the cut-off is put back;
 * **rest** — once the current has stayed below ``tracker.rest_current_a`` for ``soc.rest_min_s``, each rest
   sample's voltage per cell is read through the OCV table and blended in with a standard deviation of
@@ -117,7 +118,10 @@ class SocEstimator:
                 self.capacity.measured(raw, correction)
             else:
                 self.memory.pending = None
-        similar = self.memory.capacity_now(ts) if ts is not None else None
+        # the capacities of similar discharges, unless partial cycles have refined the capacity since the latest
+        # measurement (a battery that has not reached the cut-off for a while: those measurements are stale)
+        fresh = self.capacity.partial_since_measured == 0
+        similar = self.memory.capacity_now(ts) if ts is not None and fresh else None
         return similar if similar is not None else self.capacity.capacity_ah
 
     def update(self, sample: Sample) -> Sample:
