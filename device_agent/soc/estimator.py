@@ -8,8 +8,9 @@ Per sample (:meth:`SocEstimator.update`):
   (``soc.capacity_ah``, else ``health.rated_capacity_ah``), refined between measurements by partial cycles
   (the charge counted between two rests or full charges far apart in SoC); during a discharge the capacities
   measured on similar discharges (:mod:`.similar`) unless partial cycles have refined it since; with no
-  capacity at all nothing is counted and nothing published. The measured capacity was counted with the sensor's offset in it: the
-  learnt offset times the time that discharge took to reach the cut-off is put back;
+  capacity at all nothing is counted and nothing published. The measured capacity was counted with the
+  sensor's offset in it: the learnt offset times the time that discharge took to reach the cut-off is put
+  back;
 * **rest** — once the current has stayed below ``tracker.rest_current_a`` for ``soc.rest_min_s``, each rest
   sample's voltage per cell is read through the OCV table and blended in with a standard deviation of
   ``ocv_sd_v`` over the table's slope there (on LFP's plateau: tens of pp, so it barely moves the count).
