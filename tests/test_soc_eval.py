@@ -31,15 +31,15 @@ def test_simulated_offset_and_partial_cycles_battwin_stays_within_3_pp_while_a_p
 
 @pytest.mark.slow
 def test_nasa_discharges_battwin_soc_rmse_figures():
-    """docs/soc.md, evaluation (b): the 2 pp target is met on 16 of the 30 logs but not pooled (4.73 pp); this
+    """docs/soc.md, evaluation (b): the 2 pp target is met on 16 of the 30 logs but not pooled (4.33 pp); this
     asserts the published figures with a margin, and that the target holds where the note says it does."""
     need_shared_data()
     results = {name: evaluate_nasa(NASA_LOGS / f"{name}.csv.gz") for name in NASA_EVAL_LOGS}
     assert all(r.discharges for r in results.values())
     discharges = [d for r in results.values() for d in r.discharges]
     assert len(discharges) > 1900
-    assert pooled_rmse(list(results.values())) <= 5.0  # published: 4.73 pp (target 2 pp: not met pooled)
-    assert sum(1 for d in discharges if d.rmse_pct <= 2.0) >= 1500  # published: 1,554 of 1,948
+    assert pooled_rmse(list(results.values())) <= 5.0  # published: 4.33 pp (target 2 pp: not met pooled)
+    assert sum(1 for d in discharges if d.rmse_pct <= 2.0) >= 1500  # published: 1,553 of 1,948
     within = {name for name, r in results.items() if r.rmse_pct <= 2.0}
     assert len(within) >= 15, sorted(within)  # published: 16 of 30
     # the room-temperature groups with steady loads (B0025-B0032) are within the target but for B0026 (2.4 pp)
