@@ -324,6 +324,7 @@ def test_the_agent_raises_the_alarm_when_the_bms_soc_is_stuck(tmp_path: Path):
 
 
 # -- replay --telemetry -----------------------------------------------------------------------------------
+@pytest.mark.slow  # two CLI subprocesses: 2.5 s, more on a loaded machine
 def test_replay_with_telemetry_writes_the_samples_with_battwins_soc(tmp_path: Path):
     log = tmp_path / "log.csv.gz"
     rows = ["t_s,voltage_v,current_a,temperature_c"]
