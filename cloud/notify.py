@@ -36,7 +36,9 @@ log = logging.getLogger("battwin.cloud.notify")
 #: the battery alarms an operator is told about (``device_agent.alarms``), and the anomaly detector's codes
 #: (issue 15: capacity drop, resistance jump, heating out of proportion to the current, cell drift); the agent's
 #: own housekeeping codes (spool_dropped, model_unavailable, ...) stay in DeviceState and the dashboard
-BATTERY_ALARM_CODES = frozenset({"over_temperature", "eol_reached", "cell_imbalance", "source_offline"})
+BATTERY_ALARM_CODES = frozenset(
+    {"over_temperature", "eol_reached", "cell_imbalance", "source_offline", "soc_disagreement"}
+)
 NOTIFY_CODES = BATTERY_ALARM_CODES | ANOMALY_CODES
 SILENT_CODE = "device_silent"
 #: a claim older than this (seconds) that was never marked sent may be taken over by a retry

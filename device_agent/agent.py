@@ -27,6 +27,7 @@ from device_agent.health.anomalies import AnomalyMonitor, Finding
 from device_agent.health.estimator import HealthEstimator, HealthModel
 from device_agent.health.model_manager import ModelManager
 from device_agent.progress import Progress
+from device_agent.soc import SocEstimator, latest_capacity
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.batcher import TelemetryBatch, TelemetryBatcher
 from device_agent.uplink.publisher import Publisher
@@ -115,7 +116,8 @@ class Agent:
         self._last_ts = 0.0
         self._unreported_drops = 0
         self._last_drop_alarm_ts = -DROP_ALARM_EVERY_S
-        self.progress = Progress(self.state, source.source_id, self.tracker, self.estimator)
+        self.soc = SocEstimator(config, latest_capacity(self.estimator))
+        self.progress = Progress(self.state, source.source_id, self.tracker, self.estimator, soc=self.soc)
         self.progress.restore()
 
     # -- public -----------------------------------------------------------------------------------
@@ -167,6 +169,7 @@ class Agent:
                 self._emit_telemetry(batch)
             return
         self._last_ts = sample.ts
+        sample = self.soc.update(sample)  # battwin's own SoC beside the BMS's (device_agent.soc)
         batch = self.batcher.add(sample)
         if batch is not None:
             self._emit_telemetry(batch)
@@ -239,6 +242,7 @@ class Agent:
         self.estimator.settings = config.health
         self.estimator.physics.min_points = config.health.min_cycles_for_fit
         self.anomalies.apply(config.anomalies, config.tracker.rest_current_a)
+        self.soc.apply(config)
         self.batcher.max_samples = config.telemetry.batch_max_samples
         self.batcher.max_age_s = config.telemetry.batch_max_age_s
         self.batcher.decimation = config.telemetry.decimation

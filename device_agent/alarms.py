@@ -29,6 +29,7 @@ AlarmCode = Literal[
     "over_temperature",
     "cell_imbalance",
     "config_rejected",
+    "soc_disagreement",
     AnomalyCode,  # a nested Literal: flattened, one closed set of codes
 ]
 Detail = float | int | str | bool | None
@@ -115,6 +116,27 @@ CELL_IMBALANCE: ThresholdAlarm[Sample] = ThresholdAlarm(
         details_fn=lambda spread: {"spread_v": round(spread, 4)},
     ),
 )
+
+
+def _soc_disagreement(sample: Sample, config: AgentConfig) -> float | None:
+    # judged only when both are there: the BMS reports a SoC and battwin's own is known well enough to publish
+    if not config.soc.enabled or sample.soc_pct is None or sample.soc_est_pct is None:
+        return None
+    return abs(sample.soc_pct - sample.soc_est_pct)
+
+
+SOC_DISAGREEMENT: ThresholdAlarm[Sample] = ThresholdAlarm(
+    "soc_disagreement",
+    "warning",
+    "the BMS's state of charge and battwin's own disagree by more than the margin",
+    Threshold(
+        "above",
+        value_fn=_soc_disagreement,
+        limit_fn=lambda _s, config: config.soc.margin_pct,
+        clear_fn=lambda limit, config: limit - config.soc.hysteresis_pct,
+        details_fn=lambda diff: {"difference_pct": round(diff, 1)},
+    ),
+)
 EOL_REACHED: ThresholdAlarm[Health] = ThresholdAlarm(
     "eol_reached",
     "critical",
@@ -129,7 +151,7 @@ EOL_REACHED: ThresholdAlarm[Health] = ThresholdAlarm(
 )
 
 #: the alarms judged from every sample, and from every health estimate
-SAMPLE_ALARMS: tuple[ThresholdAlarm[Sample], ...] = (OVER_TEMPERATURE, CELL_IMBALANCE)
+SAMPLE_ALARMS: tuple[ThresholdAlarm[Sample], ...] = (OVER_TEMPERATURE, CELL_IMBALANCE, SOC_DISAGREEMENT)
 HEALTH_ALARMS: tuple[ThresholdAlarm[Health], ...] = (EOL_REACHED,)
 
 ALARMS: dict[AlarmCode, AlarmSpec] = {
@@ -145,6 +167,7 @@ ALARMS: dict[AlarmCode, AlarmSpec] = {
         OVER_TEMPERATURE,
         CELL_IMBALANCE,
         AlarmSpec("config_rejected", "warning", "a configuration change was rejected"),
+        SOC_DISAGREEMENT,
         # anomalies judged from the battery's own history (device_agent.health.anomalies; evidence in details)
         AlarmSpec("capacity_drop", "warning", "capacity dropped suddenly below its recent level"),
         AlarmSpec("resistance_jump", "warning", "internal resistance jumped above its recent level"),

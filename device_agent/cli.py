@@ -168,7 +168,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     setup_logging(config.log_level if args.log_level else "WARNING")
-    counts = replay_offline(config, Path(args.log), Path(args.out), start_ts=args.start)
+    counts = replay_offline(config, Path(args.log), Path(args.out), start_ts=args.start, telemetry=args.telemetry)
     print(json.dumps(counts))
     return EXIT_OK if counts.get("error") is None else EXIT_USAGE
 
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("log", help="BMS log (CSV or CSV.gz with t_s, voltage_v, current_a, temperature_c)")
     p.add_argument("--out", required=True, help="output JSON lines file")
     p.add_argument("--start", type=float, default=0.0, help="Unix time of the log's t_s = 0 (default 0)")
+    p.add_argument(
+        "--telemetry", action="store_true", help="also write the telemetry messages (every sample, with soc_est_pct)"
+    )
     p.set_defaults(func=cmd_replay)
 
     add_pass_through(sub, "decode", "decode BMS frames given as hex", "hardware.decode_cli", "main_decode")

@@ -191,6 +191,43 @@ class AnomalySettings(Section):
         return self
 
 
+class SocSettings(Section):
+    """battwin's own state of charge (``device_agent.soc``, docs/soc.md) and the alarm when the BMS's differs."""
+
+    enabled: bool = True
+    #: which open-circuit-voltage table corrects the count at rest: "nmc" (NMC / NCA / LCO) or "lfp"
+    chemistry: Literal["nmc", "lfp"] = "nmc"
+    #: the capacity counted on until the first measured one (Ah); None = ``health.rated_capacity_ah``
+    capacity_ah: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
+    #: a rest (|current| below ``tracker.rest_current_a``) this long corrects the count from the OCV table
+    rest_min_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 600.0
+    #: how far a relaxed rest voltage may sit from the table (V per cell): table error plus relaxation
+    ocv_sd_v: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    #: the current sensor's offset left after learning, as a fraction of 1C (0.005: 0.5 % of the capacity in
+    #: A): widens the count by this much SoC per hour
+    offset_sd_c: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+    #: learn the current sensor's offset from what it reads at rest, and take it off every reading
+    learn_offset: bool = True
+    #: the capacity's relative error: widens the count by this fraction of each Ah moved
+    capacity_sd: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    #: full charge: charging at or above this voltage per cell (None: the chemistry's) with the current tapered
+    #: below ``full_taper_c`` × capacity re-anchors the count at 100 %
+    full_voltage_per_cell_v: Annotated[float, Field(ge=1.5, le=5.0)] | None = None
+    full_taper_c: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    #: the SoC is published only while its standard deviation is at most this (pp)
+    publish_max_sd_pct: Annotated[float, Field(gt=0.0, le=100.0)] = 15.0
+    #: alarm ``soc_disagreement``: raised when |BMS SoC - battwin SoC| exceeds this (pp) ...
+    margin_pct: Annotated[float, Field(gt=0.0, le=100.0)] = 10.0
+    #: ... cleared once it is below ``margin_pct - hysteresis_pct``
+    hysteresis_pct: Annotated[float, Field(ge=0.0, le=100.0)] = 3.0
+
+    @model_validator(mode="after")
+    def _clear_level(self) -> SocSettings:
+        if self.hysteresis_pct >= self.margin_pct:
+            raise ValueError(f"hysteresis_pct ({self.hysteresis_pct}) must be below margin_pct ({self.margin_pct})")
+        return self
+
+
 class SpoolSettings(Section):
     path: Path = Path("battwin-spool.db")
     max_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024**3)] = 64 * 1024 * 1024
@@ -359,6 +396,7 @@ class AgentConfig(BaseSettings):
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     anomalies: AnomalySettings = Field(default_factory=AnomalySettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    soc: SocSettings = Field(default_factory=SocSettings)
     home_assistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     packs: list[PackSettings] = Field(default_factory=list, max_length=64)
     bank: BankSettings = Field(default_factory=BankSettings)

@@ -4,9 +4,11 @@ points the health estimator fits, when the first cycle was seen and the charge d
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from device_agent.health.estimator import MAX_HISTORY, HealthEstimator
 from device_agent.health.fade_law import CapacityPoint
+from device_agent.soc import SocEstimator
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.state_store import StateStore
 
@@ -14,8 +16,16 @@ log = logging.getLogger("device_agent.agent")  # reported as the agent's own
 
 
 class Progress:
-    def __init__(self, store: StateStore, source_id: str, tracker: CycleTracker, estimator: HealthEstimator) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        source_id: str,
+        tracker: CycleTracker,
+        estimator: HealthEstimator,
+        soc: SocEstimator | None = None,
+    ) -> None:
         self.store = store
+        self.soc = soc
         self.source_id = source_id
         self.tracker = tracker
         self.estimator = estimator
@@ -28,7 +38,13 @@ class Progress:
 
     def save(self) -> None:
         est = self.estimator
-        state = {"cycle": self.tracker.cycle, "first_ts": est.first_ts, "discharged_ah": est.discharged_ah}
+        state: dict[str, Any] = {
+            "cycle": self.tracker.cycle,
+            "first_ts": est.first_ts,
+            "discharged_ah": est.discharged_ah,
+        }
+        if self.soc is not None:
+            state["soc"] = self.soc.snapshot()
         try:
             self.store.save(self.source_id, state)
         except Exception as exc:  # a full disk must not stop the agent; the spool reports the pressure
@@ -42,6 +58,8 @@ class Progress:
             points = self.store.points(self.source_id, MAX_HISTORY)
             self.tracker.cycle = int(state.get("cycle", 0))
             self.estimator.restore(points, state.get("first_ts"), float(state.get("discharged_ah", 0.0)))
+            if self.soc is not None:
+                self.soc.restore(state.get("soc"))
         except (TypeError, ValueError) as exc:
             log.warning("saved agent state unreadable; starting afresh", extra={"error": str(exc)[:200]})
             return

@@ -159,21 +159,28 @@ class _DiscardTransport(MemoryTransport):
         return fut
 
 
-def replay_offline(config: AgentConfig, log_path: Path, out_path: Path, start_ts: float = 0.0) -> dict[str, Any]:
-    """Run a BMS log through tracker + estimator without a broker; write cycles/health/alarms as JSONL."""
+def replay_offline(
+    config: AgentConfig, log_path: Path, out_path: Path, start_ts: float = 0.0, *, telemetry: bool = False
+) -> dict[str, Any]:
+    """Run a BMS log through tracker + estimator without a broker; write cycles/health/alarms as JSONL (and with
+    ``telemetry`` the telemetry messages too: every sample, with battwin's ``soc_est_pct``)."""
     config = config.model_copy(deep=True)
-    config.telemetry.decimation = 10_000
+    if not telemetry:
+        config.telemetry.decimation = 10_000
     source = ReplaySource(log_path, start_ts=start_ts)
     source.open()  # raises SourceConfigError for a missing file or columns before anything is written
     model, reason = load_health_model(config)
-    counts: dict[str, Any] = {"cycles": 0, "health": 0, "alarms": 0, "samples": 0, "error": None}
+    counts: dict[str, Any] = {"cycles": 0, "health": 0, "alarms": 0, "telemetry": 0, "samples": 0, "error": None}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as out:
 
         def write(kind: MessageKind, body: Message, msg_id: str) -> None:
-            if kind == "telemetry":
+            if kind == "telemetry" and not telemetry:
                 return
             counts[kind] += 1
+            if kind == "telemetry":  # a reading the source does not have is left out, as on the wire
+                out.write('{"kind":"telemetry",' + body.model_dump_json(exclude_none=True)[1:] + "\n")
+                return
             out.write(json.dumps({"kind": kind, **body.model_dump(mode="json")}, separators=(",", ":")) + "\n")
 
         agent = Agent(config, source, _DiscardTransport(), Spool(":memory:"), health_model=model, on_message=write)

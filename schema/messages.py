@@ -51,6 +51,8 @@ class Sample(Message):
     current_a: Current = Field(description="positive = charging")
     temperatures_c: tuple[Temperature, ...] = ()
     soc_pct: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=100.0)] | None = None
+    #: battwin's own SoC (device_agent.soc), computed independently of the BMS's ``soc_pct``
+    soc_est_pct: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=100.0)] | None = None
     cell_voltages_v: tuple[Annotated[float, Field(allow_inf_nan=False, ge=-1.0, le=10.0)], ...] | None = None
     source_id: Ident
     simulated: bool = False

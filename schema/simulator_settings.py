@@ -40,5 +40,9 @@ class SimulatorSettings(BaseModel):
     noise_voltage_v: NonNegFloat = 0.002
     noise_current_a: NonNegFloat = 0.005
     noise_temperature_c: NonNegFloat = 0.1
+    # a current sensor's constant offset (A), added to every current reading (the model's true current is not)
+    current_offset_a: Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)] = 0.0
+    # partial cycles: a charge also ends when the pack's true SoC reaches this fraction (1 = charge to full)
+    charge_stop_soc: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # simulated clock start (Unix seconds); None = wall clock when the source opens
     start_ts: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None

@@ -34,12 +34,13 @@ def test_every_code_has_one_row_with_its_severity():
         "over_temperature": "critical",
         "cell_imbalance": "warning",
         "config_rejected": "warning",
+        "soc_disagreement": "warning",
         "capacity_drop": "warning",
         "resistance_jump": "warning",
         "abnormal_heating": "warning",
         "cell_drift": "warning",
     }
-    assert {row.code for row in SAMPLE_ALARMS} == {"over_temperature", "cell_imbalance"}
+    assert {row.code for row in SAMPLE_ALARMS} == {"over_temperature", "cell_imbalance", "soc_disagreement"}
     assert {row.code for row in HEALTH_ALARMS} == {"eol_reached"}
 
 

@@ -54,6 +54,7 @@ def device_summary(state: dict[str, Any]) -> dict[str, Any]:
         "current_a": sample.get("current_a"),
         "temperature_c": (sum(temps) / len(temps)) if temps and all(math.isfinite(t) for t in temps) else None,
         "soc_pct": sample.get("soc_pct"),
+        "soc_est_pct": sample.get("soc_est_pct"),  # battwin's own (device_agent.soc)
         "open_alarms": [a.get("code") for a in open_alarms(state)],
         "connected": state.get("connected"),  # from the IoT lifecycle events (None: none seen yet)
         "silent_since": state.get("silent_since"),  # raised device_silent: last heard from then (cloud.silence)

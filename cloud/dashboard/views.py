@@ -232,6 +232,7 @@ def live_series(telemetry_items: list[dict[str, Any]]) -> dict[str, Any]:
         "current_a": [_num(s.get("current_a")) for s in ordered],
         "temperature_c": [temp(s) for s in ordered],
         "soc_pct": [_num(s.get("soc_pct")) for s in ordered],
+        "soc_est_pct": [_num(s.get("soc_est_pct")) for s in ordered],
     }
 
 

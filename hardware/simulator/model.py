@@ -89,7 +89,8 @@ Start fully charged (s = 1), at rest, T = T_amb. Then repeat:
 4. ``charge_cc`` at ``charge_c_rate``·C0 until a cell's terminal voltage would exceed
    ``charge_voltage_per_cell_v``, then ``charge_cv``: each sub-step the current is solved so that the
    highest cell ends it at that voltage; the charge ends when the current falls below
-   ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or when a cell is full).
+   ``charge_cutoff_c_rate``·C0 (or after 4 h of CV, or when a cell is full), or — partial cycles — as soon as
+   the pack's true SoC reaches ``charge_stop_soc`` (default 1: never early).
 
 The voltage cut-off is decided like a cycler does, on its *reading*: the discharge ends at the first
 ``step()`` whose measured (noisy) lowest cell voltage is at or below the cut-off — the reading that
@@ -99,6 +100,9 @@ readings a hardware clamp limits the current so the true lowest cell never falls
 (10 s, < 0.1 % of capacity), after which the discharge ends without a reading. So readings up to 10 s
 apart always show the crossing; with longer steps the crossing falls between readings, as it would with a
 real pack polled that slowly.
+
+A current sensor's constant offset (``current_offset_a``, default 0) is added to every current reading, never
+to the model's true current (what a battery SoC estimator has to live with).
 
 Sensor noise: Gaussian, from ``random.Random(seed)`` (which first draws the manufacturing spread), on the
 pack voltage, each cell voltage, the current and the temperature. The run is fully deterministic for a
@@ -409,8 +413,9 @@ class PackSimulator:
             if i < st.charge_cutoff_c_rate * self._c0 or self._cv_elapsed >= self._params.cv_timeout_s:
                 self._end_charge()
                 return h
-        if max(self._soc) >= 1.0:
-            self._end_charge()  # a cell is full (only when the charge voltage is above OCV(1) = 4.2 V)
+        if max(self._soc) >= 1.0 or min(self._soc) >= st.charge_stop_soc:
+            self._end_charge()  # a cell is full (only when the charge voltage is above OCV(1) = 4.2 V), or the
+            # pack reached the charge_stop_soc of partial cycles
         return h
 
     def _discharge_current(self, h: float) -> tuple[float, float]:
@@ -531,7 +536,7 @@ class PackSimulator:
             cells = tuple([v + gauss(0.0, sv) for v in volts])
         else:
             cells = tuple(volts)
-        current = self._last_i
+        current = self._last_i + st.current_offset_a
         if st.noise_current_a > 0.0:
             current += gauss(0.0, st.noise_current_a)
         temp_c = self._temp_k - ZERO_C_K
