@@ -33,6 +33,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         options["emulator"] = False
     if args.replay_log is not None:
         options["replay_log"] = args.replay_log
+    if args.bank_packs is not None:
+        options["bank_packs"] = args.bank_packs
     return run_demo(
         duration_s=args.duration,
         batteries=args.batteries,
@@ -60,6 +62,9 @@ def register_demo(subparsers: Any) -> None:
     p.add_argument("--dashboard-port", type=int, default=None, help="(full stack) dashboard port (default 8090)")
     p.add_argument("--no-emulator", action="store_true", help="(full stack) no BMS-emulator battery")
     p.add_argument("--replay-log", type=Path, default=None, help="(full stack) NASA log for the replayed battery")
+    p.add_argument(
+        "--bank-packs", type=int, default=None, help="(full stack) packs of the multi-pack core (default 16, 0: none)"
+    )
     p.set_defaults(func=cmd_demo)
 
 

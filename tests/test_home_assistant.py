@@ -27,7 +27,7 @@ from device_agent.uplink.transport import MemoryTransport
 from hardware.errors import SourceUnavailable
 from hardware.simulator.source import SimulatorSource
 from hardware.source import Source
-from schema.messages import Health, MessageKind, Sample
+from schema.messages import Alarm, Health, MessageKind, Sample, Telemetry
 from schema.simulator_settings import SimulatorSettings
 from tests.conftest import Mosquitto, Subscriber, require_mosquitto
 from tests.support import REPO, free_port, require_module, scaled
@@ -419,6 +419,42 @@ def test_several_packs_share_one_connection_and_each_is_a_device(tmp_path, mosqu
         assert watch.on(f"battwin-ha/core_1/{pack}/sample"), pack
     assert len([line for line in mosquitto.log.read_text().splitlines() if "as battwin-ha-" in line]) == 1
     watch.close()
+
+
+def test_readings_from_before_the_source_went_offline_do_not_bring_the_pack_back_online(tmp_path):
+    """The offline alarm is raised at once while the telemetry batch holding the last good readings closes later:
+    that batch shows the readings but leaves the pack unavailable; the alarm clearing brings it back."""
+    from device_agent.home_assistant.bridge import _Delivered, _Seed
+    from device_agent.home_assistant.discovery import PackIdentity
+
+    bridge = HomeAssistantBridge(HomeAssistantSettings(enabled=True, url="mqtt://127.0.0.1:1"), "ha-8")
+    good = SimulatorSource(sim_settings(), interval_s=10.0)
+    good.open()
+    real = [good.poll().model_copy(update={"simulated": False}) for _ in range(3)]
+    fallback = [good.poll() for _ in range(2)]  # the fallback's simulated samples (not shown)
+    topic = "battwin-ha/ha_8/jbd_ttyusb0/availability"
+
+    def availability(item: Any) -> list[bytes]:
+        return [p.payload for p in bridge._translate(item) if p.topic == topic]
+
+    def alarm(active: bool) -> Any:
+        return Alarm(
+            code="source_offline",
+            severity="critical",
+            active=active,
+            ts=real[-1].ts,
+            message="x",
+            source_id="jbd:ttyUSB0",
+        )
+
+    assert availability(_Seed(PackIdentity("jbd:ttyUSB0", "ha-8", False, "jbd_ttyusb0"), frozenset())) == []
+    assert availability(_Delivered("jbd_ttyusb0", "telemetry", Telemetry(samples=tuple(real[:1])), False)) == [
+        b"online"
+    ]
+    assert availability(_Delivered("jbd_ttyusb0", "alarms", alarm(True), False)) == [b"offline"]
+    late = Telemetry(samples=(*real[1:], *fallback))  # the batch that was open when the source stopped answering
+    assert availability(_Delivered("jbd_ttyusb0", "telemetry", late, False)) == []
+    assert availability(_Delivered("jbd_ttyusb0", "alarms", alarm(False), False)) == [b"online"]
 
 
 # -- never in the way of the polling loop ----------------------------------------------------------------------

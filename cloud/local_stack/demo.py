@@ -45,6 +45,7 @@ from cloud.local_stack.fleet import (
     EMULATED_BMS,
     Connection,
     Member,
+    bank_member,
     emulated_bms_member,
     replay_agent_member,
     replay_member,
@@ -66,6 +67,8 @@ DEFAULT_DASHBOARD_PORT = 8090
 @dataclass
 class StackOptions:
     batteries: int = 4
+    #: packs of the multi-pack core (0: none)
+    bank_packs: int = 0
     acceleration: float = 2000.0
     ageing: float = 1.0
     broker_url: str | None = None
@@ -164,7 +167,8 @@ class LocalStack:
             self.monitor.start()
             self._stoppers.append(self.monitor.stop)
             for m in self.members:
-                self.monitor.things.setdefault(m.name, ThingView()).stress = m.stress
+                for thing in m.things:
+                    self.monitor.things.setdefault(thing, ThingView()).stress = m.stress
         if opts.dashboard and api is not None:
             app = Dashboard(api, shadow_control, poll_ms=opts.poll_ms)
             self.dashboard = _serve(app, opts.dashboard_host, opts.dashboard_port)
@@ -227,6 +231,8 @@ class LocalStack:
             else:
                 self.notes.append(f"no replay: {opts.replay_log} not found (the NASA logs live in ../shared/data)")
                 log.warning("replay log not found", extra={"path": str(opts.replay_log)})
+        if opts.bank_packs:
+            self.members.append(bank_member(opts.bank_packs, conn, self.workdir, opts.acceleration, opts.ageing))
 
     def _run_agent(self, m: Member) -> None:
         try:
@@ -275,8 +281,10 @@ class LocalStack:
         if self.shadows is not None:
             lines.append(f"shadows       local shadow service ({self.shadow_root}/things/…)")
         for m in self.members:
-            sim = "SIMULATED" if m.agent.source.simulated else "real data"
+            sim = "SIMULATED" if m.simulated else "real data"
             lines.append(f"battery       {m.name:<15} {m.kind:<26} {m.stress} [{sim}]")
+            if len(m.things) > 1:
+                lines.append(f"              {len(m.things)} packs: {m.things[0]} … {m.things[-1]}")
         lines.extend(f"note          {n}" for n in self.notes)
         if self.dashboard_url:
             lines.append(f"dashboard     {self.dashboard_url}")
@@ -301,6 +309,7 @@ def run_full_demo(
     acceleration: float = 2000.0,
     ageing: float = 1.0,
     *,
+    bank_packs: int = 16,
     table: bool | None = None,
     dashboard: bool = True,
     dashboard_host: str = "127.0.0.1",
@@ -315,6 +324,7 @@ def run_full_demo(
 ) -> int:
     """Run the full-stack demo until Ctrl-C / SIGTERM or ``duration_s``; 0 on a clean stop, 2 on bad input.
 
+    ``bank_packs``: the packs of the demo's multi-pack core (0: none).
     ``table``: the terminal fleet table (as the broker sees it), redrawn every 2 s; None = when stdout is a
     terminal. Otherwise one status line is printed every 10 s.
     """
@@ -323,6 +333,7 @@ def run_full_demo(
         return 2
     options = StackOptions(
         batteries=batteries,
+        bank_packs=bank_packs,
         acceleration=acceleration,
         ageing=ageing,
         broker_url=broker_url,
@@ -337,6 +348,9 @@ def run_full_demo(
         ca_file=ca_file,
         api_url=api_url,
     )
+    if not 0 <= bank_packs <= 64:
+        print("battwin demo: --bank-packs must be 0..64", file=sys.stderr)
+        return 2
     if options.iot_core and cert_dir is None:
         print(
             "battwin demo: an mqtts:// broker (IoT Core) needs cert_dir with one certificate per thing", file=sys.stderr

@@ -5,7 +5,9 @@ Three kinds of battery, each through the real agent (tracker → estimator → s
 * :class:`~devkit.demo.FleetMember` — the physics simulator under a given stress (``devkit.demo.FLEET``);
 * :class:`EmulatedBmsMember` — the simulator behind a BMS emulator on a pty, read by the real driver
   (JBD): the serial protocol, framing and decoding are real, the pack is simulated and tagged so;
-* :class:`ReplayMember` — a real NASA PCoE log, replayed at a steady accelerated rate (real data, not tagged).
+* :class:`ReplayMember` — a real NASA PCoE log, replayed at a steady accelerated rate (real data, not tagged);
+* :func:`bank_member` — a multi-pack core (``device_agent.packs``): one agent, one MQTT connection, N simulated
+  packs, each its own thing ``<core>.<pack>`` with its own cycles, health and alarms.
 
 Telemetry is thinned (``telemetry.decimation``) and batched so that each battery publishes about
 :data:`PUBLISHED_SAMPLES_PER_S` samples in one message every :data:`BATCH_WALL_S` wall seconds, whatever the
@@ -24,8 +26,9 @@ from typing import Any
 
 from cloud.local_stack.sources import EmulatedBmsSource, PacedReplaySource
 from device_agent.agent import Agent
-from device_agent.config import AgentConfig
-from device_agent.runtime import attach_config_sync, attach_model_manager, model_dir_for
+from device_agent.config import AgentConfig, pack_thing_name
+from device_agent.packs import MultiPackAgent
+from device_agent.runtime import attach_config_sync, attach_model_manager, build_pack_runner, model_dir_for
 from device_agent.shadow.mqtt_shadow import MqttShadowClient
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.bms_emulators.feed import PackFeed
@@ -113,8 +116,21 @@ class Member:
     name: str
     kind: str
     stress: str
-    agent: Agent
+    agent: Agent | MultiPackAgent
     emulator: JbdEmulator | None = None
+
+    @property
+    def things(self) -> list[str]:
+        """The thing names this member publishes as (a multi-pack core: one per pack)."""
+        if isinstance(self.agent, MultiPackAgent):
+            return [a.config.thing_name for a in self.agent.agents]
+        return [self.name]
+
+    @property
+    def simulated(self) -> bool:
+        if isinstance(self.agent, MultiPackAgent):
+            return all(a.source.simulated for a in self.agent.agents)
+        return self.agent.source.simulated
 
     def close(self) -> None:
         if self.emulator is not None:
@@ -201,3 +217,61 @@ def replay_agent_member(m: ReplayMember, conn: Connection, workdir: Path, stop: 
     )
     source = PacedReplaySource(ReplaySource(m.log, start_ts=start_ts), m.rate_hz, stop)
     return Member(m.name, "replay", m.stress, _agent(config, source, conn))
+
+
+#: the demo's multi-pack core: a home bank of packs bought together, a little apart in use and make
+BANK_NAME = "demo-bank"
+BANK_STRESS = "packs in parallel, 24-28 °C, 0.5C"
+#: the bank's packs step 10 simulated seconds a sample at a tenth of the fleet's acceleration: 16 packs cost
+#: what 1.6 of the other batteries do
+BANK_ACCELERATION_DIVISOR = 10.0
+BANK_TELEMETRY_THINNING = 10.0
+
+
+def bank_member(packs: int, conn: Connection, workdir: Path, accel: float, ageing: float) -> Member:
+    """A multi-pack core of ``packs`` simulated packs in parallel (ids ``p01``…), each at its own life stage
+    (180 to 330 cycles lived, backfilled) and temperature; one MQTT connection for all."""
+    if not 1 <= packs <= 64:
+        raise ValueError("bank packs must be 1..64")
+    bank_accel = max(1.0, accel / BANK_ACCELERATION_DIVISOR)
+    interval = BMS_SIM_SECONDS_PER_POLL
+    start = time.time()
+    settings: list[tuple[str, SimulatorSettings, Any]] = []
+    for k in range(1, packs + 1):
+        pack_id = f"p{k:02d}"
+        sim = SimulatorSettings(
+            seed=500 + k,
+            time_acceleration=bank_accel,
+            ageing_factor=ageing,
+            start_ts=start,
+            ambient_c=24.0 + k % 5,  # where each pack sits in the cabinet
+            discharge_c_rate=0.5,
+        )
+        life = 180 + (150 * (k - 1)) // max(1, packs - 1)
+        aged, history = aged_settings(sim, life)
+        settings.append((pack_id, aged, history))
+    first = settings[0][1]
+    config = AgentConfig(
+        thing_name=BANK_NAME,
+        source={"url": "simulator", "sample_interval_s": interval, "simulator": first.model_dump()},
+        mqtt=conn.mqtt(BANK_NAME),
+        tracker={"cells_series": first.cells_series, "cutoff_voltage_per_cell_v": first.discharge_cutoff_per_cell_v},
+        # a tenth of a battery's published samples per pack: 16 packs add what 1.6 batteries do to the rules
+        telemetry=_telemetry(bank_accel / interval * BANK_TELEMETRY_THINNING, interval),
+        spool={"path": workdir / f"{BANK_NAME}.db"},
+        shadow={"topic_root": conn.shadow_root},
+        packs=[
+            {
+                "id": pack_id,
+                "url": f"simulator:{pack_thing_name(BANK_NAME, pack_id)}",
+                "source": {"simulator": sim.model_dump()},
+            }
+            for pack_id, sim, _ in settings
+        ],
+        bank={"arrangement": "parallel", "interval_s": 10.0},
+    )
+    runner = build_pack_runner(config, MqttTransport(config.mqtt, client_id=BANK_NAME))
+    for agent, (_, sim, history) in zip(runner.agents, settings, strict=True):
+        if history is not None:
+            backfill(agent, history, sim, start)
+    return Member(BANK_NAME, "multi-pack core (simulator)", BANK_STRESS, runner)

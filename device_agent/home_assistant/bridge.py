@@ -218,7 +218,9 @@ class HomeAssistantBridge:
         if len(rows) > len(pack.rows):  # the first sample, or more cells / sensors than before
             pack.rows = rows
             yield from self._discovery(pack, rows)
-        if pack.online is not True:
+        # a batch closed after the source went offline still carries the readings from before: they are shown,
+        # but only the source_offline alarm's clearing brings the pack back online
+        if pack.online is not True and "source_offline" not in pack.active:
             pack.online = True
             yield self._availability(pack)
         yield self._state(pack, "sample", state_of(pack.rows, sample), sample.ts, sample.simulated)

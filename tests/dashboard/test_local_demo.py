@@ -36,6 +36,7 @@ def test_run_demo_dispatches_to_the_full_stack_and_ends_by_itself(
         batteries=1,
         emulator=True,
         replay_log=None,
+        bank_packs=0,  # the bank's backfill is more than a 6-second run drains (tests/dashboard/test_demo_bank.py)
         dashboard_port=0,
         table=False,
         install_signal_handlers=False,
