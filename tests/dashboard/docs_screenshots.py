@@ -1,9 +1,9 @@
 """Take the screenshots of docs/dashboard.md: ``python -m tests.dashboard.docs_screenshots [seconds]``.
 
-Runs the demo's stack with `make demo`'s defaults (4 simulated batteries, the JBD emulator, the NASA replay;
-×2000 time, ageing ×1, each simulated battery starting at its life stage) for ``seconds`` (default 150), then
-photographs the fleet view and a simulated battery's page with headless Chromium into docs/img/, and prints
-each battery's cycle, SoH and RUL at the start and at the end (JSON lines; the figures of docs/dashboard.md).
+Runs the demo's stack with `make demo`'s defaults (4 simulated batteries, the JBD emulator, the NASA replay, the
+16-pack core; ×2000 time, ageing ×1, each simulated battery starting at its life stage) for ``seconds``
+(default 150), then photographs the fleet view and a simulated battery's page with headless Chromium into
+docs/img/, and prints each battery's cycle, SoH and RUL at the start and at the end (JSON lines; the figures of docs/dashboard.md).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     seconds = float(argv[0]) if argv else 150.0
     logging.basicConfig(level=logging.ERROR)
     OUT.mkdir(parents=True, exist_ok=True)
-    options = StackOptions(dashboard_port=0, replay_log=REPLAY_LOG)
+    options = StackOptions(dashboard_port=0, replay_log=REPLAY_LOG, bank_packs=16)  # `make demo`'s fleet
     with LocalStack(options) as stack, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 900})

@@ -47,13 +47,19 @@ def test_the_documented_demo_and_dashboard_defaults(monkeypatch: pytest.MonkeyPa
     assert (opts.acceleration, opts.ageing, opts.replay_rate_hz, opts.poll_ms) == (2000.0, 1.0, 200.0, 1500)
     assert opts.dashboard_host == "127.0.0.1"
     run_defaults = inspect.signature(demo.run_full_demo).parameters
-    for name, value in (("acceleration", 2000.0), ("ageing", 1.0), ("replay_rate_hz", 200.0)):
+    for name, value in (("acceleration", 2000.0), ("ageing", 1.0), ("replay_rate_hz", 200.0), ("bank_packs", 16)):
         assert run_defaults[name].default == value, name
     # the device-only demo (no cloud package) ages at the same pace; the fleet view's bounds
     assert inspect.signature(devkit.demo.run_demo).parameters["ageing"].default == 1.0
     assert fleet_view.MAX_OVERVIEW_BYTES == 5 * 1024 * 1024 and fleet_view.SOH_BIN == 0.02
     assert (fleet_view.CURVE_POINTS, fleet_view.OVERVIEW_ALARMS, fleet_view.ALARM_BINS) == (200, 2000, 24)
     assert server.POLL_MS == 1500 and views.LIVE_SAMPLES == 480 and views.TEMPERATURE_BINS == 12
+    # the demo's bank: ×200 time (a tenth of the fleet's), a tenth of a battery's published samples per pack
+    assert (fleet.BANK_ACCELERATION_DIVISOR, fleet.BANK_TELEMETRY_THINNING, fleet.BANK_NAME) == (
+        10.0,
+        10.0,
+        "demo-bank",
+    )
     # the emulated BMS: read every 10 ms at most, so its pack runs ×1000 at most
     assert fleet.MIN_BMS_POLL_S == 0.01 and fleet.BMS_SIM_SECONDS_PER_POLL / fleet.MIN_BMS_POLL_S == 1000.0
     # time stamps: the local ingest accepts ten years ahead, the deployed handler's default is one day
