@@ -3,7 +3,8 @@
 Runs the demo's stack with `make demo`'s defaults (4 simulated batteries, the JBD emulator, the NASA replay, the
 16-pack core; ×2000 time, ageing ×1, each simulated battery starting at its life stage) for ``seconds``
 (default 150), then photographs the fleet view and a simulated battery's page with headless Chromium into
-docs/img/, and prints each battery's cycle, SoH and RUL at the start and at the end (JSON lines; the figures of docs/dashboard.md).
+docs/img/, and prints each battery's cycle, SoH and RUL at the start and at the end (JSON lines; the figures of
+docs/dashboard.md).
 """
 
 from __future__ import annotations
