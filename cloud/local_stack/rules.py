@@ -56,6 +56,11 @@ class _Rule:
     firehose: RecordTarget | None = None
 
 
+def firehose_record(spec: RuleSpec, event: dict[str, Any]) -> bytes:
+    """The record a rule's Firehose action puts: the SQL's result as JSON plus the action's ``Separator``."""
+    return (json.dumps(event, separators=(",", ":"), allow_nan=False) + spec.separator).encode()
+
+
 class LocalRulesRunner:
     """Subscribes to every enabled rule's topic filter and invokes the rule's function for each message."""
 
@@ -177,7 +182,7 @@ class LocalRulesRunner:
     def _put_record(self, rule: _Rule, event: dict[str, Any], msg: Message) -> None:
         if rule.firehose is None:
             return
-        record = (json.dumps(event, separators=(",", ":"), allow_nan=False) + rule.spec.separator).encode()
+        record = firehose_record(rule.spec, event)
         try:
             rule.firehose(record)
         except Exception as exc:
@@ -187,6 +192,8 @@ class LocalRulesRunner:
         self._count("firehose_records")
 
     def _invoke(self, rule: _Rule, event: dict[str, Any]) -> None:
+        if rule.target is None:
+            return
         last: Exception | None = None
         for attempt in range(rule.retries + 1):
             try:

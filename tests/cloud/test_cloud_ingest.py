@@ -62,7 +62,8 @@ def test_every_message_is_stored_once(
         for item in items:
             assert ("expires_at" in item) == (kind == "telemetry")
     # telemetry: a compact live window (a few samples of the batch, the live chart's fields), one write unit,
-    # expiring RAW_TTL_DAYS (the stack parameter: 2 here) after the message time; the full batch goes to the lake through Firehose
+    # expiring RAW_TTL_DAYS (the stack parameter: 2 here) after the message time; the full batch goes to the lake
+    # through Firehose
     tel = next(e for e in envelopes if e.kind == "telemetry")
     item = aws["dynamodb"].get_item(
         TableName=env["HISTORY_TABLE"],
