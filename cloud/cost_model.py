@@ -243,6 +243,25 @@ class KindPath(BaseModel):
     glue_calls: float = Field(ge=0.0)
     cpu_s: float = Field(ge=0.0, description="the handler thread's CPU time (moto's own work excluded)")
     log_bytes: float = Field(ge=0.0, description="the handler's log lines at INFO and above")
+    rules_triggered: float = Field(
+        default=1.0, ge=0.0, description="the template's enabled topic rules the message's topic matches"
+    )
+    lambda_invocations: float = Field(default=1.0, ge=0.0, description="rule actions invoking the ingest Lambda")
+    firehose_records: float = Field(default=0.0, ge=0.0, description="records the rules' Firehose actions put")
+    firehose_record_bytes: float = Field(
+        default=0.0, ge=0.0, description="those records' bytes (the rule SQL's JSON + the action's separator)"
+    )
+    firehose_billed_bytes: float = Field(
+        default=0.0, ge=0.0, description="the same records rounded up to 5 KB each (how Firehose bills ingestion)"
+    )
+    firehose_gz_bytes: float = Field(
+        default=0.0, ge=0.0, description="the records' share of their buffer gzip'd (what lands in the lake)"
+    )
+
+    @property
+    def lake_gz_bytes(self) -> float:
+        """Bytes of the lake per message: Firehose's gzip'd records when the rules feed it, else the object."""
+        return self.firehose_gz_bytes if self.firehose_records else self.s3_put_bytes
 
 
 class CloudPath(BaseModel):
@@ -253,8 +272,15 @@ class CloudPath(BaseModel):
     calls: dict[str, int] = Field(description="every AWS operation the handler called, counted")
 
     def kind(self, name: str) -> KindPath:
-        # a kind the measured run did not produce (alarms in a healthy day) costs what a health message does
-        return self.kinds.get(name) or self.kinds.get("health") or next(iter(self.kinds.values()))
+        """A kind's measured path; a small kind the run did not produce (alarms in a healthy day) costs what a
+        measured small kind does (never what telemetry does: its path differs)."""
+        if name in self.kinds:
+            return self.kinds[name]
+        if name != "telemetry":
+            for other in ("health", "cycles", "alarms"):
+                if other in self.kinds:
+                    return self.kinds[other]
+        raise KeyError(f"the measured cloud path has no {name!r} messages, nor a small kind to stand in for it")
 
 
 class Assumptions(BaseModel):
@@ -273,7 +299,9 @@ class Assumptions(BaseModel):
     lambda_platform_log_bytes: int = Field(default=360, ge=0, description="START + END + REPORT lines")
     log_event_overhead_bytes: int = Field(default=26, ge=0, description="CloudWatch's per-event overhead")
     log_retention_days: float = Field(default=30.0, ge=0.0, description="template LogRetentionDays default")
-    raw_ttl_days: float = Field(default=30.0, ge=0.0, description="History's telemetry TTL (RawTelemetryTtlDays)")
+    raw_ttl_days: float = Field(
+        default=1.0, ge=0.0, description="History's telemetry live-window TTL (template RawTelemetryTtlDays)"
+    )
     lake_retention_months: float = Field(
         default=12.0, gt=0.0, description="lake kept this long (billed at that steady-state size)"
     )
@@ -306,6 +334,9 @@ class Architecture(BaseModel):
     ingress: Literal["mqtt", "basic_ingest"]
     encoding: Literal["json", "compact"]
     telemetry_path: Literal["lambda_ddb_s3", "firehose"]
+    #: the cloud path as measured: rules, Lambda invocations, lake writes and Firehose records per message are the
+    #: measured ones (the template's rules on the real handler), nothing is assumed away
+    as_measured: bool = False
     #: actions on the telemetry rule besides the lake (a DynamoDBv2 write of the latest sample summary)
     telemetry_latest_state_action: bool = False
     firehose_dynamic_partitioning: bool = True
@@ -326,6 +357,20 @@ TODAY = Architecture(
     telemetry_path="lambda_ddb_s3",
     built={"everything": True},
 )
+BUILT = Architecture(
+    name="built",
+    description="as built: MQTT topics, JSON telemetry; the telemetry topic's two rules -> Firehose (dynamic "
+    "partitioning by kind and date, gzip JSON lines, 128 MB / 900 s buffers) and the ingest Lambda (DeviceState's "
+    "latest sample + a compact TTL'd History live window); cycles/health/alarms -> the ingest Lambda (DeviceState, "
+    "History, one lake object each); no raw telemetry in DynamoDB; Glue partition projection",
+    ingress="mqtt",
+    encoding="json",
+    telemetry_path="firehose",
+    as_measured=True,
+    firehose_parquet=False,
+    glue_partition_projection=True,
+    built={"firehose_lake": True, "partition_projection": True, "live_window_history": True},
+)
 TARGET = Architecture(
     name="target",
     description="Basic Ingest; compact telemetry (one 5 KB unit); telemetry rule -> Firehose (dynamic "
@@ -340,9 +385,10 @@ TARGET = Architecture(
     built={
         "basic_ingest": False,
         "compact_telemetry": False,
-        "firehose_lake": False,
-        "partition_projection": False,
+        "firehose_lake": True,
+        "partition_projection": True,
         "latest_state_action": False,
+        "parquet": False,
     },
 )
 TARGET_MQTT = TARGET.model_copy(
@@ -351,7 +397,16 @@ TARGET_MQTT = TARGET.model_copy(
 TARGET_JSON = TARGET.model_copy(
     update={"name": "target, JSON telemetry", "encoding": "json", "description": "the target without compaction"}
 )
-ARCHITECTURES = (TODAY, TARGET, TARGET_MQTT, TARGET_JSON)
+#: what the bench prices from the measured path (TODAY's path, one lake object and a full History item per
+#: telemetry message, no longer exists to be measured: its last measured bill is :data:`BEFORE_FIREHOSE`)
+ARCHITECTURES = (BUILT, TARGET, TARGET_MQTT, TARGET_JSON)
+
+#: TODAY's bill per device-month as last measured (bench_cost at commit f9c886f, the same prices and the real
+#: agent's traffic, before the Firehose lake): kept as the baseline the built path is compared with
+BEFORE_FIREHOSE = {
+    "measured_at_commit": "f9c886f",
+    "per_device_month_usd": {"1000": 1.992467, "10000": 1.986065, "100000": 1.959864},
+}
 
 
 # ----------------------------------------------------------------------------------------------- the bill
@@ -392,25 +447,37 @@ def monthly_bill(
     else:
         lines["iot_messaging"] = 0.0
     lines["iot_connectivity"] = 60 * HOURS_PER_MONTH / 1e6 * prices.iot_connectivity_per_million_minutes.usd
-    actions = all_units  # one action per message: the ingest Lambda today, Firehose (the lake) in the target
-    if arch.telemetry_latest_state_action and "telemetry" in units:
-        actions += units["telemetry"]  # + the DynamoDBv2 write of the latest-sample summary
-    if arch.telemetry_path == "firehose":
-        actions += sum(u for k, u in units.items() if k != "telemetry")  # the small kinds: lake + Lambda
-    lines["iot_rules"] = all_units * prices.iot_rule_triggered_per_million.usd / 1e6
+    if arch.as_measured:
+        # the template's rules the topic matches (telemetry: the Lambda rule and the lake's Firehose rule), each
+        # with one action; both metered in 5 KB units of the message
+        rule_units = sum(units[k] * path.kind(k).rules_triggered for k in units)
+        actions = rule_units
+    else:
+        rule_units = all_units
+        actions = all_units  # one action per message: the ingest Lambda today, Firehose (the lake) in the target
+        if arch.telemetry_latest_state_action and "telemetry" in units:
+            actions += units["telemetry"]  # + the DynamoDBv2 write of the latest-sample summary
+        if arch.telemetry_path == "firehose":
+            actions += sum(u for k, u in units.items() if k != "telemetry")  # the small kinds: lake + Lambda
+    lines["iot_rules"] = rule_units * prices.iot_rule_triggered_per_million.usd / 1e6
     lines["iot_actions"] = actions * prices.iot_action_executed_per_million.usd / 1e6
 
     firehose = arch.telemetry_path == "firehose"
     # the ingest Lambda: every kind today; in the target only the small kinds (DeviceState, alarms, their small
     # History items), and without the lake object or Glue call (the lake is Firehose's for every kind)
-    lambda_kinds = [k for k in month if not (k == "telemetry" and firehose)]
-    invocations = sum(month[k] for k in lambda_kinds)
+    # (as built and measured: every kind invokes it as often as the rules do, and its lake writes are measured)
+    if arch.as_measured:
+        lambda_kinds = [k for k in month if path.kind(k).lambda_invocations > 0]
+        invocations = sum(month[k] * path.kind(k).lambda_invocations for k in lambda_kinds)
+    else:
+        lambda_kinds = [k for k in month if not (k == "telemetry" and firehose)]
+        invocations = sum(month[k] for k in lambda_kinds)
     gb_s = 0.0
     s3_puts = wru = stored_ddb = log_bytes = glue_calls = 0.0
     for k in lambda_kinds:
         p = path.kind(k)
-        puts = 0.0 if firehose else p.s3_puts
-        glue = 0.0 if (firehose or arch.glue_partition_projection) else p.glue_calls
+        puts = p.s3_puts if (arch.as_measured or not firehose) else 0.0
+        glue = p.glue_calls if (arch.as_measured or not (firehose or arch.glue_partition_projection)) else 0.0
         duration = (
             p.cpu_s * a.lambda_cpu_slowdown
             + puts * a.latency_s["s3"]
@@ -436,28 +503,38 @@ def monthly_bill(
     # the lake: bytes stored, objects written (and read by Athena below)
     lake_bytes_month: dict[str, float] = {}
     objects_month: dict[str, float] = {}
+    firehose_kinds: list[str] = []
     for k, n_month in month.items():
-        gz = path.kind(k).s3_put_bytes * n_month  # the rows as gzip JSON lines (what today's objects hold)
-        if firehose:
+        p = path.kind(k)
+        gz = p.lake_gz_bytes * n_month  # the rows as gzip JSON lines
+        via_firehose = (p.firehose_records > 0) if arch.as_measured else firehose
+        if via_firehose:
+            firehose_kinds.append(k)
             lake_bytes_month[k] = gz * (a.lake_parquet_ratio if arch.firehose_parquet else 1.0)
-            # the fleet's rows of a kind are buffered together: an object per buffer interval or per full buffer
-            fleet_bytes_per_s = lake_bytes_month[k] * fleet_size / (HOURS_PER_MONTH * 3600)
+            # the fleet's records of a kind (one partition a day) are buffered together: an object per buffer
+            # interval or per full buffer; the buffer fills with the records as put (before compression)
+            filled = p.firehose_record_bytes * n_month if arch.as_measured else lake_bytes_month[k]
+            fleet_bytes_per_s = filled * fleet_size / (HOURS_PER_MONTH * 3600)
             per_s = max(1 / a.firehose_buffer_s, fleet_bytes_per_s / a.firehose_buffer_bytes)
             objects_month[k] = per_s * HOURS_PER_MONTH * 3600 / fleet_size
         else:
             lake_bytes_month[k] = gz
-            objects_month[k] = n_month * path.kind(k).s3_puts
+            objects_month[k] = n_month * p.s3_puts
     fmt: Literal["jsonl_gz", "parquet"] = "parquet" if (firehose and arch.firehose_parquet) else "jsonl_gz"
     if firehose:
-        ingested = sum(units.values()) * UNIT_5KB
-        expanded = sum(t.payload_bytes_per_hour for t in json_kinds.values()) * HOURS_PER_MONTH
-        objects = sum(objects_month.values())
+        if arch.as_measured:  # the records the rules put, each rounded up to 5 KB; processed as put
+            ingested = sum(month[k] * path.kind(k).firehose_billed_bytes for k in firehose_kinds)
+            expanded = sum(month[k] * path.kind(k).firehose_record_bytes for k in firehose_kinds)
+        else:
+            ingested = sum(units.values()) * UNIT_5KB
+            expanded = sum(t.payload_bytes_per_hour for t in json_kinds.values()) * HOURS_PER_MONTH
+        objects = sum(objects_month[k] for k in firehose_kinds)
         lines["firehose_ingest"] = ingested / GB * prices.firehose_ingest_per_gb.usd
         dp = expanded / GB * prices.firehose_dp_per_gb.usd + objects / 1000 * prices.firehose_dp_per_1000_objects.usd
         lines["firehose_dynamic_partitioning"] = dp if arch.firehose_dynamic_partitioning else 0.0
         conv = expanded / GB * prices.firehose_format_conversion_per_gb.usd
         lines["firehose_format_conversion"] = conv if arch.firehose_parquet else 0.0
-        s3_puts += objects
+        s3_puts += objects if arch.as_measured else sum(objects_month.values())
         # the Firehose transform that expands compact batches: one invocation per ~1 MB of input, its CPU the
         # measured expansion of one batch (x2 for writing the rows back out)
         if arch.encoding == "compact" and "telemetry" in month:
@@ -725,6 +802,14 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
             "GLUE_DATABASE": "cost_lake",
         }
     )
+    from cloud.local_stack.iot_sql import Message, RuleQuery
+    from cloud.local_stack.rules import firehose_record
+    from cloud.local_stack.template import load_template, topic_rules
+
+    # the template's enabled topic rules, evaluated by the local rules runner's SQL on each message: how many a
+    # topic triggers, which invoke the ingest Lambda, and the records the Firehose actions put
+    rules = [(spec, RuleQuery(spec.sql)) for spec in topic_rules(load_template()) if not spec.disabled]
+    records: dict[str, list[bytes]] = defaultdict(list)
     calls: list[tuple[str, str, dict[str, Any]]] = []
 
     def hook(model: Any, params: dict[str, Any], **_: Any) -> None:
@@ -739,14 +824,31 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
     try:
         for topic, payload in messages:
             parts = topic.split("/")
+            received_ms = int(json.loads(payload)["ts"] * 1000)
             event = {
                 "payload_b64": base64.b64encode(payload).decode(),
                 "rule_topic": topic,
                 "rule_thing": parts[1],
                 "rule_kind": parts[2],
-                "rule_received_ms": int(json.loads(payload)["ts"] * 1000),
+                "rule_received_ms": received_ms,
             }
             kind = parts[2]
+            a = acc[kind]
+            for key in KindPath.model_fields:  # every measured quantity starts at zero for a kind
+                a[key] += 0.0
+            msg = Message(topic=topic, payload=payload, received_ms=received_ms)
+            for spec, query in rules:
+                if not query.matches(topic):
+                    continue
+                a["rules_triggered"] += 1
+                if spec.function == "IngestFunction":
+                    a["lambda_invocations"] += 1
+                if spec.firehose is not None:
+                    record = firehose_record(spec, query.evaluate(msg))
+                    records[kind].append(record)
+                    a["firehose_records"] += 1
+                    a["firehose_record_bytes"] += len(record)
+                    a["firehose_billed_bytes"] += units_5kb(len(record)) * UNIT_5KB
             before = inspect.get_item(TableName="DeviceState", Key={"thing": {"S": parts[1]}}).get("Item", {})
             calls.clear()
             capture.bytes = 0
@@ -756,7 +858,6 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
             if outcome["status"] != "stored":
                 raise RuntimeError(f"the ingest handler did not store a real agent message: {outcome}")
             after = inspect.get_item(TableName="DeviceState", Key={"thing": {"S": parts[1]}}).get("Item", {})
-            a = acc[kind]
             a["messages"] += 1
             a["cpu_s"] += cpu
             a["log_bytes"] += capture.bytes
@@ -772,6 +873,8 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
             _account_writes(calls, before, after, a)
     finally:
         logging.getLogger("battwin").removeHandler(capture)
+    for kind, recs in records.items():  # Firehose gzips a buffer of records: each record's share of it
+        acc[kind]["firehose_gz_bytes"] = float(len(gzip.compress(b"".join(recs), compresslevel=6, mtime=0)))
     kinds = {}
     for kind, a in acc.items():
         n = a.pop("messages")

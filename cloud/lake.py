@@ -1,14 +1,25 @@
 """The S3 data lake's layout and record format, shared by the ingest Lambda, the retraining Lambda and Glue.
 
-Objects (JSON Lines, gzip; one object per device message, named by the message id so that a re-delivery
-overwrites the same object with the same bytes)::
+Cycles, health and alarms (the ingest Lambda; JSON Lines, gzip; one object per device message, named by the
+message id and written only if absent, so a re-delivery stores nothing new)::
 
-    <lake prefix>kind=<telemetry|cycles|health|alarms>/dt=YYYY-MM-DD/thing=<thing>/<message id>.jsonl.gz
+    <lake prefix>kind=<cycles|health|alarms>/dt=YYYY-MM-DD/thing=<thing>/<message id>.jsonl.gz
 
-``dt`` is the UTC day of the envelope's time stamp. Rows are flat for Athena (one table per kind, partitioned
-by ``dt`` and ``thing``): the body's own fields plus ``msg_id``, ``msg_ts`` (envelope time), ``thing`` and
-``received_at`` (cloud time); telemetry has one row per sample with ``temperature_c`` = mean of the sensors;
-cycle rows repeat ``index`` as ``cycle``; alarm ``details`` are a JSON string ``details_json``.
+Rows are flat for Athena: the body's own fields plus ``msg_id``, ``msg_ts`` (envelope time), ``thing`` and
+``received_at`` (cloud time); cycle rows repeat ``index`` as ``cycle``; alarm ``details`` are a JSON string
+``details_json``.
+
+Telemetry (the template's ``LakeFirehose`` stream, fed by the ``TelemetryLakeRule`` IoT rule; gzip JSON
+Lines, one object per partition and buffer of 128 MB or 15 minutes for the whole fleet)::
+
+    <lake prefix>kind=telemetry/dt=YYYY-MM-DD/<stream>-<version>-<time>-<uuid>.gz
+
+One line per message: the envelope as the device sent it plus ``rule_thing`` (the topic's thing) and
+``rule_received_ms``. The partition keys come from the record by :data:`FIREHOSE_PARTITION_JQ` (Firehose's
+dynamic partitioning; :func:`firehose_partition` is the same in Python, for the local stack).
+
+``dt`` is the UTC day of the envelope's time stamp. Each kind is one Glue table partitioned by ``dt`` with
+partition projection (nothing registers partitions; a ``thing=`` folder under a day is read as part of it).
 
 Dead letters (anything that could not be stored as data, with the reason)::
 
@@ -29,6 +40,40 @@ from schema.messages import Alarm, CycleRecord, Envelope, Message, Telemetry
 LAKE_KINDS = ("telemetry", "cycles", "health", "alarms")
 DEFAULT_LAKE_PREFIX = "lake/"
 DEFAULT_DEAD_LETTER_PREFIX = "dead-letter/"
+
+
+#: Firehose's partition-key query (JQ 1.6) on a telemetry record; a record whose ``kind`` is not telemetry
+#: lands under ``kind=rejected`` (never in another kind's table), one without a numeric ``ts`` in the stream's
+#: error output
+FIREHOSE_PARTITION_JQ = (
+    '{kind: (if .kind == "telemetry" then "telemetry" else "rejected" end), dt: (.ts | floor | todate | .[0:10])}'
+)
+
+
+class PartitionError(ValueError):
+    """A record Firehose's partition query fails on (Firehose writes it under its error output prefix)."""
+
+
+def firehose_partition(record: dict[str, Any]) -> dict[str, str]:
+    """:data:`FIREHOSE_PARTITION_JQ` evaluated in Python: ``{"kind": …, "dt": "YYYY-MM-DD"}``."""
+    ts = record.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise PartitionError(f"ts is not a number: {str(ts)[:40]!r}")
+    kind = "telemetry" if record.get("kind") == "telemetry" else "rejected"
+    try:
+        return {"kind": kind, "dt": utc_day(float(int(ts // 1)))}
+    except (OverflowError, OSError, ValueError) as exc:
+        raise PartitionError(f"ts out of range: {ts!r}") from exc
+
+
+def firehose_prefix(template: str, keys: dict[str, str]) -> str:
+    """A Firehose ``Prefix`` with its ``!{partitionKeyFromQuery:<name>}`` placeholders filled in."""
+    out = template
+    for name, value in keys.items():
+        out = out.replace(f"!{{partitionKeyFromQuery:{name}}}", value)
+    if "!{" in out:
+        raise PartitionError(f"the prefix {template!r} has placeholders the keys {sorted(keys)} do not fill")
+    return out
 
 
 def utc_day(ts: float) -> str:

@@ -1,4 +1,5 @@
-"""Ingest Lambda: one device message from an IoT rule → History + DeviceState (DynamoDB) + the S3 data lake.
+"""Ingest Lambda: one device message from an IoT rule → DeviceState (+ a small History item) and, for the small
+kinds, the S3 data lake.
 
 The IoT rules of the template hand over the raw payload, base64-encoded, with the topic's parts, so that a
 payload that is not JSON still reaches this function (and is dead-lettered with the reason) instead of
@@ -18,16 +19,20 @@ Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
 with the reason and the original payload (and the invocation succeeds: retrying would not help). Storing, in
 this order, every step idempotent:
 
-1. the lake object, under a key made of the message id, written only if absent (``If-None-Match: *``: the
-   first delivery's bytes are kept);
-2. Glue partition registration (once per partition and container; failures are logged, never fatal);
-3. DeviceState updates (:mod:`cloud.ingest.device_state`), each conditional on being newer than what is
-   stored (a repeat changes nothing); an alarm that began an episode is published to the operators' SNS topic
-   once (:mod:`cloud.notify`);
-4. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
-   message whose item exists is a duplicate, and its earlier delivery stored everything.
+1. cycles, health and alarms only: the lake object, under a key made of the message id, written only if absent
+   (``If-None-Match: *``: the first delivery's bytes are kept). **Raw telemetry never passes through here into
+   the lake or DynamoDB**: the telemetry rule's second action hands the message to the lake's Firehose stream
+   (buffered, partitioned by kind and date; ``cloud/README.md``); the Glue tables use partition projection, so
+   nothing registers partitions;
+2. DeviceState updates (:mod:`cloud.ingest.device_state`; telemetry: the latest sample), each conditional on
+   being newer than what is stored (a repeat changes nothing); an alarm that began an episode is published to
+   the operators' SNS topic once (:mod:`cloud.notify`);
+3. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
+   message whose item exists is a duplicate, and its earlier delivery stored everything. For telemetry the item
+   is a compact live window (:func:`live_window`: at most :data:`LIVE_WINDOW_SAMPLES` samples of the batch, the
+   fields the dashboard's live chart draws; under 1 KB, one write unit) that expires after ``RAW_TTL_DAYS``.
 
-An AWS error in 1–4 raises, so Lambda's asynchronous retries (and then the on-failure destination, an SQS
+An AWS error in 1–3 raises, so Lambda's asynchronous retries (and then the on-failure destination, an SQS
 queue) apply; a retry redoes the steps that are not done yet and the History put last, so a valid message
 is never dropped and never stored twice. (The History put comes last rather than first as a "claim" so
 that a message costs one DynamoDB write of its size, not two: writes are billed by item size.)
@@ -36,7 +41,6 @@ that a message costs one DynamoDB write of its size, not two: writes are billed 
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import logging
 import time
@@ -66,8 +70,6 @@ from cloud.lake import (
     encode_jsonl_gz,
     lake_key,
     lake_rows,
-    partition_prefix,
-    utc_day,
 )
 from cloud.notify import DEFAULT_NAMESPACE, NoticeBook, Notifier, emit_metrics, notifies
 from cloud.tables import history_pk, history_sk
@@ -80,6 +82,23 @@ IOT_MAX_MESSAGE_BYTES = 128 * 1024
 Status = Literal["stored", "duplicate", "dead_letter", "presence"]
 
 
+#: samples of a telemetry batch kept in its History item (evenly spaced, the last one always among them)
+LIVE_WINDOW_SAMPLES = 6
+#: the sample fields the dashboard's live chart draws (cloud/dashboard/views.py ``live_series``)
+LIVE_FIELDS = ("ts", "voltage_v", "current_a", "temperatures_c", "soc_pct")
+
+
+def live_window(body: Telemetry, max_samples: int = LIVE_WINDOW_SAMPLES) -> dict[str, Any]:
+    """A telemetry batch as its compact History body: ``{"samples": [...], "of": n}`` with at most
+    ``max_samples`` samples of the batch (evenly spaced, ending with the last) and only :data:`LIVE_FIELDS`;
+    the full batch is in the lake (Firehose). Small enough that the item is one DynamoDB write unit."""
+    n = len(body.samples)
+    step = max(1, -(-n // max_samples))
+    picked = [body.samples[i] for i in range(n - 1, -1, -step)][::-1]
+    samples = [{k: v for k, v in s.model_dump(mode="json").items() if k in LIVE_FIELDS} for s in picked]
+    return {"samples": samples, "of": n}
+
+
 class IngestSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -88,10 +107,10 @@ class IngestSettings(BaseModel):
     bucket: str
     lake_prefix: str = DEFAULT_LAKE_PREFIX
     dead_letter_prefix: str = DEFAULT_DEAD_LETTER_PREFIX
-    raw_ttl_days: float = Field(default=30.0, ge=0.0)
+    #: days a telemetry message's compact live-window item stays in History (0: no expiry)
+    raw_ttl_days: float = Field(default=1.0, ge=0.0)
     max_message_bytes: int = Field(default=IOT_MAX_MESSAGE_BYTES, ge=256)
     max_clock_skew_s: float = Field(default=86_400.0, gt=0.0)
-    glue_database: str | None = None
     #: the operators' SNS topic (None: notices are logged only)
     alarm_topic_arn: str | None = None
     metrics_namespace: str = DEFAULT_NAMESPACE
@@ -104,10 +123,9 @@ class IngestSettings(BaseModel):
             bucket=env("DATA_BUCKET"),
             lake_prefix=env("LAKE_PREFIX", DEFAULT_LAKE_PREFIX),
             dead_letter_prefix=env("DEAD_LETTER_PREFIX", DEFAULT_DEAD_LETTER_PREFIX),
-            raw_ttl_days=env_float("RAW_TTL_DAYS", 30.0),
+            raw_ttl_days=env_float("RAW_TTL_DAYS", 1.0),
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", IOT_MAX_MESSAGE_BYTES),
             max_clock_skew_s=env_float("MAX_CLOCK_SKEW_S", 86_400.0),
-            glue_database=env("GLUE_DATABASE", "") or None,
             alarm_topic_arn=env("ALARM_TOPIC_ARN", "") or None,
             metrics_namespace=env("METRICS_NAMESPACE", DEFAULT_NAMESPACE),
         )
@@ -137,26 +155,16 @@ class Ingestor:
         *,
         dynamodb: Any = None,
         s3: Any = None,
-        glue: Any = None,
         sns: Any = None,
         clock: Any = time.time,
     ) -> None:
         self.settings = settings
         self.ddb = dynamodb or client("dynamodb")
         self.s3 = s3 or client("s3")
-        self._glue = glue
         self._sns = sns
         self.clock = clock
         self.notices = NoticeBook(self.ddb, settings.device_state_table)
-        self._partitions: set[tuple[str, str, str]] = set()
-        self._glue_tables: dict[str, dict[str, Any]] = {}
         self.device_state = DeviceStateWriter(self.ddb, settings.device_state_table)
-
-    @property
-    def glue(self) -> Any:
-        if self._glue is None:
-            self._glue = client("glue")
-        return self._glue
 
     @property
     def notifier(self) -> Notifier:
@@ -257,21 +265,22 @@ class Ingestor:
     # -- storing ----------------------------------------------------------------------------------
     def _store(self, envelope: Envelope, body: Message, received_at: float) -> Outcome:
         st = self.settings
-        key = lake_key(st.lake_prefix, envelope.kind, envelope.ts, envelope.thing, envelope.id)
-        try:
-            self.s3.put_object(
-                Bucket=st.bucket,
-                Key=key,
-                Body=encode_jsonl_gz(lake_rows(envelope, body, received_at)),
-                ContentType="application/x-ndjson",
-                ContentEncoding="gzip",
-                IfNoneMatch="*",
-            )
-        except Exception as exc:
-            if error_code(exc) not in ("PreconditionFailed", "412"):
-                raise
-            # the object exists: written by an earlier attempt at this message (or its first delivery); kept
-        self._ensure_partition(envelope.kind, utc_day(envelope.ts), envelope.thing)
+        key: str | None = None
+        if not isinstance(body, Telemetry):  # telemetry reaches the lake through the rule's Firehose action
+            key = lake_key(st.lake_prefix, envelope.kind, envelope.ts, envelope.thing, envelope.id)
+            try:
+                self.s3.put_object(
+                    Bucket=st.bucket,
+                    Key=key,
+                    Body=encode_jsonl_gz(lake_rows(envelope, body, received_at)),
+                    ContentType="application/x-ndjson",
+                    ContentEncoding="gzip",
+                    IfNoneMatch="*",
+                )
+            except Exception as exc:
+                if error_code(exc) not in ("PreconditionFailed", "412"):
+                    raise
+                # the object exists: written by an earlier attempt at this message (or its first delivery); kept
         change = self.device_state.update(envelope, body, received_at)
         notices = None
         if isinstance(body, Alarm) and change is not None and self._notify_alarm(envelope.thing, body, change):
@@ -285,12 +294,14 @@ class Ingestor:
             "id": envelope.id,
             "simulated": envelope.simulated,
             "received_at": received_at,
-            "body": json.dumps(envelope.body, separators=(",", ":"), allow_nan=False),
         }
         if isinstance(body, Telemetry):
+            item["body"] = json.dumps(live_window(body), separators=(",", ":"), allow_nan=False)
             item["n_samples"] = len(body.samples)
             if st.raw_ttl_days > 0:
                 item["expires_at"] = int(envelope.ts + st.raw_ttl_days * 86_400.0)
+        else:
+            item["body"] = json.dumps(envelope.body, separators=(",", ":"), allow_nan=False)
         try:
             self.ddb.put_item(
                 TableName=st.history_table, Item=marshal(item), ConditionExpression="attribute_not_exists(pk)"
@@ -341,33 +352,6 @@ class Ingestor:
             thing[:128], kind == "connected", at, str(reason)[:64] if reason is not None else None
         )
         return Outcome("presence", thing=thing, kind=kind, reason=None if applied else "unknown thing or older event")
-
-    def _ensure_partition(self, kind: str, day: str, thing: str) -> None:
-        st = self.settings
-        if not st.glue_database or (kind, day, thing) in self._partitions:
-            return
-        try:
-            table = self._glue_tables.get(kind)
-            if table is None:
-                table = self.glue.get_table(DatabaseName=st.glue_database, Name=kind)["Table"]
-                self._glue_tables[kind] = table
-            sd = copy.deepcopy(table["StorageDescriptor"])
-            sd["Location"] = f"s3://{st.bucket}/{partition_prefix(st.lake_prefix, kind, day, thing)}"
-            try:
-                self.glue.create_partition(
-                    DatabaseName=st.glue_database,
-                    TableName=kind,
-                    PartitionInput={"Values": [day, thing], "StorageDescriptor": sd},
-                )
-            except Exception as exc:
-                if error_code(exc) != "AlreadyExistsException":
-                    raise
-            self._partitions.add((kind, day, thing))
-        except Exception as exc:  # the data is in S3: MSCK REPAIR TABLE or the next message registers it
-            log.error(
-                "glue partition registration failed",
-                extra={"kind": kind, "dt": day, "thing": thing, "error": f"{type(exc).__name__}: {exc}"[:300]},
-            )
 
 
 _CACHE: dict[str, Ingestor] = {}

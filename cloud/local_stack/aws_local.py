@@ -7,15 +7,31 @@ themselves, so the local stack can run next to code (or tests) that use real AWS
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from cloud.local_stack.template import function_environment, load_template, resource, table_request, table_ttl
+from cloud.lake import FIREHOSE_PARTITION_JQ, PartitionError, firehose_partition, firehose_prefix
+from cloud.local_stack.template import (
+    FirehoseSpec,
+    TemplateError,
+    firehose_streams,
+    function_environment,
+    load_template,
+    resource,
+    table_request,
+    table_ttl,
+)
 
 log = logging.getLogger("battwin.local_stack.aws")
 
@@ -47,6 +63,11 @@ class StackNames:
     def failure_queue(self) -> str:
         return f"battwin-local-{self.suffix}-IngestFailureQueue"
 
+    def stream(self, logical_id: str, prefix: str) -> str:
+        """The moto Firehose stream of one stream of the template and one partition prefix."""
+        digest = hashlib.sha256(prefix.encode()).hexdigest()[:10]
+        return f"battwin-local-{self.suffix}-{logical_id}-{digest}"[:64]
+
     def refs(self) -> dict[str, str]:
         """``!Ref`` of the template's logical ids → the names used here."""
         return {
@@ -66,6 +87,8 @@ class LocalAws:
     _server: Any = None
     _clients: dict[str, Any] = field(default_factory=dict)
     _created: bool = False
+    _streams: set[str] = field(default_factory=set)
+    _streams_lock: threading.Lock = field(default_factory=threading.Lock)
     failure_queue_url: str = ""
     endpoint: str = ""
 
@@ -101,6 +124,8 @@ class LocalAws:
             s3.delete_bucket(Bucket=self.names.bucket)
             if self.failure_queue_url:
                 self.client("sqs").delete_queue(QueueUrl=self.failure_queue_url)
+            for name in sorted(self._streams):
+                self.client("firehose").delete_delivery_stream(DeliveryStreamName=name)
         except Exception as exc:
             log.warning("could not delete the local resources", extra={"error": str(exc)[:200]})
 
@@ -157,6 +182,57 @@ class LocalAws:
             "QueueUrl"
         ]
         log.info("local tables and bucket created", extra=self.names.refs())
+
+    def firehose_targets(self) -> dict[str, Callable[[bytes], None]]:
+        """The template's Firehose streams as targets of :class:`~cloud.local_stack.rules.LocalRulesRunner`:
+        logical id → put one record. moto's Firehose writes each record straight to S3 (no buffering, no
+        compression) under its stream's ``Prefix`` and an arrival-time ``YYYY/MM/DD/HH/`` path, and knows no
+        dynamic partitioning; so the partition keys are computed here (:func:`cloud.lake.firehose_partition`,
+        the stream's JQ query in Python: the template's query must be that one) and each partition gets a moto
+        stream whose prefix is the template's with the keys filled in. A record the query fails on goes to the
+        stream's error output prefix, as Firehose does."""
+        streams = firehose_streams(load_template())
+        for spec in streams.values():
+            if spec.partition_query is not None and spec.partition_query != FIREHOSE_PARTITION_JQ:
+                raise TemplateError(f"{spec.logical_id}: the local stack mirrors only cloud.lake.FIREHOSE_PARTITION_JQ")
+        return {lid: self._firehose_target(spec) for lid, spec in streams.items()}
+
+    def _firehose_target(self, spec: FirehoseSpec) -> Callable[[bytes], None]:
+        firehose, s3, bucket = self.client("firehose"), self.client("s3"), self.names.bucket
+
+        def put(record: bytes) -> None:
+            try:
+                keys = firehose_partition(json.loads(record)) if spec.partition_query else {}
+                prefix = firehose_prefix(spec.prefix, keys)
+            except (PartitionError, ValueError) as exc:
+                day = time.strftime("%Y-%m-%d", time.gmtime())
+                key = (
+                    spec.error_prefix.replace("!{firehose:error-output-type}", "processing-failed").replace(
+                        "!{timestamp:yyyy-MM-dd}", day
+                    )
+                    + f"{uuid.uuid4()}"
+                )
+                error = {"errorCode": "DynamicPartitioning.MetadataExtractionFailed", "errorMessage": str(exc)[:300]}
+                body = json.dumps({**error, "rawData": record.decode("utf-8", "replace")}).encode()
+                s3.put_object(Bucket=bucket, Key=key, Body=body)
+                return
+            name = self.names.stream(spec.logical_id, prefix)
+            with self._streams_lock:
+                if name not in self._streams:
+                    firehose.create_delivery_stream(
+                        DeliveryStreamName=name,
+                        DeliveryStreamType="DirectPut",
+                        ExtendedS3DestinationConfiguration={
+                            "BucketARN": f"arn:aws:s3:::{bucket}",
+                            "RoleARN": "arn:aws:iam::123456789012:role/battwin-local-firehose",
+                            "Prefix": prefix,
+                            "ErrorOutputPrefix": spec.error_prefix,
+                        },
+                    )
+                    self._streams.add(name)
+            firehose.put_record(DeliveryStreamName=name, Record={"Data": record})
+
+        return put
 
     def ingest_environment(self) -> dict[str, str]:
         """The ingest Lambda's environment as the template sets it, with the local names."""

@@ -193,7 +193,6 @@ class LocalStack:
             dead_letter_prefix=env.get("DEAD_LETTER_PREFIX", "dead-letter/"),
             raw_ttl_days=float(env.get("RAW_TTL_DAYS", "30")),
             max_clock_skew_s=DEMO_MAX_CLOCK_SKEW_S,
-            glue_database=None,  # Glue is not emulated; the lake objects are written all the same
         )
         ingestor = Ingestor(settings, dynamodb=aws.client("dynamodb"), s3=aws.client("s3"))
         s3 = aws.client("s3")
@@ -211,7 +210,7 @@ class LocalStack:
 
         return LocalRulesRunner(
             self.broker_url,
-            {"IngestFunction": ingest},
+            {"IngestFunction": ingest, **aws.firehose_targets()},
             error_sink=error_sink,
             failure_sink=failure_sink,
             workers=self.options.rules_workers,

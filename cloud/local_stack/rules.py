@@ -7,6 +7,11 @@ AWS. As there, the invocation is asynchronous (a queue and worker threads), a fa
 ``MaximumRetryAttempts`` times (from the function's ``EventInvokeConfig``; here after 0.5 s and 1 s rather
 than Lambda's minutes) and then recorded as a failed event; a message the SQL cannot be evaluated on is
 written by the rule's S3 error action.
+
+A rule's Firehose action hands the target named by the stream's logical id the record as IoT Core sends it
+(the SQL's result as JSON plus the action's ``Separator``); :meth:`LocalAws.firehose_targets
+<cloud.local_stack.aws_local.LocalAws.firehose_targets>` puts it to moto's Firehose. A put that fails runs the
+rule's error action, as in IoT Core (Firehose actions are not retried by Lambda's machinery).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ log = logging.getLogger("battwin.local_stack.rules")
 
 #: an invoked function: the rule's event → the function's result
 Target = Callable[[dict[str, Any]], Any]
+#: a Firehose action's target: the record's bytes → anything
+RecordTarget = Callable[[bytes], Any]
 #: where an S3 error action writes: (key, body)
 ErrorSink = Callable[[str, bytes], None]
 #: where an invocation that failed every retry goes (Lambda's on-failure destination): the destination record
@@ -44,8 +51,14 @@ RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 class _Rule:
     spec: RuleSpec
     query: RuleQuery
-    target: Target
+    target: Target | None
     retries: int
+    firehose: RecordTarget | None = None
+
+
+def firehose_record(spec: RuleSpec, event: dict[str, Any]) -> bytes:
+    """The record a rule's Firehose action puts: the SQL's result as JSON plus the action's ``Separator``."""
+    return (json.dumps(event, separators=(",", ":"), allow_nan=False) + spec.separator).encode()
 
 
 class LocalRulesRunner:
@@ -54,7 +67,7 @@ class LocalRulesRunner:
     def __init__(
         self,
         broker_url: str,
-        targets: dict[str, Target],
+        targets: dict[str, Any],
         *,
         error_sink: ErrorSink | None = None,
         failure_sink: FailureSink | None = None,
@@ -67,15 +80,24 @@ class LocalRulesRunner:
         for spec in topic_rules(tpl):
             if spec.disabled:
                 continue
-            if spec.function is None or spec.function not in targets:
-                raise ValueError(f"rule {spec.logical_id} invokes {spec.function!r}, which has no local target")
+            if spec.function is None and spec.firehose is None:
+                raise ValueError(f"rule {spec.logical_id} has neither a Lambda nor a Firehose action")
+            for name in (spec.function, spec.firehose):
+                if name is not None and name not in targets:
+                    raise ValueError(f"rule {spec.logical_id} acts on {name!r}, which has no local target")
             self.rules.append(
-                _Rule(spec, RuleQuery(spec.sql), targets[spec.function], max_retry_attempts(tpl, spec.function))
+                _Rule(
+                    spec,
+                    RuleQuery(spec.sql),
+                    targets[spec.function] if spec.function else None,
+                    max_retry_attempts(tpl, spec.function) if spec.function else 0,
+                    targets[spec.firehose] if spec.firehose else None,
+                )
             )
         self.error_sink = error_sink
         self.failure_sink = failure_sink
         self.transport = MqttTransport(MqttSettings(url=broker_url), client_id=client_id)
-        self._queue: queue.Queue[tuple[_Rule, dict[str, Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[_Rule, dict[str, Any], Message] | None] = queue.Queue()
         self._workers = [
             threading.Thread(target=self._work, name=f"rules-worker-{k}", daemon=True) for k in range(max(1, workers))
         ]
@@ -134,7 +156,7 @@ class LocalRulesRunner:
                 continue
             with self._lock:
                 self._pending += 1
-            self._queue.put((rule, event))
+            self._queue.put((rule, event, msg))
         return matched
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -145,16 +167,33 @@ class LocalRulesRunner:
             item = self._queue.get()
             if item is None:
                 return
-            rule, event = item
+            rule, event, msg = item
             try:
-                self._invoke(rule, event)
+                if rule.firehose is not None:
+                    self._put_record(rule, event, msg)
+                if rule.target is not None:
+                    self._invoke(rule, event)
             finally:
                 with self._idle:
                     self._pending -= 1
                     if not self._pending:
                         self._idle.notify_all()
 
+    def _put_record(self, rule: _Rule, event: dict[str, Any], msg: Message) -> None:
+        if rule.firehose is None:
+            return
+        record = firehose_record(rule.spec, event)
+        try:
+            rule.firehose(record)
+        except Exception as exc:
+            self._count("firehose_errors")
+            self._error_action(rule, msg, f"Firehose put failed: {type(exc).__name__}: {exc}"[:300])
+            return
+        self._count("firehose_records")
+
     def _invoke(self, rule: _Rule, event: dict[str, Any]) -> None:
+        if rule.target is None:
+            return
         last: Exception | None = None
         for attempt in range(rule.retries + 1):
             try:

@@ -130,7 +130,8 @@ def _resolve(template: dict[str, Any], value: Any, refs: dict[str, str]) -> str 
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """One ``AWS::IoT::TopicRule`` of the template: its SQL and the Lambda its action invokes."""
+    """One ``AWS::IoT::TopicRule`` of the template: its SQL, the Lambda its action invokes and/or the Firehose
+    stream its action puts records to."""
 
     logical_id: str
     sql: str
@@ -139,6 +140,55 @@ class RuleSpec:
     disabled: bool
     #: the S3 error action's key template (``dead-letter/rule-errors/${topic()}/${newuuid()}.json``), if any
     error_key: str | None = None
+    #: logical id of the ``AWS::KinesisFirehose::DeliveryStream`` of the rule's Firehose action, if any
+    firehose: str | None = None
+    #: the Firehose action's ``Separator`` (appended to each record)
+    separator: str = ""
+
+
+@dataclass(frozen=True)
+class FirehoseSpec:
+    """One ``AWS::KinesisFirehose::DeliveryStream`` with an S3 destination, as far as the local stack mirrors it."""
+
+    logical_id: str
+    #: the destination's ``Prefix`` (with ``!{partitionKeyFromQuery:…}`` placeholders when partitioning)
+    prefix: str
+    error_prefix: str
+    #: the JQ ``MetadataExtractionQuery`` of dynamic partitioning (None: not partitioned)
+    partition_query: str | None
+    buffer_mb: int
+    buffer_s: int
+    compression: str
+
+
+def firehose_streams(template: dict[str, Any]) -> dict[str, FirehoseSpec]:
+    out: dict[str, FirehoseSpec] = {}
+    for logical_id, res in template["Resources"].items():
+        if not isinstance(res, dict) or res.get("Type") != "AWS::KinesisFirehose::DeliveryStream":
+            continue
+        dest = (res.get("Properties") or {}).get("ExtendedS3DestinationConfiguration")
+        if not isinstance(dest, dict):
+            raise TemplateError(f"{logical_id}: only an ExtendedS3 destination is mirrored locally")
+        query = None
+        if (dest.get("DynamicPartitioningConfiguration") or {}).get("Enabled"):
+            for proc in (dest.get("ProcessingConfiguration") or {}).get("Processors") or []:
+                if proc.get("Type") == "MetadataExtraction":
+                    for param in proc.get("Parameters") or []:
+                        if param.get("ParameterName") == "MetadataExtractionQuery":
+                            query = str(param["ParameterValue"])
+            if query is None:
+                raise TemplateError(f"{logical_id}: dynamic partitioning without a MetadataExtractionQuery")
+        hints = dest.get("BufferingHints") or {}
+        out[str(logical_id)] = FirehoseSpec(
+            logical_id=str(logical_id),
+            prefix=str(dest.get("Prefix", "")),
+            error_prefix=str(dest.get("ErrorOutputPrefix", "")),
+            partition_query=query,
+            buffer_mb=int(hints.get("SizeInMBs", 5)),
+            buffer_s=int(hints.get("IntervalInSeconds", 300)),
+            compression=str(dest.get("CompressionFormat", "UNCOMPRESSED")),
+        )
+    return out
 
 
 def topic_rules(template: dict[str, Any]) -> list[RuleSpec]:
@@ -147,11 +197,19 @@ def topic_rules(template: dict[str, Any]) -> list[RuleSpec]:
         if not isinstance(res, dict) or res.get("Type") != "AWS::IoT::TopicRule":
             continue
         payload = (res.get("Properties") or {}).get("TopicRulePayload") or {}
-        function = None
+        function = firehose = None
+        separator = ""
         for action in payload.get("Actions") or []:
             arn = (action.get("Lambda") or {}).get("FunctionArn") if isinstance(action, dict) else None
             if isinstance(arn, dict) and "Fn::GetAtt" in arn:
                 function = str(arn["Fn::GetAtt"][0])
+            fh = action.get("Firehose") if isinstance(action, dict) else None
+            if isinstance(fh, dict):
+                stream = fh.get("DeliveryStreamName")
+                if not (isinstance(stream, dict) and set(stream) == {"Ref"}):
+                    raise TemplateError(f"{logical_id}: the Firehose action must !Ref a stream of the template")
+                firehose = str(stream["Ref"])
+                separator = str(fh.get("Separator", ""))
         error_s3 = (payload.get("ErrorAction") or {}).get("S3") or {}
         rules.append(
             RuleSpec(
@@ -161,6 +219,8 @@ def topic_rules(template: dict[str, Any]) -> list[RuleSpec]:
                 function=function,
                 disabled=bool(payload.get("RuleDisabled", False)),
                 error_key=str(error_s3["Key"]) if isinstance(error_s3.get("Key"), str) else None,
+                firehose=firehose,
+                separator=separator,
             )
         )
     if not rules:

@@ -26,7 +26,7 @@ TEST_PARAMS = {
     "AgentComponentVersion": "1.2.0",
     "TrainOnSimulated": "true",
     "MinValidRows": "3",
-    "RawTelemetryTtlDays": "30",
+    "RawTelemetryTtlDays": "2",
 }
 FUNCTIONS = {
     "ingest": "IngestFunction",
@@ -83,6 +83,7 @@ def aws(moto_endpoint: str) -> dict[str, Any]:
         "logs",
         "sns",
         "cloudwatch",
+        "firehose",
     ]
     return {n: boto3.client(n, region_name=REGION, endpoint_url=moto_endpoint) for n in names}
 
@@ -209,6 +210,8 @@ MOTO_SKIPPED_TYPES = {
     "AWS::QuickSight::DataSet",
     "AWS::QuickSight::Analysis",
     "AWS::CloudWatch::Alarm",
+    "AWS::KinesisFirehose::DeliveryStream",
+    "AWS::Logs::LogStream",
     "AWS::SNS::Subscription",  # conditional: only with an AlarmEmail (the tests deploy without one)
 }
 
@@ -250,6 +253,18 @@ def skipped_created(
     props = resolver.properties("IngestEventInvokeConfig")
     aws["lambda"].put_function_event_invoke_config(**props)
     made["IngestEventInvokeConfig"] = props
+
+    for logical in _of_type(template, "AWS::Logs::LogStream"):  # the Firehose stream's delivery log
+        props = resolver.properties(logical)
+        aws["logs"].create_log_stream(logGroupName=props["LogGroupName"], logStreamName=props["LogStreamName"])
+        resolver.physical_ids[logical] = props["LogStreamName"]
+        made[logical] = props
+    # the lake's Firehose stream (botocore validates the request; moto keeps it and writes records straight to S3)
+    for logical in _of_type(template, "AWS::KinesisFirehose::DeliveryStream"):
+        props = resolver.properties(logical)
+        aws["firehose"].create_delivery_stream(**props)
+        resolver.physical_ids[logical] = props["DeliveryStreamName"]
+        made[logical] = props
 
     # CloudWatch alarms (moto's CloudFormation skips them): PutMetricAlarm validates each one's properties
     for logical in _of_type(template, "AWS::CloudWatch::Alarm"):

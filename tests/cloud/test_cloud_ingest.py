@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from cloud.ingest.handler import handler
-from cloud.lake import decode_jsonl_gz, lake_key, utc_day
+from cloud.cost_model import dynamodb_item_bytes
+from cloud.ingest.handler import LIVE_FIELDS, LIVE_WINDOW_SAMPLES, handler
+from cloud.lake import decode_jsonl_gz, lake_key
 from cloud.tables import history_pk, history_sk
 from schema.messages import Alarm, Envelope, Sample, Telemetry, encode_envelope
 from tests.cloud.cloud_support import rule_event
@@ -60,35 +61,41 @@ def test_every_message_is_stored_once(
         assert len(items) == n, (thing, kind)
         for item in items:
             assert ("expires_at" in item) == (kind == "telemetry")
-    # the TTL is the message time + RAW_TTL_DAYS, on telemetry only
+    # telemetry: a compact live window (a few samples of the batch, the live chart's fields), one write unit,
+    # expiring RAW_TTL_DAYS (the stack parameter: 2 here) after the message time; the full batch goes to the lake
+    # through Firehose
     tel = next(e for e in envelopes if e.kind == "telemetry")
     item = aws["dynamodb"].get_item(
         TableName=env["HISTORY_TABLE"],
         Key={"pk": {"S": history_pk(tel.thing, "telemetry")}, "sk": {"S": history_sk(tel.ts, tel.id)}},
     )["Item"]
-    assert int(item["expires_at"]["N"]) == int(tel.ts + 30 * 86_400)
-    assert json.loads(item["body"]["S"]) == tel.body
-    # one lake object per message, at its partition, whose rows are the message's
-    # (the moto server is shared by the session: other tests' objects may sit in the lake beside these)
+    assert int(item["expires_at"]["N"]) == int(tel.ts + 2 * 86_400)
+    samples = Telemetry.model_validate(tel.body).samples
+    window = json.loads(item["body"]["S"])
+    assert window["of"] == len(samples) == int(item["n_samples"]["N"]) > LIVE_WINDOW_SAMPLES
+    assert len(window["samples"]) == LIVE_WINDOW_SAMPLES
+    assert window["samples"][-1] == {k: v for k, v in tel.body["samples"][-1].items() if k in LIVE_FIELDS}
+    assert set(window["samples"][0]) == set(LIVE_FIELDS)
+    assert dynamodb_item_bytes(item) <= 1024  # one write unit
+    # the lake: one object per message of the small kinds, at its partition, whose rows are the message's; no
+    # telemetry object from the ingest (the moto server is shared by the session: other tests' objects may sit
+    # in the lake beside these)
     keys = set(_keys(aws, env["DATA_BUCKET"], "lake/"))
-    for e in envelopes:
+    assert not [k for k in keys if k.startswith("lake/kind=telemetry/") and "/thing=bt-a/" in k]
+    for e in (e for e in envelopes if e.kind != "telemetry"):
         assert lake_key("lake/", e.kind, e.ts, e.thing, e.id) in keys
         copies = [k for k in keys if k.endswith(f"/thing={e.thing}/{e.id}.jsonl.gz")]
         assert len(copies) == 1, f"message {e.id} of {e.thing} stored as {copies}"
+    cyc = next(e for e in envelopes if e.kind == "cycles")
     rows = list(
         decode_jsonl_gz(
             aws["s3"]
-            .get_object(Bucket=env["DATA_BUCKET"], Key=lake_key("lake/", "telemetry", tel.ts, tel.thing, tel.id))[
-                "Body"
-            ]
+            .get_object(Bucket=env["DATA_BUCKET"], Key=lake_key("lake/", "cycles", cyc.ts, cyc.thing, cyc.id))["Body"]
             .read()
         )
     )
-    samples = Telemetry.model_validate(tel.body).samples
-    assert [r["ts"] for r in rows] == [s.ts for s in samples]
-    assert [r["voltage_v"] for r in rows] == [s.voltage_v for s in samples]
-    assert rows[0]["temperature_c"] == pytest.approx(sum(samples[0].temperatures_c) / len(samples[0].temperatures_c))
-    assert {r["msg_id"] for r in rows} == {tel.id} and {r["thing"] for r in rows} == {"bt-a"}
+    assert len(rows) == 1 and rows[0]["msg_id"] == cyc.id and rows[0]["thing"] == "bt-a"
+    assert rows[0]["cycle"] == cyc.body["index"]
 
 
 @pytest.mark.slow
@@ -230,34 +237,37 @@ def test_oversized_and_undecodable_events(aws: dict[str, Any], use_env: Any) -> 
     assert handler({"payload_b64": 5, "rule_thing": "x"})["reason"] == "bad_event"
 
 
-def test_a_failure_midway_is_completed_by_the_retry(aws: dict[str, Any], use_env: Any) -> None:
+def test_a_failure_midway_is_completed_by_the_retry(
+    aws: dict[str, Any], use_env: Any, device_b_records: list[tuple[str, bytes]]
+) -> None:
     """DynamoDB fails after the lake object was written: the invocation raises (Lambda retries it), nothing is
     in the History yet, and the retry completes the message, keeping the object written first."""
-    good = _good("bt-f", ts=FLEET_START + 777.0)
-    event = rule_event("battwin/bt-f/telemetry", _dump(good))
-    key = lake_key("lake/", "telemetry", good["ts"], "bt-f", good["id"])
+    topic, payload = next((t, p) for t, p in device_b_records if t.endswith("/health"))
+    msg = Envelope.model_validate_json(payload)
+    payload = payload.replace(msg.thing.encode(), b"bt-f")
+    topic = topic.replace(msg.thing, "bt-f")
+    event = rule_event(topic, payload)
+    key = lake_key("lake/", "health", msg.ts, "bt-f", msg.id)
+    hist_key = {"pk": {"S": history_pk("bt-f", "health")}, "sk": {"S": history_sk(msg.ts, msg.id)}}
     env = use_env("ingest", DEVICE_STATE_TABLE="battwin-no-such-table")
     with pytest.raises(ClientError, match="ResourceNotFoundException"):
         handler(event)
     first = aws["s3"].head_object(Bucket=env["DATA_BUCKET"], Key=key)
-    assert not _items(aws, env["HISTORY_TABLE"], history_pk("bt-f", "telemetry"))
+    assert "Item" not in aws["dynamodb"].get_item(TableName=env["HISTORY_TABLE"], Key=hist_key)
     env = use_env("ingest")
     assert handler(event)["status"] == "stored"
-    assert len(_items(aws, env["HISTORY_TABLE"], history_pk("bt-f", "telemetry"))) == 1
-    assert _state(aws, env, "bt-f")["last_seen"] == good["ts"]
+    assert "Item" in aws["dynamodb"].get_item(TableName=env["HISTORY_TABLE"], Key=hist_key)
+    assert _state(aws, env, "bt-f")["health_ts"] == msg.ts
     again = aws["s3"].head_object(Bucket=env["DATA_BUCKET"], Key=key)
     assert again["ETag"] == first["ETag"] and again["LastModified"] == first["LastModified"]  # not rewritten
     assert handler(event)["status"] == "duplicate"
 
 
-def test_glue_partitions_are_registered(
+def test_no_glue_partition_is_created_per_message(
     aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]]
 ) -> None:
-    env = lambda_env["ingest"]
-    envelopes = [Envelope.model_validate_json(p) for _t, p in ingested["messages"]]
-    for kind in ("telemetry", "cycles", "health"):
-        parts = aws["glue"].get_partitions(DatabaseName=env["GLUE_DATABASE"], TableName=kind)["Partitions"]
-        found = {tuple(p["Values"]): p["StorageDescriptor"]["Location"] for p in parts}
-        for e in (e for e in envelopes if e.kind == kind):
-            values = (utc_day(e.ts), e.thing)
-            assert found[values] == f"s3://{env['DATA_BUCKET']}/lake/kind={kind}/dt={values[0]}/thing={values[1]}/"
+    """The lake's tables use partition projection: storing a day of messages registers no partition (and the
+    ingest has neither the setting nor the permission to)."""
+    assert "GLUE_DATABASE" not in lambda_env["ingest"]
+    for kind in ("telemetry", "cycles", "health", "alarms"):
+        assert aws["glue"].get_partitions(DatabaseName="battwin_lake", TableName=kind)["Partitions"] == []

@@ -309,7 +309,12 @@ def test_cloudwatch_alarms_and_dashboard_watch_the_system() -> None:
             ), name
     for name, p in alarms.items():  # each tells the operators and counts a quiet period as fine
         assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
-        assert p["TreatMissingData"] == "notBreaching" and p["Threshold"] == 0, name
+        assert p["TreatMissingData"] == "notBreaching", name
+        if p["Namespace"] == "AWS/Firehose":  # a success ratio (1 = every delivery succeeded): below 1 alarms
+            assert (p["MetricName"], p["Statistic"], p["Threshold"]) == ("DeliveryToS3.Success", "Minimum", 1), name
+            assert p["ComparisonOperator"] == "LessThanThreshold", name
+        else:
+            assert p["Threshold"] == 0, name
 
     # the dashboard: valid JSON once substituted, showing every alarm and the ingest's metrics
     body = _sub(res["OperationsDashboard"]["Properties"]["DashboardBody"])

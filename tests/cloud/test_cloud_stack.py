@@ -94,7 +94,7 @@ def test_functions(aws: dict[str, Any], physical_ids: dict[str, str], lambda_env
         for k, v in lambda_env["api"].items():
             mp.setenv(k, v)
         assert Api.from_env().history_table == physical_ids["HistoryTable"]
-    assert lambda_env["ingest"]["GLUE_DATABASE"] == "battwin_lake"
+    assert "GLUE_DATABASE" not in lambda_env["ingest"]  # partitions are projected: the ingest registers none
     assert lambda_env["promote"]["THING_GROUP_ARN"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/battwin-fleet"
     assert lambda_env["start"]["TRAINING_SOURCE_URI"].startswith("s3://battwin-test-artifacts/")
     assert lambda_env["start"]["TRAINING_ROLE_ARN"].endswith(physical_ids["SageMakerTrainingRole"])
@@ -110,7 +110,14 @@ def test_iam_roles_and_policies(aws: dict[str, Any], physical_ids: dict[str, str
     ]
     assert "*" not in resources
     bucket = physical_ids["DataBucket"]
-    assert f"arn:aws:s3:::{bucket}/lake/*" in resources and f"arn:aws:s3:::{bucket}/dead-letter/*" in resources
+    # the small kinds' lake objects and the dead letters; never telemetry (Firehose writes it) nor Glue
+    assert [r for r in resources if r.startswith("arn:aws:s3")] == [
+        f"arn:aws:s3:::{bucket}/lake/kind=cycles/*",
+        f"arn:aws:s3:::{bucket}/lake/kind=health/*",
+        f"arn:aws:s3:::{bucket}/lake/kind=alarms/*",
+        f"arn:aws:s3:::{bucket}/dead-letter/*",
+    ]
+    assert not [r for r in resources if ":glue:" in r]
     # the conditional policy on the existing Greengrass token exchange role
     tes = iam.list_role_policies(RoleName=TEST_PARAMS["GreengrassTokenExchangeRoleName"])["PolicyNames"]
     assert f"{STACK}-read-released-models" in tes
@@ -216,7 +223,23 @@ def test_skipped_types_created_through_their_apis(
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
     iot = aws["iot"]
     rules = {r["ruleName"] for r in iot.list_topic_rules()["rules"]}
-    assert rules == {"battwin_telemetry", "battwin_cycles", "battwin_health", "battwin_alarms", "battwin_presence"}
+    assert rules == {
+        "battwin_telemetry",
+        "battwin_telemetry_lake",
+        "battwin_cycles",
+        "battwin_health",
+        "battwin_alarms",
+        "battwin_presence",
+    }
+    # telemetry also goes to the lake's Firehose stream, which exists (moto) with its partitioning and buffering
+    lake_rule = iot.get_topic_rule(ruleName="battwin_telemetry_lake")["rule"]
+    assert lake_rule["actions"][0]["firehose"]["deliveryStreamName"] == "battwin-lake"
+    stream = aws["firehose"].describe_delivery_stream(DeliveryStreamName="battwin-lake")["DeliveryStreamDescription"]
+    dest = stream["Destinations"][0]["ExtendedS3DestinationDescription"]
+    assert dest["BucketARN"] == f"arn:aws:s3:::{physical_ids['DataBucket']}"
+    assert dest["Prefix"] == "lake/kind=!{partitionKeyFromQuery:kind}/dt=!{partitionKeyFromQuery:dt}/"
+    assert dest["BufferingHints"] == {"SizeInMBs": 128, "IntervalInSeconds": 900}
+    assert dest["CompressionFormat"] == "GZIP" and dest["ErrorOutputPrefix"].startswith("dead-letter/firehose/")
     presence = iot.get_topic_rule(ruleName="battwin_presence")["rule"]
     assert presence["sql"] == "SELECT * FROM '$aws/events/presence/+/+'"
     assert presence["actions"][0]["lambda"]["functionArn"].endswith(physical_ids["IngestFunction"])
@@ -243,7 +266,10 @@ def test_skipped_types_created_through_their_apis(
     assert set(glue_tables) == {"telemetry", "cycles", "health", "alarms"}
     for name, table in glue_tables.items():
         assert table["StorageDescriptor"]["Location"] == f"s3://{physical_ids['DataBucket']}/lake/kind={name}/"
-        assert [k["Name"] for k in table["PartitionKeys"]] == ["dt", "thing"]
+        assert [k["Name"] for k in table["PartitionKeys"]] == ["dt"]
+        params = table["Parameters"]
+        assert params["projection.enabled"] == "true" and params["projection.dt.type"] == "date"
+        assert params["storage.location.template"] == f"s3://{physical_ids['DataBucket']}/lake/kind={name}/dt=${{dt}}/"
     wg = aws["athena"].get_work_group(WorkGroup="battwin-analytics")["WorkGroup"]
     assert (
         wg["Configuration"]["ResultConfiguration"]["OutputLocation"]

@@ -14,11 +14,12 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 
 from cloud.deploy import template_parameters
-from cloud.lake import lake_rows, partition_prefix
+from cloud.lake import FIREHOSE_PARTITION_JQ, firehose_partition, lake_rows, partition_prefix, utc_day
+from cloud.local_stack.iot_sql import Message, RuleQuery
 from cloud.package import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from cloud.retrain.start import PINNED_TRAINING_IMAGE, TRAINING_IMAGE_PATTERN, StartSettings
 from cloud.tables import HISTORY_BY_TIME_INDEX
-from schema.messages import Alarm, Envelope, envelope
+from schema.messages import Alarm, Envelope, Sample, encode_envelope, envelope
 from tests.cloud.cloud_support import TEMPLATE, Resolver, load_template, run_agent
 
 KINDS = ("telemetry", "cycles", "health", "alarms")
@@ -114,6 +115,19 @@ def test_topic_rules_pass_the_topic_and_invoke_the_ingest_lambda(tpl: dict[str, 
     r = static_resolver(tpl, ResourcePrefix="fleet1")
     rules = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::IoT::TopicRule"}
     presence = rules.pop("PresenceRule")  # the lifecycle events (tests/cloud/test_cloud_operations.py)
+    lake = rules.pop("TelemetryLakeRule")["TopicRulePayload"]  # telemetry to the lake's Firehose stream
+    assert lake["Sql"] == "SELECT *, topic(2) AS rule_thing, timestamp() AS rule_received_ms FROM 'battwin/+/telemetry'"
+    assert lake["Actions"] == [
+        {
+            "Firehose": {
+                "DeliveryStreamName": "LakeFirehose",
+                "RoleArn": "IotFirehoseRole.Arn",
+                "Separator": "\n",
+                "BatchMode": False,
+            }
+        }
+    ]
+    assert lake["ErrorAction"]["S3"]["Key"].startswith("dead-letter/rule-errors/")
     assert presence["TopicRulePayload"]["Actions"] == [{"Lambda": {"FunctionArn": "IngestFunction.Arn"}}]
     assert len(rules) == 4
     permissions = {
@@ -174,9 +188,6 @@ def test_iam_least_privilege(tpl: dict[str, Any]) -> None:
 #: what a Lambda may reach that is not one of the stack's own resources, and why (RELIABILITY.md, "least
 #: privilege"); anything else a Lambda role names fails test_lambdas_reach_only_the_stacks_own_resources
 NOT_THE_STACKS = {
-    ("IngestRole", "GluePartitions", "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:catalog"): (
-        "Glue checks the account's Data Catalog on every table call"
-    ),
     (
         "PromoteRole",
         "ModelComponent",
@@ -379,11 +390,51 @@ def test_glue_tables_match_what_the_ingest_writes(tpl: dict[str, Any]) -> None:
         table = tables[kind]["TableInput"]
         sd = table["StorageDescriptor"]
         assert sd["Location"] == f"s3://DataBucket/{partition_prefix('lake/', kind)}"
-        assert [k["Name"] for k in table["PartitionKeys"]] == ["dt", "thing"]
-        columns = {c["Name"] for c in sd["Columns"]}
+        # partition projection on the day: no partition is ever registered
+        assert [k["Name"] for k in table["PartitionKeys"]] == ["dt"]
+        params = table["Parameters"]
+        assert params["projection.enabled"] == "true" and params["projection.dt.type"] == "date"
+        assert params["projection.dt.format"] == "yyyy-MM-dd" and params["projection.dt.range"].endswith(",NOW")
+        assert params["storage.location.template"] == f"s3://DataBucket/{partition_prefix('lake/', kind)}dt=${{dt}}/"
+        columns = {c["Name"]: c["Type"] for c in sd["Columns"]}
         env = next(m for m in msgs if m.kind == kind)
+        if kind == "telemetry":  # the lake rule's record (what Firehose stores), as the local rules engine makes it
+            raw = encode_envelope(env.thing, kind, env.parsed_body(), env.ts, env.id)
+            record = RuleQuery(r.properties("TelemetryLakeRule")["TopicRulePayload"]["Sql"]).evaluate(
+                Message(f"battwin/{env.thing}/telemetry", raw, 1)
+            )
+            assert set(columns) == set(record), kind
+            sample_fields = set(Sample.model_fields)
+            struct = re.findall(r"(\w+):", columns["body"].split("array<struct<", 1)[1])
+            assert set(struct) - {"double", "string"} == sample_fields
+            assert firehose_partition(record) == {"kind": "telemetry", "dt": utc_day(env.ts)}
+            continue
         fields = set().union(*(row.keys() for row in lake_rows(env, env.parsed_body(), now)))
-        assert columns == fields - {"thing", "index"}, kind  # thing: partition key; index: repeated as cycle
+        assert set(columns) == fields - {"index"}, kind  # index: repeated as cycle
+
+
+def test_lake_firehose_stream_buffers_and_partitions(tpl: dict[str, Any]) -> None:
+    """The lake's telemetry: few large objects (128 MB / 15 min buffers, gzip), partitioned by kind and day with
+    the query the local stack mirrors, failures under the dead-letter prefix and told by an alarm."""
+    r = static_resolver(tpl)
+    dest = r.properties("LakeFirehose")["ExtendedS3DestinationConfiguration"]
+    assert dest["BufferingHints"] == {"SizeInMBs": 128, "IntervalInSeconds": 900}
+    assert dest["CompressionFormat"] == "GZIP"
+    assert dest["Prefix"] == "lake/kind=!{partitionKeyFromQuery:kind}/dt=!{partitionKeyFromQuery:dt}/"
+    assert dest["ErrorOutputPrefix"].startswith("dead-letter/firehose/!{firehose:error-output-type}/")
+    assert dest["DynamicPartitioningConfiguration"]["Enabled"] is True
+    (proc,) = dest["ProcessingConfiguration"]["Processors"]
+    params = {p["ParameterName"]: p["ParameterValue"] for p in proc["Parameters"]}
+    assert params == {"MetadataExtractionQuery": FIREHOSE_PARTITION_JQ, "JsonParsingEngine": "JQ-1.6"}
+    # its role writes only the lake and its error prefix; the rule's role puts only to this stream
+    stmts = {s["Sid"]: s for _lg, s in _statements(tpl, r) if _lg == "LakeFirehoseRole"}
+    assert stmts["LakeObjects"]["Resource"] == ["DataBucket.Arn/lake/*", "DataBucket.Arn/dead-letter/firehose/*"]
+    (put,) = [s for lg, s in _statements(tpl, r) if lg == "IotFirehoseRole"]
+    assert put["Resource"] == "arn:aws:firehose:us-east-1:123456789012:deliverystream/battwin-lake"
+    assert r.properties("LakeFirehose")["DeliveryStreamName"] == "battwin-lake"
+    alarm = r.properties("LakeFirehoseDeliveryAlarm")
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Firehose", "DeliveryToS3.Success")
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("LessThanThreshold", 1)
 
 
 def test_quicksight_analysis_has_five_visuals_over_declared_columns(tpl: dict[str, Any]) -> None:

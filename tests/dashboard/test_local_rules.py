@@ -44,9 +44,23 @@ def _telemetry_payload(thing: str, ts: float, n: int = 3) -> bytes:
 
 def test_template_rules_are_the_ones_the_runner_mirrors() -> None:
     rules = topic_rules(load_template())
-    assert {r.logical_id for r in rules} == {"TelemetryRule", "CyclesRule", "HealthRule", "AlarmsRule", "PresenceRule"}
+    assert {r.logical_id for r in rules} == {
+        "TelemetryRule",
+        "TelemetryLakeRule",
+        "CyclesRule",
+        "HealthRule",
+        "AlarmsRule",
+        "PresenceRule",
+    }
     for rule in rules:
         q = RuleQuery(rule.sql)
+        if rule.logical_id == "TelemetryLakeRule":  # the envelope + the topic's thing, to the lake's Firehose
+            assert q.topic_filter == "battwin/+/telemetry"
+            assert (rule.function, rule.firehose, rule.separator) == (None, "LakeFirehose", "\n")
+            event = q.evaluate(Message("battwin/t-1/telemetry", b'{"id":"a","thing":"t-2"}', 7))
+            assert event == {"id": "a", "thing": "t-2", "rule_thing": "t-1", "rule_received_ms": 7}
+            assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
+            continue
         if rule.logical_id == "PresenceRule":  # IoT lifecycle events, handed to the ingest as they are
             assert q.topic_filter == "$aws/events/presence/+/+"
             event = b'{"clientId":"t-1","eventType":"disconnected","timestamp":1700000000123}'
@@ -176,7 +190,7 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
 
     errors: list[tuple[str, bytes]] = []
     runner = LocalRulesRunner(
-        broker.url, {"IngestFunction": ingest}, error_sink=lambda k, b: errors.append((k, b))
+        broker.url, {"IngestFunction": ingest, **aws.firehose_targets()}, error_sink=lambda k, b: errors.append((k, b))
     ).start()
     publisher = MqttTransport(MqttSettings(url=broker.url), client_id="rules-test-pub")
     publisher.start()
@@ -200,11 +214,33 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
         TableName=aws.names.device_state_table, Key={"thing": {"S": "rules-t1"}}, ConsistentRead=True
     )["Item"]
     assert item["latest_sample"]["M"]["voltage_v"]["N"] == "14.8"
-    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=aws.names.bucket)["Contents"]]
-    assert any(k.startswith("lake/kind=telemetry/") and "thing=rules-t1" in k for k in keys)
+    s3 = aws.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=aws.names.bucket)["Contents"]]
+    # telemetry reaches the lake through the Firehose rule (no per-message object from the ingest), partitioned
+    # by kind and the envelope's day; both well-formed telemetry messages are there (the Athena view keeps the one
+    # whose envelope names the topic's thing), the non-JSON one is not (the rule's error action took it)
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 10))
+    lake = [k for k in keys if k.startswith(f"lake/kind=telemetry/dt={day}/")]
+    records = [
+        json.loads(line)
+        for k in lake
+        for line in s3.get_object(Bucket=aws.names.bucket, Key=k)["Body"].read().splitlines()
+    ]
+    assert sorted((r["rule_thing"], r["thing"], len(r["body"]["samples"])) for r in records) == [
+        ("other", "rules-t1", 3),
+        ("rules-t1", "rules-t1", 3),
+    ]
+    assert not [k for k in keys if k.startswith("lake/") and k not in lake]
+    # History keeps a compact live window of the stored message, expiring after a day
+    hist = aws.client("dynamodb").scan(TableName=aws.names.history_table)["Items"]
+    assert [json.loads(i["body"]["S"])["of"] for i in hist] == [3]
     assert any(k.startswith("dead-letter/reason=not_json/") for k in keys)
     assert any(k.startswith("dead-letter/reason=thing_mismatch/") for k in keys)
-    assert errors == []
+    # the lake rule cannot SELECT * from the non-JSON payload: its error action keeps it (the ingest's dead letter
+    # above says why)
+    assert [(json.loads(b)["ruleName"], json.loads(b)["payload_b64"]) for _k, b in errors] == [
+        ("TelemetryLakeRule", base64.b64encode(b"not json at all").decode())
+    ]
 
 
 def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) -> None:
@@ -216,7 +252,10 @@ def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) 
     events: list[dict[str, Any]] = []
     errors: list[tuple[str, bytes]] = []
     runner = LocalRulesRunner(
-        broker.url, {"IngestFunction": events.append}, error_sink=lambda k, b: errors.append((k, b)), template=template
+        broker.url,
+        {"IngestFunction": events.append, "LakeFirehose": lambda _record: None},
+        error_sink=lambda k, b: errors.append((k, b)),
+        template=template,
     )
     runner.deliver("battwin/s1/health", b'{"id": "x1", "kind": "health"}', 7)
     runner.deliver("battwin/s1/health", b"garbage", 8)
@@ -243,7 +282,8 @@ def test_a_failing_invocation_is_retried_then_recorded(broker: EmbeddedBroker) -
             calls.append(time.monotonic())
         raise RuntimeError("throttled")
 
-    runner = LocalRulesRunner(broker.url, {"IngestFunction": failing}, failure_sink=failures.append, workers=1)
+    targets = {"IngestFunction": failing, "LakeFirehose": lambda _record: None}
+    runner = LocalRulesRunner(broker.url, targets, failure_sink=failures.append, workers=1)
     runner.deliver("battwin/f1/alarms", b'{"id":"z"}', 1)
     runner.start()
     try:
