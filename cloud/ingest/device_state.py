@@ -56,7 +56,8 @@ class DeviceStateWriter:
         }
         if isinstance(body, Telemetry):
             sets.append("latest_sample = :sample")
-            values[":sample"] = marshal_value(body.samples[-1].model_dump(mode="json"))
+            # as the device sent it: a reading it does not have is left out (the wire omits it too)
+            values[":sample"] = marshal_value(body.samples[-1].model_dump(mode="json", exclude_none=True))
         self.conditional_update(
             Key=key,
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE silent_since",  # heard from: not silent

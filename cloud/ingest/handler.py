@@ -84,19 +84,35 @@ Status = Literal["stored", "duplicate", "dead_letter", "presence"]
 
 #: samples of a telemetry batch kept in its History item (evenly spaced, the last one always among them)
 LIVE_WINDOW_SAMPLES = 6
+#: the compact body's bound: with a 32-character thing name the History item stays within one write unit (1 KB)
+LIVE_BODY_MAX_BYTES = 720
 #: the sample fields the dashboard's live chart draws (cloud/dashboard/views.py ``live_series``)
-LIVE_FIELDS = ("ts", "voltage_v", "current_a", "temperatures_c", "soc_pct")
+LIVE_FIELDS = ("ts", "voltage_v", "current_a", "temperatures_c", "soc_pct", "soc_est_pct")
 
 
-def live_window(body: Telemetry, max_samples: int = LIVE_WINDOW_SAMPLES) -> dict[str, Any]:
+def live_window(
+    body: Telemetry, max_samples: int = LIVE_WINDOW_SAMPLES, max_bytes: int = LIVE_BODY_MAX_BYTES
+) -> dict[str, Any]:
     """A telemetry batch as its compact History body: ``{"samples": [...], "of": n}`` with at most
-    ``max_samples`` samples of the batch (evenly spaced, ending with the last) and only :data:`LIVE_FIELDS`;
-    the full batch is in the lake (Firehose). Small enough that the item is one DynamoDB write unit."""
+    ``max_samples`` samples of the batch (evenly spaced, ending with the last) and only :data:`LIVE_FIELDS`, fewer
+    when the body would pass ``max_bytes`` (so that the item stays one DynamoDB write unit); the full batch is in
+    the lake (Firehose)."""
     n = len(body.samples)
-    step = max(1, -(-n // max_samples))
-    picked = [body.samples[i] for i in range(n - 1, -1, -step)][::-1]
-    samples = [{k: v for k, v in s.model_dump(mode="json").items() if k in LIVE_FIELDS} for s in picked]
-    return {"samples": samples, "of": n}
+    window: dict[str, Any] = {"samples": [], "of": n}
+    for k in range(max(1, max_samples), 0, -1):
+        step = max(1, -(-n // k))
+        picked = [body.samples[i] for i in range(n - 1, -1, -step)][::-1]
+        # as on the wire, a reading the device does not have is left out (battwin's SoC before its first anchor)
+        window = {
+            "samples": [
+                {k: v for k, v in s.model_dump(mode="json", exclude_none=True).items() if k in LIVE_FIELDS}
+                for s in picked
+            ],
+            "of": n,
+        }
+        if len(json.dumps(window, separators=(",", ":"), allow_nan=False)) <= max_bytes:
+            break
+    return window
 
 
 class IngestSettings(BaseModel):

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.cost_model import dynamodb_item_bytes
-from cloud.ingest.handler import LIVE_FIELDS, LIVE_WINDOW_SAMPLES, handler
+from cloud.ingest.handler import LIVE_BODY_MAX_BYTES, LIVE_FIELDS, LIVE_WINDOW_SAMPLES, handler, live_window
 from cloud.lake import decode_jsonl_gz, lake_key
 from cloud.tables import history_pk, history_sk
 from schema.messages import Alarm, Envelope, Sample, Telemetry, encode_envelope
@@ -73,9 +73,11 @@ def test_every_message_is_stored_once(
     samples = Telemetry.model_validate(tel.body).samples
     window = json.loads(item["body"]["S"])
     assert window["of"] == len(samples) == int(item["n_samples"]["N"]) > LIVE_WINDOW_SAMPLES
-    assert len(window["samples"]) == LIVE_WINDOW_SAMPLES
+    # six samples, or fewer once battwin's SoC is in them: the body stays within LIVE_BODY_MAX_BYTES
+    assert len(window["samples"]) == (LIVE_WINDOW_SAMPLES if "soc_est_pct" not in window["samples"][-1] else 5)
+    assert len(item["body"]["S"].encode()) <= LIVE_BODY_MAX_BYTES
     assert window["samples"][-1] == {k: v for k, v in tel.body["samples"][-1].items() if k in LIVE_FIELDS}
-    assert set(window["samples"][0]) == set(LIVE_FIELDS)
+    assert {"ts", "voltage_v", "current_a", "temperatures_c"} <= set(window["samples"][0]) <= set(LIVE_FIELDS)
     assert dynamodb_item_bytes(item) <= 1024  # one write unit
     # the lake: one object per message of the small kinds, at its partition, whose rows are the message's; no
     # telemetry object from the ingest (the moto server is shared by the session: other tests' objects may sit
@@ -271,3 +273,38 @@ def test_no_glue_partition_is_created_per_message(
     assert "GLUE_DATABASE" not in lambda_env["ingest"]
     for kind in ("telemetry", "cycles", "health", "alarms"):
         assert aws["glue"].get_partitions(DatabaseName="battwin_lake", TableName=kind)["Partitions"] == []
+
+
+def test_the_live_window_keeps_one_write_unit_with_battwins_soc_in_every_sample() -> None:
+    def sample(i: int, soc_est: float | None) -> Sample:
+        return Sample(
+            ts=1_796_641_671.645 + i * 1.013,
+            voltage_v=16.123,
+            current_a=-1.234,
+            temperatures_c=[25.3, 26.4, 27.1, 24.9],
+            soc_pct=55.5,
+            soc_est_pct=soc_est,
+            cell_voltages_v=[4.031] * 4,
+            source_id="jbd:ttyUSB0",
+        )
+
+    thing = "t" * 32
+    for soc_est, kept in ((None, LIVE_WINDOW_SAMPLES), (54.3, 5)):
+        window = live_window(Telemetry(samples=tuple(sample(i, soc_est) for i in range(40))))
+        assert len(window["samples"]) == kept and window["of"] == 40
+        assert window["samples"][-1]["ts"] == pytest.approx(1_796_641_671.645 + 39 * 1.013)  # the last is kept
+        assert ("soc_est_pct" in window["samples"][0]) == (soc_est is not None)
+        item = {
+            "pk": {"S": history_pk(thing, "telemetry")},
+            "sk": {"S": history_sk(1.8e9, "0" * 32)},
+            "thing": {"S": thing},
+            "kind": {"S": "telemetry"},
+            "ts": {"N": "1796641711.152"},
+            "id": {"S": "0" * 32},
+            "simulated": {"BOOL": False},
+            "received_at": {"N": "1796641712.0"},
+            "body": {"S": json.dumps(window, separators=(",", ":"))},
+            "n_samples": {"N": "40"},
+            "expires_at": {"N": "1796814511"},
+        }
+        assert dynamodb_item_bytes(item) <= 1024, soc_est
