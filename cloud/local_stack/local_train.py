@@ -135,7 +135,7 @@ class LocalSageMaker:
         log.info("local training job created", extra={"job": name})
         return {"TrainingJobArn": arn}
 
-    def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+    def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:
         job = self.jobs.get(TrainingJobName)
         if job is None:
             raise _client_error("ValidationException", f"Requested resource not found: {TrainingJobName}", "Describe")
@@ -243,7 +243,7 @@ class LocalSageMaker:
         }
         limit = float(req.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
         with log_path.open("wb") as out:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: S603 - this checkout's entry point, as the training container runs it
                 [self.python, "-m", ENTRY_MODULE, *argv],
                 cwd=base,
                 env=env,
@@ -303,7 +303,7 @@ class LocalGreengrass:
         self.deployments: list[dict[str, Any]] = []
         self.deployed_at: dict[str, float] = {}
 
-    def create_component_version(self, inlineRecipe: bytes) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+    def create_component_version(self, inlineRecipe: bytes) -> dict[str, Any]:
         recipe = json.loads(inlineRecipe)
         name, version = recipe["ComponentName"], recipe["ComponentVersion"]
         if (name, version) in self.recipes:
@@ -311,13 +311,13 @@ class LocalGreengrass:
         self.recipes[(name, version)] = recipe
         return {"arn": f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{name}:versions:{version}"}
 
-    def list_deployments(self, targetArn: str, historyFilter: str = "ALL") -> dict[str, Any]:  # noqa: N803
+    def list_deployments(self, targetArn: str, historyFilter: str = "ALL") -> dict[str, Any]:
         mine = [d for d in self.deployments if d["targetArn"] == targetArn]
         if historyFilter == "LATEST_ONLY":
             mine = mine[-1:]
         return {"deployments": [{"deploymentId": d["deploymentId"], "targetArn": targetArn} for d in mine]}
 
-    def get_deployment(self, deploymentId: str) -> dict[str, Any]:  # noqa: N803
+    def get_deployment(self, deploymentId: str) -> dict[str, Any]:
         for d in self.deployments:
             if d["deploymentId"] == deploymentId:
                 return dict(d)
