@@ -44,6 +44,7 @@ from cloud.local_stack.aws_local import LocalAws
 from cloud.local_stack.fleet import (
     DEFAULT_REPLAY_LOG,
     EMULATED_BMS,
+    SHARED_DATA,
     Connection,
     Member,
     emulated_bms_member,
@@ -52,7 +53,7 @@ from cloud.local_stack.fleet import (
     replay_member,
     simulated_member,
 )
-from cloud.local_stack.local_train import LocalRetrainLoop
+from cloud.local_stack.local_train import NASA_HISTORY_CELLS, LocalRetrainLoop, seed_lake_with_cells
 from cloud.local_stack.rules import LocalRulesRunner
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from devkit.broker.embedded import EmbeddedBroker
@@ -85,6 +86,9 @@ class StackOptions:
     #: (tensorflow): BATTWIN_TRAIN_PYTHON, else this interpreter
     retrain: bool = True
     train_python: str | None = None
+    #: real NASA cells put into the lake at start as the fleet's history (from the lab data, when present), so
+    #: that "Retrain now" has enough measured fades to train on and to score a held-out cell
+    lake_history: bool = True
     # AWS IoT Core (broker_url mqtts://…)
     cert_dir: Path | None = None
     ca_file: Path | None = None
@@ -192,6 +196,14 @@ class LocalStack:
         if self.aws is None or not self.options.retrain:
             return None
         python = self.options.train_python or os.environ.get("BATTWIN_TRAIN_PYTHON") or sys.executable
+        cells = SHARED_DATA / "cells"
+        if self.options.lake_history and (cells / "nasa").is_dir():
+            n = seed_lake_with_cells(self.aws.client("s3"), self.aws.names.bucket, cells)
+            self.notes.append(
+                f"lake history: {len(NASA_HISTORY_CELLS)} NASA cells, {n} measured discharges (real data)"
+            )
+        elif self.options.lake_history:
+            self.notes.append(f"no lake history: {cells / 'nasa'} not found; retraining sees only the demo's cycles")
         self.retrain = LocalRetrainLoop(
             s3=self.aws.client("s3"),
             dynamodb=self.aws.client("dynamodb"),

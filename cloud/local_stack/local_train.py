@@ -24,6 +24,7 @@ from the template's definition. Differences from AWS are listed in cloud/README.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -45,6 +46,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cloud.lake import encode_jsonl_gz, lake_key
 from cloud.local_stack.template import load_template, table_request
 from cloud.retrain.challenger import split_s3
 from cloud.retrain.promote import Promoter, PromoteSettings
@@ -350,6 +352,54 @@ class LocalGreengrass:
         tmp.rename(final)
         self.deployed_at[version] = time.time()
         log.info("model version deployed locally", extra={"version": version, "path": str(final)})
+
+
+#: NASA cells of the lab data (``<cells>/nasa/<name>.csv``) that make a fleet history for the local lake
+NASA_HISTORY_CELLS = ("B0025", "B0029", "B0042", "B0045", "B0046", "B0047", "B0054", "B0055")
+
+
+def seed_lake_with_cells(
+    s3: Any,
+    bucket: str,
+    cells_dir: Path,
+    names: tuple[str, ...] = NASA_HISTORY_CELLS,
+    *,
+    lake_prefix: str = "lake/",
+    t0: float = 1_700_000_000.0,
+) -> int:
+    """Put measured NASA discharges into the lake's cycles partition as the ingest Lambda writes them, one object
+    per cell under the thing ``nasa-<name>`` (real data: ``simulated`` false). Returns the measured capacities
+    (> 0 Ah; a few NASA discharges recorded 0 Ah, which the retraining does not count)."""
+    n = 0
+    for name in names:
+        path = cells_dir / "nasa" / f"{name}.csv"
+        rows: list[dict[str, Any]] = []
+        with path.open() as fh:
+            for r in csv.DictReader(fh):
+                if not r["capacity_ah"]:
+                    continue
+                end = t0 + float(r["elapsed_h"]) * 3600.0
+                capacity = float(r["capacity_ah"])
+                n += capacity > 0
+                temp = r["ambient_temperature_c"]
+                rows.append(
+                    {
+                        "thing": f"nasa-{name}",
+                        "source_id": name,
+                        "msg_id": f"{name}-{r['cycle']}",
+                        "index": int(r["cycle"]),
+                        "kind": "discharge",
+                        "start_ts": end - 3600.0,
+                        "end_ts": end,
+                        "capacity_ah": capacity,
+                        "complete": True,
+                        "mean_temperature_c": float(temp) if temp else None,
+                        "simulated": False,
+                    }
+                )
+        key = lake_key(lake_prefix, "cycles", t0, f"nasa-{name}", "history")
+        s3.put_object(Bucket=bucket, Key=key, Body=encode_jsonl_gz(rows))
+    return n
 
 
 class LoopBusy(RuntimeError):

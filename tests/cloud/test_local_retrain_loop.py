@@ -4,7 +4,6 @@ it and its health messages carry the new model version, without a restart."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import tarfile
@@ -16,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from cloud.lake import encode_jsonl_gz, lake_key
 from cloud.local_stack.aws_local import LocalAws
-from cloud.local_stack.local_train import LocalRetrainLoop
+from cloud.local_stack.local_train import NASA_HISTORY_CELLS, LocalRetrainLoop, seed_lake_with_cells
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.health.model_files import read_model_file
@@ -32,43 +30,12 @@ from tests.ml.ml_support import CELLS, need_cells, need_tensorflow
 from tests.support import require_module
 
 #: real NASA cells, put into the lake as if eight things had reported their discharges (not simulated)
-LAKE_CELLS = ("B0025", "B0029", "B0042", "B0045", "B0046", "B0047", "B0054", "B0055")
+LAKE_CELLS = NASA_HISTORY_CELLS
 T0 = 1_700_000_000.0
 
 
 def seed_lake(s3: Any, bucket: str, cells: tuple[str, ...] = LAKE_CELLS) -> int:
-    """One cycles object per thing, in the lake's cycles partition; returns the measured capacities (> 0 Ah: a few
-    NASA discharges recorded 0 Ah, which the retraining rightly does not count)."""
-    n = 0
-    for name in cells:
-        rows: list[dict[str, Any]] = []
-        with (CELLS / "nasa" / f"{name}.csv").open() as fh:
-            for r in csv.DictReader(fh):
-                if not r["capacity_ah"]:
-                    continue
-                end = T0 + float(r["elapsed_h"]) * 3600.0
-                capacity = float(r["capacity_ah"])
-                n += capacity > 0
-                temp = r["ambient_temperature_c"]
-                rows.append(
-                    {
-                        "thing": f"nasa-{name}",
-                        "source_id": name,
-                        "msg_id": f"{name}-{r['cycle']}",
-                        "index": int(r["cycle"]),
-                        "kind": "discharge",
-                        "start_ts": end - 3600.0,
-                        "end_ts": end,
-                        "capacity_ah": capacity,
-                        "complete": True,
-                        "mean_temperature_c": float(temp) if temp else None,
-                        "simulated": False,
-                    }
-                )
-        s3.put_object(
-            Bucket=bucket, Key=lake_key("lake/", "cycles", T0, f"nasa-{name}", "seed"), Body=encode_jsonl_gz(rows)
-        )
-    return n
+    return seed_lake_with_cells(s3, bucket, CELLS, cells, t0=T0)
 
 
 @pytest.fixture
