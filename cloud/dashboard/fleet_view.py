@@ -101,6 +101,17 @@ def alarm_bins(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return bins
 
 
+def model_counts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batteries per SohModel version of their newest estimate, most used first (``None``: no model: the physics
+    fit or no estimate yet); the names of up to :data:`BIN_NAMES` batteries each."""
+    by: dict[str | None, list[str]] = {}
+    for r in rows:
+        v = r.get("model_version")
+        by.setdefault(str(v) if v else None, []).append(str(r["thing"]))
+    ordered = sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0] is None, kv[0] or ""))
+    return [{"model_version": v, "count": len(t), "things": sorted(t)[:BIN_NAMES]} for v, t in ordered]
+
+
 def overview(
     summaries: list[dict[str, Any]],
     details: list[dict[str, Any] | None],
@@ -125,6 +136,8 @@ def overview(
             "cycle_index": summary.get("cycle_index"),
             "eol_threshold": _num(health.get("eol_threshold")),
             "method": summary.get("health_method"),
+            # the SohModel version behind the newest estimate (None: the physics fit, or no estimate yet)
+            "model_version": health.get("model_version"),
             "open_alarms": len(summary.get("open_alarms") or []),
         }
         rows.append(row)
@@ -156,6 +169,7 @@ def overview(
             "without_soh": sorted(r["thing"] for r in rows if r["soh"] is None)[:BIN_NAMES],
             "without_soh_count": sum(r["soh"] is None for r in rows),
         },
+        "models": model_counts(rows),
         "at_risk": ranked[:AT_RISK_ROWS],
         "at_risk_total": len(ranked),
         "without_rul": len(rows) - len(ranked),

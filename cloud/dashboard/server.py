@@ -8,6 +8,8 @@
     GET  /api/things/{thing}/shadow      the configuration shadow: desired, reported, rejected, delta
     POST /api/things/{thing}/shadow      {"desired": {...}}: merged into the shadow's desired state
     GET  /api/v1/devices[/…]             the fleet/device API itself, passed through unchanged
+    GET  /api/retrain                    the local stack's retraining loop: run in progress, last result, champion
+    POST /api/retrain                    start one retraining run (202; 409 while one runs; 501 without a loop)
 
 Loopback by default. POSTs must be ``application/json`` and, when the browser sends an ``Origin``, come
 from this server's own origin, so another web page cannot change a device's configuration.
@@ -21,7 +23,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cloud.dashboard.api_client import ApiClient, ApiClientError
@@ -50,21 +52,53 @@ class HttpError(Exception):
         self.message = message
 
 
+class RetrainControl(Protocol):
+    """What the dashboard needs of a retraining loop (cloud.local_stack.local_train.LocalRetrainLoop)."""
+
+    def start(self) -> str: ...  # a RuntimeError (LoopBusy) while a run is in progress
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Dashboard:
     """The application behind the HTTP handler (usable without a socket in tests)."""
 
-    def __init__(self, api: ApiClient, shadows: ShadowControl | None = None, poll_ms: int = POLL_MS) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        shadows: ShadowControl | None = None,
+        poll_ms: int = POLL_MS,
+        retrain: RetrainControl | None = None,
+    ) -> None:
         self.api = api
         self.data = DashboardData(api)
         self.shadows = shadows
         self.poll_ms = poll_ms
+        self.retrain = retrain
 
     def info(self) -> dict[str, Any]:
         return {
             "api": self.api.description,
             "shadow": self.shadows.description if self.shadows is not None else None,
             "poll_ms": self.poll_ms,
+            "retrain": self.retrain is not None,
         }
+
+    def retrain_status(self) -> dict[str, Any]:
+        if self.retrain is None:
+            raise HttpError(501, "no_retrain", "this dashboard was started without a retraining loop")
+        return self.retrain.status()
+
+    def start_retrain(self) -> dict[str, Any]:
+        if self.retrain is None:
+            raise HttpError(501, "no_retrain", "this dashboard was started without a retraining loop")
+        if self.retrain.status().get("running"):
+            raise HttpError(409, "busy", "a retraining run is in progress")
+        try:
+            self.retrain.start()
+        except RuntimeError as exc:  # LoopBusy: another request started one just now
+            raise HttpError(409, "busy", str(exc)) from None
+        return self.retrain.status()
 
     def get_shadow(self, thing: str) -> dict[str, Any]:
         if self.shadows is None:
@@ -141,6 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, self.app.data.fleet())
             elif path == "/api/fleet/overview":
                 self._json(200, self.app.data.fleet_overview())
+            elif path == "/api/retrain":
+                self._json(200, self.app.retrain_status())
             elif m := re.fullmatch(r"/api/things/([^/]+)/shadow", path):
                 self._json(200, self.app.get_shadow(_thing(m.group(1))))
             elif m := re.fullmatch(r"/api/things/([^/]+)", path):
@@ -166,6 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         try:
+            if path == "/api/retrain":
+                self._check_origin()
+                self._json(202, self.app.start_retrain())
+                return
             m = re.fullmatch(r"/api/things/([^/]+)/shadow", path)
             if m is None:
                 raise HttpError(404, "not_found", f"no route for POST {path}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -43,14 +44,17 @@ from cloud.local_stack.aws_local import LocalAws
 from cloud.local_stack.fleet import (
     DEFAULT_REPLAY_LOG,
     EMULATED_BMS,
+    SHARED_DATA,
     Connection,
     Member,
     bank_member,
     emulated_bms_member,
+    model_root,
     replay_agent_member,
     replay_member,
     simulated_member,
 )
+from cloud.local_stack.local_train import NASA_HISTORY_CELLS, LocalRetrainLoop, seed_lake_with_cells
 from cloud.local_stack.rules import LocalRulesRunner
 from device_agent.shadow.topics import AMQTT_ROOT, AWS_ROOT
 from devkit.broker.embedded import EmbeddedBroker
@@ -81,6 +85,13 @@ class StackOptions:
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     poll_ms: int = 1500
     rules_workers: int = 3
+    #: the dashboard's "Retrain now" (cloud.local_stack.local_train); the job's interpreter needs the ml extra
+    #: (tensorflow): BATTWIN_TRAIN_PYTHON, else this interpreter
+    retrain: bool = True
+    train_python: str | None = None
+    #: real NASA cells put into the lake at start as the fleet's history (from the lab data, when present), so
+    #: that "Retrain now" has enough measured fades to train on and to score a held-out cell
+    lake_history: bool = True
     # AWS IoT Core (broker_url mqtts://…)
     cert_dir: Path | None = None
     ca_file: Path | None = None
@@ -106,6 +117,7 @@ class LocalStack:
         self.shadows: LocalShadowService | None = None
         self.monitor: FleetMonitor | None = None
         self.dashboard: DashboardServer | None = None
+        self.retrain: LocalRetrainLoop | None = None
         self.members: list[Member] = []
         self.threads: list[threading.Thread] = []
         self.broker_url = options.broker_url or ""
@@ -170,7 +182,7 @@ class LocalStack:
                 for thing in m.things:
                     self.monitor.things.setdefault(thing, ThingView()).stress = m.stress
         if opts.dashboard and api is not None:
-            app = Dashboard(api, shadow_control, poll_ms=opts.poll_ms)
+            app = Dashboard(api, shadow_control, poll_ms=opts.poll_ms, retrain=self._retrain_loop())
             self.dashboard = _serve(app, opts.dashboard_host, opts.dashboard_port)
             self._stoppers.append(self.dashboard.stop)
         elif shadow_control is not None:
@@ -182,6 +194,30 @@ class LocalStack:
             self.threads.append(t)
         for t in self.threads:
             t.start()
+
+    def _retrain_loop(self) -> LocalRetrainLoop | None:
+        """The fleet loop on this stack's lake, deploying into the artifact root the agents watch."""
+        if self.aws is None or not self.options.retrain:
+            return None
+        python = self.options.train_python or os.environ.get("BATTWIN_TRAIN_PYTHON") or sys.executable
+        cells = SHARED_DATA / "cells"
+        if self.options.lake_history and (cells / "nasa").is_dir():
+            n = seed_lake_with_cells(self.aws.client("s3"), self.aws.names.bucket, cells)
+            self.notes.append(
+                f"lake history: {len(NASA_HISTORY_CELLS)} NASA cells, {n} measured discharges (real data)"
+            )
+        elif self.options.lake_history:
+            self.notes.append(f"no lake history: {cells / 'nasa'} not found; retraining sees only the demo's cycles")
+        self.retrain = LocalRetrainLoop(
+            s3=self.aws.client("s3"),
+            dynamodb=self.aws.client("dynamodb"),
+            bucket=self.aws.names.bucket,
+            model_root=model_root(self.workdir),
+            workdir=self.workdir / "training",
+            python=python,
+        )
+        self._stoppers.append(self.retrain.close)
+        return self.retrain
 
     def _rules_runner(self, aws: LocalAws) -> LocalRulesRunner:
         env = aws.ingest_environment()

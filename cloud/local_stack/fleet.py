@@ -138,12 +138,27 @@ class Member:
         self.agent.close()
 
 
+#: where the local Greengrass deployment puts each com.battwin.SohModel version (cloud.local_stack.local_train)
+MODEL_ROOT = Path("greengrass") / "packages" / "artifacts" / "com.battwin.SohModel"
+MODEL_POLL_S = 2.0
+
+
+def model_root(workdir: Path) -> Path:
+    """The model component's artifact root the demo's agents watch (one for the fleet, as on one core device)."""
+    return workdir / MODEL_ROOT
+
+
+def _health(workdir: Path) -> dict[str, Any]:
+    return {"model_root": model_root(workdir), "model_poll_s": MODEL_POLL_S}
+
+
 def _agent(config: AgentConfig, source: Source, conn: Connection) -> Agent:
     transport = MqttTransport(config.mqtt, client_id=config.thing_name)
     agent = Agent(config, source, transport)
     attach_config_sync(agent, MqttShadowClient(transport, config.thing_name, config.shadow.name, conn.shadow_root))
     model_dir = model_dir_for(config)
-    if model_dir is not None:  # the shipped hybrid model, hot-swappable like on a device
+    if model_dir is not None or config.health.model_root is not None:
+        # the shipped hybrid model until the retraining loop deploys a version under the root: switched live
         agent.model_manager = attach_model_manager(agent, model_dir)
     return agent
 
@@ -162,6 +177,7 @@ def simulated_member(m: FleetMember, seed: int, conn: Connection, workdir: Path,
         tracker={"cells_series": sim.cells_series, "cutoff_voltage_per_cell_v": sim.discharge_cutoff_per_cell_v},
         telemetry=_telemetry(accel / interval, interval),
         spool={"path": workdir / f"{m.name}.db"},
+        health=_health(workdir),
         shadow={"topic_root": conn.shadow_root},
     )
     source = SimulatorSource(sim, interval_s=interval, name=m.name)
@@ -193,6 +209,7 @@ def emulated_bms_member(
             tracker={"cells_series": sim.cells_series, "cutoff_voltage_per_cell_v": sim.discharge_cutoff_per_cell_v},
             telemetry=_telemetry(1.0 / wall_interval, BMS_SIM_SECONDS_PER_POLL),
             spool={"path": workdir / f"{m.name}.db"},
+            health=_health(workdir),
             shadow={"topic_root": conn.shadow_root},
         )
         source = EmulatedBmsSource(create_source(config.source.url, config.source), bms_accel, t0=t0)
@@ -213,6 +230,7 @@ def replay_agent_member(m: ReplayMember, conn: Connection, workdir: Path, stop: 
         mqtt=conn.mqtt(m.name),
         telemetry={**_telemetry(m.rate_hz, 10.0), "batch_max_age_s": 86_400.0},
         spool={"path": workdir / f"{m.name}.db"},
+        health=_health(workdir),
         shadow={"topic_root": conn.shadow_root},
     )
     source = PacedReplaySource(ReplaySource(m.log, start_ts=start_ts), m.rate_hz, stop)
@@ -259,6 +277,7 @@ def bank_member(packs: int, conn: Connection, workdir: Path, accel: float, agein
         # a tenth of a battery's published samples per pack: 16 packs add what 1.6 batteries do to the rules
         telemetry=_telemetry(bank_accel / interval * BANK_TELEMETRY_THINNING, interval),
         spool={"path": workdir / f"{BANK_NAME}.db"},
+        health=_health(workdir),  # one model manager for the core: every pack switches to a retrained version
         shadow={"topic_root": conn.shadow_root},
         packs=[
             {

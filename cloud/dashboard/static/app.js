@@ -108,7 +108,7 @@
         h("div", { class: "chart", id: "chart-soh-hist", "data-testid": "chart-soh-hist" })),
       panel("at-risk", "At risk: ranked by remaining useful life", "Fewest cycles to end of life first; 80 % range p10–p90 when the forecast has one.",
         h("div", { class: "risk" }, [h("table", { class: "grid", id: "at-risk" }, [
-          h("thead", {}, h("tr", {}, ["#", "thing", "SoH", "RUL (cycles)", "RUL 80 %", "cycle"].map(function (t) { return h("th", { text: t }); }))),
+          h("thead", {}, h("tr", {}, ["#", "thing", "SoH", "RUL (cycles)", "RUL 80 %", "cycle", "model"].map(function (t) { return h("th", { text: t }); }))),
           h("tbody", {}),
         ]), h("p", { class: "note", id: "at-risk-note" })])),
       panel("fleet-fade", "Fade curves", "Measured SoH (capacity / C0) per complete discharge, every battery.",
@@ -116,6 +116,15 @@
       panel("fleet-alarms", "Alarms over time", "Alarms raised across the fleet, per time bin (device clocks).",
         h("div", { class: "chart", id: "chart-fleet-alarms", "data-testid": "chart-fleet-alarms" })),
     ]));
+    if (state.info && state.info.retrain) {
+      view.appendChild(h("section", { class: "panel", id: "panel-retrain" }, [
+        h("h2", { text: "Retraining" }),
+        h("div", { class: "note", text: "The fleet loop, locally: the lake's cycles → a training job running the SageMaker entry point → " +
+          "the champion/challenger gate on held-out cells → a new SohModel version the agents load without restart." }),
+        h("button", { id: "retrain-button", type: "button", text: "Retrain now", onclick: startRetrain }),
+        h("p", { id: "retrain-status", text: "" }),
+      ]));
+    }
     view.appendChild(h("h2", { text: "Batteries" }));
     const head = h("tr", {}, COLUMNS.map(function (c) {
       return h("th", { "data-key": c.key, "data-sort": state.sort.key === c.key ? state.sort.dir : null, onclick: function () { sortBy(c.key); }, text: c.label });
@@ -137,11 +146,46 @@
     return row[key];
   }
   async function pollFleet(seq) {
-    const [data, overview] = await Promise.all([getJson("/api/fleet"), getJson("/api/fleet/overview")]);
+    const retrain = state.info && state.info.retrain;
+    const [data, overview, loop] = await Promise.all([getJson("/api/fleet"), getJson("/api/fleet/overview"),
+      retrain ? getJson("/api/retrain") : null]);
     if (seq !== state.seq) return;
     state.fleet = data;
     renderFleet();
     renderOverview(overview);
+    if (loop) renderRetrain(loop);
+  }
+  async function startRetrain() {
+    const button = document.getElementById("retrain-button");
+    button.disabled = true;
+    try {
+      renderRetrain(await getJson("/api/retrain", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }));
+    } catch (e) {
+      document.getElementById("retrain-status").textContent = "could not start: " + e.message;
+      button.disabled = false;
+    }
+  }
+  function renderRetrain(r) {
+    const button = document.getElementById("retrain-button");
+    const el = document.getElementById("retrain-status");
+    if (!button || !el) return;
+    button.disabled = !!r.running;
+    const parts = [];
+    if (r.running) parts.push("running" + (r.job ? " (" + r.job + ")" : "") + "…");
+    const last = r.last;
+    if (last && !r.running) {
+      let text = "last run: " + last.status;
+      const d = last.decision || {};
+      if (typeof d.challenger_score === "number") text += ", challenger " + fmt(d.challenger_score, 3) + " pp";
+      if (typeof d.champion_score === "number") text += " vs champion " + fmt(d.champion_score, 3) + " pp";
+      if (last.job && typeof last.job.TrainingTimeInSeconds === "number") text += ", job " + fmt(last.job.TrainingTimeInSeconds, 0) + " s";
+      if (last.reason) text += " — " + last.reason;
+      parts.push(text);
+    }
+    const c = r.champion;
+    parts.push(c ? "champion: " + (c.model_version || "?") + " (component " + c.component_version + ")" : "no champion yet: the shipped model");
+    el.textContent = parts.join(" · ");
+    el.setAttribute("data-status", r.running ? "running" : (last ? last.status : "idle"));
   }
   function renderOverview(o) {
     const hist = o.soh_histogram;
@@ -164,9 +208,11 @@
         h("td", { class: "num", "data-col": "rul_cycles", text: fmt(r.rul_cycles, 0) }),
         h("td", { class: "num", "data-col": "rul_range", text: range }),
         h("td", { class: "num", "data-col": "cycle_index", text: fmt(r.cycle_index, 0) }),
+        h("td", { "data-col": "model_version", text: r.model_version || "physics fit" }),
       ]));
     });
-    document.getElementById("at-risk-note").textContent = o.without_rul ? o.without_rul + " without an RUL forecast yet." : "";
+    document.getElementById("at-risk-note").textContent = (o.without_rul ? o.without_rul + " without an RUL forecast yet. " : "") +
+      "SoH model in use: " + (o.models || []).map(function (m) { return (m.model_version || "none (physics fit)") + " × " + m.count; }).join(", ") + ".";
     const hl = typeof o.eol_threshold === "number" ? [{ y: o.eol_threshold, label: "EOL threshold " + pct(o.eol_threshold), color: "#c01048" }] : [];
     Charts.line(document.getElementById("chart-fleet-fade"), {
       id: "fleet-fade", xType: "number", xLabel: "cycle", yLabel: "SoH", height: 260, hlines: hl,
