@@ -70,6 +70,8 @@ TESTS = (
     "--ignore=tests/ml",
     "--ignore=tests/dashboard",
     "--ignore=tests/test_locks.py",
+    # the local retraining loop runs the TensorFlow training job (the ml extra, not in these venvs)
+    "--ignore=tests/cloud/test_local_retrain_loop.py",
     # a minute of load that measures the machine rather than the Python (make test runs it)
     "--ignore=tests/reliability/test_soak.py",
 )
