@@ -71,7 +71,7 @@ bench: $(STAMP)
 gg-build: $(STAMP)
 	$(PY) -m components.build
 
-# the device path and the cloud handlers' tests on Python 3.12 and 3.13 too (venvs .venv-3.12, .venv-3.13 from a
+# the device path and the cloud handlers' tests (quick tier + every_python) on Python 3.12 and 3.13 too (venvs .venv-3.12, .venv-3.13 from a
 # subset of requirements/dev.lock; tools/pyversions.py says which); PYVERSIONS_ARGS="--versions 3.13 -- -x" etc.
 pyversions:
 	$(PYTHON) tools/pyversions.py $(PYVERSIONS_ARGS)

@@ -17,8 +17,11 @@ import csv
 import gzip
 import json
 import math
+import multiprocessing
+import os
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +250,20 @@ def evaluate_nasa(log_path: Path, workdir: Path | None = None, config: AgentConf
     return NasaResult(name, discharges, unpublished, skipped)
 
 
+def evaluate_nasa_logs(logs: Sequence[str] = NASA_EVAL_LOGS, workers: int | None = None) -> list[NasaResult]:
+    """:func:`evaluate_nasa` for each of ``logs`` (names under :data:`NASA_LOGS`), in that order; the replays
+    are independent, so they run in ``workers`` processes (default: one per CPU), the longest logs first."""
+    paths = [NASA_LOGS / f"{name}.csv.gz" for name in logs]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
+    if workers == 1:
+        return [evaluate_nasa(path) for path in paths]
+    longest_first = sorted(paths, key=lambda path: path.stat().st_size, reverse=True)
+    # spawn, not fork: the caller may have threads (a test session's brokers, a logging queue)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = dict(zip(longest_first, pool.map(evaluate_nasa, longest_first), strict=True))
+    return [done[path] for path in paths]
+
+
 # -- figures ----------------------------------------------------------------------------------------------
 def draw_figures(out_dir: Path, logs: Sequence[str] = NASA_EVAL_LOGS) -> dict[str, object]:
     import matplotlib
@@ -291,7 +308,7 @@ def draw_figures(out_dir: Path, logs: Sequence[str] = NASA_EVAL_LOGS) -> dict[st
     if not logs:
         return summary
 
-    results = [evaluate_nasa(NASA_LOGS / f"{name}.csv.gz") for name in logs]
+    results = evaluate_nasa_logs(logs)
     summary["nasa"] = {
         r.log: {
             "rmse_pp": round(r.rmse_pct, 2),

@@ -64,7 +64,8 @@ ROOTS = (
 )
 
 #: the device path (agent, Greengrass IPC against the emulator, hardware drivers and emulators) and the cloud
-#: handlers; not ml/ (TensorFlow training) nor the dashboard (a browser) nor the lock check (a partial venv)
+#: handlers (their quick tier and the slow tests marked ``every_python``); not ml/ (TensorFlow training) nor the
+#: dashboard (a browser) nor the lock check (a partial venv)
 TESTS = (
     "tests",
     "--ignore=tests/ml",
@@ -74,6 +75,12 @@ TESTS = (
     "--ignore=tests/cloud/test_local_retrain_loop.py",
     # a minute of load that measures the machine rather than the Python (make test runs it)
     "--ignore=tests/reliability/test_soak.py",
+    # the quick tier (`make quick`'s selection) and the slow tests marked every_python: the slow ones are longer
+    # runs of the same code paths, which `make test` runs in full on 3.11; what differs between Pythons shows in
+    # the quick tier, which starts every real component once (tests/test_tiers.py). Keeps .ci/run well inside
+    # its time on a slower 2-core machine (the full selection took 14 min per version here, ~21 min there).
+    "-m",
+    "not slow or every_python",
 )
 
 _ENTRY = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==")

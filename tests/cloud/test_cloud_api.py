@@ -54,6 +54,7 @@ def envelopes(ingested: dict[str, Any]) -> list[Envelope]:
 
 
 @pytest.mark.slow
+@pytest.mark.every_python  # the API handler runs on the Lambda runtime's python3.13
 def test_devices_paginated(aws: dict[str, Any], api_env: dict[str, str]) -> None:
     stored = aws["dynamodb"].scan(TableName=api_env["DEVICE_STATE_TABLE"], Select="COUNT")["Count"]
     assert stored >= 2
@@ -67,6 +68,7 @@ def test_devices_paginated(aws: dict[str, Any], api_env: dict[str, str]) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.every_python  # the API handler runs on the Lambda runtime's python3.13
 def test_device_detail(api_env: dict[str, str], envelopes: list[Envelope]) -> None:
     status, body = get("/devices/bt-b")
     assert status == 200

@@ -101,6 +101,7 @@ def test_every_message_is_stored_once(
 
 
 @pytest.mark.slow
+@pytest.mark.every_python  # the ingest handler runs on the Lambda runtime's python3.13
 def test_a_message_delivered_twice_is_stored_once(
     aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]], use_env: Any
 ) -> None:

@@ -386,6 +386,7 @@ class KeysOnlyIndexPages:
 
 
 @pytest.mark.slow  # ~7 MB of items through moto
+@pytest.mark.every_python  # the API handler runs on the Lambda runtime's python3.13
 def test_history_pages_stay_under_lambdas_response_limit_and_return_every_item_once(local: dict[str, Any]) -> None:
     aws, env = local["aws"], local["env"]
     ddb = aws.client("dynamodb")

@@ -403,6 +403,7 @@ def _offline(transport: MemoryTransport, active: bool) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.every_python  # BLE runs on 3.12+ only: make pyversions is the only run that has it
 def test_the_agent_raises_source_offline_and_recovers_when_the_pack_returns(radio: FakeRadio, tmp_path: Path) -> None:
     feed = make_feed(seed=14)
     radio.add(JbdBlePeer(JBD_ADDRESS, feed))
