@@ -11,6 +11,8 @@ import inspect
 import json
 import random
 import threading
+from pathlib import Path
+from typing import Any
 
 from device_agent.agent import DROP_ALARM_EVERY_S, Agent
 from device_agent.config import AgentConfig
@@ -46,28 +48,34 @@ def test_the_ipc_payload_budget_is_the_published_formula_and_figures() -> None:
     assert MQTT_MAX_MESSAGE_BYTES == 128 * 1024
 
 
-def test_default_telemetry_at_1_s_on_the_ipc_budget_is_38_to_39_samples_of_7_to_7_3_kb(tmp_path) -> None:
-    """RELIABILITY.md: "with the defaults at 1 s sampling a batch is 38–39 samples, 7.0–7.3 KB on IPC (never over
-    the 7,287 B budget)"."""
-    budget = publish_payload_budget(TELEMETRY)
+def default_telemetry_on_the_ipc_budget(tmp_path: Path, n_samples: int = 3000, **config: Any) -> list[bytes]:
+    """The telemetry payloads the agent publishes from ``n_samples`` simulated 1 s samples with the default
+    batching, on a transport that refuses anything over the IPC payload budget (``config``: more AgentConfig
+    sections, e.g. ``soc``)."""
     settings = SimulatorSettings(seed=3, time_acceleration=1e6, ageing_factor=10.0, start_ts=1.7e9, cells_series=4)
-    config = AgentConfig(
+    agent_config = AgentConfig(
         thing_name="gg-test-thing",
         source={"url": "simulator", "sample_interval_s": 1.0, "simulator": settings.model_dump()},
         tracker={"cells_series": 4},
         spool={"path": tmp_path / "spool.db"},
+        **config,
     )
-    assert config.telemetry.batch_max_samples == 60 and config.telemetry.batch_max_age_s == 60  # the defaults
-    transport = MemoryTransport(max_payload=budget)
-    agent = Agent(config, SimulatorSource(settings, interval_s=1.0), transport, Spool(tmp_path / "spool.db"))
+    assert agent_config.telemetry.batch_max_samples == 60 and agent_config.telemetry.batch_max_age_s == 60
+    transport = MemoryTransport(max_payload=publish_payload_budget(TELEMETRY))
+    agent = Agent(agent_config, SimulatorSource(settings, interval_s=1.0), transport, Spool(tmp_path / "spool.db"))
     try:
-        agent.run(threading.Event(), max_samples=3000)
+        agent.run(threading.Event(), max_samples=n_samples)
         agent.shutdown(5)
     finally:
         agent.close()
-    batches = [
-        (len(json.loads(p)["body"]["samples"]), len(p)) for t, p in transport.published if t.endswith("/telemetry")
-    ]
+    return [p for t, p in transport.published if t.endswith("/telemetry")]
+
+
+def test_default_telemetry_at_1_s_on_the_ipc_budget_is_38_to_39_samples_of_7_to_7_3_kb(tmp_path) -> None:
+    """RELIABILITY.md: "with the defaults at 1 s sampling a batch is 38–39 samples, 7.0–7.3 KB on IPC (never over
+    the 7,287 B budget)"."""
+    budget = publish_payload_budget(TELEMETRY)
+    batches = [(len(json.loads(p)["body"]["samples"]), len(p)) for p in default_telemetry_on_the_ipc_budget(tmp_path)]
     assert sum(n for n, _ in batches) == 3000
     full = batches[:-1]  # the last one is closed by the shutdown
     assert {n for n, _ in full} <= {38, 39}, sorted({n for n, _ in full})

@@ -361,30 +361,13 @@ def test_replay_with_telemetry_writes_the_samples_with_battwins_soc(tmp_path: Pa
 def test_default_telemetry_with_soc_est_pct_is_35_samples_a_batch_on_the_ipc_budget(tmp_path: Path):
     """RELIABILITY.md: with battwin's SoC in every sample a default batch at 1 s is 35 samples (38–39 without),
     7.1–7.3 KB, never over the 7,287 B budget."""
-    import threading
-
-    from hardware.simulator.source import SimulatorSource
-    from schema.simulator_settings import SimulatorSettings
-    from tests.test_published_figures import TELEMETRY, publish_payload_budget
+    from tests.test_published_figures import TELEMETRY, default_telemetry_on_the_ipc_budget, publish_payload_budget
 
     budget = publish_payload_budget(TELEMETRY)
-    settings = SimulatorSettings(seed=3, time_acceleration=1e6, ageing_factor=10.0, start_ts=1.7e9, cells_series=4)
-    config = AgentConfig(
-        thing_name="gg-test-thing",
-        source={"url": "simulator", "sample_interval_s": 1.0, "simulator": settings.model_dump()},
-        tracker={"cells_series": 4},
-        spool={"path": tmp_path / "spool.db"},
-        soc={"capacity_ah": 2.0, "rest_min_s": 300.0},  # published from the first rest on
-    )
-    transport = MemoryTransport(max_payload=budget)
-    agent = Agent(config, SimulatorSource(settings, interval_s=1.0), transport, Spool(tmp_path / "spool.db"))
-    try:
-        agent.run(threading.Event(), max_samples=3000)
-        agent.shutdown(5)
-    finally:
-        agent.close()
-    batches = [json.loads(p)["body"]["samples"] for t, p in transport.published if t.endswith("/telemetry")]
-    sizes = [len(p) for t, p in transport.published if t.endswith("/telemetry")]
+    # published from the first rest on
+    payloads = default_telemetry_on_the_ipc_budget(tmp_path, soc={"capacity_ah": 2.0, "rest_min_s": 300.0})
+    batches = [json.loads(p)["body"]["samples"] for p in payloads]
+    sizes = [len(p) for p in payloads]
     with_soc = [(len(b), size) for b, size in zip(batches, sizes, strict=True) if all("soc_est_pct" in s for s in b)]
     assert len(with_soc) > 50
     assert {n for n, _ in with_soc[:-1]} == {35}

@@ -14,7 +14,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,19 @@ class LocalAws:
         self.endpoint = f"http://{host}:{port}"
         log.info("moto server listening", extra={"endpoint": self.endpoint})
         return self
+
+    @classmethod
+    @contextmanager
+    def running(cls, *, resources: bool = True) -> Iterator[LocalAws]:
+        """A started moto server (with the stack's tables, bucket and streams unless ``resources=False``),
+        stopped on the way out whatever happened inside."""
+        local = cls().start()
+        try:
+            if resources:
+                local.create_resources()
+            yield local
+        finally:
+            local.stop()
 
     def stop(self) -> None:
         if self._server is not None:

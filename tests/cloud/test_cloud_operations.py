@@ -32,9 +32,7 @@ LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
 @pytest.fixture(scope="module")
 def local() -> Iterator[dict[str, Any]]:
     """A moto server with the template's tables and bucket, an SNS topic and a queue subscribed to it."""
-    aws = LocalAws().start()
-    try:
-        aws.create_resources()
+    with LocalAws.running() as aws:
         sns, sqs = aws.client("sns"), aws.client("sqs")
         topic = sns.create_topic(Name="ops-test-alarms")["TopicArn"]
         queue_url = sqs.create_queue(QueueName="ops-test-inbox")["QueueUrl"]
@@ -42,8 +40,6 @@ def local() -> Iterator[dict[str, Any]]:
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
         env = aws.ingest_environment()
         yield {"aws": aws, "topic": topic, "queue_url": queue_url, "env": env}
-    finally:
-        aws.stop()
 
 
 def inbox(local: dict[str, Any]) -> list[dict[str, Any]]:

@@ -40,12 +40,8 @@ def seed_lake(s3: Any, bucket: str, cells: tuple[str, ...] = LAKE_CELLS) -> int:
 
 @pytest.fixture
 def aws() -> Iterator[LocalAws]:
-    local = LocalAws().start()
-    local.create_resources()
-    try:
+    with LocalAws.running() as local:
         yield local
-    finally:
-        local.stop()
 
 
 def new_agent(tmp_path: Path, root: Path, health: list[dict[str, Any]]) -> Agent:

@@ -98,9 +98,7 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
 def test_dashboard_command_serves_the_ui(tmp_path: Path) -> None:
     from cloud.local_stack.aws_local import LocalAws
 
-    aws = LocalAws().start()
-    try:
-        aws.create_resources()
+    with LocalAws.running() as aws:
         port = free_port()
         env = {**os.environ, **aws.environment(), "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(
@@ -125,8 +123,6 @@ def test_dashboard_command_serves_the_ui(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    finally:
-        aws.stop()
 
 
 @pytest.mark.slow

@@ -126,10 +126,8 @@ def test_topic_filters() -> None:
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[LocalAws]:
-    local = LocalAws().start()
-    local.create_resources()
-    yield local
-    local.stop()
+    with LocalAws.running() as local:
+        yield local
 
 
 @pytest.fixture(scope="module")

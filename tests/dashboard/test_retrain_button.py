@@ -20,12 +20,8 @@ from tests.dashboard.conftest import fetch, wait_for
 
 @pytest.fixture
 def aws() -> Iterator[LocalAws]:
-    local = LocalAws().start()
-    local.create_resources()
-    try:
+    with LocalAws.running() as local:
         yield local
-    finally:
-        local.stop()
 
 
 def _server(aws: LocalAws, retrain: LocalRetrainLoop | None) -> DashboardServer:
