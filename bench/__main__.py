@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bench_agent", "bench_multipack", "bench_drivers", "bench_ml", "bench_cloud", "bench_cost", "bench_fuzz"]
+ORDER = [
+    "bench_agent",
+    "bench_multipack",
+    "bench_drivers",
+    "bench_ml",
+    "bench_cloud",
+    "bench_cost",
+    "bench_scale",
+    "bench_fuzz",
+]
 
 
 def main() -> int:

@@ -359,17 +359,22 @@ TODAY = Architecture(
 )
 BUILT = Architecture(
     name="built",
-    description="as built: MQTT topics, JSON telemetry; the telemetry topic's two rules -> Firehose (dynamic "
-    "partitioning by kind and date, gzip JSON lines, 128 MB / 900 s buffers) and the ingest Lambda (DeviceState's "
-    "latest sample + a compact TTL'd History live window); cycles/health/alarms -> the ingest Lambda (DeviceState, "
-    "History, one lake object each); no raw telemetry in DynamoDB; Glue partition projection",
+    description="as built: MQTT topics, JSON telemetry; every topic's two rules -> Firehose (one stream, dynamic "
+    "partitioning by kind and date, gzip JSON lines, 128 MB / 900 s buffers: the lake for every kind) and the ingest "
+    "Lambda (telemetry: DeviceState's latest sample + a compact TTL'd History live window; cycles/health/alarms: "
+    "DeviceState, History, alarms; no lake object); no raw telemetry in DynamoDB; Glue partition projection",
     ingress="mqtt",
     encoding="json",
     telemetry_path="firehose",
     as_measured=True,
     firehose_parquet=False,
     glue_partition_projection=True,
-    built={"firehose_lake": True, "partition_projection": True, "live_window_history": True},
+    built={
+        "firehose_lake": True,
+        "firehose_small_kinds": True,
+        "partition_projection": True,
+        "live_window_history": True,
+    },
 )
 TARGET = Architecture(
     name="target",

@@ -1,27 +1,23 @@
-"""The S3 data lake's layout and record format, shared by the ingest Lambda, the retraining Lambda and Glue.
+"""The S3 data lake's layout and record format, shared by the retraining Lambda, the local stack and Glue.
 
-Cycles, health and alarms (the ingest Lambda; JSON Lines, gzip; one object per device message, named by the
-message id and written only if absent, so a re-delivery stores nothing new)::
+Every kind reaches the lake through the template's ``LakeFirehose`` stream: the IoT rules ``TelemetryLakeRule``,
+``CyclesLakeRule``, ``HealthLakeRule`` and ``AlarmsLakeRule`` put each message as one record (gzip JSON Lines,
+one object per partition and buffer of 128 MB or 15 minutes for the whole fleet)::
 
-    <lake prefix>kind=<cycles|health|alarms>/dt=YYYY-MM-DD/thing=<thing>/<message id>.jsonl.gz
+    <lake prefix>kind=<telemetry|cycles|health|alarms>/dt=YYYY-MM-DD/<stream>-<version>-<time>-<uuid>.gz
 
-Rows are flat for Athena: the body's own fields plus ``msg_id``, ``msg_ts`` (envelope time), ``thing`` and
-``received_at`` (cloud time); cycle rows repeat ``index`` as ``cycle``; alarm ``details`` are a JSON string
-``details_json``.
-
-Telemetry (the template's ``LakeFirehose`` stream, fed by the ``TelemetryLakeRule`` IoT rule; gzip JSON
-Lines, one object per partition and buffer of 128 MB or 15 minutes for the whole fleet)::
-
-    <lake prefix>kind=telemetry/dt=YYYY-MM-DD/<stream>-<version>-<time>-<uuid>.gz
-
-One line per message: the envelope as the device sent it plus ``rule_thing`` (the topic's thing) and
-``rule_received_ms``. The partition keys come from the record by :data:`FIREHOSE_PARTITION_JQ` (Firehose's
-dynamic partitioning; :func:`firehose_partition` is the same in Python, for the local stack).
+One line per message: the envelope as the device sent it plus ``rule_thing`` and ``rule_kind`` (the topic's
+thing and kind) and ``rule_received_ms``. The partition keys come from the record by
+:data:`FIREHOSE_PARTITION_JQ` (Firehose's dynamic partitioning; :func:`firehose_partition` is the same in
+Python, for the local stack): a record whose kind is not its topic's, or not a lake kind, lands under
+``kind=rejected``. Firehose delivers at least once: readers keep one record per (thing, message id)
+(:func:`lake_records`; the Athena data sets do the same with ``row_number()``), and only records whose envelope
+names the topic's thing (the ingest Lambda dead-letters the others).
 
 ``dt`` is the UTC day of the envelope's time stamp. Each kind is one Glue table partitioned by ``dt`` with
-partition projection (nothing registers partitions; a ``thing=`` folder under a day is read as part of it).
+partition projection (nothing registers partitions).
 
-Dead letters (anything that could not be stored as data, with the reason)::
+Dead letters (anything the ingest Lambda could not store as data, with the reason)::
 
     <dead-letter prefix>reason=<code>/dt=YYYY-MM-DD/<sha256 of the payload>.json
 """
@@ -35,18 +31,17 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from schema.messages import Alarm, CycleRecord, Envelope, Message, Telemetry
-
 LAKE_KINDS = ("telemetry", "cycles", "health", "alarms")
 DEFAULT_LAKE_PREFIX = "lake/"
 DEFAULT_DEAD_LETTER_PREFIX = "dead-letter/"
 
 
-#: Firehose's partition-key query (JQ 1.6) on a telemetry record; a record whose ``kind`` is not telemetry
-#: lands under ``kind=rejected`` (never in another kind's table), one without a numeric ``ts`` in the stream's
-#: error output
+#: Firehose's partition-key query (JQ 1.6) on a lake record: a record whose ``kind`` is a lake kind and the
+#: topic's (``rule_kind``) lands under its kind, any other under ``kind=rejected`` (never in another kind's
+#: table); one without a numeric ``ts`` goes to the stream's error output
 FIREHOSE_PARTITION_JQ = (
-    '{kind: (if .kind == "telemetry" then "telemetry" else "rejected" end), dt: (.ts | floor | todate | .[0:10])}'
+    '{kind: (if .kind == .rule_kind and (.kind == "telemetry" or .kind == "cycles" or .kind == "health"'
+    ' or .kind == "alarms") then .kind else "rejected" end), dt: (.ts | floor | todate | .[0:10])}'
 )
 
 
@@ -59,9 +54,10 @@ def firehose_partition(record: dict[str, Any]) -> dict[str, str]:
     ts = record.get("ts")
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise PartitionError(f"ts is not a number: {str(ts)[:40]!r}")
-    kind = "telemetry" if record.get("kind") == "telemetry" else "rejected"
+    kind = record.get("kind")
+    lake_kind = kind if (kind == record.get("rule_kind") and kind in LAKE_KINDS) else "rejected"
     try:
-        return {"kind": kind, "dt": utc_day(float(int(ts // 1)))}
+        return {"kind": str(lake_kind), "dt": utc_day(float(int(ts // 1)))}
     except (OverflowError, OSError, ValueError) as exc:
         raise PartitionError(f"ts out of range: {ts!r}") from exc
 
@@ -85,40 +81,27 @@ def normalise_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def partition_prefix(lake_prefix: str, kind: str, day: str | None = None, thing: str | None = None) -> str:
+def partition_prefix(lake_prefix: str, kind: str, day: str | None = None) -> str:
     out = f"{normalise_prefix(lake_prefix)}kind={kind}/"
     if day is not None:
         out += f"dt={day}/"
-        if thing is not None:
-            out += f"thing={thing}/"
     return out
 
 
-def lake_key(lake_prefix: str, kind: str, ts: float, thing: str, msg_id: str) -> str:
-    return f"{partition_prefix(lake_prefix, kind, utc_day(ts), thing)}{msg_id}.jsonl.gz"
-
-
 def parse_partition(key: str) -> dict[str, str]:
-    """``…/kind=cycles/dt=2025-01-02/thing=t1/x.jsonl.gz`` → {"kind": "cycles", "dt": …, "thing": "t1"}."""
+    """``…/kind=cycles/dt=2025-01-02/x.gz`` → {"kind": "cycles", "dt": "2025-01-02"}."""
     out: dict[str, str] = {}
     for part in key.split("/")[:-1]:
         name, sep, value = part.partition("=")
-        if sep and name in ("kind", "dt", "thing"):
+        if sep and name in ("kind", "dt"):
             out[name] = value
     return out
 
 
-def lake_rows(envelope: Envelope, body: Message, received_at: float) -> list[dict[str, Any]]:
-    """The flat Athena rows of one validated message."""
-    base = {"msg_id": envelope.id, "msg_ts": envelope.ts, "thing": envelope.thing, "received_at": received_at}
-    if isinstance(body, Telemetry):
-        return [{**s.model_dump(mode="json"), "temperature_c": s.temperature_c, **base} for s in body.samples]
-    row: dict[str, Any] = {**body.model_dump(mode="json"), **base}
-    if isinstance(body, CycleRecord):
-        row["cycle"] = body.index
-    if isinstance(body, Alarm):
-        row["details_json"] = json.dumps(row.pop("details"), separators=(",", ":"), sort_keys=True)
-    return [row]
+def lake_record(envelope: dict[str, Any], topic_thing: str, topic_kind: str, received_ms: int) -> dict[str, Any]:
+    """The record the lake rules put for one message (``SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind,
+    timestamp() AS rule_received_ms``): the envelope as sent plus the topic's parts and the receive time."""
+    return {**envelope, "rule_thing": topic_thing, "rule_kind": topic_kind, "rule_received_ms": received_ms}
 
 
 def encode_jsonl_gz(rows: Iterable[dict[str, Any]]) -> bytes:
@@ -127,10 +110,53 @@ def encode_jsonl_gz(rows: Iterable[dict[str, Any]]) -> bytes:
     return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
 
 
-def decode_jsonl_gz(data: bytes) -> Iterator[dict[str, Any]]:
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
-        if line.strip():
-            yield json.loads(line)
+def decode_jsonl(data: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON lines of a lake object, gzip'd (Firehose with ``CompressionFormat: GZIP``) or not (moto's
+    Firehose writes records as put). A line that is not a JSON object is skipped (Athena's
+    ``ignore.malformed.json`` does the same)."""
+    text = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    for line in text.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def lake_records(records: Iterable[dict[str, Any]], kind: str) -> Iterator[dict[str, Any]]:
+    """The records of ``kind`` the Athena data sets keep: the envelope names the topic's thing and kind, and one
+    record per (thing, message id) — the first one received (Firehose delivers at least once)."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        thing, msg_id = rec.get("thing"), rec.get("id")
+        if rec.get("kind") != kind or rec.get("rule_kind", kind) != kind:
+            continue
+        if not isinstance(thing, str) or not isinstance(msg_id, str) or rec.get("rule_thing", thing) != thing:
+            continue
+        key = (thing, msg_id)
+        seen = best.get(key)
+        if seen is None or _received(rec) < _received(seen):
+            best[key] = rec
+    yield from best.values()
+
+
+def _received(rec: dict[str, Any]) -> float:
+    value = rec.get("rule_received_ms")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("inf")
+
+
+def flat_row(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A lake record of a small kind as one flat row: the body's fields plus ``msg_id``, ``msg_ts``, ``thing``
+    and ``simulated`` (the envelope's, unless the body has its own); None if the body is not an object."""
+    body = record.get("body")
+    if not isinstance(body, dict):
+        return None
+    row: dict[str, Any] = {"simulated": bool(record.get("simulated", False)), **body}
+    row.update({"msg_id": record.get("id"), "msg_ts": record.get("ts"), "thing": record.get("thing")})
+    return row
 
 
 def dead_letter_key(prefix: str, reason: str, payload: bytes, received_at: float) -> str:

@@ -1,5 +1,5 @@
-"""Ingest Lambda: one device message from an IoT rule → DeviceState (+ a small History item) and, for the small
-kinds, the S3 data lake.
+"""Ingest Lambda: one device message from an IoT rule → DeviceState and a small History item (DynamoDB only: the
+S3 data lake is fed by the lake rules' Firehose actions, never by this function).
 
 The IoT rules of the template hand over the raw payload, base64-encoded, with the topic's parts, so that a
 payload that is not JSON still reaches this function (and is dead-lettered with the reason) instead of
@@ -17,22 +17,19 @@ Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
 :class:`~schema.messages.Envelope` → the topic's thing and kind must match the envelope's → body model
 → store. Anything that fails a check is written to the dead-letter prefix
 with the reason and the original payload (and the invocation succeeds: retrying would not help). Storing, in
-this order, every step idempotent:
+this order, every step idempotent (nothing goes to the lake from here: each kind's lake rule hands the message to
+the lake's Firehose stream, buffered and partitioned by kind and date, ``cloud/README.md``; **raw telemetry
+never passes through here into DynamoDB**):
 
-1. cycles, health and alarms only: the lake object, under a key made of the message id, written only if absent
-   (``If-None-Match: *``: the first delivery's bytes are kept). **Raw telemetry never passes through here into
-   the lake or DynamoDB**: the telemetry rule's second action hands the message to the lake's Firehose stream
-   (buffered, partitioned by kind and date; ``cloud/README.md``); the Glue tables use partition projection, so
-   nothing registers partitions;
-2. DeviceState updates (:mod:`cloud.ingest.device_state`; telemetry: the latest sample), each conditional on
+1. DeviceState updates (:mod:`cloud.ingest.device_state`; telemetry: the latest sample), each conditional on
    being newer than what is stored (a repeat changes nothing); an alarm that began an episode is published to
    the operators' SNS topic once (:mod:`cloud.notify`);
-3. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
+2. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
    message whose item exists is a duplicate, and its earlier delivery stored everything. For telemetry the item
    is a compact live window (:func:`live_window`: at most :data:`LIVE_WINDOW_SAMPLES` samples of the batch, the
    fields the dashboard's live chart draws; under 1 KB, one write unit) that expires after ``RAW_TTL_DAYS``.
 
-An AWS error in 1–3 raises, so Lambda's asynchronous retries (and then the on-failure destination, an SQS
+An AWS error in 1–2 raises, so Lambda's asynchronous retries (and then the on-failure destination, an SQS
 queue) apply; a retry redoes the steps that are not done yet and the History put last, so a valid message
 is never dropped and never stored twice. (The History put comes last rather than first as a "claim" so
 that a message costs one DynamoDB write of its size, not two: writes are billed by item size.)
@@ -55,7 +52,6 @@ from cloud.aws import (
     env,
     env_float,
     env_int,
-    error_code,
     is_conditional_failure,
     marshal,
     request_id,
@@ -63,14 +59,7 @@ from cloud.aws import (
 )
 from cloud.ingest.checks import Rejected, RuleEvent, raw_payload, summarise_errors, validate_message
 from cloud.ingest.device_state import AlarmChange, DeviceStateWriter
-from cloud.lake import (
-    DEFAULT_DEAD_LETTER_PREFIX,
-    DEFAULT_LAKE_PREFIX,
-    dead_letter_key,
-    encode_jsonl_gz,
-    lake_key,
-    lake_rows,
-)
+from cloud.lake import DEFAULT_DEAD_LETTER_PREFIX, dead_letter_key
 from cloud.notify import DEFAULT_NAMESPACE, NoticeBook, Notifier, emit_metrics, notifies
 from cloud.tables import history_pk, history_sk
 from schema.messages import Alarm, Envelope, Message, Telemetry
@@ -121,7 +110,6 @@ class IngestSettings(BaseModel):
     history_table: str
     device_state_table: str
     bucket: str
-    lake_prefix: str = DEFAULT_LAKE_PREFIX
     dead_letter_prefix: str = DEFAULT_DEAD_LETTER_PREFIX
     #: days a telemetry message's compact live-window item stays in History (0: no expiry)
     raw_ttl_days: float = Field(default=1.0, ge=0.0)
@@ -137,7 +125,6 @@ class IngestSettings(BaseModel):
             history_table=env("HISTORY_TABLE"),
             device_state_table=env("DEVICE_STATE_TABLE"),
             bucket=env("DATA_BUCKET"),
-            lake_prefix=env("LAKE_PREFIX", DEFAULT_LAKE_PREFIX),
             dead_letter_prefix=env("DEAD_LETTER_PREFIX", DEFAULT_DEAD_LETTER_PREFIX),
             raw_ttl_days=env_float("RAW_TTL_DAYS", 1.0),
             max_message_bytes=env_int("MAX_MESSAGE_BYTES", IOT_MAX_MESSAGE_BYTES),
@@ -280,23 +267,8 @@ class Ingestor:
 
     # -- storing ----------------------------------------------------------------------------------
     def _store(self, envelope: Envelope, body: Message, received_at: float) -> Outcome:
+        # the lake is not written here: every kind reaches it through its lake rule's Firehose action
         st = self.settings
-        key: str | None = None
-        if not isinstance(body, Telemetry):  # telemetry reaches the lake through the rule's Firehose action
-            key = lake_key(st.lake_prefix, envelope.kind, envelope.ts, envelope.thing, envelope.id)
-            try:
-                self.s3.put_object(
-                    Bucket=st.bucket,
-                    Key=key,
-                    Body=encode_jsonl_gz(lake_rows(envelope, body, received_at)),
-                    ContentType="application/x-ndjson",
-                    ContentEncoding="gzip",
-                    IfNoneMatch="*",
-                )
-            except Exception as exc:
-                if error_code(exc) not in ("PreconditionFailed", "412"):
-                    raise
-                # the object exists: written by an earlier attempt at this message (or its first delivery); kept
         change = self.device_state.update(envelope, body, received_at)
         notices = None
         if isinstance(body, Alarm) and change is not None and self._notify_alarm(envelope.thing, body, change):
@@ -328,7 +300,7 @@ class Ingestor:
                 return Outcome("duplicate", id=envelope.id, thing=envelope.thing, kind=envelope.kind, notices=notices)
             raise
         log.debug("message stored", extra={"message_id": envelope.id, "thing": envelope.thing, "kind": envelope.kind})
-        return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, key=key, notices=notices)
+        return Outcome("stored", id=envelope.id, thing=envelope.thing, kind=envelope.kind, notices=notices)
 
     def _notify_alarm(self, thing: str, alarm: Alarm, change: AlarmChange) -> bool:
         """Tell operators once per episode (:mod:`cloud.notify`): the delivery whose alarm update began the

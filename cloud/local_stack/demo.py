@@ -225,7 +225,6 @@ class LocalStack:
             history_table=env["HISTORY_TABLE"],
             device_state_table=env["DEVICE_STATE_TABLE"],
             bucket=env["DATA_BUCKET"],
-            lake_prefix=env.get("LAKE_PREFIX", "lake/"),
             dead_letter_prefix=env.get("DEAD_LETTER_PREFIX", "dead-letter/"),
             raw_ttl_days=float(env.get("RAW_TTL_DAYS", "30")),
             max_clock_skew_s=DEMO_MAX_CLOCK_SKEW_S,

@@ -46,7 +46,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cloud.lake import encode_jsonl_gz, lake_key
+from cloud.lake import encode_jsonl_gz, firehose_partition, lake_record, partition_prefix
 from cloud.local_stack.template import load_template, table_request
 from cloud.retrain.challenger import split_s3
 from cloud.retrain.promote import Promoter, PromoteSettings
@@ -367,13 +367,16 @@ def seed_lake_with_cells(
     lake_prefix: str = "lake/",
     t0: float = 1_700_000_000.0,
 ) -> int:
-    """Put measured NASA discharges into the lake's cycles partition as the ingest Lambda writes them, one object
-    per cell under the thing ``nasa-<name>`` (real data: ``simulated`` false). Returns the measured capacities
-    (> 0 Ah; a few NASA discharges recorded 0 Ah, which the retraining does not count)."""
+    """Put measured NASA discharges into the lake's cycles partitions as the lake's Firehose stream delivers a
+    thing's cycle messages (one record per discharge: the envelope plus the lake rule's fields, gzip JSON lines,
+    one object per day partition) under the thing ``nasa-<name>`` (real data: ``simulated`` false; the body
+    holds the fields the retraining reads). Returns the measured capacities (> 0 Ah; a few NASA discharges
+    recorded 0 Ah, which the retraining does not count)."""
     n = 0
+    by_day: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         path = cells_dir / "nasa" / f"{name}.csv"
-        rows: list[dict[str, Any]] = []
+        thing = f"nasa-{name}"
         with path.open() as fh:
             for r in csv.DictReader(fh):
                 if not r["capacity_ah"]:
@@ -382,23 +385,31 @@ def seed_lake_with_cells(
                 capacity = float(r["capacity_ah"])
                 n += capacity > 0
                 temp = r["ambient_temperature_c"]
-                rows.append(
-                    {
-                        "thing": f"nasa-{name}",
-                        "source_id": name,
-                        "msg_id": f"{name}-{r['cycle']}",
-                        "index": int(r["cycle"]),
-                        "kind": "discharge",
-                        "start_ts": end - 3600.0,
-                        "end_ts": end,
-                        "capacity_ah": capacity,
-                        "complete": True,
-                        "mean_temperature_c": float(temp) if temp else None,
-                        "simulated": False,
-                    }
-                )
-        key = lake_key(lake_prefix, "cycles", t0, f"nasa-{name}", "history")
-        s3.put_object(Bucket=bucket, Key=key, Body=encode_jsonl_gz(rows))
+                body = {
+                    "index": int(r["cycle"]),
+                    "kind": "discharge",
+                    "start_ts": end - 3600.0,
+                    "end_ts": end,
+                    "capacity_ah": capacity,
+                    "complete": True,
+                    "mean_temperature_c": float(temp) if temp else None,
+                    "source_id": name,
+                    "simulated": False,
+                }
+                envelope = {
+                    "v": 1,
+                    "id": f"{name}-{r['cycle']}",
+                    "thing": thing,
+                    "kind": "cycles",
+                    "ts": end,
+                    "simulated": False,
+                    "body": body,
+                }
+                record = lake_record(envelope, thing, "cycles", int(end * 1000))
+                by_day.setdefault(firehose_partition(record)["dt"], []).append(record)
+    for day, records in sorted(by_day.items()):
+        key = f"{partition_prefix(lake_prefix, 'cycles', day)}nasa-history-{day}.gz"
+        s3.put_object(Bucket=bucket, Key=key, Body=encode_jsonl_gz(records))
     return n
 
 

@@ -107,9 +107,13 @@ class LocalRulesRunner:
         self._pending = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> LocalRulesRunner:
+    def start(self, timeout: float = 10.0, *, subscribe: bool = True) -> LocalRulesRunner:
+        """Start the workers and (``subscribe``) connect to the broker and subscribe; without ``subscribe`` only
+        :meth:`deliver` feeds the rules (a scale run that hands messages over directly)."""
         for w in self._workers:
             w.start()
+        if not subscribe:
+            return self
         self.transport.start()
         if not self.transport.wait_connected(timeout):
             raise RuntimeError("the rules runner could not connect to the broker")

@@ -2,7 +2,8 @@
 
 Triggered by an EventBridge schedule. Steps:
 
-1. read every cycle object of the lake (``<lake>/kind=cycles/…``, in parallel);
+1. read the lake's cycles partitions (``<lake>/kind=cycles/dt=…/``: Firehose's buffer objects, in parallel) and
+   keep each message once (Firehose delivers at least once);
 2. build one contract CSV per battery (:mod:`cloud.retrain.dataset`) and upload them as the ``train``
    channel: ``s3://<bucket>/<training prefix><job>/train/<dataset>/<cell>.csv`` (the trainer reads
    ``SM_CHANNEL_TRAIN/<dataset>/*.csv``; the folder name is the dataset name), with a ``manifest.json``
@@ -38,7 +39,15 @@ from cloud.aws import (
     request_id,
     setup_lambda_logging,
 )
-from cloud.lake import DEFAULT_LAKE_PREFIX, decode_jsonl_gz, normalise_prefix, parse_partition, partition_prefix
+from cloud.lake import (
+    DEFAULT_LAKE_PREFIX,
+    decode_jsonl,
+    flat_row,
+    lake_records,
+    normalise_prefix,
+    parse_partition,
+    partition_prefix,
+)
 from cloud.retrain.dataset import CellCsv, LakeCycle, build_cell_csvs, fingerprint
 from cloud.retrain.registry import Registry
 
@@ -150,31 +159,36 @@ class Retrainer:
 
     # -- reading the lake -------------------------------------------------------------------------
     def cycle_keys(self) -> list[str]:
+        """The objects of the lake's cycles partitions (``kind=cycles/dt=…/``): Firehose's buffers, a few per day
+        for the whole fleet (not one per message)."""
         prefix = partition_prefix(self.settings.lake_prefix, "cycles")
         keys: list[str] = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".jsonl.gz"))
+            keys.extend(
+                obj["Key"] for obj in page.get("Contents", []) if "dt" in parse_partition(obj["Key"]) and obj["Size"]
+            )
         return keys
 
-    def _read(self, key: str) -> list[LakeCycle]:
-        data = self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
-        thing = parse_partition(key).get("thing")
-        out = []
-        for row in decode_jsonl_gz(data):
-            rec = LakeCycle.from_row(row, thing)
-            if rec is None:
-                log.warning("unusable cycle row in the lake", extra={"key": key})
-                continue
-            out.append(rec)
-        return out
+    def _read(self, key: str) -> list[dict[str, Any]]:
+        return list(decode_jsonl(self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()))
 
     def read_cycles(self) -> list[LakeCycle]:
+        """Every cycle record of the lake once (one per thing and message id, the envelope naming the topic's
+        thing: :func:`cloud.lake.lake_records`, what the Athena data set keeps)."""
         keys = self.cycle_keys()
-        records: list[LakeCycle] = []
+        raw: list[dict[str, Any]] = []
         with ThreadPoolExecutor(max_workers=self.settings.read_workers) as pool:
             for recs in pool.map(self._read, keys):
-                records.extend(recs)
-        log.info("lake cycle records read", extra={"objects": len(keys), "records": len(records)})
+                raw.extend(recs)
+        records: list[LakeCycle] = []
+        for rec in lake_records(raw, "cycles"):
+            row = flat_row(rec)
+            cyc = LakeCycle.from_row(row) if row is not None else None
+            if cyc is None:
+                log.warning("unusable cycle record in the lake", extra={"message_id": str(rec.get("id"))[:64]})
+                continue
+            records.append(cyc)
+        log.info("lake cycle records read", extra={"objects": len(keys), "lines": len(raw), "records": len(records)})
         return records
 
     # -- the run ----------------------------------------------------------------------------------

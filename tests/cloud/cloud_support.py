@@ -184,3 +184,26 @@ def run_agent(
     agent = Agent(config, create_source(config.source.url, config.source), transport, Spool(":memory:"))
     agent.run(threading.Event(), max_samples=int(hours * 3600 / config.source.sample_interval_s))
     return list(transport.published)
+
+
+def deliver_to_lake(s3: Any, bucket: str, messages: list[tuple[str, bytes]], received_ms: int | None = None) -> Any:
+    """What the template's lake rules and its Firehose stream make of ``messages``: each matching rule's record
+    (the local rules runner's SQL and record format) put to the stream's buffered delivery
+    (:class:`cloud.local_stack.firehose.BufferedFirehose`), flushed at the end. Returns the stream."""
+    from cloud.local_stack.firehose import BufferedFirehose
+    from cloud.local_stack.iot_sql import Message, RuleQuery
+    from cloud.local_stack.rules import firehose_record
+    from cloud.local_stack.template import firehose_streams, topic_rules
+    from cloud.local_stack.template import load_template as load_cfn
+
+    tpl = load_cfn()
+    (spec,) = firehose_streams(tpl).values()
+    stream = BufferedFirehose(spec, s3, bucket)
+    rules = [(r, RuleQuery(r.sql)) for r in topic_rules(tpl) if r.firehose is not None and not r.disabled]
+    at = received_ms if received_ms is not None else int(time.time() * 1000)
+    for topic, payload in messages:
+        for rule, query in rules:
+            if query.matches(topic):
+                stream.put(firehose_record(rule, query.evaluate(Message(topic, payload, at))))
+    stream.flush()
+    return stream

@@ -324,14 +324,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="package")
 @slow_fixture  # runs the agent for two devices through the ingest: tens of seconds
 def ingested(
+    aws: dict[str, Any],
     lambda_env: dict[str, dict[str, str]],
     skipped_created: dict[str, Any],
     device_a_messages: list[tuple[str, bytes]],
     device_b_records: list[tuple[str, bytes]],
 ) -> dict[str, Any]:
-    """Devices A and B's messages delivered once each through the ingest Lambda's handler (the fleet's data)."""
+    """Devices A and B's messages delivered once each through the ingest Lambda's handler (DynamoDB) and through
+    the lake rules to the lake's Firehose stream (buffered delivery to S3): the fleet's data."""
     from cloud.ingest.handler import handler
-    from tests.cloud.cloud_support import rule_event
+    from tests.cloud.cloud_support import deliver_to_lake, rule_event
 
     outcomes = []
     with pytest.MonkeyPatch.context() as mp:
@@ -339,4 +341,6 @@ def ingested(
             mp.setenv(key, value)
         for topic, payload in [*device_a_messages, *device_b_records]:
             outcomes.append(handler(rule_event(topic, payload)))
-    return {"outcomes": outcomes, "messages": [*device_a_messages, *device_b_records]}
+    messages = [*device_a_messages, *device_b_records]
+    lake = deliver_to_lake(aws["s3"], lambda_env["ingest"]["DATA_BUCKET"], messages)
+    return {"outcomes": outcomes, "messages": messages, "lake_objects": lake.objects, "lake_records": lake.records}

@@ -11,6 +11,7 @@ import math
 import re
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from devkit.nucleus.flavours import rules_for
 from devkit.nucleus.resolve import read_component
 from ml.data import read_cell_csv
 from schema.messages import CycleRecord, Envelope, encode_envelope
-from tests.cloud.cloud_support import REGION, rule_event
+from tests.cloud.cloud_support import REGION, deliver_to_lake, rule_event
 from tests.cloud.conftest import FLEET_START
 
 GROUP_ARN = "arn:aws:iot:us-east-1:123456789012:thinggroup/battwin-fleet"
@@ -75,7 +76,9 @@ def cycle(
 
 
 @pytest.fixture(scope="module")
-def real_battery(use_env_module: Any, ingested: dict[str, Any]) -> list[tuple[str, bytes]]:
+def real_battery(
+    aws: dict[str, Any], use_env_module: Any, ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]]
+) -> list[tuple[str, bytes]]:
     """Records of a real (not simulated) battery, with what real fleets produce: a partial discharge, a record
     re-sent under a new id, an agent reinstalled without its state (indices restart), a battery swap."""
     h = 3600.0
@@ -96,6 +99,14 @@ def real_battery(use_env_module: Any, ingested: dict[str, Any]) -> list[tuple[st
     msgs.append(("battwin/bt-r/cycles", json.dumps(resent).encode()))
     for topic, payload in msgs:
         assert ingest(rule_event(topic, payload))["status"] == "stored"
+    bucket = lambda_env["ingest"]["DATA_BUCKET"]
+    deliver_to_lake(aws["s3"], bucket, msgs)
+    # Firehose delivers at least once: a record of the first discharge delivered again, later, in another object
+    deliver_to_lake(aws["s3"], bucket, msgs[:1], received_ms=int(time.time() * 1000) + 60_000)
+    # a cycle record whose envelope names another thing than its topic (the ingest dead-letters it; the lake
+    # keeps what was sent, and its readers leave it out)
+    foreign = cycle("bt-r", 4, "discharge", t + 17 * h, t + 18 * h, 0.10)
+    deliver_to_lake(aws["s3"], bucket, [("battwin/bt-x/cycles", foreign[1])])
     return msgs
 
 

@@ -110,13 +110,8 @@ def test_iam_roles_and_policies(aws: dict[str, Any], physical_ids: dict[str, str
     ]
     assert "*" not in resources
     bucket = physical_ids["DataBucket"]
-    # the small kinds' lake objects and the dead letters; never telemetry (Firehose writes it) nor Glue
-    assert [r for r in resources if r.startswith("arn:aws:s3")] == [
-        f"arn:aws:s3:::{bucket}/lake/kind=cycles/*",
-        f"arn:aws:s3:::{bucket}/lake/kind=health/*",
-        f"arn:aws:s3:::{bucket}/lake/kind=alarms/*",
-        f"arn:aws:s3:::{bucket}/dead-letter/*",
-    ]
+    # the dead letters only: never the lake (Firehose writes every kind) nor Glue
+    assert [r for r in resources if r.startswith("arn:aws:s3")] == [f"arn:aws:s3:::{bucket}/dead-letter/*"]
     assert not [r for r in resources if ":glue:" in r]
     # the conditional policy on the existing Greengrass token exchange role
     tes = iam.list_role_policies(RoleName=TEST_PARAMS["GreengrassTokenExchangeRoleName"])["PolicyNames"]
@@ -224,16 +219,14 @@ def test_skipped_types_created_through_their_apis(
     iot = aws["iot"]
     rules = {r["ruleName"] for r in iot.list_topic_rules()["rules"]}
     assert rules == {
-        "battwin_telemetry",
-        "battwin_telemetry_lake",
-        "battwin_cycles",
-        "battwin_health",
-        "battwin_alarms",
+        *(f"battwin_{kind}" for kind in ("telemetry", "cycles", "health", "alarms")),
+        *(f"battwin_{kind}_lake" for kind in ("telemetry", "cycles", "health", "alarms")),
         "battwin_presence",
     }
-    # telemetry also goes to the lake's Firehose stream, which exists (moto) with its partitioning and buffering
-    lake_rule = iot.get_topic_rule(ruleName="battwin_telemetry_lake")["rule"]
-    assert lake_rule["actions"][0]["firehose"]["deliveryStreamName"] == "battwin-lake"
+    # every kind also goes to the lake's Firehose stream, which exists (moto) with its partitioning and buffering
+    for kind in ("telemetry", "cycles", "health", "alarms"):
+        lake_rule = iot.get_topic_rule(ruleName=f"battwin_{kind}_lake")["rule"]
+        assert lake_rule["actions"][0]["firehose"]["deliveryStreamName"] == "battwin-lake"
     stream = aws["firehose"].describe_delivery_stream(DeliveryStreamName="battwin-lake")["DeliveryStreamDescription"]
     dest = stream["Destinations"][0]["ExtendedS3DestinationDescription"]
     assert dest["BucketARN"] == f"arn:aws:s3:::{physical_ids['DataBucket']}"

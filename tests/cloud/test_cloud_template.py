@@ -14,12 +14,12 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 
 from cloud.deploy import template_parameters
-from cloud.lake import FIREHOSE_PARTITION_JQ, firehose_partition, lake_rows, partition_prefix, utc_day
+from cloud.lake import FIREHOSE_PARTITION_JQ, firehose_partition, partition_prefix, utc_day
 from cloud.local_stack.iot_sql import Message, RuleQuery
 from cloud.package import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from cloud.retrain.start import PINNED_TRAINING_IMAGE, TRAINING_IMAGE_PATTERN, StartSettings
 from cloud.tables import HISTORY_BY_TIME_INDEX
-from schema.messages import Alarm, Envelope, Sample, encode_envelope, envelope
+from schema.messages import BODY_TYPES, Alarm, Envelope, Sample, encode_envelope, envelope
 from tests.cloud.cloud_support import TEMPLATE, Resolver, load_template, run_agent
 
 KINDS = ("telemetry", "cycles", "health", "alarms")
@@ -115,19 +115,26 @@ def test_topic_rules_pass_the_topic_and_invoke_the_ingest_lambda(tpl: dict[str, 
     r = static_resolver(tpl, ResourcePrefix="fleet1")
     rules = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::IoT::TopicRule"}
     presence = rules.pop("PresenceRule")  # the lifecycle events (tests/cloud/test_cloud_operations.py)
-    lake = rules.pop("TelemetryLakeRule")["TopicRulePayload"]  # telemetry to the lake's Firehose stream
-    assert lake["Sql"] == "SELECT *, topic(2) AS rule_thing, timestamp() AS rule_received_ms FROM 'battwin/+/telemetry'"
-    assert lake["Actions"] == [
-        {
-            "Firehose": {
-                "DeliveryStreamName": "LakeFirehose",
-                "RoleArn": "IotFirehoseRole.Arn",
-                "Separator": "\n",
-                "BatchMode": False,
+    # every kind also goes to the lake's Firehose stream: one rule each, the envelope plus the topic's parts
+    for kind in KINDS:
+        props = rules.pop(f"{kind.capitalize()}LakeRule")
+        lake = props["TopicRulePayload"]
+        assert props["RuleName"] == f"fleet1_{kind}_lake"
+        assert lake["Sql"] == (
+            "SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS rule_received_ms "
+            f"FROM 'battwin/+/{kind}'"
+        )
+        assert lake["Actions"] == [
+            {
+                "Firehose": {
+                    "DeliveryStreamName": "LakeFirehose",
+                    "RoleArn": "IotFirehoseRole.Arn",
+                    "Separator": "\n",
+                    "BatchMode": False,
+                }
             }
-        }
-    ]
-    assert lake["ErrorAction"]["S3"]["Key"].startswith("dead-letter/rule-errors/")
+        ]
+        assert lake["ErrorAction"]["S3"]["Key"].startswith("dead-letter/rule-errors/")
     assert presence["TopicRulePayload"]["Actions"] == [{"Lambda": {"FunctionArn": "IngestFunction.Arn"}}]
     assert len(rules) == 4
     permissions = {
@@ -360,8 +367,9 @@ def test_retraining_events(tpl: dict[str, Any]) -> None:
     assert r.properties("RetrainScheduleRule")["ScheduleExpression"] == "rate(7 days)"
 
 
-def test_glue_tables_match_what_the_ingest_writes(tpl: dict[str, Any]) -> None:
-    """Every field of a lake row is a column of its kind's table and vice versa (the partition keys aside)."""
+def test_glue_tables_match_the_firehose_records(tpl: dict[str, Any]) -> None:
+    """Every field of a lake record (the lake rule's SQL on a real message) is a column of its kind's table and vice
+    versa, and every field of the message body is a field of the table's ``body`` struct (the partition keys aside)."""
     r = static_resolver(tpl)
     tables = {
         r.properties(k)["TableInput"]["Name"]: r.properties(k)
@@ -398,19 +406,32 @@ def test_glue_tables_match_what_the_ingest_writes(tpl: dict[str, Any]) -> None:
         assert params["storage.location.template"] == f"s3://DataBucket/{partition_prefix('lake/', kind)}dt=${{dt}}/"
         columns = {c["Name"]: c["Type"] for c in sd["Columns"]}
         env = next(m for m in msgs if m.kind == kind)
-        if kind == "telemetry":  # the lake rule's record (what Firehose stores), as the local rules engine makes it
-            raw = encode_envelope(env.thing, kind, env.parsed_body(), env.ts, env.id)
-            record = RuleQuery(r.properties("TelemetryLakeRule")["TopicRulePayload"]["Sql"]).evaluate(
-                Message(f"battwin/{env.thing}/telemetry", raw, 1)
-            )
-            assert set(columns) == set(record), kind
+        raw = encode_envelope(env.thing, kind, env.parsed_body(), env.ts, env.id)
+        rule = r.properties(f"{kind.capitalize()}LakeRule")["TopicRulePayload"]
+        record = RuleQuery(rule["Sql"]).evaluate(Message(f"battwin/{env.thing}/{kind}", raw, 1))
+        assert set(columns) == set(record), kind
+        assert firehose_partition(record) == {"kind": kind, "dt": utc_day(env.ts)}
+        body_type = columns["body"]
+        if kind == "telemetry":
             sample_fields = set(Sample.model_fields)
-            struct = re.findall(r"(\w+):", columns["body"].split("array<struct<", 1)[1])
+            struct = re.findall(r"(\w+):", body_type.split("array<struct<", 1)[1])
             assert set(struct) - {"double", "string"} == sample_fields
-            assert firehose_partition(record) == {"kind": "telemetry", "dt": utc_day(env.ts)}
             continue
-        fields = set().union(*(row.keys() for row in lake_rows(env, env.parsed_body(), now)))
-        assert set(columns) == fields - {"index"}, kind  # index: repeated as cycle
+        # the struct's top-level fields: names at nesting depth 1
+        depth, names, token = 0, [], ""
+        for ch in body_type:
+            if ch == "<":
+                depth += 1
+                token = ""
+            elif ch == ">":
+                depth -= 1
+            elif ch == ",":
+                token = ""
+            elif ch == ":" and depth == 1:
+                names.append(token)
+            else:
+                token += ch
+        assert set(names) == set(BODY_TYPES[kind].model_fields), kind
 
 
 def test_lake_firehose_stream_buffers_and_partitions(tpl: dict[str, Any]) -> None:

@@ -129,11 +129,15 @@ def test_traffic_and_requests_come_from_a_real_run(
     assert tele.units_5kb_per_hour == pytest.approx(sum(cm.units_5kb(s) for s in tele_sizes) / hours)
     assert t.compact_kinds["telemetry"].units_5kb_per_hour == tele.messages_per_hour
     n_tele = sum(1 for topic, _ in messages if topic.endswith("/telemetry"))
-    # the hook counted the handler's calls: one History put per message, a lake object only for the small kinds
-    # (telemetry reaches the lake through the rule's Firehose action, never through the handler)
-    assert path.calls["dynamodb.PutItem"] == len(messages)
-    assert path.calls.get("s3.PutObject", 0) == len(messages) - n_tele
+    # the hook counted the handler's calls: one History put per message, no lake object for any kind (every kind
+    # reaches the lake through its lake rule's Firehose action, never through the handler)
+    assert path.calls["dynamodb.PutItem"] == len(messages) > n_tele
+    assert path.calls.get("s3.PutObject", 0) == 0
     assert not any(name.startswith("glue.") for name in path.calls)
+    for kind in ("cycles", "health"):  # the small kinds: the ingest rule and the lake rule, one record each
+        small = path.kinds[kind]
+        assert (small.rules_triggered, small.lambda_invocations, small.firehose_records) == (2.0, 1.0, 1.0)
+        assert small.s3_puts == 0.0 and small.firehose_billed_bytes == 5 * 1024
     kp = path.kinds["telemetry"]
     # the template's rules on the telemetry topic: the ingest Lambda's and the lake's Firehose rule
     assert kp.rules_triggered == 2.0 and kp.lambda_invocations == 1.0 and kp.firehose_records == 1.0
@@ -152,19 +156,22 @@ def test_the_built_path_at_the_issues_traffic(
     measured: tuple[cm.DeviceTraffic, list[tuple[str, bytes]], cm.CloudPath],
 ) -> None:
     """The issue's traffic (60.8 messages/hour, ~11 KB telemetry = 3 units, 1,000 devices) on the path as built:
-    IoT messaging unchanged ($0.132: MQTT topics, JSON telemetry), no Glue line, S3 PUTs per Firehose buffer and
-    per small-kind message instead of per message (the issue's $0.222), Firehose billed on 5 KB-rounded records,
-    DynamoDB writes far below the issue's ~$0.40 of full telemetry items."""
+    IoT messaging unchanged ($0.132: MQTT topics, JSON telemetry), no Glue line, S3 PUTs per Firehose buffer
+    instead of per message (the issue's $0.222), Athena's GETs of a few buffer objects per kind and day instead of
+    a year of per-message objects (was $0.71), Firehose billed on 5 KB-rounded records, DynamoDB writes far below
+    the issue's ~$0.40 of full telemetry items."""
     _t, _m, path = measured
     issue = traffic({"telemetry": (60.0, 11 * 1024), "cycles": (0.54, 630), "health": (0.26, 2000)})
     bill = cm.monthly_bill(issue, path, cm.BUILT, fleet_size=1000)
     assert bill.lines_usd["iot_messaging"] == pytest.approx(0.132, rel=0.02)  # 60.8 x 730 x ~3 units at $1/M
     assert bill.lines_usd["glue_catalog"] == 0.0
-    assert bill.lines_usd["s3_puts"] < 0.01
+    assert bill.lines_usd["s3_puts"] < 0.001
+    # the dashboard's loads GET the fleet's buffer objects (a few per kind and day), shared by 1,000 devices
+    assert bill.lines_usd["s3_gets"] < 0.02
     tele = path.kinds["telemetry"]
-    assert bill.lines_usd["firehose_ingest"] == pytest.approx(
-        60.0 * MONTH * tele.firehose_billed_bytes / 1024**3 * 0.029, rel=1e-6
-    )
+    # every kind's records, each rounded up to 5 KB (a 630 B cycle record is billed as 5 KB)
+    billed = 60.0 * tele.firehose_billed_bytes + (0.54 + 0.26) * 5 * 1024
+    assert bill.lines_usd["firehose_ingest"] == pytest.approx(MONTH * billed / 1024**3 * 0.029, rel=1e-6)
     assert 0 < bill.lines_usd["firehose_dynamic_partitioning"] < 0.02
     assert bill.lines_usd["dynamodb_writes"] < 0.375 / 2
     # the telemetry topic triggers two rules (two actions), each metered in the message's 5 KB units

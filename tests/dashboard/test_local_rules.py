@@ -19,7 +19,7 @@ from cloud.local_stack.template import load_template, max_retry_attempts, table_
 from device_agent.config import MqttSettings
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.broker.embedded import EmbeddedBroker
-from schema.messages import Sample, Telemetry, encode_envelope
+from schema.messages import Alarm, Sample, Telemetry, encode_envelope
 from tests.dashboard.conftest import wait_for
 
 RULE_SQL = (
@@ -46,19 +46,23 @@ def test_template_rules_are_the_ones_the_runner_mirrors() -> None:
     rules = topic_rules(load_template())
     assert {r.logical_id for r in rules} == {
         "TelemetryRule",
-        "TelemetryLakeRule",
         "CyclesRule",
         "HealthRule",
         "AlarmsRule",
         "PresenceRule",
+        "TelemetryLakeRule",
+        "CyclesLakeRule",
+        "HealthLakeRule",
+        "AlarmsLakeRule",
     }
     for rule in rules:
         q = RuleQuery(rule.sql)
-        if rule.logical_id == "TelemetryLakeRule":  # the envelope + the topic's thing, to the lake's Firehose
-            assert q.topic_filter == "battwin/+/telemetry"
+        if rule.logical_id.endswith("LakeRule"):  # the envelope + the topic's thing and kind, to the lake's Firehose
+            kind = rule.logical_id[: -len("LakeRule")].lower()
+            assert q.topic_filter == f"battwin/+/{kind}"
             assert (rule.function, rule.firehose, rule.separator) == (None, "LakeFirehose", "\n")
-            event = q.evaluate(Message("battwin/t-1/telemetry", b'{"id":"a","thing":"t-2"}', 7))
-            assert event == {"id": "a", "thing": "t-2", "rule_thing": "t-1", "rule_received_ms": 7}
+            event = q.evaluate(Message(f"battwin/t-1/{kind}", b'{"id":"a","thing":"t-2"}', 7))
+            assert event == {"id": "a", "thing": "t-2", "rule_thing": "t-1", "rule_kind": kind, "rule_received_ms": 7}
             assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
             continue
         if rule.logical_id == "PresenceRule":  # IoT lifecycle events, handed to the ingest as they are
@@ -162,7 +166,8 @@ def test_tables_and_bucket_are_created_as_the_template_defines_them(aws: LocalAw
     attrs = aws.client("sqs").get_queue_attributes(QueueUrl=aws.failure_queue_url, AttributeNames=["All"])
     assert attrs["Attributes"]["MessageRetentionPeriod"] == "1209600"
     env = aws.ingest_environment()
-    assert env["HISTORY_TABLE"] == aws.names.history_table and env["LAKE_PREFIX"] == "lake/"
+    assert env["HISTORY_TABLE"] == aws.names.history_table and env["DEAD_LETTER_PREFIX"] == "dead-letter/"
+    assert "LAKE_PREFIX" not in env  # the ingest does not write the lake
 
 
 def _ingestor(aws: LocalAws) -> Ingestor:
@@ -171,7 +176,6 @@ def _ingestor(aws: LocalAws) -> Ingestor:
         history_table=env["HISTORY_TABLE"],
         device_state_table=env["DEVICE_STATE_TABLE"],
         bucket=env["DATA_BUCKET"],
-        lake_prefix=env["LAKE_PREFIX"],
         dead_letter_prefix=env["DEAD_LETTER_PREFIX"],
     )
     return Ingestor(settings, dynamodb=aws.client("dynamodb"), s3=aws.client("s3"))
@@ -200,14 +204,21 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
         # thing in the topic ≠ thing in the envelope: the handler must see the topic (rule_thing) to refuse it
         publisher.publish("battwin/other/telemetry", _telemetry_payload("rules-t1", now - 5)).result(10)
         publisher.publish("battwin/rules-t1/unrouted", b"{}").result(10)
-        wait_for(lambda: len(outcomes) >= 3, 20, 0.1, "three ingest outcomes")
+        alarm = Alarm(ts=now - 4, code="over_temperature", severity="warning", message="hot", source_id="simulator:x")
+        publisher.publish("battwin/rules-t1/alarms", encode_envelope("rules-t1", "alarms", alarm, now - 4)).result(10)
+        wait_for(lambda: len(outcomes) >= 4, 20, 0.1, "four ingest outcomes")
         assert runner.wait_idle(10)
     finally:
         publisher.stop()
         runner.stop()
     statuses = sorted((o["status"], o.get("reason")) for o in outcomes)
-    assert statuses == [("dead_letter", "not_json"), ("dead_letter", "thing_mismatch"), ("stored", None)]
-    assert len(outcomes) == 3  # nothing for the unrouted kind
+    assert statuses == [
+        ("dead_letter", "not_json"),
+        ("dead_letter", "thing_mismatch"),
+        ("stored", None),
+        ("stored", None),
+    ]
+    assert len(outcomes) == 4  # nothing for the unrouted kind
     item = aws.client("dynamodb").get_item(
         TableName=aws.names.device_state_table, Key={"thing": {"S": "rules-t1"}}, ConsistentRead=True
     )["Item"]
@@ -228,10 +239,16 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
         ("other", "rules-t1", 3),
         ("rules-t1", "rules-t1", 3),
     ]
-    assert not [k for k in keys if k.startswith("lake/") and k not in lake]
-    # History keeps a compact live window of the stored message, expiring after a day
+    # the alarm reaches the lake the same way (its lake rule's Firehose record), in its kind's partition
+    alarms = [
+        k for k in keys if k.startswith(f"lake/kind=alarms/dt={time.strftime('%Y-%m-%d', time.gmtime(now - 4))}/")
+    ]
+    (record,) = [json.loads(s3.get_object(Bucket=aws.names.bucket, Key=k)["Body"].read()) for k in alarms]
+    assert (record["rule_kind"], record["body"]["code"]) == ("alarms", "over_temperature")
+    assert not [k for k in keys if k.startswith("lake/") and k not in lake + alarms]
+    # History keeps a compact live window of the stored telemetry message, expiring after a day
     hist = aws.client("dynamodb").scan(TableName=aws.names.history_table)["Items"]
-    assert [json.loads(i["body"]["S"])["of"] for i in hist] == [3]
+    assert sorted(json.loads(i["body"]["S"]).get("of", 0) for i in hist) == [0, 3]
     assert any(k.startswith("dead-letter/reason=not_json/") for k in keys)
     assert any(k.startswith("dead-letter/reason=thing_mismatch/") for k in keys)
     # the lake rule cannot SELECT * from the non-JSON payload: its error action keeps it (the ingest's dead letter
@@ -263,10 +280,11 @@ def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) 
     finally:
         runner.stop()
     assert events == [{"id": "x1", "kind": "health", "rule_thing": "s1"}]
-    assert len(errors) == 1
-    key, body = errors[0]
-    assert key.startswith("dead-letter/rule-errors/battwin/s1/health/") and key.endswith(".json")
-    assert base64.b64decode(json.loads(body)["payload_b64"]) == b"garbage"
+    # both rules on the topic (the ingest's and the lake's) fail on it and run their error actions
+    assert sorted(json.loads(b)["ruleName"] for _k, b in errors) == ["HealthLakeRule", "HealthRule"]
+    for key, body in errors:
+        assert key.startswith("dead-letter/rule-errors/battwin/s1/health/") and key.endswith(".json")
+        assert base64.b64decode(json.loads(body)["payload_b64"]) == b"garbage"
 
 
 @pytest.mark.slow
