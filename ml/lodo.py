@@ -413,12 +413,13 @@ def lodo_table(
 
 def fallback_words(fb: FallbackSpec) -> str:
     """The device's fade-law fallback rule in words (the table's header)."""
-    parts = []
-    if fb.max_window_spacing is not None:
-        parts.append(f"input windows sparser than {fb.max_window_spacing:g} cycles/point")
     if fb.enabled:
-        parts.append(f"hindcast margin {fb.margin:g} (from {fb.min_points} points)")
-    return "fallback to the fade law: " + " or ".join(parts) if parts else "fallback off"
+        where = "every history"
+    elif fb.max_window_spacing is not None:
+        where = f"input windows sparser than {fb.max_window_spacing:g} cycles/point"
+    else:
+        return "fallback off"
+    return f"hindcast fallback to the fade law (margin {fb.margin:g}, from {fb.min_points} points) on {where}"
 
 
 def coverage_ok(coverage: dict[str, Any] | None) -> dict[str, bool] | None:
