@@ -141,7 +141,11 @@ def train(
     seq_mean, seq_std, st_mean, st_std = normalisation_stats(train_s)
     # the device's fallback to the fade law (hindcast) for histories sparser than any the network trained on
     fallback = spec0.fallback.model_copy(
-        update={"max_window_spacing": cfg.fallback_max_window_spacing, "margin": cfg.fallback_margin}
+        update={
+            "max_window_spacing": cfg.fallback_max_window_spacing,
+            "margin": cfg.fallback_margin,
+            "min_points": cfg.fallback_min_points,
+        }
     )
     spec = spec0.model_copy(
         update={

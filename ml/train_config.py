@@ -51,6 +51,8 @@ class TrainConfig(BaseModel):
     #: (ml/README.md, "Sparse histories")
     fallback_max_window_spacing: float | None = Field(default=1.5, ge=1.0, le=1e6)
     fallback_margin: float = Field(default=0.0, ge=0.0, le=10.0)
+    #: ... from histories of at least this many cleaned points
+    fallback_min_points: int = Field(default=10, ge=6, le=10_000)
     tiny: bool = False
 
     @classmethod

@@ -72,23 +72,25 @@ def published_health(model: HybridModel, sim: SimulatorSettings, lived: int, max
     return health
 
 
+HALF_DEPTH = {"depth_of_discharge": 0.5, "checkup_every": 4}  # capacity measured at every 4th (full) discharge
 STRESSES = [
-    # ambient °C, discharge C-rate, cycles lived, measured discharges kept (60: the demo's backfill)
-    pytest.param(30.0, 1.0, 400, 60, id="30C-1C-400cyc-sparse"),
-    pytest.param(25.0, 1.0, 300, 60, id="25C-1C-300cyc-sparse"),
-    pytest.param(25.0, 2.0, 550, 60, id="25C-2C-550cyc-sparse"),
-    pytest.param(45.0, 1.0, 100, 60, id="45C-1C-100cyc-sparse"),
-    pytest.param(35.0, 1.5, 200, 60, id="35C-1.5C-200cyc-sparse"),
-    pytest.param(20.0, 1.0, 700, 60, id="20C-1C-700cyc-sparse"),
-    pytest.param(30.0, 1.0, 400, 400, id="30C-1C-400cyc-every-cycle", marks=pytest.mark.slow),
+    # ambient °C, discharge C-rate, cycles lived, measured discharges kept (60: the demo's backfill), more settings
+    pytest.param(30.0, 1.0, 400, 60, {}, id="30C-1C-400cyc-sparse"),
+    pytest.param(25.0, 1.0, 300, 60, {}, id="25C-1C-300cyc-sparse"),
+    pytest.param(25.0, 2.0, 550, 60, {}, id="25C-2C-550cyc-sparse"),
+    pytest.param(45.0, 1.0, 100, 60, {}, id="45C-1C-100cyc-sparse"),
+    pytest.param(35.0, 1.5, 200, 60, {}, id="35C-1.5C-200cyc-sparse"),
+    pytest.param(20.0, 1.0, 700, 60, {}, id="20C-1C-700cyc-sparse"),
+    pytest.param(25.0, 1.0, 50, 60, HALF_DEPTH, id="25C-1C-half-depth-50cyc-13-points"),
+    pytest.param(30.0, 1.0, 400, 400, {}, id="30C-1C-400cyc-every-cycle", marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize(("ambient", "c_rate", "lived", "kept"), STRESSES)
+@pytest.mark.parametrize(("ambient", "c_rate", "lived", "kept", "more"), STRESSES)
 def test_published_rul_of_a_slowly_fading_simulated_pack_is_within_a_factor_of_the_truth(
-    shipped: HybridModel, ambient: float, c_rate: float, lived: int, kept: int
+    shipped: HybridModel, ambient: float, c_rate: float, lived: int, kept: int, more: dict[str, float]
 ) -> None:
-    sim = SimulatorSettings(ambient_c=ambient, discharge_c_rate=c_rate)
+    sim = SimulatorSettings(ambient_c=ambient, discharge_c_rate=c_rate, **more)
     truth = true_remaining(sim, lived)
     health = published_health(shipped, sim, lived, kept)
     assert health.simulated
