@@ -86,6 +86,30 @@ def _in_range(cast: type[int] | type[float], lo: float, hi: float, what: str) ->
 
 _band = _in_range(float, 0.0, 5.0, "the EOL band (in sigmas)")
 _folds = _in_range(int, 2, 50, "the number of folds")
+_margin = _in_range(float, 0.0, 10.0, "the fallback margin")
+_spacing = _in_range(float, 1.0, 1e6, "the input window's cycles per point")
+_thin = _in_range(int, 1, 1000, "the thinning (keep every K-th measurement)")
+_fallback_points = _in_range(int, 6, 10_000, "the fallback's minimum history")
+
+
+#: the --fallback-* options of crossval --by dataset and the FallbackSpec field each replaces (not given: keep)
+FALLBACK_ARGS = {
+    "fallback_hindcast": "enabled",
+    "fallback_margin": "margin",
+    "fallback_max_spacing": "max_window_spacing",
+    "fallback_min_points": "min_points",
+}
+
+
+def _max_spacing(text: str) -> float | None:
+    """``off`` (None) or cycles per measured point ≥ 1 (the fallback's sparse-input guard)."""
+    return None if text.strip().lower() == "off" else float(_spacing(text))
+
+
+def _on_off(text: str) -> bool:
+    if text.strip().lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text.strip().lower() == "on"
 
 
 def _usage(message: str) -> int:
@@ -194,12 +218,24 @@ def cmd_crossval(args: argparse.Namespace) -> int:
         return _usage("--by dataset holds out every dataset in turn; --dataset is for --by cell")
     if args.by == "cell" and args.dataset is None:
         return _usage("--by cell (the default) needs --dataset NAME (or use --by dataset)")
+    if args.by == "cell" and (
+        args.models_from is not None
+        or any(hasattr(args, a) for a in FALLBACK_ARGS)
+        or args.thin_held_out != 1
+    ):
+        return _usage("--models-from, --thin-held-out and --fallback-* are for --by dataset")
     overrides = {k: v for k in ("epochs", "seed") if (v := getattr(args, k)) is not None}
     try:
         cfg = TrainConfig.tiny_preset(**overrides) if args.tiny else TrainConfig(**overrides)
         cells = _read_dirs(args.cells, cfg.max_cells_per_dataset)
         if args.by == "dataset":
-            lresult = lodo(cells, cfg, args.out)
+            fallback: dict[str, Any] = {}
+            for arg, name in FALLBACK_ARGS.items():
+                if hasattr(args, arg):  # given (argparse.SUPPRESS: absent otherwise)
+                    fallback[name] = getattr(args, arg)
+            lresult = lodo(
+                cells, cfg, args.out, models_from=args.models_from, fallback=fallback, thin=args.thin_held_out
+            )
         else:
             result = crossval(cells, args.dataset, args.folds, cfg, args.out)
     except ValidationError as exc:
@@ -277,6 +313,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="CI-sized models (few cells, small network, few epochs)")
+    p.add_argument("--models-from", type=Path, default=None, dest="models_from", metavar="LODO_DIR",
+                   help="--by dataset: re-score the fold models an earlier run saved in LODO_DIR/<dataset>/model "
+                   "instead of training")
+    keep = argparse.SUPPRESS  # a --fallback-* option not given leaves the fold model's own rule
+    p.add_argument("--fallback-hindcast", type=_on_off, default=keep, dest="fallback_hindcast", metavar="on|off",
+                   help="--by dataset: the device's hindcast fallback to the fade law on every history (on) or on "
+                   "sparse ones only (off)")
+    p.add_argument("--fallback-margin", type=_margin, default=keep, dest="fallback_margin", metavar="MARGIN",
+                   help="--by dataset: the hindcast falls back when the network's error is > (1 + MARGIN) x the "
+                   "fade law's")
+    p.add_argument("--fallback-max-spacing", type=_max_spacing, default=keep, dest="fallback_max_spacing",
+                   metavar="CYCLES|off", help="--by dataset: the hindcast decides for input windows sparser than "
+                   "CYCLES per measured point (off: never)")
+    p.add_argument("--fallback-min-points", type=_fallback_points, default=keep, dest="fallback_min_points",
+                   metavar="N", help="--by dataset: the history length from which the fallback decides")
+    p.add_argument("--thin-held-out", type=_thin, default=1, dest="thin_held_out", metavar="K",
+                   help="--by dataset: score the held-out cells as a device measuring capacity on every K-th "
+                   "discharge only would see them (first 5, then every K-th; default 1: all)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_crossval)
 

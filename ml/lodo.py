@@ -20,15 +20,19 @@ predictions carry ``soh_lo``/``soh_hi``, the observed coverage of the 80 % inter
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device_agent.health.hybrid import load_hybrid_model
+import numpy as np
+
+from device_agent.health.hybrid import HybridModel, load_hybrid_model
+from device_agent.health.model_files import FallbackSpec
 from ml.data import Cell, scorability
 from ml.eol_band import EOL_MISS_COST
 from ml.json_files import write_json
@@ -72,8 +76,61 @@ def scorable_cells(cells: Sequence[Cell], dataset: str) -> list[Cell]:
     return [c for c in cells if c.dataset == dataset and scorability(c).ok]
 
 
-def lodo(cells: Sequence[Cell], cfg: TrainConfig, out_dir: Path) -> LodoResult:
-    """Train one model per held-out dataset and score its scorable cells (see the module doc)."""
+#: a thinned cell keeps its first valid rows (the C0 rule's median of the first five, as a device measures
+#: its first discharges) and then every ``every``-th
+THIN_KEEP_FIRST = 5
+
+
+def thin_cell(cell: Cell, every: int) -> Cell:
+    """``cell`` as a device measuring capacity on every ``every``-th discharge only would have it: the
+    first ``THIN_KEEP_FIRST`` valid rows, then every ``every``-th valid row (invalid rows dropped). Both the
+    history and the truth it is scored on are thinned; ``every`` = 1 returns the cell unchanged."""
+    if every < 1:
+        raise ValueError(f"thinning keeps every k-th row, k >= 1 (got {every})")
+    if every == 1:
+        return cell
+    idx = cell.valid_indices()
+    keep = np.concatenate([idx[:THIN_KEEP_FIRST], idx[THIN_KEEP_FIRST:][every - 1 :: every]])
+
+    def sub(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[keep]
+
+    return replace(
+        cell,
+        cycles=cell.cycles[keep],
+        capacity_ah=cell.capacity_ah[keep],
+        temperature_c=sub(cell.temperature_c),
+        elapsed_h=sub(cell.elapsed_h),
+    )
+
+
+def with_fallback(model: HybridModel, fallback: dict[str, Any] | None) -> HybridModel:
+    """``model`` with the fields ``fallback`` names of its device-side fade-law fallback (model.json
+    ``fallback``, :class:`FallbackSpec`) replaced (None: the model's own). The network is untouched: only
+    the rule the device applies to its output."""
+    if fallback:
+        spec = FallbackSpec.model_validate({**model.spec.fallback.model_dump(), **fallback})
+        model.spec = model.spec.model_copy(update={"fallback": spec})
+    return model
+
+
+def lodo(
+    cells: Sequence[Cell],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    models_from: Path | None = None,
+    fallback: dict[str, Any] | None = None,
+    thin: int = 1,
+) -> LodoResult:
+    """Train one model per held-out dataset and score its scorable cells (see the module doc).
+
+    ``models_from``: re-score the fold models an earlier run saved there (``<dataset>/model``) instead of
+    training (deterministic training would make the same ones); ``fallback``: score every fold model with
+    these fields of the device-side fallback rule (:class:`FallbackSpec`) instead of its model.json's (a
+    device-side choice, scored without retraining); ``thin``: score the held-out cells thinned to every
+    ``thin``-th measurement (:func:`thin_cell`: how a device that measures capacity on complete discharges
+    only sees a cell); training is untouched."""
     datasets = sorted({c.dataset for c in cells})
     if len(datasets) < 2:
         raise ValueError(f"leave-one-dataset-out needs at least two datasets (--cells folders), got {datasets}")
@@ -82,7 +139,7 @@ def lodo(cells: Sequence[Cell], cfg: TrainConfig, out_dir: Path) -> LodoResult:
     folds: list[dict[str, Any]] = []
     per_ds: dict[str, dict[str, Any]] = {}
     for i, held in enumerate(datasets):
-        test = scorable_cells(cells, held)
+        test = scorable_cells([thin_cell(c, thin) if c.dataset == held else c for c in cells], held)
         if not test:
             log.warning("dataset %s has no scorable cell: not held out", held)
             continue
@@ -90,8 +147,16 @@ def lodo(cells: Sequence[Cell], cfg: TrainConfig, out_dir: Path) -> LodoResult:
         train_cells = [c for c in cells if c.dataset != held]
         log.info("fold %d/%d: holding out %s (%d scorable cells)", i + 1, len(datasets), held, len(test))
         fold_dir = out_dir / held
-        result = train([], fold_dir / "model", cfg, cells=train_cells, split=split)
-        model = load_hybrid_model(fold_dir / "model")
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        if models_from is None:
+            train([], fold_dir / "model", cfg, cells=train_cells, split=split)
+            model_dir = fold_dir / "model"
+        else:
+            model_dir = models_from / held / "model"
+            if not model_dir.is_dir():
+                raise ValueError(f"--models-from {models_from}: no fold model {model_dir} for held-out {held!r}")
+        model = with_fallback(load_hybrid_model(model_dir), fallback)
+        prov = model.model_file.provenance
         fold_preds = predict_cells(
             test, model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles, progress=False
         )
@@ -108,10 +173,16 @@ def lodo(cells: Sequence[Cell], cfg: TrainConfig, out_dir: Path) -> LodoResult:
                 "test_cells": sorted(c.cell for c in test),
                 "train_cells": split.train,
                 "val_cells": split.val,
-                "model_version": result.model_file.version,
+                "model_version": model.version,
+                "model_dir": str(model_dir),
                 "eol_band_sigmas": model.spec.eol_band_sigmas,
-                "epochs_run": result.model_file.provenance.epochs_run,
-                "training_time_s": result.model_file.provenance.training_time_s,
+                "fallback": model.spec.fallback.model_dump(),
+                # prediction points at which the device rule forecast with the fade law instead of the network
+                "device_fallback_points": sum(pp.device_fallback is not None for pp in fold_preds),
+                "device_hindcast_points": sum(pp.device_hindcast for pp in fold_preds),
+                "points": len(fold_preds),
+                "epochs_run": prov.epochs_run,
+                "training_time_s": prov.training_time_s,
             }
         )
     if not folds:
@@ -129,14 +200,23 @@ def lodo(cells: Sequence[Cell], cfg: TrainConfig, out_dir: Path) -> LodoResult:
     targets = targets_check(per_ds, cfg.eval_points)
     metrics["lodo"] = {
         "held_out": [f["held_out"] for f in folds],
-        "config": {"epochs": cfg.epochs, "tiny": cfg.tiny, "seed": cfg.seed},
+        "config": {
+            "epochs": cfg.epochs,
+            "tiny": cfg.tiny,
+            "seed": cfg.seed,
+            "models_from": None if models_from is None else str(models_from),
+            "fallback": fallback,
+            "thin_held_out": thin,
+        },
         "targets": targets,
         "interval_coverage": coverage,
         "interval_coverage_in_target": coverage_ok(coverage),
     }
     write_json(metrics, out_dir / "metrics.json")
     write_json(folds, out_dir / "folds.json")
-    table = lodo_table(per_ds, cfg.eval_points, targets, coverage, cfg)
+    rules = {json.dumps(f["fallback"], sort_keys=True) for f in folds}
+    rule = FallbackSpec.model_validate(folds[0]["fallback"]) if len(rules) == 1 else None
+    table = lodo_table(per_ds, cfg.eval_points, targets, coverage, cfg, fallback=rule, thin=thin)
     (out_dir / "table.md").write_text(table, encoding="utf-8")
     return LodoResult(metrics=metrics, folds=folds, predictions=preds, table=table)
 
@@ -262,13 +342,19 @@ def lodo_table(
     coverage: dict[str, Any] | None,
     cfg: TrainConfig,
     date: str | None = None,
+    *,
+    fallback: FallbackSpec | None = None,
+    thin: int = 1,
 ) -> str:
     """Markdown: per held-out dataset × point, horizon RMSE (pp) and mean relative EOL error (misses / cells
     with a true EOL) for hybrid / physics / persistence, and whether the hybrid meets the targets there."""
     date = date or datetime.now(UTC).strftime("%Y-%m-%d")
     size = "tiny preset" if cfg.tiny else "shipped training config"
+    rule = "" if fallback is None else f", device {fallback_words(fallback)}"
+    if thin > 1:
+        rule += f", held-out cells thinned to one measurement in {thin}"
     lines = [
-        f"Leave one dataset out ({date}, {size}, epochs ≤ {cfg.epochs}, seed {cfg.seed}); "
+        f"Leave one dataset out ({date}, {size}, epochs ≤ {cfg.epochs}, seed {cfg.seed}{rule}); "
         "hybrid / physics / persistence; EOL relative error = mean over predicted EOLs (misses as "
         "'missed/with a true EOL'); EOL cost = mean of min(relative error, 1) over every point with a true EOL, "
         "a miss costing 1 (the figure the targets compare).",
@@ -323,6 +409,17 @@ def lodo_table(
                 cells = [f"{by_b[b]['coverage']:.0%}" if b in by_b else "–" for b in bins]
                 lines.append(f"| {ds} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fallback_words(fb: FallbackSpec) -> str:
+    """The device's fade-law fallback rule in words (the table's header)."""
+    if fb.enabled:
+        where = "every history"
+    elif fb.max_window_spacing is not None:
+        where = f"input windows sparser than {fb.max_window_spacing:g} cycles/point"
+    else:
+        return "fallback off"
+    return f"hindcast fallback to the fade law (margin {fb.margin:g}, from {fb.min_points} points) on {where}"
 
 
 def coverage_ok(coverage: dict[str, Any] | None) -> dict[str, bool] | None:

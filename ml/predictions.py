@@ -53,6 +53,11 @@ class PointPrediction:
     #: what each interval was computed from (the cell's scatter, level, history): calibration recomputes bands
     interval_ctx: dict[str, CellContext] = field(default_factory=dict)
     fallback: dict[str, str | None] = field(default_factory=dict)
+    #: the hybrid's device-side decision (model.json ``fallback``): why it forecast with the fade law instead
+    #: of the network at this point (e.g. "hindcast"), None when the network forecast
+    device_fallback: str | None = None
+    #: whether the device rule ran its hindcast at this point (whatever it decided)
+    device_hindcast: bool = False
     eol_true: float | None = None
     scorable: bool = True  # ml.data.scorability: whether the contract's SoH is a state of health here
 
@@ -144,6 +149,8 @@ def predict_cell_at(
         pp.interval_ctx["hybrid"] = ctx
         pp.eol_pred["hybrid"] = model.forecast_from(prep, r, c0_hist, threshold, max_cycles).eol_cycle
         pp.fallback["hybrid"] = None
+        pp.device_fallback = prep.fallback
+        pp.device_hindcast = not math.isnan(prep.hindcast[0])
     else:
         pp.pred["hybrid"] = pp.pred["physics"]
         pp.eol_pred["hybrid"] = pp.eol_pred["physics"]

@@ -139,6 +139,14 @@ def train(
         raise ValueError("the training cells yield no samples (too short or all invalid)")
     t_prepared = time.perf_counter()
     seq_mean, seq_std, st_mean, st_std = normalisation_stats(train_s)
+    # the device's fallback to the fade law (hindcast) for histories sparser than any the network trained on
+    fallback = spec0.fallback.model_copy(
+        update={
+            "max_window_spacing": cfg.fallback_max_window_spacing,
+            "margin": cfg.fallback_margin,
+            "min_points": cfg.fallback_min_points,
+        }
+    )
     spec = spec0.model_copy(
         update={
             "seq_mean": seq_mean,
@@ -146,6 +154,7 @@ def train(
             "static_mean": st_mean,
             "static_std": st_std,
             "output_scale": cfg.output_scale,
+            "fallback": fallback,
         }
     )
     spec = FeatureSpec.model_validate(spec.model_dump())

@@ -45,6 +45,14 @@ class TrainConfig(BaseModel):
     jobs: int | None = Field(default=None, ge=1)
     #: the EOL band (see FeatureSpec.eol_band_sigmas): None = calibrated on the validation cells
     eol_band_sigmas: float | None = Field(default=None, ge=0.0, le=5.0)
+    #: the device's fade-law fallback written into model.json (FallbackSpec): the hindcast decides for
+    #: histories whose input window spans more than this many cycles per measured point (None: never), at
+    #: this margin; chosen leave-one-dataset-out on held-out cells thinned as a device measures them
+    #: (ml/README.md, "Sparse histories")
+    fallback_max_window_spacing: float | None = Field(default=1.5, ge=1.0, le=1e6)
+    fallback_margin: float = Field(default=0.0, ge=0.0, le=10.0)
+    #: ... from histories of at least this many cleaned points
+    fallback_min_points: int = Field(default=10, ge=6, le=10_000)
     tiny: bool = False
 
     @classmethod

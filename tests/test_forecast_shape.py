@@ -20,6 +20,7 @@ import pytest
 from device_agent.config import HealthSettings
 from device_agent.health.estimator import HealthEstimator
 from device_agent.health.fade_law import CapacityPoint, fit_fade, forecast_eol
+from device_agent.health.forecast_shape import window_spacing
 from device_agent.health.hybrid import HybridModel, Prepared, cleaned_history, decide_fallback, load_hybrid_model
 from device_agent.health.knee import detect_knee
 from device_agent.health.model_files import FallbackSpec, FeatureSpec
@@ -312,8 +313,8 @@ def test_a_network_that_hindcasts_worse_than_the_fade_law_falls_back(with_fallba
 
 
 def test_the_fallback_is_off_unless_model_json_turns_it_on(shipped: HybridModel) -> None:
-    """The shipped model.json has no ``fallback``: off (the leave-one-dataset-out choice, ml/README.md); then
-    no hindcast is run and the network's forecast is published."""
+    """The shipped model.json has the hindcast off for histories measured every cycle (the leave-one-dataset-out
+    choice, ml/README.md); then no hindcast is run and the network's forecast is published."""
     assert not shipped.spec.fallback.enabled
     cell = knee_cell(900, knee_at=2000, before=2e-4)
     prep = shipped.prepare(cell[:400], C0)
@@ -322,3 +323,28 @@ def test_the_fallback_is_off_unless_model_json_turns_it_on(shipped: HybridModel)
     assert parsed.fallback.enabled and parsed.fallback.margin == 0.5
     with pytest.raises(ValueError):
         FeatureSpec.model_validate({**shipped.spec.model_dump(), "fallback": {"enabled": True, "margin": -1}})
+
+
+def test_a_sparse_history_gets_the_hindcast_and_a_dense_one_does_not(shipped: HybridModel) -> None:
+    """``max_window_spacing``: the hindcast decides, though ``enabled`` is off, when the network's input window
+    spans more cycles per measured point than that (a device measuring capacity on some discharges only);
+    a cell measured every cycle keeps the network without a hindcast."""
+    spec = shipped.spec.model_copy(update={"fallback": FallbackSpec(enabled=False, max_window_spacing=1.5)})
+    cell = knee_cell(900, knee_at=2000, before=2e-4)
+    dense = cleaned_history(cell[:400], spec)
+    sparse = cleaned_history(cell[:400:3], spec)  # every third cycle measured
+    assert window_spacing(dense, spec.window) == 1.0 and window_spacing(sparse, spec.window) == 3.0
+    k = len(spec.horizons)
+
+    def wild(prep: Prepared) -> np.ndarray:
+        return np.concatenate([np.full(k, -1.0), np.full(k, 1.0)])
+
+    reason, errs = decide_fallback(dense, C0, spec, wild)
+    assert reason is None and all(math.isnan(e) for e in errs)  # dense: the hindcast does not even run
+    reason, (err_net, err_law) = decide_fallback(sparse, C0, spec, wild)
+    assert reason == "sparse_hindcast" and err_net > err_law
+    reason, errs = decide_fallback(sparse, C0, spec, lambda prep: np.zeros(2 * k))
+    assert reason is None and errs[0] == pytest.approx(errs[1])  # a network as good as the fade law stays
+    short = cleaned_history(cell[:45:3], spec)  # 15 points: below min_points, no decision
+    reason, errs = decide_fallback(short, C0, spec, wild)
+    assert reason is None and all(math.isnan(e) for e in errs)

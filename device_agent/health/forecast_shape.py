@@ -53,6 +53,15 @@ def shaped_log_rel(prep: Prepared, out: np.ndarray, spec: FeatureSpec, targets: 
     return np.asarray(res)
 
 
+def window_spacing(hist: Sequence[CapacityPoint], window: int) -> float:
+    """Cycles per measured point over the network's input window (the last ``window`` cleaned points):
+    1 for a cell measured every cycle; 0 with fewer than two points."""
+    k = min(window, len(hist))
+    if k < 2:
+        return 0.0
+    return float(hist[-1].cycle - hist[-k].cycle) / (k - 1)
+
+
 def decide_fallback(
     hist: Sequence[CapacityPoint], c0_ah: float, spec: FeatureSpec, run: Callable[[Prepared], np.ndarray]
 ) -> tuple[str | None, tuple[float, float]]:
@@ -62,13 +71,17 @@ def decide_fallback(
     ``hindcast_frac`` of the history, at least ``min_hindcast_points``), both the network (``run``: the
     model's raw output for prepared inputs) and the fade law (the same forecast with the network's output
     zero: trust 1, offset 0) forecast the last ``m`` points; their RMSE in log capacity is compared. The
-    fade law is used when the network's is more than ``1 + margin`` times the fade law's. Deterministic; no
-    decision (the network) below ``min_points`` cleaned points. Returns (reason or None, (rmse network,
-    rmse fade law)).
+    fade law is used when the network's is more than ``1 + margin`` times the fade law's. It decides for
+    every history when ``enabled``, and for a sparse one when the network's input window spans more than
+    ``max_window_spacing`` cycles per point (:func:`window_spacing`; reason ``"sparse_hindcast"``): inputs
+    unlike anything the network was trained on (lab cells measured every cycle), as a device that measures
+    capacity only on complete discharges has them. Deterministic; no decision (the network) below
+    ``min_points`` cleaned points. Returns (reason or None, (rmse network, rmse fade law)).
     """
     fb = spec.fallback
     n = len(hist)
-    if not fb.enabled or n < fb.min_points:
+    sparse = fb.max_window_spacing is not None and window_spacing(hist, spec.window) > fb.max_window_spacing
+    if not (fb.enabled or sparse) or n < fb.min_points:
         return None, (math.nan, math.nan)
     m = max(fb.min_hindcast_points, round(fb.hindcast_frac * n))
     if n - m < MIN_POINTS:
@@ -84,5 +97,5 @@ def decide_fallback(
     if not (math.isfinite(err_net) and math.isfinite(err_law)):
         return None, (err_net, err_law)
     if err_net > (1.0 + fb.margin) * err_law:
-        return "hindcast", (err_net, err_law)
+        return "hindcast" if fb.enabled else "sparse_hindcast", (err_net, err_law)
     return None, (err_net, err_law)

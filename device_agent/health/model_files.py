@@ -49,14 +49,21 @@ class FallbackSpec(_Strict):
     """When the device forecasts with the fade law instead of the network (see hybrid.decide_fallback):
     on a hindcast over the cell's own last ``hindcast_frac`` of cleaned points (at least
     ``min_hindcast_points``), from a history of at least ``min_points``, the network's log-capacity RMSE is
-    more than ``(1 + margin)`` times the fade law's. Off unless model.json turns it on: with the shipped
-    network no margin beats "never" on the datasets left out of the choice (ml/README.md, Model)."""
+    more than ``(1 + margin)`` times the fade law's. The hindcast decides
+
+    * for every history when ``enabled`` (off unless model.json turns it on: with the leave-one-dataset-out
+      networks no margin is no worse than "never" on horizon RMSE, ml/README.md);
+    * for a sparse history when ``max_window_spacing`` is set: the network's input window (its last
+      ``window`` cleaned points) spans more than that many cycles per point. The network was trained on
+      lab cells measured every cycle; a device measures capacity only on complete discharges. None (a
+      model.json from before it): no such check."""
 
     enabled: bool = False
     min_points: Annotated[int, Field(ge=6, le=10_000)] = 20
     hindcast_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
     min_hindcast_points: Annotated[int, Field(ge=2, le=1000)] = 5
     margin: Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)] = 0.0
+    max_window_spacing: Annotated[float, Field(ge=1.0, le=1e6, allow_inf_nan=False)] | None = None
 
 
 class IntervalSpec(_Strict):

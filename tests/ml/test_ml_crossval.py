@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,6 +225,33 @@ def test_crossval_by_dataset_never_lets_the_held_out_lab_reach_training(tiny_dat
     assert "| nasa | p0.25 |" in table and "| xjtu | all |" in table
     assert ("Targets met everywhere: yes" in table) == lodo_block["targets"]["met"]
     assert "held out nasa:" in capsys.readouterr().out
+
+    # re-scoring the saved fold models (no training) with their own rule gives the very same scores
+    again = tmp_path / "again"
+    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
+                 "--out", str(again), "--tiny", "--seed", "3", "--models-from", str(out)]) == EXIT_OK
+    assert json.loads((again / "metrics.json").read_text())["datasets"] == metrics["datasets"]
+    # a device-side rule scored on the same networks, on held-out cells thinned as a device measures them
+    thin = tmp_path / "thin"
+    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
+                 "--out", str(thin), "--tiny", "--seed", "3", "--models-from", str(out), "--thin-held-out", "3",
+                 "--fallback-max-spacing", "1.5", "--fallback-margin", "0"]) == EXIT_OK
+    thin_folds = json.loads((thin / "folds.json").read_text())
+    assert [f["model_version"] for f in thin_folds] == [f["model_version"] for f in folds]
+    assert all(f["fallback"]["max_window_spacing"] == 1.5 for f in thin_folds)
+    # the hindcast runs on the thinned (sparse) histories only, never on the cells measured every cycle
+    assert sum(f["device_hindcast_points"] for f in thin_folds) > 0
+    assert all(f["device_hindcast_points"] == 0 and f["device_fallback_points"] == 0 for f in folds)
+    assert "held-out cells thinned to one measurement in 3" in (thin / "table.md").read_text()
+
+    def physics_rows(d: Path) -> int:
+        with (d / "predictions.csv").open() as fh:
+            return sum(r["method"] == "physics" for r in csv.DictReader(fh))
+
+    assert 0 < physics_rows(thin) < physics_rows(out) / 2  # the truth is thinned too: about a third of the rows
+    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
+                 "--out", str(tmp_path / "z"), "--tiny", "--models-from", str(tmp_path / "nowhere")]) == EXIT_USAGE
+    capsys.readouterr()
 
     assert main(["ml", "crossval", "--by", "dataset", "--dataset", "nasa", "--cells", str(tiny_data[0]),
                  "--out", str(tmp_path / "x"), "--tiny"]) == EXIT_USAGE
