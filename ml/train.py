@@ -7,6 +7,8 @@ determinism, cells sorted by name). The export is checked: TFLite against Keras 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -86,8 +88,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def model_version(fp: str, tflite_sha: str) -> str:
-    return f"hybrid-1-{fp[:8]}-{tflite_sha[:8]}"
+def model_version(fp: str, tflite_sha: str, spec: FeatureSpec | None = None) -> str:
+    """``hybrid-1-<data fingerprint>-<tflite sha>[-<device rules>]``: the last part hashes the feature spec the
+    device forecasts with (EOL band, intervals, fallback rules), so that a model.json whose rules change while the
+    network stays the same is a new version on the device, in Health messages and in the fleet's records."""
+    version = f"hybrid-1-{fp[:8]}-{tflite_sha[:8]}"
+    if spec is None:
+        return version
+    rules = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return f"{version}-{hashlib.sha256(rules.encode()).hexdigest()[:6]}"
 
 
 def train(
@@ -216,7 +225,9 @@ def train(
         val_cells, device_model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles
     )
     spec = spec.model_copy(update={"eol_band_sigmas": band, "intervals": intervals})
-    mf = ModelFile.model_validate(mf.model_copy(update={"features": spec}).model_dump())
+    mf = ModelFile.model_validate(
+        mf.model_copy(update={"features": spec, "version": model_version(fp, sha, spec)}).model_dump()
+    )
     write_model_file(mf, out_dir / MODEL_JSON)
     device_model = load_hybrid_model(out_dir)
     export_report = {**export_report, "eol_band": calibration, "intervals": interval_table}

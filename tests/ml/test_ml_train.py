@@ -46,8 +46,14 @@ def test_tiny_training_produces_a_device_model(tiny_trained):
     assert cal["n_points"] > 0 and any(v["source"] == "validation" for v in cal["methods"]["physics"].values())
     m = load_hybrid_model(model_dir)
     assert m.version == mf.version
-    for name in ("metrics.json", "predictions.csv", "training_report.md", "loss.png", "error_vs_horizon_nasa.png",
-                 "model.keras"):
+    for name in (
+        "metrics.json",
+        "predictions.csv",
+        "training_report.md",
+        "loss.png",
+        "error_vs_horizon_nasa.png",
+        "model.keras",
+    ):
         assert (report / name).is_file(), name
 
 
@@ -138,10 +144,43 @@ def test_training_is_deterministic(tiny_trained, tiny_data, tmp_path):
 
     model_dir, _, _ = tiny_trained
     out = tmp_path / "again"
-    rc = main(["ml", "train", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]), "--out", str(out),
-               "--report", str(tmp_path / "report"), "--tiny", "--seed", "3"])
+    rc = main(
+        [
+            "ml",
+            "train",
+            "--cells",
+            str(tiny_data[0]),
+            "--cells",
+            str(tiny_data[1]),
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "report"),
+            "--tiny",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     assert sha256_file(out / "model.tflite") == sha256_file(model_dir / "model.tflite")
     a = json.loads((model_dir / "model.json").read_text())
     b = json.loads((out / "model.json").read_text())
     assert a["version"] == b["version"] and a["provenance"]["data_fingerprint"] == b["provenance"]["data_fingerprint"]
+
+
+def test_the_version_names_the_device_rules_so_a_changed_rule_is_a_new_model() -> None:
+    """Two model.json files with the same network but different device-side rules (here the sparse-history
+    fallback) must not share a version: the device, its Health messages and the fleet's records tell them apart.
+    The shipped model's version is the one its own rules give."""
+    from device_agent.health.model_files import read_model_file
+    from ml.train import model_version
+
+    shipped = read_model_file(SHIPPED_MODEL / "model.json")
+    fp8 = shipped.version.split("-")[2]
+    assert shipped.version == model_version(fp8, shipped.tflite_sha256, shipped.features)
+    looser = shipped.features.model_copy(
+        update={"fallback": shipped.features.fallback.model_copy(update={"max_window_spacing": 3.0})}
+    )
+    changed = model_version(fp8, shipped.tflite_sha256, looser)
+    assert changed != shipped.version
+    assert changed.rsplit("-", 1)[0] == shipped.version.rsplit("-", 1)[0]  # same data, same network
