@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ class StackNames:
         }
 
 
+#: moto streams the local Firehose targets keep at once (moto allows 50 per region)
+LOCAL_FIREHOSE_STREAMS = 40
+
+
 @dataclass
 class LocalAws:
     """``ThreadedMotoServer`` + boto3 clients bound to it (``start()`` before use)."""
@@ -88,7 +93,7 @@ class LocalAws:
     _server: Any = None
     _clients: dict[str, Any] = field(default_factory=dict)
     _created: bool = False
-    _streams: set[str] = field(default_factory=set)
+    _streams: OrderedDict[str, None] = field(default_factory=OrderedDict)  # moto streams, least recently used first
     _streams_lock: threading.Lock = field(default_factory=threading.Lock)
     failure_queue_url: str = ""
     endpoint: str = ""
@@ -232,7 +237,15 @@ class LocalAws:
                 return
             name = self.names.stream(spec.logical_id, prefix)
             with self._streams_lock:
-                if name not in self._streams:
+                if name in self._streams:
+                    self._streams.move_to_end(name)
+                else:
+                    # one moto stream per partition (kind and day): a backfilled past spans hundreds of days, and
+                    # moto allows 50 streams in a region; it writes each record to S3 as it is put, so retiring the
+                    # least recently used stream loses nothing
+                    while len(self._streams) >= LOCAL_FIREHOSE_STREAMS:
+                        old, _ = self._streams.popitem(last=False)
+                        firehose.delete_delivery_stream(DeliveryStreamName=old)
                     firehose.create_delivery_stream(
                         DeliveryStreamName=name,
                         DeliveryStreamType="DirectPut",
@@ -243,8 +256,8 @@ class LocalAws:
                             "ErrorOutputPrefix": spec.error_prefix,
                         },
                     )
-                    self._streams.add(name)
-            firehose.put_record(DeliveryStreamName=name, Record={"Data": record})
+                    self._streams[name] = None
+                firehose.put_record(DeliveryStreamName=name, Record={"Data": record})
 
         return put
 

@@ -298,6 +298,15 @@ def test_fleet_view_shows_soh_spread_risk_ranking_fade_curves_and_alarms(page: A
     assert shown == sorted(shown) and len(shown) >= 3
     for r, text in zip(with_rul, shown, strict=True):
         assert text == pytest.approx(r["rul_cycles"], abs=0.5)
+    # one line per battery however long its model version is (the cell cuts it with an ellipsis, the full version
+    # in its title): the versions wrapped into tall rows that left two batteries in the panel's view
+    versions = risk_rows.locator('td[data-col="model_version"]')
+    assert versions.first.get_attribute("title") == versions.first.inner_text() != ""
+    one_line = page.locator('#at-risk td[data-col="soh"]').first.evaluate(
+        "e => parseFloat(getComputedStyle(e).lineHeight) || 20"
+    )
+    heights = [risk_rows.nth(k).bounding_box()["height"] for k in range(min(4, risk_rows.count()))]
+    assert max(heights) < 2 * one_line + 12, (heights, one_line)
     ranges = [risk_rows.nth(k).locator('td[data-col="rul_range"]').inner_text() for k in range(risk_rows.count())]
     assert any(re.fullmatch(r"\d+–(\d+|beyond horizon)", t) for t in ranges), ranges
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cloud.ingest.handler import Ingestor, IngestSettings
+from cloud.lake import utc_day
 from cloud.local_stack.aws_local import LocalAws
 from cloud.local_stack.iot_sql import Message, RuleEvaluationError, RuleQuery, RuleSqlError, topic_matches
 from cloud.local_stack.rules import LocalRulesRunner
@@ -314,3 +315,26 @@ def test_a_failing_invocation_is_retried_then_recorded(broker: EmbeddedBroker) -
     assert record["requestPayload"]["rule_thing"] == "f1"
     assert record["responsePayload"]["errorMessage"] == "throttled"
     assert runner.stats()["failed_invocations"] == 1
+
+
+def test_the_local_lake_stream_takes_a_past_of_many_days_and_kinds(aws: LocalAws) -> None:
+    """A demo battery's backfilled past spans hundreds of days: each kind and day is a partition, and moto allows 50
+    delivery streams; every record still lands once under its own partition (the demo's fleet stalled on it)."""
+    (put,) = aws.firehose_targets().values()
+    day0 = 1_700_006_400  # a UTC midnight
+    days = 70
+    for d in range(days):
+        for kind in ("cycles", "health"):
+            record = {"kind": kind, "rule_kind": kind, "ts": day0 + d * 86_400 + 60, "thing": "t", "id": f"{kind}{d}"}
+            put(json.dumps(record).encode() + b"\n")
+    s3 = aws.client("s3")
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=aws.names.bucket, Prefix="lake/")
+        for o in page.get("Contents", [])
+    ]
+    wanted = {f"dt={utc_day(day0 + d * 86_400)}" for d in range(days)}
+    for kind in ("cycles", "health"):
+        mine = [k for k in keys if k.startswith(f"lake/kind={kind}/") and k.split("/")[2] in wanted]
+        assert len(mine) == days  # one object per record (moto writes each as it is put), none lost
+        assert {k.split("/")[2] for k in mine} == wanted

@@ -208,7 +208,7 @@
         h("td", { class: "num", "data-col": "rul_cycles", text: fmt(r.rul_cycles, 0) }),
         h("td", { class: "num", "data-col": "rul_range", text: range }),
         h("td", { class: "num", "data-col": "cycle_index", text: fmt(r.cycle_index, 0) }),
-        h("td", { "data-col": "model_version", text: r.model_version || "physics fit" }),
+        h("td", { "data-col": "model_version", text: r.model_version || "physics fit", title: r.model_version || "physics fit" }),
       ]));
     });
     document.getElementById("at-risk-note").textContent = (o.without_rul ? o.without_rul + " without an RUL forecast yet. " : "") +
