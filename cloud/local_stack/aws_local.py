@@ -7,14 +7,11 @@ themselves, so the local stack can run next to code (or tests) that use real AWS
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,11 +62,6 @@ class StackNames:
     def failure_queue(self) -> str:
         return f"battwin-local-{self.suffix}-IngestFailureQueue"
 
-    def stream(self, logical_id: str, prefix: str) -> str:
-        """The moto Firehose stream of one stream of the template and one partition prefix."""
-        digest = hashlib.sha256(prefix.encode()).hexdigest()[:10]
-        return f"battwin-local-{self.suffix}-{logical_id}-{digest}"[:64]
-
     def refs(self) -> dict[str, str]:
         """``!Ref`` of the template's logical ids → the names used here."""
         return {
@@ -77,10 +69,6 @@ class StackNames:
             "HistoryTable": self.history_table,
             "DataBucket": self.bucket,
         }
-
-
-#: moto streams the local Firehose targets keep at once (moto allows 50 per region)
-LOCAL_FIREHOSE_STREAMS = 40
 
 
 @dataclass
@@ -93,8 +81,6 @@ class LocalAws:
     _server: Any = None
     _clients: dict[str, Any] = field(default_factory=dict)
     _created: bool = False
-    _streams: OrderedDict[str, None] = field(default_factory=OrderedDict)  # moto streams, least recently used first
-    _streams_lock: threading.Lock = field(default_factory=threading.Lock)
     failure_queue_url: str = ""
     endpoint: str = ""
 
@@ -143,8 +129,6 @@ class LocalAws:
             s3.delete_bucket(Bucket=self.names.bucket)
             if self.failure_queue_url:
                 self.client("sqs").delete_queue(QueueUrl=self.failure_queue_url)
-            for name in sorted(self._streams):
-                self.client("firehose").delete_delivery_stream(DeliveryStreamName=name)
         except Exception as exc:
             log.warning("could not delete the local resources", extra={"error": str(exc)[:200]})
 
@@ -204,12 +188,13 @@ class LocalAws:
 
     def firehose_targets(self) -> dict[str, Callable[[bytes], None]]:
         """The template's Firehose streams as targets of :class:`~cloud.local_stack.rules.LocalRulesRunner`:
-        logical id → put one record. moto's Firehose writes each record straight to S3 (no buffering, no
-        compression) under its stream's ``Prefix`` and an arrival-time ``YYYY/MM/DD/HH/`` path, and knows no
-        dynamic partitioning; so the partition keys are computed here (:func:`cloud.lake.firehose_partition`,
-        the stream's JQ query in Python: the template's query must be that one) and each partition gets a moto
-        stream whose prefix is the template's with the keys filled in. A record the query fails on goes to the
-        stream's error output prefix, as Firehose does."""
+        logical id → put one record. Each record is written to S3 as its own object under its partition's prefix
+        (the stream's ``Prefix`` with the keys of :func:`cloud.lake.firehose_partition`, the stream's JQ query in
+        Python: the template's query must be that one), named as Firehose names its objects; a record the query
+        fails on goes to the stream's error output prefix, as Firehose does. No buffering: what moto's Firehose
+        does, which knows no dynamic partitioning — one moto stream per partition hit moto's 50-stream quota on a
+        backfilled past of hundreds of days, and creating and retiring streams made the demo's ingest slow.
+        Buffering is counted by :class:`cloud.local_stack.firehose.BufferedFirehose` (the scale run)."""
         streams = firehose_streams(load_template())
         for spec in streams.values():
             if spec.partition_query is not None and spec.partition_query != FIREHOSE_PARTITION_JQ:
@@ -217,7 +202,7 @@ class LocalAws:
         return {lid: self._firehose_target(spec) for lid, spec in streams.items()}
 
     def _firehose_target(self, spec: FirehoseSpec) -> Callable[[bytes], None]:
-        firehose, s3, bucket = self.client("firehose"), self.client("s3"), self.names.bucket
+        s3, bucket = self.client("s3"), self.names.bucket
 
         def put(record: bytes) -> None:
             try:
@@ -235,29 +220,8 @@ class LocalAws:
                 body = json.dumps({**error, "rawData": record.decode("utf-8", "replace")}).encode()
                 s3.put_object(Bucket=bucket, Key=key, Body=body)
                 return
-            name = self.names.stream(spec.logical_id, prefix)
-            with self._streams_lock:
-                if name in self._streams:
-                    self._streams.move_to_end(name)
-                else:
-                    # one moto stream per partition (kind and day): a backfilled past spans hundreds of days, and
-                    # moto allows 50 streams in a region; it writes each record to S3 as it is put, so retiring the
-                    # least recently used stream loses nothing
-                    while len(self._streams) >= LOCAL_FIREHOSE_STREAMS:
-                        old, _ = self._streams.popitem(last=False)
-                        firehose.delete_delivery_stream(DeliveryStreamName=old)
-                    firehose.create_delivery_stream(
-                        DeliveryStreamName=name,
-                        DeliveryStreamType="DirectPut",
-                        ExtendedS3DestinationConfiguration={
-                            "BucketARN": f"arn:aws:s3:::{bucket}",
-                            "RoleARN": "arn:aws:iam::123456789012:role/battwin-local-firehose",
-                            "Prefix": prefix,
-                            "ErrorOutputPrefix": spec.error_prefix,
-                        },
-                    )
-                    self._streams[name] = None
-                firehose.put_record(DeliveryStreamName=name, Record={"Data": record})
+            stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+            s3.put_object(Bucket=bucket, Key=f"{prefix}{spec.logical_id}-1-{stamp}-{uuid.uuid4()}", Body=record)
 
         return put
 
