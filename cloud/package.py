@@ -62,7 +62,7 @@ LAMBDA_PROJECT_FILES = (
     "device_agent/logging_setup.py",
 )
 #: whole packages: the handlers, and ``schema`` (the wire format, the bottom layer; it imports nothing of ours)
-LAMBDA_PROJECT_PACKAGES = ("schema", "cloud/ingest", "cloud/api", "cloud/retrain", "cloud/silence")
+LAMBDA_PROJECT_PACKAGES = ("schema", "cloud/ingest", "cloud/lake_expand", "cloud/api", "cloud/retrain", "cloud/silence")
 #: third-party distributions copied into the zip
 LAMBDA_DISTRIBUTIONS = ("pydantic", "pydantic-core", "annotated-types", "typing-extensions", "typing-inspection")
 TRAINING_PACKAGES = ("ml", "device_agent", "hardware", "schema")

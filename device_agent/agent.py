@@ -31,7 +31,7 @@ from device_agent.soc import SocEstimator, latest_capacity
 from device_agent.tracking.cycle_tracker import CycleTracker
 from device_agent.uplink.batcher import TelemetryBatch, TelemetryBatcher
 from device_agent.uplink.publisher import Publisher
-from device_agent.uplink.sizing import telemetry_overhead
+from device_agent.uplink.sizing import NotSplittable, split_telemetry, telemetry_overhead
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.state_store import StateStore
 from device_agent.uplink.transport import Transport, payload_budget
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: at most one ``spool_dropped`` alarm this often (agent time), carrying the count since the last one
 DROP_ALARM_EVERY_S = 60.0
+#: how many times the plain-JSON budget a packed telemetry batch may hold before the batcher closes it (packed
+#: batches are ~1/9 of their JSON; one that still comes out over the budget is split into plain parts)
+PACKED_BUDGET_FACTOR = 3
 
 
 @dataclass
@@ -365,10 +368,15 @@ class Agent:
         self._enqueue("telemetry", body, samples[-1].ts, samples_json=batch.samples_json)
 
     def _telemetry_bytes(self) -> int | None:
-        """What the samples of one telemetry batch may take: the transport's payload budget on the telemetry
-        topic less the envelope around them (None: the transport states no limit)."""
+        """What the samples of one telemetry batch may take as plain JSON: the transport's payload budget on the
+        telemetry topic less the envelope around them (None: the transport states no limit). Packed, a batch is
+        ~1/9 of its JSON: the batcher then closes at :data:`PACKED_BUDGET_FACTOR` times that, and a packed
+        message that is still over the budget is split into plain parts that fit (:meth:`_enqueue`)."""
         budget = payload_budget(self.transport, self.topic("telemetry"))
-        return None if budget is None else max(1, budget - telemetry_overhead(self.config.thing_name))
+        if budget is None:
+            return None
+        plain = max(1, budget - telemetry_overhead(self.config.thing_name))
+        return plain * PACKED_BUDGET_FACTOR if self.config.telemetry.encoding == "packed" else plain
 
     def _message_too_large(self, topic: str, size: int, limit: int) -> None:
         """The publisher deleted a spooled message the transport cannot carry (called on its thread)."""
@@ -380,9 +388,35 @@ class Agent:
     # -- spool ------------------------------------------------------------------------------------
     def _enqueue(self, kind: MessageKind, body: Body, ts: float, samples_json: bytes | None = None) -> None:
         msg_id = new_message_id()
-        payload = encode_envelope(self.config.thing_name, kind, body, ts, msg_id, samples_json=samples_json)
+        payload = encode_envelope(
+            self.config.thing_name,
+            kind,
+            body,
+            ts,
+            msg_id,
+            samples_json=samples_json,
+            packed=self.config.telemetry.encoding == "packed",
+        )
+        if kind == "telemetry":
+            budget = payload_budget(self.transport, self.topic(kind))
+            if budget is not None and len(payload) > budget:
+                # a packed batch that compressed worse than the batcher allowed for: plain parts that fit (one
+                # sample alone over the budget cannot be split: spooled whole, the publisher then raises
+                # message_too_large as for any such message)
+                try:
+                    parts = split_telemetry(payload, budget)
+                except NotSplittable:
+                    parts = [(msg_id, payload)]
+                for n, (part_id_, part) in enumerate(parts):
+                    self._spool(kind, body, part_id_, part, ts, announce=n == len(parts) - 1)
+                return
+        self._spool(kind, body, msg_id, payload, ts)
+
+    def _spool(
+        self, kind: MessageKind, body: Body, msg_id: str, payload: bytes, ts: float, announce: bool = True
+    ) -> None:
         result = self.spool.put(msg_id, self.topic(kind), payload, ts)
-        if self.on_message is not None and result.accepted:
+        if self.on_message is not None and result.accepted and announce:
             self.on_message(kind, body, msg_id)
         self.publisher.notify()
         if result.dropped:

@@ -33,6 +33,7 @@ from devkit.broker.embedded import EmbeddedBroker
 from devkit.demo_history import aged_settings, backfill
 from devkit.local_shadow import LocalShadowService
 from hardware.simulator.source import SimulatorSource
+from schema.messages import telemetry_samples
 from schema.simulator_settings import SimulatorSettings
 
 
@@ -105,8 +106,12 @@ class FleetMonitor:
             view.messages += 1
             view.last_seen = time.time()
             view.simulated = bool(env.get("simulated", False))
-            if kind == "telemetry" and body.get("samples"):
-                s = body["samples"][-1]
+            try:
+                samples = telemetry_samples(body) if kind == "telemetry" else []
+            except (ValueError, KeyError):
+                samples = []
+            if samples:
+                s = samples[-1]
                 view.voltage_v, view.current_a = s["voltage_v"], s["current_a"]
                 temps = s.get("temperatures_c") or []
                 view.temperature_c = sum(temps) / len(temps) if temps else None

@@ -13,7 +13,7 @@ from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.uplink.mqtt_transport import MqttTransport
 from hardware.simulator.source import SimulatorSource
-from schema.messages import Envelope
+from schema.messages import Envelope, telemetry_samples
 from schema.simulator_settings import SimulatorSettings
 from tests.conftest import Mosquitto, require_mosquitto
 
@@ -74,7 +74,7 @@ def test_simulated_battery_reaches_subscriber(broker, request, tmp_path, subscri
     assert any(c["complete"] and c["capacity_ah"] for c in cycles if c["kind"] == "discharge")
     health = [e["body"] for e in sub.envelopes("health")]
     assert health and all(h["method"] == "physics" and 0.3 < h["soh"] <= 1.1 for h in health)
-    samples = [s for e in sub.envelopes("telemetry") for s in e["body"]["samples"]]
+    samples = [s for e in sub.envelopes("telemetry") for s in telemetry_samples(e["body"])]
     assert len(samples) == 30_000 and all(s["simulated"] for s in samples)
     ts = [s["ts"] for s in samples]
     assert ts == sorted(ts)

@@ -78,11 +78,31 @@ def test_the_agent_publishes_the_encoders_bytes_for_every_kind(output):
     handed, published = output
     assert {kind for kind, _b, _i in handed} == {"telemetry", "cycles", "health", "alarms"}
     for kind, body, msg_id in handed:
-        expected = encode_envelope(THING, kind, body, stamp(kind, body), msg_id)
+        # the agent's default telemetry encoding is packed (schema.messages.pack_samples)
+        expected = encode_envelope(THING, kind, body, stamp(kind, body), msg_id, packed=True)
         assert published[msg_id] == expected, kind
         parsed = Envelope.model_validate_json(expected)
         assert parsed.simulated is True  # the simulator's data is flagged in every envelope
         assert parsed.parsed_body() == body
+
+
+def test_packed_telemetry_reads_back_the_same_samples_and_is_a_fifth_of_the_size(output):
+    handed, published = output
+    telemetry = [(body, msg_id) for kind, body, msg_id in handed if kind == "telemetry"]
+    assert telemetry
+    for body, msg_id in telemetry:
+        packed = published[msg_id]
+        plain = encode_envelope(THING, "telemetry", body, stamp("telemetry", body), msg_id)
+        assert b'"zsamples":' in packed and b'"samples":' not in packed
+        assert Envelope.model_validate_json(packed).parsed_body() == body
+        if len(body.samples) >= 30:  # a full batch: one 5 KB unit of IoT Core's bill instead of three
+            assert len(packed) < len(plain) / 5 and len(packed) < 5 * 1024, (len(packed), len(plain))
+
+
+def test_a_tiny_batch_stays_plain_when_packing_would_not_make_it_smaller():
+    body = Telemetry(samples=(Sample(ts=1.0, voltage_v=3.7, current_a=-1.0, source_id="b"),))
+    plain = encode_envelope(THING, "telemetry", body, 1.0, "m1")
+    assert encode_envelope(THING, "telemetry", body, 1.0, "m1", packed=True) == plain
 
 
 def test_the_fast_path_writes_what_the_plain_encoder_writes():

@@ -4,7 +4,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from schema.messages import Alarm, CycleRecord, Envelope, Health, Sample, Telemetry, envelope
+from schema.messages import Alarm, CycleRecord, Envelope, Health, Sample, Telemetry, envelope, telemetry_samples
 
 
 def sample(**kw):
@@ -129,13 +129,19 @@ def test_agent_telemetry_leaves_out_missing_readings_and_reads_back_the_same(tmp
     agent = Agent(cfg, SimulatorSource(SimulatorSettings()), MemoryTransport(), Spool(tmp_path / "s.db"))
     bare = Sample(ts=1.0, voltage_v=3.7, current_a=-1.0, source_id="bms", simulated=True)
     full = Sample(
-        ts=2.0, voltage_v=3.6, current_a=-1.0, temperatures_c=(25.0,), soc_pct=50.0,
-        cell_voltages_v=(3.6,), source_id="bms", simulated=True,
+        ts=2.0,
+        voltage_v=3.6,
+        current_a=-1.0,
+        temperatures_c=(25.0,),
+        soc_pct=50.0,
+        cell_voltages_v=(3.6,),
+        source_id="bms",
+        simulated=True,
     )
     agent.process(bare)
     agent.process(full)
     (msg,) = [m for m in agent.spool.peek(10) if m.topic.endswith("/telemetry")]
-    raw = json.loads(msg.payload)["body"]["samples"]
+    raw = telemetry_samples(json.loads(msg.payload)["body"])
     assert "soc_pct" not in raw[0] and "cell_voltages_v" not in raw[0]  # not sent as null
     assert raw[0]["simulated"] is True and raw[1]["soc_pct"] == 50.0
     # what the cloud reads back is what the agent had

@@ -32,6 +32,7 @@ from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
 from hardware.simulator.source import SimulatorSource
 from hardware.transports.backoff import Backoff
+from schema.messages import telemetry_samples
 from schema.simulator_settings import SimulatorSettings
 
 TELEMETRY = "battwin/gg-test-thing/telemetry"
@@ -73,15 +74,29 @@ def default_telemetry_on_the_ipc_budget(tmp_path: Path, n_samples: int = 3000, *
 
 def test_default_telemetry_at_1_s_on_the_ipc_budget_is_38_to_39_samples_of_7_to_7_3_kb(tmp_path) -> None:
     """RELIABILITY.md: "with the defaults at 1 s sampling a batch is 38–39 samples, 7.0–7.3 KB on IPC (never over
-    the 7,287 B budget)"."""
+    the 7,287 B budget)" — plain JSON telemetry (``telemetry.encoding = "json"``)."""
     budget = publish_payload_budget(TELEMETRY)
-    batches = [(len(json.loads(p)["body"]["samples"]), len(p)) for p in default_telemetry_on_the_ipc_budget(tmp_path)]
+    batches = [
+        (len(telemetry_samples(json.loads(p)["body"])), len(p))
+        for p in default_telemetry_on_the_ipc_budget(tmp_path, telemetry={"encoding": "json"})
+    ]
     assert sum(n for n, _ in batches) == 3000
     full = batches[:-1]  # the last one is closed by the shutdown
     assert {n for n, _ in full} <= {38, 39}, sorted({n for n, _ in full})
     # the sizes depend on the readings' float digits: 7.0–7.3 KB, never over the budget (7,218 B in the figures' run)
     assert max(size for _, size in batches) <= budget == 7_287
     assert min(size for _, size in full) >= 7_000
+
+
+def test_default_packed_telemetry_at_1_s_on_the_ipc_budget_is_60_samples_in_one_5_kb_unit(tmp_path) -> None:
+    """RELIABILITY.md / cloud/README.md: "packed (the default), a batch is the full 60 samples in 1.2–1.6 KB: one
+    5 KB unit of IoT Core's bill"."""
+    payloads = default_telemetry_on_the_ipc_budget(tmp_path)
+    batches = [(len(telemetry_samples(json.loads(p)["body"])), len(p)) for p in payloads]
+    assert all(b'"zsamples":' in p for p in payloads)
+    assert sum(n for n, _ in batches) == 3000
+    assert {n for n, _ in batches[:-1]} == {60}
+    assert 1_200 <= min(size for _, size in batches[:-1]) and max(size for _, size in batches) <= 1_600
 
 
 def test_the_ipc_reconnect_schedule_is_the_published_one() -> None:

@@ -21,7 +21,7 @@ from device_agent.soc.estimator import UNKNOWN_SD_PCT
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport
 from hardware.replay import ReplaySource
-from schema.messages import Alarm, Sample, Telemetry
+from schema.messages import Alarm, Sample, Telemetry, telemetry_samples
 
 T0 = 1_700_000_000.0
 NMC = OCV_TABLES["nmc"]
@@ -273,8 +273,9 @@ def test_the_agent_publishes_soc_est_pct_beside_the_bms_value_and_keeps_it_acros
     last = published[-1]
     assert len(published) == 130 and last.soc_pct == 58.0 and last.soc_est_pct == pytest.approx(60.0, abs=0.5)
     # on the wire, beside the BMS's value
-    wire = b"".join(m.payload for m in agent.spool.peek(100) if m.topic.endswith("/telemetry"))
-    assert b'"soc_pct":58.0,"soc_est_pct":' in wire
+    wire = [m.payload for m in agent.spool.peek(100) if m.topic.endswith("/telemetry")]
+    on_wire = [s for p in wire for s in telemetry_samples(json.loads(p)["body"])]
+    assert any(s["soc_pct"] == 58.0 and "soc_est_pct" in s for s in on_wire)
     agent.progress.save()
     agent.close()
     again, published = _agent(tmp_path, config)
@@ -360,13 +361,15 @@ def test_replay_with_telemetry_writes_the_samples_with_battwins_soc(tmp_path: Pa
 
 def test_default_telemetry_with_soc_est_pct_is_35_samples_a_batch_on_the_ipc_budget(tmp_path: Path):
     """RELIABILITY.md: with battwin's SoC in every sample a default batch at 1 s is 35 samples (38–39 without),
-    7.1–7.3 KB, never over the 7,287 B budget."""
+    7.1–7.3 KB, never over the 7,287 B budget — as plain JSON (``telemetry.encoding = "json"``)."""
     from tests.test_published_figures import TELEMETRY, default_telemetry_on_the_ipc_budget, publish_payload_budget
 
     budget = publish_payload_budget(TELEMETRY)
     # published from the first rest on
-    payloads = default_telemetry_on_the_ipc_budget(tmp_path, soc={"capacity_ah": 2.0, "rest_min_s": 300.0})
-    batches = [json.loads(p)["body"]["samples"] for p in payloads]
+    payloads = default_telemetry_on_the_ipc_budget(
+        tmp_path, soc={"capacity_ah": 2.0, "rest_min_s": 300.0}, telemetry={"encoding": "json"}
+    )
+    batches = [telemetry_samples(json.loads(p)["body"]) for p in payloads]
     sizes = [len(p) for p in payloads]
     with_soc = [(len(b), size) for b, size in zip(batches, sizes, strict=True) if all("soc_est_pct" in s for s in b)]
     assert len(with_soc) > 50

@@ -21,7 +21,16 @@ from device_agent.uplink.sizing import NotSplittable, part_id, split_telemetry, 
 from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MemoryTransport, MessageTooLarge
 from hardware.transports.backoff import Backoff
-from schema.messages import Alarm, CycleRecord, ForecastPoint, Health, Sample, Telemetry, encode_envelope
+from schema.messages import (
+    Alarm,
+    CycleRecord,
+    ForecastPoint,
+    Health,
+    Sample,
+    Telemetry,
+    encode_envelope,
+    telemetry_samples,
+)
 from tests.support import free_port
 
 
@@ -177,7 +186,7 @@ def test_split_keeps_every_sample_in_order_with_deterministic_ids() -> None:
     assert [pid for pid, _ in parts] == [part_id("abc-1", k) for k in range(len(parts))]
     assert all(len(p) <= budget for _, p in parts) and len(parts) > 1
     bodies = [json.loads(p) for _, p in parts]
-    assert [s for b in bodies for s in b["body"]["samples"]] == json.loads(payload)["body"]["samples"]
+    assert [s for b in bodies for s in telemetry_samples(b["body"])] == telemetry_samples(json.loads(payload)["body"])
     assert len(part_id("x" * 64, 3)) <= 64
     with pytest.raises(NotSplittable):
         split_telemetry(b"not json", budget)

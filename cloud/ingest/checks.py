@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from schema.messages import BODY_TYPES, Envelope, Message
+from schema.messages import BODY_TYPES, Envelope, Message, PackedBodyError, unpacked_body
 
 
 class RuleEvent(BaseModel):
@@ -91,7 +91,11 @@ def validate_message(
             msg_id,
         )
     try:
-        body = BODY_TYPES[envelope.kind].model_validate(envelope.body)
+        fields = unpacked_body(envelope.body) if envelope.kind == "telemetry" else envelope.body
+    except PackedBodyError as exc:
+        raise Rejected("invalid_body", str(exc), msg_id) from None
+    try:
+        body = BODY_TYPES[envelope.kind].model_validate(fields)
     except ValidationError as exc:
         raise Rejected("invalid_body", summarise_errors(exc), msg_id) from None
     return envelope, body

@@ -30,6 +30,7 @@ from cloud.local_stack.template import (
     resource,
     table_request,
     table_ttl,
+    transformed,
 )
 
 log = logging.getLogger("battwin.local_stack.aws")
@@ -205,6 +206,7 @@ class LocalAws:
         s3, bucket = self.client("s3"), self.names.bucket
 
         def put(record: bytes) -> None:
+            record = transformed(spec, record)
             try:
                 keys = firehose_partition(json.loads(record)) if spec.partition_query else {}
                 prefix = firehose_prefix(spec.prefix, keys)

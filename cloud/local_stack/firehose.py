@@ -4,6 +4,8 @@ moto's Firehose writes every ``PutRecord`` straight to S3 as its own object (no 
 lake fed through it has one object per message: right for the demo's data flow, wrong for counting objects.
 :class:`BufferedFirehose` does what the deployed stream does with the records a rule's Firehose action puts:
 
+* the stream's Lambda transform first (:func:`cloud.local_stack.template.transformed`: packed telemetry expanded
+  by the same function the deployed stream invokes), then
 * the partition keys from the stream's JQ query (:func:`cloud.lake.firehose_partition`, the same query in
   Python) fill the ``Prefix``; a record the query fails on goes to the ``ErrorOutputPrefix`` (one object each);
 * records are buffered per partition until the buffer holds ``SizeInMBs`` or its first record is
@@ -28,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cloud.lake import FIREHOSE_PARTITION_JQ, PartitionError, firehose_partition, firehose_prefix
-from cloud.local_stack.template import FirehoseSpec, TemplateError
+from cloud.local_stack.template import FirehoseSpec, TemplateError, transformed
 
 
 @dataclass
@@ -69,6 +71,7 @@ class BufferedFirehose:
     def put(self, record: bytes) -> None:
         """One record as a rule's Firehose action puts it (the rule SQL's JSON plus the separator)."""
         now = self.clock()
+        record = transformed(self.spec, record)
         try:
             keys = firehose_partition(json.loads(record)) if self.spec.partition_query else {}
             prefix = firehose_prefix(self.spec.prefix, keys)

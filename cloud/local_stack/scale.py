@@ -37,6 +37,7 @@ from cloud.local_stack.aws_local import LocalAws
 from cloud.local_stack.firehose import BufferedFirehose
 from cloud.local_stack.rules import LocalRulesRunner
 from cloud.local_stack.template import firehose_streams, load_template
+from schema.messages import is_packed, pack_samples, telemetry_samples
 
 #: seconds between the clocks of two consecutive simulated devices (spreads their publishing over the minute)
 DEVICE_OFFSET_S = 7.0
@@ -95,7 +96,10 @@ def fleet_day(
 def _shifted(body: dict[str, Any], kind: str, shift: float) -> dict[str, Any]:
     body = dict(body)
     if kind == "telemetry":
-        body["samples"] = [{**s, "ts": s["ts"] + shift} for s in body["samples"]]
+        samples = [{**s, "ts": s["ts"] + shift} for s in telemetry_samples(body)]
+        samples_json = json.dumps(samples, separators=(",", ":"), allow_nan=False).encode()
+        # as the device sent it: packed when it came packed
+        body = json.loads(pack_samples(samples_json, len(samples))) if is_packed(body) else {"samples": samples}
     elif kind == "cycles":
         body["start_ts"] += shift
         body["end_ts"] += shift

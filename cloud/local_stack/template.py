@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from cloud.deploy import TEMPLATE
+from cloud.lake_expand.handler import expand_record
 
 
 class TemplateError(ValueError):
@@ -159,6 +160,27 @@ class FirehoseSpec:
     buffer_mb: int
     buffer_s: int
     compression: str
+    #: the handler (``module.function``) of the stream's Lambda transform, which runs before the partition query
+    #: (None: no transform); the local stack runs only :data:`LOCAL_TRANSFORM_HANDLERS` in process (:func:`transformed`)
+    transform: str | None = None
+
+
+#: Lambda transforms the local stack runs in process: handler -> the function applied to one record
+LOCAL_TRANSFORM_HANDLERS = frozenset({"cloud.lake_expand.handler.handler"})
+
+
+def _function_handler(template: dict[str, Any], ref: Any, where: str) -> str:
+    """The ``Handler`` of the function a ``!GetAtt <Function>.Arn`` names."""
+    target = ref.get("Fn::GetAtt") if isinstance(ref, dict) else None
+    if isinstance(target, str):
+        target = target.split(".")
+    if not (isinstance(target, list) and len(target) == 2 and target[1] == "Arn"):
+        raise TemplateError(f"{where}: the Lambda processor's LambdaArn must be !GetAtt <Function>.Arn, got {ref!r}")
+    res = template["Resources"].get(target[0]) or {}
+    handler = (res.get("Properties") or {}).get("Handler")
+    if res.get("Type") != "AWS::Lambda::Function" or not isinstance(handler, str):
+        raise TemplateError(f"{where}: {target[0]} is not a Lambda function with a Handler")
+    return handler
 
 
 def firehose_streams(template: dict[str, Any]) -> dict[str, FirehoseSpec]:
@@ -169,7 +191,14 @@ def firehose_streams(template: dict[str, Any]) -> dict[str, FirehoseSpec]:
         dest = (res.get("Properties") or {}).get("ExtendedS3DestinationConfiguration")
         if not isinstance(dest, dict):
             raise TemplateError(f"{logical_id}: only an ExtendedS3 destination is mirrored locally")
-        query = None
+        query = transform = None
+        for proc in (dest.get("ProcessingConfiguration") or {}).get("Processors") or []:
+            if proc.get("Type") == "Lambda":
+                for param in proc.get("Parameters") or []:
+                    if param.get("ParameterName") == "LambdaArn":
+                        transform = _function_handler(template, param.get("ParameterValue"), str(logical_id))
+                if transform not in LOCAL_TRANSFORM_HANDLERS:
+                    raise TemplateError(f"{logical_id}: the local stack does not run the transform {transform!r}")
         if (dest.get("DynamicPartitioningConfiguration") or {}).get("Enabled"):
             for proc in (dest.get("ProcessingConfiguration") or {}).get("Processors") or []:
                 if proc.get("Type") == "MetadataExtraction":
@@ -187,6 +216,7 @@ def firehose_streams(template: dict[str, Any]) -> dict[str, FirehoseSpec]:
             buffer_mb=int(hints.get("SizeInMBs", 5)),
             buffer_s=int(hints.get("IntervalInSeconds", 300)),
             compression=str(dest.get("CompressionFormat", "UNCOMPRESSED")),
+            transform=transform,
         )
     return out
 
@@ -237,3 +267,10 @@ def max_retry_attempts(template: dict[str, Any], function: str) -> int:
         if props.get("FunctionName") == {"Ref": function} and "MaximumRetryAttempts" in props:
             return int(props["MaximumRetryAttempts"])
     return 2
+
+
+def transformed(spec: FirehoseSpec, record: bytes) -> bytes:
+    """``record`` after the stream's Lambda transform (the same function the deployed stream invokes)."""
+    if spec.transform is None:
+        return record
+    return expand_record(record)  # the only handler in LOCAL_TRANSFORM_HANDLERS

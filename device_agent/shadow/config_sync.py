@@ -35,6 +35,7 @@ LIVE_FIELDS: frozenset[str] = frozenset(
         "telemetry.batch_max_samples",
         "telemetry.batch_max_age_s",
         "telemetry.decimation",
+        "telemetry.encoding",
         "tracker.rest_current_a",
         "tracker.cutoff_voltage_per_cell_v",
         "tracker.min_segment_s",

@@ -15,6 +15,8 @@ import hashlib
 import json
 from typing import Any
 
+from schema.messages import telemetry_samples
+
 ID_MAX_LEN = 64  # messages.Envelope.id
 #: the longest a float time stamp prints (``repr`` of a negative double with an exponent)
 _LONGEST_TS = -1.7976931348623157e308
@@ -49,11 +51,11 @@ class NotSplittable(ValueError):
 
 def split_telemetry(payload: bytes, budget: int) -> list[tuple[str, bytes]]:
     """Split a spooled telemetry envelope into ``(id, payload)`` parts of at most ``budget`` bytes each,
-    keeping every sample and their order; each part's ``ts`` is its last sample's (as the agent stamps a
+    keeping every sample and their order (a packed body is unpacked: the parts are plain); each part's ``ts`` is its last sample's (as the agent stamps a
     batch) and ``simulated`` is true when any of its samples is."""
     try:
         envelope = json.loads(payload)
-        samples = envelope["body"]["samples"]
+        samples = telemetry_samples(envelope["body"])
         original = str(envelope["id"])
     except (ValueError, KeyError, TypeError) as exc:
         raise NotSplittable(f"not a telemetry envelope: {exc}") from exc

@@ -13,7 +13,7 @@ import pytest
 
 from cloud.api.handler import handler
 from cloud.api.local_server import LocalApiServer
-from schema.messages import Envelope
+from schema.messages import Envelope, telemetry_samples
 
 
 def get(path: str, query: dict[str, Any] | None = None, method: str = "GET", **extra: Any) -> tuple[int, Any]:
@@ -80,7 +80,7 @@ def test_device_detail(api_env: dict[str, str], envelopes: list[Envelope]) -> No
     assert isinstance(body["open_alarms"], list) and isinstance(body["alarms"], list)
     status, body = get("/devices/bt-a")
     a_tel = max((e for e in envelopes if e.thing == "bt-a" and e.kind == "telemetry"), key=lambda e: e.ts)
-    assert body["voltage_v"] == a_tel.body["samples"][-1]["voltage_v"]
+    assert body["voltage_v"] == telemetry_samples(a_tel.body)[-1]["voltage_v"]
     assert get("/devices/no-such-thing")[0] == 404
     assert get("/devices/bad%20name!")[0] == 400
 
@@ -91,7 +91,7 @@ def test_history_by_kind_and_time_window(api_env: dict[str, str], envelopes: lis
     got = pages("/devices/bt-a/history", {"kind": "telemetry", "from": lo, "to": hi}, limit=7)
     items = [i for p in got for i in p]
     assert [i["id"] for i in items] == [e.id for e in tel[10:41]]
-    assert all(i["kind"] == "telemetry" and i["body"]["samples"] for i in items)
+    assert all(i["kind"] == "telemetry" and telemetry_samples(i["body"]) for i in items)
     assert len(got) == 5  # 31 items, 7 per page
     # ISO 8601 bounds and newest first
     iso = {"from": datetime.fromtimestamp(lo, UTC).isoformat(), "to": datetime.fromtimestamp(hi, UTC).isoformat()}

@@ -17,7 +17,7 @@ from cloud.cost_model import dynamodb_item_bytes
 from cloud.ingest.handler import LIVE_BODY_MAX_BYTES, LIVE_FIELDS, LIVE_WINDOW_SAMPLES, handler, live_window
 from cloud.lake import decode_jsonl, parse_partition, utc_day
 from cloud.tables import history_pk, history_sk
-from schema.messages import Alarm, Envelope, Sample, Telemetry, encode_envelope
+from schema.messages import Alarm, Envelope, Sample, Telemetry, encode_envelope, telemetry_samples, unpacked_body
 from tests.cloud.cloud_support import rule_event
 from tests.cloud.conftest import FLEET_START
 
@@ -70,13 +70,13 @@ def test_every_message_is_stored_once(
         Key={"pk": {"S": history_pk(tel.thing, "telemetry")}, "sk": {"S": history_sk(tel.ts, tel.id)}},
     )["Item"]
     assert int(item["expires_at"]["N"]) == int(tel.ts + 2 * 86_400)
-    samples = Telemetry.model_validate(tel.body).samples
+    samples = Telemetry.model_validate(unpacked_body(tel.body)).samples
     window = json.loads(item["body"]["S"])
     assert window["of"] == len(samples) == int(item["n_samples"]["N"]) > LIVE_WINDOW_SAMPLES
     # six samples, or fewer once battwin's SoC is in them: the body stays within LIVE_BODY_MAX_BYTES
     assert len(window["samples"]) == (LIVE_WINDOW_SAMPLES if "soc_est_pct" not in window["samples"][-1] else 5)
     assert len(item["body"]["S"].encode()) <= LIVE_BODY_MAX_BYTES
-    assert window["samples"][-1] == {k: v for k, v in tel.body["samples"][-1].items() if k in LIVE_FIELDS}
+    assert window["samples"][-1] == {k: v for k, v in samples[-1].model_dump(mode="json", exclude_none=True).items() if k in LIVE_FIELDS}
     assert {"ts", "voltage_v", "current_a", "temperatures_c"} <= set(window["samples"][0]) <= set(LIVE_FIELDS)
     assert dynamodb_item_bytes(item) <= 1024  # one write unit
     # the lake (fed by the lake rules' Firehose records, not by the ingest): every message in its kind's partition
@@ -137,7 +137,7 @@ def test_device_state_holds_the_latest(
         last_cycle = max((e for e in mine if e.kind == "cycles"), key=lambda e: e.ts)
         assert state["last_cycle"]["index"] == last_cycle.body["index"]
     tel = max((e for e in envelopes if e.thing == "bt-a" and e.kind == "telemetry"), key=lambda e: e.ts)
-    assert _state(aws, env, "bt-a")["latest_sample"] == tel.body["samples"][-1]
+    assert _state(aws, env, "bt-a")["latest_sample"] == telemetry_samples(tel.body)[-1]
     # alarms the agent raised on bt-b are in the state, the newest per code
     alarms = [e for e in envelopes if e.thing == "bt-b" and e.kind == "alarms"]
     state_alarms = _state(aws, env, "bt-b").get("alarms", {})

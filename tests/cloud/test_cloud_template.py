@@ -275,7 +275,7 @@ def foreign_resources(tpl: dict[str, Any], roles: set[str]) -> list[tuple[str, s
 
 def test_lambdas_reach_only_the_stacks_own_resources(tpl: dict[str, Any]) -> None:
     roles = lambda_roles(tpl)
-    assert roles == {"IngestRole", "ApiRole", "RetrainStartRole", "PromoteRole", "SilenceCheckRole"}
+    assert roles == {"IngestRole", "ApiRole", "RetrainStartRole", "PromoteRole", "SilenceCheckRole", "LakeExpandRole"}
     foreign = foreign_resources(tpl, roles)
     stars = [f for f in foreign if f[2] == "*"]
     assert stars == [("PromoteRole", "DeploymentApisHaveNoResourceLevelPermissions", "*")]
@@ -322,7 +322,7 @@ def test_a_foreign_resource_in_a_lambda_role_is_caught(tpl: dict[str, Any]) -> N
 def test_lambda_handlers_and_environment(tpl: dict[str, Any]) -> None:
     r = static_resolver(tpl)
     functions = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::Lambda::Function"}
-    assert len(functions) == 5
+    assert len(functions) == 6
     for props in functions.values():
         module, func = props["Handler"].rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), func))
@@ -444,9 +444,19 @@ def test_lake_firehose_stream_buffers_and_partitions(tpl: dict[str, Any]) -> Non
     assert dest["Prefix"] == "lake/kind=!{partitionKeyFromQuery:kind}/dt=!{partitionKeyFromQuery:dt}/"
     assert dest["ErrorOutputPrefix"].startswith("dead-letter/firehose/!{firehose:error-output-type}/")
     assert dest["DynamicPartitioningConfiguration"]["Enabled"] is True
-    (proc,) = dest["ProcessingConfiguration"]["Processors"]
+    # Firehose runs the Lambda transform (packed telemetry -> lake rows) before the partition query
+    transform, proc = dest["ProcessingConfiguration"]["Processors"]
+    assert transform["Type"] == "Lambda"
+    lam = {p["ParameterName"]: p["ParameterValue"] for p in transform["Parameters"]}
+    assert lam["LambdaArn"] == "LakeExpandFunction.Arn"
+    assert r.properties("LakeExpandFunction")["Handler"] == "cloud.lake_expand.handler.handler"
+    # its input buffer: 0.25 MB of packed records expand to at most ~2.5 MB, under Lambda's 6 MB response
+    assert 0.2 <= float(lam["BufferSizeInMBs"]) <= 0.5
+    assert proc["Type"] == "MetadataExtraction"
     params = {p["ParameterName"]: p["ParameterValue"] for p in proc["Parameters"]}
     assert params == {"MetadataExtractionQuery": FIREHOSE_PARTITION_JQ, "JsonParsingEngine": "JQ-1.6"}
+    invoke = {s["Sid"]: s for _lg, s in _statements(tpl, r) if _lg == "LakeFirehoseRole"}["Transform"]
+    assert invoke["Resource"] == "LakeExpandFunction.Arn"
     # its role writes only the lake and its error prefix; the rule's role puts only to this stream
     stmts = {s["Sid"]: s for _lg, s in _statements(tpl, r) if _lg == "LakeFirehoseRole"}
     assert stmts["LakeObjects"]["Resource"] == ["DataBucket.Arn/lake/*", "DataBucket.Arn/dead-letter/firehose/*"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cloud import cost_model as cm
+from schema.messages import telemetry_samples
 
 MONTH = cm.HOURS_PER_MONTH
 
@@ -96,7 +97,7 @@ def test_compact_telemetry_round_trips_and_fits_one_unit() -> None:
         small = cm.compact_telemetry(payload)
         assert cm.units_5kb(len(small)) == 1 < cm.units_5kb(len(payload))
         rows = cm.expand_compact_telemetry(small)
-        samples = json.loads(payload)["body"]["samples"]
+        samples = telemetry_samples(json.loads(payload)["body"])
         assert [r["voltage_v"] for r in rows] == [s["voltage_v"] for s in samples]
         assert [round(r["ts"], 3) for r in rows] == [round(s["ts"], 3) for s in samples]
 

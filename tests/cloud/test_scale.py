@@ -12,6 +12,7 @@ import pytest
 from cloud.cost_model import run_agent
 from cloud.local_stack.scale import DEVICE_OFFSET_S, fleet_day, run_scale
 from cloud.local_stack.template import firehose_streams, load_template
+from schema.messages import telemetry_samples
 
 START = 1_780_000_000.0 - 3 * 86_400  # a fixed past day: the partitions do not depend on when the test runs
 
@@ -31,7 +32,9 @@ def test_the_fleet_is_one_device_day_replayed_as_distinct_things() -> None:
     first = {e["thing"]: e for e in reversed(envelopes) if e["kind"] == "telemetry"}
     a, b = first["scale-00000"], first["scale-00001"]
     assert b["ts"] - a["ts"] == pytest.approx(DEVICE_OFFSET_S)
-    assert b["body"]["samples"][0]["ts"] - a["body"]["samples"][0]["ts"] == pytest.approx(DEVICE_OFFSET_S)
+    assert telemetry_samples(b["body"])[0]["ts"] - telemetry_samples(a["body"])[0]["ts"] == pytest.approx(
+        DEVICE_OFFSET_S
+    )
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ def test_fleet_endpoint_matches_the_api(dashboard_url: str, stack: Any) -> None:
     for d in devices["items"]:
         row = rows[d["thing"]]
         assert {a["code"] for a in row["open_alarms"]} == set(d["open_alarms"]) or row["last_seen"] != d["last_seen"]
+
     # the thing view's records are the API's records; its live chart fills once the live telemetry is ingested
     # (the fixture waits for health estimates, which the backfilled past brings before any live telemetry)
     def live_view() -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from cloud.local_stack.template import load_template, max_retry_attempts, table_
 from device_agent.config import MqttSettings
 from device_agent.uplink.mqtt_transport import MqttTransport
 from devkit.broker.embedded import EmbeddedBroker
-from schema.messages import Alarm, Sample, Telemetry, encode_envelope
+from schema.messages import Alarm, Sample, Telemetry, encode_envelope, telemetry_samples
 from tests.dashboard.conftest import wait_for
 
 RULE_SQL = (
@@ -236,7 +236,7 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
         for k in lake
         for line in s3.get_object(Bucket=aws.names.bucket, Key=k)["Body"].read().splitlines()
     ]
-    assert sorted((r["rule_thing"], r["thing"], len(r["body"]["samples"])) for r in records) == [
+    assert sorted((r["rule_thing"], r["thing"], len(telemetry_samples(r["body"]))) for r in records) == [
         ("other", "rules-t1", 3),
         ("rules-t1", "rules-t1", 3),
     ]

@@ -23,7 +23,7 @@ from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.runtime import build_transport
 from devkit.nucleus.recipe import LifecycleContext, interpolate
 from hardware.simulator.source import SimulatorSource
-from schema.messages import Envelope
+from schema.messages import Envelope, telemetry_samples
 from schema.simulator_settings import SimulatorSettings
 from tests.greengrass.gg_support import (
     AGENT,
@@ -71,7 +71,7 @@ def test_agent_publishes_everything_through_the_nucleus(gg_env, tmp_path):
         got = list(dict.fromkeys(e.id for e in envelopes if e.kind == kind))
         assert got == ids, f"{kind}: sent {len(ids)}, the nucleus recorded {len(got)} (or out of order)"
     # batches close at 50 samples or earlier, before the envelope would exceed the IPC payload budget
-    batches = [len(e.body["samples"]) for e in envelopes if e.kind == "telemetry"]
+    batches = [len(telemetry_samples(e.body)) for e in envelopes if e.kind == "telemetry"]
     assert sum(batches) == 3000 and max(batches) <= 50 and accepted["cycles"]
     budget = publish_payload_budget(f"battwin/{THING}/telemetry")
     assert max(len(m.payload) for m in gg_env.published) <= budget
@@ -170,7 +170,7 @@ def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     kinds = {m.topic for m in emulator.published} - {f"{SHADOW_PREFIX}/get", f"{SHADOW_PREFIX}/update"}
     assert f"battwin/{THING}/telemetry" in kinds and all(t.startswith(f"battwin/{THING}/") for t in kinds)
     telemetry = next(json.loads(m.payload) for m in emulator.published if m.topic.endswith("/telemetry"))
-    assert telemetry["thing"] == THING and 1 <= len(telemetry["body"]["samples"]) <= 5
+    assert telemetry["thing"] == THING and 1 <= len(telemetry_samples(telemetry["body"])) <= 5
     assert (ctx.work_path(AGENT) / "spool.db").is_file()  # BATTWIN_SPOOL__PATH → {work:path}/spool.db
     logged = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     # no model files in the SohModel artifact: the agent runs the model shipped in its own package

@@ -34,6 +34,7 @@ import pytest
 from components.build import build_model_artifacts, dump_recipe
 from device_agent.health.model_files import read_model_file, write_model_file
 from devkit.nucleus import FLAVOURS, DeploymentError, NucleusEmulator
+from schema.messages import telemetry_samples
 from tests.greengrass.gg_support import AGENT, MODEL, SHADOW, SHADOW_PREFIX, THING, load_yaml
 from tests.support import REPO, require_module
 
@@ -153,7 +154,7 @@ def _model_loaded(version: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def _gaps(message: dict[str, Any]) -> list[float]:
-    ts = [s["ts"] for s in message["body"]["samples"]]
+    ts = [s["ts"] for s in telemetry_samples(message["body"])]
     return [round(b - a, 3) for a, b in itertools.pairwise(ts)]
 
 
@@ -200,8 +201,10 @@ def test_built_components_run_take_shadow_configuration_and_a_new_model_without_
     seen = len(_telemetry(nucleus))
     # before the change, batches were closed by size (fewer than 60 samples, younger than 5 s): 60 samples
     # would have made a frame lite closes the connection on
-    full = [m for m in _telemetry(nucleus)[:seen] if sum(_gaps(m)) < 4.0 and 30 < len(m["body"]["samples"]) < 60]
-    assert full, [len(m["body"]["samples"]) for m in _telemetry(nucleus)]
+    full = [
+        m for m in _telemetry(nucleus)[:seen] if sum(_gaps(m)) < 4.0 and 30 < len(telemetry_samples(m["body"])) < 60
+    ]
+    assert full, [len(telemetry_samples(m["body"])) for m in _telemetry(nucleus)]
     decimated = nucleus.wait_for(
         lambda ms: any(
             len(g := _gaps(json.loads(m.payload))) >= 1 and all(x == round(3 * INTERVAL_S, 3) for x in g)

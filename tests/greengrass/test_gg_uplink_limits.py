@@ -22,7 +22,16 @@ from device_agent.uplink.spool import Spool
 from device_agent.uplink.transport import MessageTooLarge
 from devkit.nucleus import NucleusEmulator
 from hardware.simulator.source import SimulatorSource
-from schema.messages import CycleRecord, Envelope, ForecastPoint, Health, Sample, Telemetry, encode_envelope
+from schema.messages import (
+    CycleRecord,
+    Envelope,
+    ForecastPoint,
+    Health,
+    Sample,
+    Telemetry,
+    encode_envelope,
+    telemetry_samples,
+)
 from schema.simulator_settings import SimulatorSettings
 from tests.greengrass.gg_support import AGENT_RECIPE, THING, broad_recipe
 
@@ -70,7 +79,7 @@ def _cycle(index: int, end_ts: float) -> CycleRecord:
 
 
 def _sent_samples(envelopes: list[dict[str, Any]]) -> list[Sample]:
-    return [Sample.model_validate(s) for e in envelopes for s in e["body"]["samples"]]
+    return [Sample.model_validate(s) for e in envelopes for s in telemetry_samples(e["body"])]
 
 
 # -- the payload budget, measured with the real client ----------------------------------------------
@@ -146,8 +155,9 @@ def test_a_nucleus_that_refuses_every_connect_gets_a_bounded_number_of_attempts(
 
 
 # -- no message larger than the limit is produced ------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["packed", "json"])
 def test_the_agent_with_default_telemetry_settings_publishes_everything_under_lite_limits(
-    socket_path, tmp_path, monkeypatch
+    socket_path, tmp_path, monkeypatch, encoding
 ):
     """The regression test for the storm: default batching (60 samples, 60 s) at 1 s sampling made 11,201-byte
     messages that lite refused. Now every message fits, nothing is lost and the connection never drops."""
@@ -160,6 +170,7 @@ def test_the_agent_with_default_telemetry_settings_publishes_everything_under_li
         source={"url": "simulator", "sample_interval_s": 1.0, "simulator": settings.model_dump()},
         tracker={"cells_series": 4},
         spool={"path": tmp_path / "spool.db"},
+        telemetry={"encoding": encoding},
     )
     assert config.telemetry.batch_max_samples == 60  # the defaults
     transport = IpcTransport(store_hold_s=0.0)  # far faster than real time; the hold: test_gg_lite_uplink.py
@@ -173,16 +184,19 @@ def test_the_agent_with_default_telemetry_settings_publishes_everything_under_li
     published = emu.published
     envelopes = [Envelope.model_validate_json(m.payload) for m in published]
     telemetry = [
-        (len(e.body["samples"]), len(m.payload))
+        (len(telemetry_samples(e.body)), len(m.payload))
         for m, e in zip(published, envelopes, strict=True)
         if e.kind == "telemetry"
     ]
     assert sum(n for n, _ in telemetry) == 3000, "every sample arrives"
     budget = publish_payload_budget(TELEMETRY)
     assert max(size for _, size in telemetry) <= budget
-    # batches are closed by size: full ones use most of the budget, and hold fewer than 60 samples
     full = [n for n, size in telemetry[:-1]]
-    assert max(full) < 60 and min(size for _, size in telemetry[:-1]) > budget * 0.9
+    if encoding == "json":
+        # batches are closed by size: full ones use most of the budget, and hold fewer than 60 samples
+        assert max(full) < 60 and min(size for _, size in telemetry[:-1]) > budget * 0.9
+    else:  # packed (the default): the full 60 samples, each batch within one 5 KB unit
+        assert set(full) == {60} and max(size for _, size in telemetry) < 5 * 1024
     for kind in ("cycles", "health", "alarms"):  # small by nature: far under the budget
         sizes = [len(m.payload) for m, e in zip(published, envelopes, strict=True) if e.kind == kind]
         assert not sizes or max(sizes) < 2048, (kind, max(sizes))
@@ -248,7 +262,7 @@ def test_the_publisher_splits_a_spooled_oversized_batch_and_drops_what_cannot_be
     assert len(parts) >= 4
     assert ids == ["old-1", *[part_id("old-2", k) for k in range(len(parts))], "old-4"], "order kept, health dropped"
     assert _sent_samples(parts) == samples, "same samples, same order"
-    assert all(p["ts"] == p["body"]["samples"][-1]["ts"] for p in parts)
+    assert all(p["ts"] == telemetry_samples(p["body"])[-1]["ts"] for p in parts)
     assert all(len(m.payload) <= publish_payload_budget(m.topic) for m in emu.published)
     assert too_large == [(f"battwin/{THING}/health", health_size, publish_payload_budget(f"battwin/{THING}/health"))]
     assert emu.connects == 1 and emu.oversized_frames == 0, "no reconnect loop"
@@ -281,7 +295,7 @@ def test_the_agent_raises_message_too_large_and_goes_on(socket_path, tmp_path, m
     assert len(alarms) == 1
     limit = publish_payload_budget(f"battwin/{THING}/health")
     assert alarms[0]["details"] == {"topic": f"battwin/{THING}/health", "size": health_size, "limit": limit}
-    new_samples = sum(len(e["body"]["samples"]) for e in envelopes if e["kind"] == "telemetry") - len(samples)
+    new_samples = sum(len(telemetry_samples(e["body"])) for e in envelopes if e["kind"] == "telemetry") - len(samples)
     assert new_samples == 300, "what followed was not held up"
     assert emu.connects == 1 and emu.oversized_frames == 0
     agent.close()

@@ -48,6 +48,7 @@ from devkit.bms_emulators.ble import (
 )
 from hardware.ble.source import BleSource, create, supported_families
 from hardware.errors import FramingError, SourceConfigError, SourceTimeout, SourceUnavailable
+from schema.messages import telemetry_samples
 from schema.source_settings import SourceSettings, parse_source_url
 from tests.hardware.hw_support import CORPUS_DIR, Resolution, assert_matches, make_feed, require_corpus
 
@@ -395,7 +396,7 @@ def _published(transport: MemoryTransport, kind: str) -> list[dict[str, Any]]:
 
 
 def _samples(transport: MemoryTransport) -> list[dict[str, Any]]:
-    return [s for b in _published(transport, "telemetry") for s in b["samples"]]
+    return [s for b in _published(transport, "telemetry") for s in telemetry_samples(b)]
 
 
 def _offline(transport: MemoryTransport, active: bool) -> bool:

@@ -20,9 +20,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_trained(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    tuple[Path, Path, float]
-]:
+def tiny_trained(
+    tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path, float]]:
     """``battwin ml train --tiny`` on the real subsets: (model dir, report dir, wall seconds)."""
     need_tensorflow()
     import time
@@ -33,8 +33,23 @@ def tiny_trained(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPath
     report = out.parent / "report"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t0 = time.perf_counter()
-    rc = main(["ml", "train", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]), "--out", str(out),
-               "--report", str(report), "--tiny", "--seed", "3"])
+    rc = main(
+        [
+            "ml",
+            "train",
+            "--cells",
+            str(tiny_data[0]),
+            "--cells",
+            str(tiny_data[1]),
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--tiny",
+            "--seed",
+            "3",
+        ]
+    )
     elapsed = time.perf_counter() - t0
     assert rc == 0
     yield out, report, elapsed

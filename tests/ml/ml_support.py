@@ -15,8 +15,14 @@ SHIPPED_REPORT = REPO / "components" / "com.battwin.SohModel" / "report"
 #: small real subsets for the tiny training run: NASA cells with zeros (B0045), NaNs (B0050), a cold
 #: excursion (B0042) and clean ones, plus a few XJTU cells
 TINY_NASA = ("B0025", "B0029", "B0042", "B0045", "B0046", "B0047", "B0050", "B0054", "B0055", "B0056")
-TINY_XJTU = ("XJTU_2C_battery-1", "XJTU_2C_battery-2", "XJTU_3C_battery-1", "XJTU_3C_battery-2",
-             "XJTU_R2.5_battery-1", "XJTU_R3_battery-1")
+TINY_XJTU = (
+    "XJTU_2C_battery-1",
+    "XJTU_2C_battery-2",
+    "XJTU_3C_battery-1",
+    "XJTU_3C_battery-2",
+    "XJTU_R2.5_battery-1",
+    "XJTU_R3_battery-1",
+)
 
 
 def need_cells() -> None:

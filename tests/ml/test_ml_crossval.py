@@ -39,8 +39,25 @@ def test_fold_splits_hold_out_each_scorable_cell_once(tiny_data):
 def test_crossval_cli_scores_every_scorable_cell_out_of_fold(tiny_data, tmp_path, capsys):
     need_tensorflow()
     out = tmp_path / "cv"
-    rc = main(["ml", "crossval", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]), "--dataset", "nasa",
-               "--folds", "2", "--out", str(out), "--tiny", "--seed", "3"])
+    rc = main(
+        [
+            "ml",
+            "crossval",
+            "--cells",
+            str(tiny_data[0]),
+            "--cells",
+            str(tiny_data[1]),
+            "--dataset",
+            "nasa",
+            "--folds",
+            "2",
+            "--out",
+            str(out),
+            "--tiny",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == EXIT_OK
     folds = json.loads((out / "folds.json").read_text())
     assert len(folds) == 2
@@ -64,12 +81,28 @@ def test_crossval_cli_scores_every_scorable_cell_out_of_fold(tiny_data, tmp_path
     assert {"physics", "prior_band_0", "first_passage_prior"} <= set(rules["rules"])
     assert "fold 0: held out" in capsys.readouterr().out
 
-    assert main(["ml", "crossval", "--cells", str(tiny_data[0]), "--dataset", "mit", "--out", str(tmp_path / "x"),
-                 "--tiny"]) == EXIT_USAGE
+    assert (
+        main(
+            ["ml", "crossval", "--cells", str(tiny_data[0]), "--dataset", "mit", "--out", str(tmp_path / "x"), "--tiny"]
+        )
+        == EXIT_USAGE
+    )
     assert "no cells of dataset 'mit'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["ml", "crossval", "--cells", str(tiny_data[0]), "--dataset", "nasa", "--folds", "1",
-              "--out", str(tmp_path / "y")])
+        main(
+            [
+                "ml",
+                "crossval",
+                "--cells",
+                str(tiny_data[0]),
+                "--dataset",
+                "nasa",
+                "--folds",
+                "1",
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
 
 
 def test_first_passage_fires_earlier_the_more_measurements_scatter_and_never_far_above():
@@ -97,8 +130,12 @@ def _ds_metrics(rmse: dict[str, float], eol: dict[str, list[float | None]]):
         mm = {
             "horizon_rmse_pp": rmse[m],
             "n_cells": 4,
-            "eol": {"rel_err_mean": sum(hit) / len(hit) if hit else None, "n_missed": len(rows) - len(hit),
-                    "n_cells": len(rows), "cells": rows},
+            "eol": {
+                "rel_err_mean": sum(hit) / len(hit) if hit else None,
+                "n_missed": len(rows) - len(hit),
+                "n_cells": len(rows),
+                "cells": rows,
+            },
         }
         methods[m] = {k: mm for k in ("p0.25", "p0.5", "p0.75", "all")}
     return {"methods": methods}
@@ -118,8 +155,9 @@ def test_targets_met_when_the_hybrid_is_no_worse_anywhere():
     assert row["eol_cost"] == {"hybrid": pytest.approx(0.12), "physics": pytest.approx(0.6), "persistence": 1.0}
     assert row["vs_physics"] == {"horizon_rmse": True, "eol_cost": True}
     # a lab without any true EOL after the points: EOL not comparable (null), not a failure
-    no_eol = _ds_metrics({"hybrid": 2.0, "physics": 2.5, "persistence": 6.0},
-                         {"hybrid": [], "physics": [], "persistence": []})
+    no_eol = _ds_metrics(
+        {"hybrid": 2.0, "physics": 2.5, "persistence": 6.0}, {"hybrid": [], "physics": [], "persistence": []}
+    )
     t = targets_check({"mit": no_eol}, [0.25, 0.5, 0.75])
     assert t["met"] and t["datasets"]["mit"]["all"]["vs_physics"] == {"horizon_rmse": True, "eol_cost": None}
     assert t["nasa_pooled_eol"] is None
@@ -156,8 +194,10 @@ def test_interval_coverage_is_read_from_the_columns_when_they_exist(tmp_path):
     plain.write_text("dataset,cell,method,at_cycle,target_cycle,soh_true,soh_pred\nmit,a,hybrid,10,11,0.9,0.9\n")
     assert interval_coverage(plain) is None
     rows = ["dataset,cell,method,at_cycle,target_cycle,soh_true,soh_pred,soh_lo,soh_hi"]
-    rows += [f"mit,a,hybrid,10,{10 + h},0.9,0.9,{lo},{hi}"
-             for h, lo, hi in [(1, 0.85, 0.95), (1, 0.91, 0.95), (3, 0.8, 0.9), (3, 0.7, 0.8)]]
+    rows += [
+        f"mit,a,hybrid,10,{10 + h},0.9,0.9,{lo},{hi}"
+        for h, lo, hi in [(1, 0.85, 0.95), (1, 0.91, 0.95), (3, 0.8, 0.9), (3, 0.7, 0.8)]
+    ]
     rows += ["mit,a,persistence,10,11,0.9,0.9,,"]  # a method without an interval: not counted
     iv = tmp_path / "iv.csv"
     iv.write_text("\n".join(rows) + "\n")
@@ -177,8 +217,13 @@ def test_lodo_split_keeps_the_held_out_dataset_out_of_training_and_validation(ti
     for held, other in (("nasa", "xjtu"), ("xjtu", "nasa")):
         s = lodo_split(cells, held, cfg)
         assert held not in s.train and held not in s.val and s.test == {}
-        usual = split_cells([c for c in cells if c.dataset == other], cfg.test_frac, cfg.val_frac, cfg.seed,
-                            test_frac_by_dataset=cfg.test_frac_by_dataset)
+        usual = split_cells(
+            [c for c in cells if c.dataset == other],
+            cfg.test_frac,
+            cfg.val_frac,
+            cfg.seed,
+            test_frac_by_dataset=cfg.test_frac_by_dataset,
+        )
         assert s.val[other] == sorted(usual.val[other])  # the usual validation cells
         names = {c.cell for c in cells if c.dataset == other}
         assert set(s.train[other]) | set(s.val[other]) == names and not set(s.train[other]) & set(s.val[other])
@@ -192,8 +237,23 @@ def test_crossval_by_dataset_never_lets_the_held_out_lab_reach_training(tiny_dat
     from ml.lodo import targets_check
 
     out = tmp_path / "lodo"
-    rc = main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
-               "--out", str(out), "--tiny", "--seed", "3"])
+    rc = main(
+        [
+            "ml",
+            "crossval",
+            "--by",
+            "dataset",
+            "--cells",
+            str(tiny_data[0]),
+            "--cells",
+            str(tiny_data[1]),
+            "--out",
+            str(out),
+            "--tiny",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == EXIT_OK
     folds = json.loads((out / "folds.json").read_text())
     assert [f["held_out"] for f in folds] == ["nasa", "xjtu"]
@@ -228,14 +288,59 @@ def test_crossval_by_dataset_never_lets_the_held_out_lab_reach_training(tiny_dat
 
     # re-scoring the saved fold models (no training) with their own rule gives the very same scores
     again = tmp_path / "again"
-    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
-                 "--out", str(again), "--tiny", "--seed", "3", "--models-from", str(out)]) == EXIT_OK
+    assert (
+        main(
+            [
+                "ml",
+                "crossval",
+                "--by",
+                "dataset",
+                "--cells",
+                str(tiny_data[0]),
+                "--cells",
+                str(tiny_data[1]),
+                "--out",
+                str(again),
+                "--tiny",
+                "--seed",
+                "3",
+                "--models-from",
+                str(out),
+            ]
+        )
+        == EXIT_OK
+    )
     assert json.loads((again / "metrics.json").read_text())["datasets"] == metrics["datasets"]
     # a device-side rule scored on the same networks, on held-out cells thinned as a device measures them
     thin = tmp_path / "thin"
-    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
-                 "--out", str(thin), "--tiny", "--seed", "3", "--models-from", str(out), "--thin-held-out", "3",
-                 "--fallback-max-spacing", "1.5", "--fallback-margin", "0"]) == EXIT_OK
+    assert (
+        main(
+            [
+                "ml",
+                "crossval",
+                "--by",
+                "dataset",
+                "--cells",
+                str(tiny_data[0]),
+                "--cells",
+                str(tiny_data[1]),
+                "--out",
+                str(thin),
+                "--tiny",
+                "--seed",
+                "3",
+                "--models-from",
+                str(out),
+                "--thin-held-out",
+                "3",
+                "--fallback-max-spacing",
+                "1.5",
+                "--fallback-margin",
+                "0",
+            ]
+        )
+        == EXIT_OK
+    )
     thin_folds = json.loads((thin / "folds.json").read_text())
     assert [f["model_version"] for f in thin_folds] == [f["model_version"] for f in folds]
     assert all(f["fallback"]["max_window_spacing"] == 1.5 for f in thin_folds)
@@ -249,12 +354,50 @@ def test_crossval_by_dataset_never_lets_the_held_out_lab_reach_training(tiny_dat
             return sum(r["method"] == "physics" for r in csv.DictReader(fh))
 
     assert 0 < physics_rows(thin) < physics_rows(out) / 2  # the truth is thinned too: about a third of the rows
-    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--cells", str(tiny_data[1]),
-                 "--out", str(tmp_path / "z"), "--tiny", "--models-from", str(tmp_path / "nowhere")]) == EXIT_USAGE
+    assert (
+        main(
+            [
+                "ml",
+                "crossval",
+                "--by",
+                "dataset",
+                "--cells",
+                str(tiny_data[0]),
+                "--cells",
+                str(tiny_data[1]),
+                "--out",
+                str(tmp_path / "z"),
+                "--tiny",
+                "--models-from",
+                str(tmp_path / "nowhere"),
+            ]
+        )
+        == EXIT_USAGE
+    )
     capsys.readouterr()
 
-    assert main(["ml", "crossval", "--by", "dataset", "--dataset", "nasa", "--cells", str(tiny_data[0]),
-                 "--out", str(tmp_path / "x"), "--tiny"]) == EXIT_USAGE
-    assert main(["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--out", str(tmp_path / "y"),
-                 "--tiny"]) == EXIT_USAGE
+    assert (
+        main(
+            [
+                "ml",
+                "crossval",
+                "--by",
+                "dataset",
+                "--dataset",
+                "nasa",
+                "--cells",
+                str(tiny_data[0]),
+                "--out",
+                str(tmp_path / "x"),
+                "--tiny",
+            ]
+        )
+        == EXIT_USAGE
+    )
+    assert (
+        main(
+            ["ml", "crossval", "--by", "dataset", "--cells", str(tiny_data[0]), "--out", str(tmp_path / "y"), "--tiny"]
+        )
+        == EXIT_USAGE
+    )
     assert "at least two datasets" in capsys.readouterr().err

@@ -108,8 +108,11 @@ def test_bms_log_through_the_device_tracker_matches_the_lab():
     dev = read_bms_log(NASA_LOGS / "B0025.csv.gz")
     assert dev.cell == "B0025"
     lab_by_cycle = dict(zip(lab.cycles.tolist(), lab.capacity_ah.tolist(), strict=True))
-    rel = [abs(c - lab_by_cycle[cy]) / lab_by_cycle[cy] for cy, c in zip(dev.cycles, dev.capacity_ah, strict=True)
-           if math.isfinite(c) and cy in lab_by_cycle]
+    rel = [
+        abs(c - lab_by_cycle[cy]) / lab_by_cycle[cy]
+        for cy, c in zip(dev.cycles, dev.capacity_ah, strict=True)
+        if math.isfinite(c) and cy in lab_by_cycle
+    ]
     assert len(rel) >= 25
     assert float(np.median(rel)) < 2.5e-5  # README: a median error under 0.0025 % per cell
     assert dev.temperature_c is not None and np.nanmin(dev.temperature_c) > 15  # cell temperatures, measured
@@ -146,8 +149,14 @@ def test_causal_cleaning_rules():
     up = clean_series([1.0, 1.8, 1.8, 1.79, 1.78, 0.5], rules)
     assert up.kept == [1, 2, 3, 4] and up.label[0] == "ok" and up.label[5] == "failed"
     # invalid points never reach the cleaner
-    bad = [CapacityPoint(1, 2.0), CapacityPoint(2, math.nan), CapacityPoint(3, 0.0), CapacityPoint(3, 1.9),
-           CapacityPoint(2, 1.9), CapacityPoint(4, 1.95)]
+    bad = [
+        CapacityPoint(1, 2.0),
+        CapacityPoint(2, math.nan),
+        CapacityPoint(3, 0.0),
+        CapacityPoint(3, 1.9),
+        CapacityPoint(2, 1.9),
+        CapacityPoint(4, 1.95),
+    ]
     assert [p.cycle for p in causal_clean(bad, rules)] == [1, 3, 4]
 
 

@@ -52,8 +52,9 @@ def _expected_rows(cells_dir: Path, points: list[float]) -> dict[str, list[tuple
 
 def test_evaluate_writes_the_contract_files(cells_dir, tmp_path, shipped_model_dir):
     out = tmp_path / "out"
-    rc = main(["ml", "evaluate", "--cells", str(cells_dir), "--model", str(shipped_model_dir), "--out", str(out),
-               "--quiet"])
+    rc = main(
+        ["ml", "evaluate", "--cells", str(cells_dir), "--model", str(shipped_model_dir), "--out", str(out), "--quiet"]
+    )
     assert rc == EXIT_OK
     with (out / "predictions.csv").open() as fh:
         reader = csv.reader(fh)
@@ -96,19 +97,36 @@ def test_eol_band_override_and_calibration(cells_dir, tmp_path, shipped_model_di
     runs = {}
     for name, extra in (("model", []), ("zero", ["--eol-band", "0"])):
         out = tmp_path / name
-        assert main(["ml", "evaluate", "--cells", str(cells_dir), "--model", str(shipped_model_dir),
-                     "--out", str(out), "--quiet", "--no-plots", *extra]) == EXIT_OK
+        assert (
+            main(
+                [
+                    "ml",
+                    "evaluate",
+                    "--cells",
+                    str(cells_dir),
+                    "--model",
+                    str(shipped_model_dir),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "--no-plots",
+                    *extra,
+                ]
+            )
+            == EXIT_OK
+        )
         m = json.loads((out / "metrics.json").read_text())
-        runs[name] = {(r["cell"], r["p"]): r["eol_pred"]
-                      for r in m["datasets"]["nasa"]["methods"]["hybrid"]["all"]["eol"]["cells"]}
+        runs[name] = {
+            (r["cell"], r["p"]): r["eol_pred"]
+            for r in m["datasets"]["nasa"]["methods"]["hybrid"]["all"]["eol"]["cells"]
+        }
     assert runs["model"].keys() == runs["zero"].keys() and runs["model"]
     model = load_hybrid_model(shipped_model_dir)
     assert model.spec.eol_band_sigmas > 0
     for key, eol in runs["model"].items():
         zero = runs["zero"][key]
         assert eol is not None and (zero is None or eol <= zero + 1e-9), key
-    assert any(zero is None or eol < zero for eol, zero in
-               ((runs["model"][k], runs["zero"][k]) for k in runs["model"]))
+    assert any(zero is None or eol < zero for eol, zero in ((runs["model"][k], runs["zero"][k]) for k in runs["model"]))
     with pytest.raises(SystemExit):
         main(["ml", "evaluate", "--cells", str(cells_dir), "--out", str(tmp_path / "x"), "--eol-band", "-1"])
 
@@ -188,8 +206,10 @@ def test_cli_errors_exit_2(tmp_path, capsys, shipped_model_dir):
     assert main(["ml", "evaluate", "--cells", str(bad), "--out", str(out)]) == EXIT_USAGE
     assert "missing required column" in capsys.readouterr().err
     good = copy_cells(tmp_path / "g", "nasa", ("B0025",))
-    assert main(["ml", "evaluate", "--cells", str(good), "--model", str(tmp_path / "nomodel"),
-                 "--out", str(out)]) == EXIT_USAGE
+    assert (
+        main(["ml", "evaluate", "--cells", str(good), "--model", str(tmp_path / "nomodel"), "--out", str(out)])
+        == EXIT_USAGE
+    )
     assert "does not exist" in capsys.readouterr().err
     assert main(["ml", "train", "--cells", str(tmp_path / "nope"), "--out", str(out)]) == EXIT_USAGE
     with pytest.raises(SystemExit) as e:

@@ -47,9 +47,9 @@ def test_shipped_model_loads_and_is_a_health_model(shipped_model_dir):
     need_cells()
     m = load_hybrid_model(shipped_model_dir)
     hm: HealthModel = m  # the protocol (checked statically by mypy); and its signature at run time:
-    assert list(inspect.signature(hm.forecast).parameters) == list(
-        inspect.signature(HealthModel.forecast).parameters
-    )[1:]
+    assert (
+        list(inspect.signature(hm.forecast).parameters) == list(inspect.signature(HealthModel.forecast).parameters)[1:]
+    )
     doc = json.loads((shipped_model_dir / "model.json").read_text())
     assert m.method == "hybrid" and m.version == doc["version"]
     assert sha256_file(shipped_model_dir / "model.tflite") == doc["tflite_sha256"]
@@ -69,8 +69,9 @@ def test_shipped_model_loads_and_is_a_health_model(shipped_model_dir):
     crossing = next(c for c, s in zip(f.cycles, f.soh, strict=True) if s < 0.8)
     assert pts[49].cycle < f.eol_cycle <= crossing
     assert f.params["eol_band_sigmas"] == m.spec.eol_band_sigmas
-    no_band = m.forecast_from(m.prepare(pts[:50], c0), m.correction(m.prepare(pts[:50], c0)), c0, 0.8, 5000,
-                              band_sigmas=0.0)
+    no_band = m.forecast_from(
+        m.prepare(pts[:50], c0), m.correction(m.prepare(pts[:50], c0)), c0, 0.8, 5000, band_sigmas=0.0
+    )
     assert no_band.eol_cycle is not None and no_band.eol_cycle >= f.eol_cycle
     assert no_band.eol_cycle == pytest.approx(crossing, abs=2 * (f.cycles[1] - f.cycles[0]))
     assert m.forecast(pts[:2], c0, 0.8, 5000) is None  # < 3 points: the estimator falls back to physics
@@ -85,9 +86,21 @@ def test_estimator_uses_the_hybrid_model(shipped_model_dir):
     t = 0.0
     for p in cell.points()[:30]:
         rec = CycleRecord(
-            index=int(p.cycle), kind="discharge", start_ts=t, end_ts=t + 3600, duration_s=3600, charge_ah=p.capacity_ah,
-            energy_wh=p.capacity_ah * 3.6, capacity_ah=p.capacity_ah, complete=True, start_voltage_v=4.2,
-            end_voltage_v=2.7, min_voltage_v=2.7, max_voltage_v=4.2, mean_current_a=-2.0, n_samples=100,
+            index=int(p.cycle),
+            kind="discharge",
+            start_ts=t,
+            end_ts=t + 3600,
+            duration_s=3600,
+            charge_ah=p.capacity_ah,
+            energy_wh=p.capacity_ah * 3.6,
+            capacity_ah=p.capacity_ah,
+            complete=True,
+            start_voltage_v=4.2,
+            end_voltage_v=2.7,
+            min_voltage_v=2.7,
+            max_voltage_v=4.2,
+            mean_current_a=-2.0,
+            n_samples=100,
             source_id="b1",
         )
         t += 7200
@@ -118,8 +131,10 @@ def test_repeated_forecasts_are_identical_across_threads(shipped_model_dir):
             got = m.soh_at(p, out, 1.8, np.arange(151.0, 400.0)) if kind == "soh" else out
             results.append(bool(np.array_equal(got, expect)))
 
-    threads = [threading.Thread(target=hammer, args=(prep, want, "soh")),
-               threading.Thread(target=hammer, args=(other, want_other, "raw"))]
+    threads = [
+        threading.Thread(target=hammer, args=(prep, want, "soh")),
+        threading.Thread(target=hammer, args=(other, want_other, "raw")),
+    ]
     for t in threads:
         t.start()
     for t in threads:

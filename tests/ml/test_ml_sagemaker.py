@@ -13,12 +13,28 @@ from tests.ml.ml_support import copy_cells, need_cells, need_tensorflow
 
 def test_hyperparameters_from_cli_and_sm_hps():
     hps = parse_hyperparameters(
-        ["--epochs", "3", "--tiny", "True", "--test-frac=0.3", "--model_dir", "s3://b/k", "--dataset_weights",
-         '{"nasa": 2}', "--verbose"],
+        [
+            "--epochs",
+            "3",
+            "--tiny",
+            "True",
+            "--test-frac=0.3",
+            "--model_dir",
+            "s3://b/k",
+            "--dataset_weights",
+            '{"nasa": 2}',
+            "--verbose",
+        ],
         json.dumps({"epochs": 9, "seed": 4}),
     )
-    assert hps == {"epochs": 3, "seed": 4, "tiny": True, "test_frac": 0.3, "dataset_weights": {"nasa": 2},
-                   "verbose": True}
+    assert hps == {
+        "epochs": 3,
+        "seed": 4,
+        "tiny": True,
+        "test_frac": 0.3,
+        "dataset_weights": {"nasa": 2},
+        "verbose": True,
+    }
     with pytest.raises(ValueError, match="unexpected argument"):
         parse_hyperparameters(["stray"], None)
 

@@ -22,6 +22,7 @@ from devkit.bms_emulators.faults import Fault
 from devkit.bms_emulators.feed import PackFeed
 from devkit.bms_emulators.jbd import JbdEmulator
 from hardware.registry import create_source
+from schema.messages import telemetry_samples
 from schema.simulator_settings import SimulatorSettings
 
 
@@ -39,7 +40,7 @@ def published(transport: MemoryTransport, kind: str) -> list[dict]:
 
 
 def samples(transport: MemoryTransport) -> list[dict]:
-    return [s for b in published(transport, "telemetry") for s in b["samples"]]
+    return [s for b in published(transport, "telemetry") for s in telemetry_samples(b)]
 
 
 @pytest.mark.slow

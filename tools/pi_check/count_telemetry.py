@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schema.messages import Envelope, Telemetry
+from schema.messages import Envelope, PackedBodyError, Telemetry
 
 
 def count(lines: list[str], thing: str) -> tuple[int, dict[str, int], list[str]]:
@@ -31,6 +31,9 @@ def count(lines: list[str], thing: str) -> tuple[int, dict[str, int], list[str]]
             body = env.parsed_body()
         except ValidationError as exc:
             problems.append(f"line {n} ({topic}): not a valid envelope: {exc.errors()[0]['msg']}")
+            continue
+        except PackedBodyError as exc:
+            problems.append(f"line {n} ({topic}): not a valid envelope: {exc}")
             continue
         if env.thing != thing:
             problems.append(f"line {n}: thing {env.thing!r}, expected {thing!r}")
