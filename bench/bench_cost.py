@@ -124,7 +124,8 @@ def main() -> int:
         "description": cm.BUILT.description,
         "built": cm.BUILT.built,
         "note": "the path as built, priced from measured traffic and measured requests per message; the target "
-        "variants are modelled from the same measurements (not built: Basic Ingest, compact telemetry, Parquet)",
+        "variants are modelled from the same measurements (not built: Basic Ingest, the DynamoDBv2 "
+        "latest-sample action, Parquet)",
         "target_met": all(built[n].total_usd <= TARGET_USD for n in cm.FLEET_SIZES),
         "prices_as_of": str(cm.PRICES.as_of),
         "region": cm.PRICES.region,

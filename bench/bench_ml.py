@@ -63,17 +63,23 @@ def report(r: dict[str, Any]) -> None:
     print(f"model {r['model']['version']}: {r['model']['tflite_bytes']} bytes ({r['model']['quantization']})")
     print(f"TFLite interpreter call: p50 {t['p50_us']:.1f} us, p99 {t['p99_us']:.1f} us")
     print(f"TFLite forecast after the fit: p50 {f['p50_us']:.1f} us, p99 {f['p99_us']:.1f} us")
-    print(f"fade-law fit ({r['input']['history_points']} points): p50 {ph['fit_fade']['p50_us'] / 1000:.1f} ms; "
-          f"full forecast incl. fit p50 {ph['full_forecast_incl_fit']['p50_us'] / 1000:.1f} ms")
+    print(
+        f"fade-law fit ({r['input']['history_points']} points): p50 {ph['fit_fade']['p50_us'] / 1000:.1f} ms; "
+        f"full forecast incl. fit p50 {ph['full_forecast_incl_fit']['p50_us'] / 1000:.1f} ms"
+    )
     h = r["history_1000"]
-    print(f"1000-point history: cleaning p50 {h['causal_clean']['p50_us']:.0f} us, fade-law fit p50 "
-          f"{h['fit_fade']['p50_us'] / 1000:.1f} ms, inputs incl. fit p50 "
-          f"{h['prepare_incl_fit_and_cleaning']['p50_us'] / 1000:.1f} ms")
+    print(
+        f"1000-point history: cleaning p50 {h['causal_clean']['p50_us']:.0f} us, fade-law fit p50 "
+        f"{h['fit_fade']['p50_us'] / 1000:.1f} ms, inputs incl. fit p50 "
+        f"{h['prepare_incl_fit_and_cleaning']['p50_us'] / 1000:.1f} ms"
+    )
     if "predict" in k:
-        print(f"Keras predict: p50 {k['predict']['p50_us']:.0f} us, p99 {k['predict']['p99_us']:.0f} us "
-              f"(x{k['ratio_predict_p50_over_tflite_p50']:.0f} TFLite); direct call p50 "
-              f"{k['direct_call']['p50_us']:.0f} us (x{k['ratio_call_p50_over_tflite_p50']:.0f}); "
-              f"max |output diff| {k['max_abs_output_diff']:.2e}")
+        print(
+            f"Keras predict: p50 {k['predict']['p50_us']:.0f} us, p99 {k['predict']['p99_us']:.0f} us "
+            f"(x{k['ratio_predict_p50_over_tflite_p50']:.0f} TFLite); direct call p50 "
+            f"{k['direct_call']['p50_us']:.0f} us (x{k['ratio_call_p50_over_tflite_p50']:.0f}); "
+            f"max |output diff| {k['max_abs_output_diff']:.2e}"
+        )
     else:
         print(f"Keras: {k['skipped']}")
     measured = f"; measured now: {tr['measured_s']:.1f} s" if "measured_s" in tr else ""
@@ -112,21 +118,37 @@ def main() -> int:
     t_fit_1000 = timed(lambda: fit_fade(causal_clean(long_pts, mf.features.cleaning)), 20, warmup=2)
 
     result: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
-        "model": {"version": mf.version, "quantization": mf.quantization,
-                  "tflite_bytes": (args.model / "model.tflite").stat().st_size,
-                  "json_bytes": (args.model / "model.json").stat().st_size,
-                  "window": mf.features.window, "horizons": len(mf.features.horizons)},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "model": {
+            "version": mf.version,
+            "quantization": mf.quantization,
+            "tflite_bytes": (args.model / "model.tflite").stat().st_size,
+            "json_bytes": (args.model / "model.json").stat().st_size,
+            "window": mf.features.window,
+            "horizons": len(mf.features.horizons),
+        },
         "input": {"cell": f"nasa/{CELL.stem}", "history_points": len(pts)},
-        "tflite": {"interpreter_call": pct(tfl_invoke),
-                   "forecast_after_fit": pct(tfl_forecast),
-                   "note": "interpreter_call = set inputs, invoke, read output (1 thread); forecast_after_fit = "
-                           "that plus the 2000-point trajectory and end of life, fade-law fit excluded"},
-        "physics": {"fit_fade": pct(t_fit), "prepare_incl_fit_and_cleaning": pct(t_prepare),
-                    "full_forecast_incl_fit": pct(t_full)},
-        "history_1000": {"cell": "hust/HUST_1-1", "causal_clean": pct(t_clean_1000),
-                         "fit_fade": pct(t_fit_1000), "prepare_incl_fit_and_cleaning": pct(t_prepare_1000)},
+        "tflite": {
+            "interpreter_call": pct(tfl_invoke),
+            "forecast_after_fit": pct(tfl_forecast),
+            "note": "interpreter_call = set inputs, invoke, read output (1 thread); forecast_after_fit = "
+            "that plus the 2000-point trajectory and end of life, fade-law fit excluded",
+        },
+        "physics": {
+            "fit_fade": pct(t_fit),
+            "prepare_incl_fit_and_cleaning": pct(t_prepare),
+            "full_forecast_incl_fit": pct(t_full),
+        },
+        "history_1000": {
+            "cell": "hust/HUST_1-1",
+            "causal_clean": pct(t_clean_1000),
+            "fit_fade": pct(t_fit_1000),
+            "prepare_incl_fit_and_cleaning": pct(t_prepare_1000),
+        },
     }
     if args.keras.is_file():
         import keras
@@ -147,8 +169,12 @@ def main() -> int:
     else:
         result["keras"] = {"skipped": f"{args.keras} not found (written by `battwin ml train --report`)"}
     prov = mf.provenance
-    result["training"] = {"from_model_json_s": prov.training_time_s, "data_preparation_s": prov.prepare_time_s,
-                          "epochs_run": prov.epochs_run, "n_train_samples": prov.n_train_samples}
+    result["training"] = {
+        "from_model_json_s": prov.training_time_s,
+        "data_preparation_s": prov.prepare_time_s,
+        "epochs_run": prov.epochs_run,
+        "n_train_samples": prov.n_train_samples,
+    }
     if args.train:
         from ml.train import TrainConfig, train
 

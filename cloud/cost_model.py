@@ -38,6 +38,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.lake_expand.handler import expand_record
+from schema.messages import is_packed, pack_samples, unpacked_body
+
 log = logging.getLogger("battwin.cloud.cost")
 
 KB = 1024
@@ -257,6 +260,11 @@ class KindPath(BaseModel):
     firehose_gz_bytes: float = Field(
         default=0.0, ge=0.0, description="the records' share of their buffer gzip'd (what lands in the lake)"
     )
+    firehose_expanded_bytes: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="the records after the stream's transform (packed telemetry expanded): what is partitioned",
+    )
 
     @property
     def lake_gz_bytes(self) -> float:
@@ -359,12 +367,13 @@ TODAY = Architecture(
 )
 BUILT = Architecture(
     name="built",
-    description="as built: MQTT topics, JSON telemetry; every topic's two rules -> Firehose (one stream, dynamic "
-    "partitioning by kind and date, gzip JSON lines, 128 MB / 900 s buffers: the lake for every kind) and the ingest "
-    "Lambda (telemetry: DeviceState's latest sample + a compact TTL'd History live window; cycles/health/alarms: "
-    "DeviceState, History, alarms; no lake object); no raw telemetry in DynamoDB; Glue partition projection",
+    description="as built: MQTT topics, packed telemetry (one 5 KB unit a batch); every topic's two rules -> "
+    "Firehose (one stream, a transform Lambda expanding packed batches, dynamic partitioning by kind and date, gzip "
+    "JSON lines, 128 MB / 900 s buffers: the lake for every kind) and the ingest Lambda (telemetry: DeviceState's "
+    "latest sample + a compact TTL'd History live window; cycles/health/alarms: DeviceState, History, alarms; no "
+    "lake object); no raw telemetry in DynamoDB; Glue partition projection",
     ingress="mqtt",
-    encoding="json",
+    encoding="compact",
     telemetry_path="firehose",
     as_measured=True,
     firehose_parquet=False,
@@ -374,6 +383,7 @@ BUILT = Architecture(
         "firehose_small_kinds": True,
         "partition_projection": True,
         "live_window_history": True,
+        "compact_telemetry": True,
     },
 )
 TARGET = Architecture(
@@ -389,7 +399,7 @@ TARGET = Architecture(
     dashboard_small_kinds_days=30.0,
     built={
         "basic_ingest": False,
-        "compact_telemetry": False,
+        "compact_telemetry": True,
         "firehose_lake": True,
         "partition_projection": True,
         "latest_state_action": False,
@@ -529,7 +539,10 @@ def monthly_bill(
     if firehose:
         if arch.as_measured:  # the records the rules put, each rounded up to 5 KB; processed as put
             ingested = sum(month[k] * path.kind(k).firehose_billed_bytes for k in firehose_kinds)
-            expanded = sum(month[k] * path.kind(k).firehose_record_bytes for k in firehose_kinds)
+            expanded = sum(
+                month[k] * max(path.kind(k).firehose_expanded_bytes, path.kind(k).firehose_record_bytes)
+                for k in firehose_kinds
+            )
         else:
             ingested = sum(units.values()) * UNIT_5KB
             expanded = sum(t.payload_bytes_per_hour for t in json_kinds.values()) * HOURS_PER_MONTH
@@ -606,42 +619,30 @@ def run_agent(hours: float, thing: str = "cost-device", start_ts: float | None =
 
 
 def compact_telemetry(payload: bytes) -> bytes:
-    """A compact form of one telemetry envelope (what the target's device would send; not built yet).
-
-    Columnar (one array per field, time as offsets in ms from the first sample), JSON, zlib-compressed and
-    base64'd into an envelope whose ``body`` keeps a small uncompressed ``last`` summary for the rule."""
+    """One telemetry envelope as the device sends it packed (``telemetry.encoding = "packed"``, the default:
+    :func:`schema.messages.pack_samples`); a packed one is returned as it is."""
     env = json.loads(payload)
+    if is_packed(env["body"]):
+        return payload
     samples = env["body"]["samples"]
-    t0 = samples[0]["ts"]
-    fields = sorted({f for s in samples for f in s if f not in ("ts", "source_id", "simulated")})
-    cols: dict[str, Any] = {"dt_ms": [round((s["ts"] - t0) * 1000) for s in samples]}
-    for f in fields:
-        cols[f] = [s.get(f) for s in samples]
-    packed = gzip.compress(json.dumps(cols, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
-    last = samples[-1]
-    body = {
-        "t0": t0,
-        "source_id": samples[0]["source_id"],
-        "n": len(samples),
-        "last": {k: last.get(k) for k in ("voltage_v", "current_a", "soc_pct")},
-        "cols_gz_b64": base64.b64encode(packed).decode(),
-    }
-    return json.dumps({**env, "body": body}, separators=(",", ":")).encode()
+    samples_json = json.dumps(samples, separators=(",", ":"), allow_nan=False).encode()
+    head = json.dumps({k: v for k, v in env.items() if k != "body"}, separators=(",", ":")).encode()[:-1]
+    return head + b',"body":' + pack_samples(samples_json, len(samples)) + b"}"
+
+
+def plain_telemetry(payload: bytes) -> bytes:
+    """One telemetry envelope as plain JSON (``telemetry.encoding = "json"``; what versions before 0.2 sent)."""
+    env = json.loads(payload)
+    if not is_packed(env["body"]):
+        return payload
+    return json.dumps({**env, "body": unpacked_body(env["body"])}, separators=(",", ":"), allow_nan=False).encode()
 
 
 def expand_compact_telemetry(payload: bytes) -> list[dict[str, Any]]:
-    """The lake rows of one compact telemetry envelope (what the target's Firehose transform would do)."""
-    env = json.loads(payload)
-    body = env["body"]
-    cols = json.loads(gzip.decompress(base64.b64decode(body["cols_gz_b64"])))
-    names = [c for c in cols if c != "dt_ms"]
-    base = {"msg_id": env["id"], "msg_ts": env["ts"], "thing": env["thing"], "source_id": body["source_id"]}
-    rows = []
-    for i, dt in enumerate(cols["dt_ms"]):
-        row = {"ts": body["t0"] + dt / 1000.0, **base}
-        row.update({c: cols[c][i] for c in names})
-        rows.append(row)
-    return rows
+    """The lake rows of one packed telemetry envelope: what the lake stream's transform Lambda does with it
+    (:func:`cloud.lake_expand.handler.expand_record`)."""
+    record: dict[str, Any] = json.loads(expand_record(payload))
+    return [record]
 
 
 def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, source: str) -> DeviceTraffic:
@@ -650,8 +651,8 @@ def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, sourc
     expand_s, expanded = 0.0, 0
     for topic, payload in messages:
         kind = topic.rsplit("/", 1)[1]
-        sizes[kind].append(len(payload))
         if kind == "telemetry":
+            sizes[kind].append(len(plain_telemetry(payload)))
             small = compact_telemetry(payload)
             compact[kind].append(len(small))
             t0 = time.thread_time()
@@ -659,6 +660,7 @@ def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, sourc
             expand_s += time.thread_time() - t0
             expanded += 1
         else:
+            sizes[kind].append(len(payload))
             compact[kind].append(len(payload))
     return DeviceTraffic(
         source=source,
@@ -854,6 +856,7 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
                     a["firehose_records"] += 1
                     a["firehose_record_bytes"] += len(record)
                     a["firehose_billed_bytes"] += units_5kb(len(record)) * UNIT_5KB
+                    a["firehose_expanded_bytes"] += len(expand_record(record))
             before = inspect.get_item(TableName="DeviceState", Key={"thing": {"S": parts[1]}}).get("Item", {})
             calls.clear()
             capture.bytes = 0
@@ -879,7 +882,8 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
     finally:
         logging.getLogger("battwin").removeHandler(capture)
     for kind, recs in records.items():  # Firehose gzips a buffer of records: each record's share of it
-        acc[kind]["firehose_gz_bytes"] = float(len(gzip.compress(b"".join(recs), compresslevel=6, mtime=0)))
+        lake = b"".join(expand_record(r) for r in recs)  # after the stream's transform: what the lake keeps
+        acc[kind]["firehose_gz_bytes"] = float(len(gzip.compress(lake, compresslevel=6, mtime=0)))
     kinds = {}
     for kind, a in acc.items():
         n = a.pop("messages")

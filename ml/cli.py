@@ -167,8 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage(str(exc))
     mf = result.model_file
-    print(f"model {mf.version}: {args.out} ({mf.quantization}, {mf.tflite_bytes} bytes, "
-          f"trained in {mf.provenance.training_time_s:.1f} s)")
+    print(
+        f"model {mf.version}: {args.out} ({mf.quantization}, {mf.tflite_bytes} bytes, "
+        f"trained in {mf.provenance.training_time_s:.1f} s)"
+    )
     print(f"held-out cells: {mf.provenance.test_cells}")
     if result.metrics:
         print(summary_table(result.metrics))
@@ -195,8 +197,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.eol_band is not None:  # e.g. 0: score the mean forecast's own crossing instead of the model's band
         model.spec = model.spec.model_copy(update={"eol_band_sigmas": args.eol_band})
     metrics = evaluate(
-        cells, model, args.out, points=args.points, threshold=args.eol, max_cycles=args.max_cycles,
-        plots=not args.no_plots, progress=not args.quiet,
+        cells,
+        model,
+        args.out,
+        points=args.points,
+        threshold=args.eol,
+        max_cycles=args.max_cycles,
+        plots=not args.no_plots,
+        progress=not args.quiet,
     )
     if not args.quiet:
         print(f"model {model.version} ({model_dir})")
@@ -219,9 +227,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     if args.by == "cell" and args.dataset is None:
         return _usage("--by cell (the default) needs --dataset NAME (or use --by dataset)")
     if args.by == "cell" and (
-        args.models_from is not None
-        or any(hasattr(args, a) for a in FALLBACK_ARGS)
-        or args.thin_held_out != 1
+        args.models_from is not None or any(hasattr(args, a) for a in FALLBACK_ARGS) or args.thin_held_out != 1
     ):
         return _usage("--models-from, --thin-held-out and --fallback-* are for --by dataset")
     overrides = {k: v for k in ("epochs", "seed") if (v := getattr(args, k)) is not None}
@@ -247,11 +253,15 @@ def cmd_crossval(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     if args.by == "dataset":
         for f in lresult.folds:
-            print(f"held out {f['held_out']}: {len(f['test_cells'])} scorable cells scored "
-                  f"(model {f['model_version']}, EOL band {f['eol_band_sigmas']:g})")
+            print(
+                f"held out {f['held_out']}: {len(f['test_cells'])} scorable cells scored "
+                f"(model {f['model_version']}, EOL band {f['eol_band_sigmas']:g})"
+            )
         print(lresult.table)
-        print(f"wrote {args.out / 'table.md'}, {args.out / 'metrics.json'}, {args.out / 'predictions.csv'}, "
-              f"{args.out / 'folds.json'}")
+        print(
+            f"wrote {args.out / 'table.md'}, {args.out / 'metrics.json'}, {args.out / 'predictions.csv'}, "
+            f"{args.out / 'folds.json'}"
+        )
         return EXIT_OK
     for f in result.folds:
         print(f"fold {f['fold']}: held out {', '.join(f['test_cells'])} (model {f['model_version']})")
@@ -266,15 +276,31 @@ def register(subparsers: Any) -> None:
     sub = ml.add_subparsers(dest="ml_command", required=True)
 
     p = sub.add_parser("train", help="train, export (TFLite + model.json) and evaluate on held-out cells")
-    p.add_argument("--cells", type=Path, action="append", required=True, metavar="DIR",
-                   help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)")
+    p.add_argument(
+        "--cells",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="where model.tflite + model.json go")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--test-frac", type=_fraction, default=None, dest="test_frac",
-                   help="fraction of each dataset's cells held out for the test report (default 0.25)")
-    p.add_argument("--val-frac", type=_fraction, default=None, dest="val_frac",
-                   help="fraction of the remaining cells for early stopping (default 0.15)")
+    p.add_argument(
+        "--test-frac",
+        type=_fraction,
+        default=None,
+        dest="test_frac",
+        help="fraction of each dataset's cells held out for the test report (default 0.25)",
+    )
+    p.add_argument(
+        "--val-frac",
+        type=_fraction,
+        default=None,
+        dest="val_frac",
+        help="fraction of the remaining cells for early stopping (default 0.15)",
+    )
     p.add_argument("--jobs", type=int, default=None, help="processes for data preparation (default 2)")
     p.add_argument("--tiny", action="store_true", help="a CI-sized run (few cells, small network, few epochs)")
     p.add_argument("--config", type=Path, default=None, help="JSON object of further training options")
@@ -283,54 +309,127 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="persistence vs physics vs hybrid on folders of cell CSVs")
-    p.add_argument("--cells", type=Path, action="append", required=True, metavar="DIR",
-                   help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)")
-    p.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
-                   help=f"model folder (default: the shipped model, {MODEL_REL})")
+    p.add_argument(
+        "--cells",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help=f"model folder (default: the shipped model, {MODEL_REL})",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
-    p.add_argument("--points", type=_points, default=[0.25, 0.5, 0.75],
-                   help="prediction points as fractions of each cell's valid rows (default 0.25,0.5,0.75)")
+    p.add_argument(
+        "--points",
+        type=_points,
+        default=[0.25, 0.5, 0.75],
+        help="prediction points as fractions of each cell's valid rows (default 0.25,0.5,0.75)",
+    )
     p.add_argument("--eol", type=_threshold, default=0.8, help="end-of-life SoH threshold (default 0.8)")
-    p.add_argument("--max-cycles", type=int, default=5000, dest="max_cycles",
-                   help="how far ahead end of life is searched (default 5000 cycles)")
-    p.add_argument("--eol-band", type=_band, default=None, dest="eol_band", metavar="SIGMAS",
-                   help="override the model's EOL band (in the cell's scatter; 0 = the mean forecast's crossing)")
+    p.add_argument(
+        "--max-cycles",
+        type=int,
+        default=5000,
+        dest="max_cycles",
+        help="how far ahead end of life is searched (default 5000 cycles)",
+    )
+    p.add_argument(
+        "--eol-band",
+        type=_band,
+        default=None,
+        dest="eol_band",
+        metavar="SIGMAS",
+        help="override the model's EOL band (in the cell's scatter; 0 = the mean forecast's crossing)",
+    )
     p.add_argument("--no-plots", action="store_true", dest="no_plots")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("crossval", help="cross-validation: leave one dataset out (--by dataset) or k folds of one "
-                       "dataset's scorable cells (--by cell --dataset NAME)")
-    p.add_argument("--cells", type=Path, action="append", required=True, metavar="DIR",
-                   help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)")
-    p.add_argument("--by", choices=("cell", "dataset"), default="cell",
-                   help="dataset: hold out each whole dataset in turn, train on the others (table.md); "
-                   "cell (default): k folds of --dataset's cells")
+    p = sub.add_parser(
+        "crossval",
+        help="cross-validation: leave one dataset out (--by dataset) or k folds of one "
+        "dataset's scorable cells (--by cell --dataset NAME)",
+    )
+    p.add_argument(
+        "--cells",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a folder of per-cycle cell CSVs (repeatable; the folder name is the dataset)",
+    )
+    p.add_argument(
+        "--by",
+        choices=("cell", "dataset"),
+        default="cell",
+        help="dataset: hold out each whole dataset in turn, train on the others (table.md); "
+        "cell (default): k folds of --dataset's cells",
+    )
     p.add_argument("--dataset", default=None, help="--by cell: the dataset (folder name) whose cells are folded")
     p.add_argument("--folds", type=_folds, default=4, help="--by cell: number of folds (default 4)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="CI-sized models (few cells, small network, few epochs)")
-    p.add_argument("--models-from", type=Path, default=None, dest="models_from", metavar="LODO_DIR",
-                   help="--by dataset: re-score the fold models an earlier run saved in LODO_DIR/<dataset>/model "
-                   "instead of training")
+    p.add_argument(
+        "--models-from",
+        type=Path,
+        default=None,
+        dest="models_from",
+        metavar="LODO_DIR",
+        help="--by dataset: re-score the fold models an earlier run saved in LODO_DIR/<dataset>/model "
+        "instead of training",
+    )
     keep = argparse.SUPPRESS  # a --fallback-* option not given leaves the fold model's own rule
-    p.add_argument("--fallback-hindcast", type=_on_off, default=keep, dest="fallback_hindcast", metavar="on|off",
-                   help="--by dataset: the device's hindcast fallback to the fade law on every history (on) or on "
-                   "sparse ones only (off)")
-    p.add_argument("--fallback-margin", type=_margin, default=keep, dest="fallback_margin", metavar="MARGIN",
-                   help="--by dataset: the hindcast falls back when the network's error is > (1 + MARGIN) x the "
-                   "fade law's")
-    p.add_argument("--fallback-max-spacing", type=_max_spacing, default=keep, dest="fallback_max_spacing",
-                   metavar="CYCLES|off", help="--by dataset: the hindcast decides for input windows sparser than "
-                   "CYCLES per measured point (off: never)")
-    p.add_argument("--fallback-min-points", type=_fallback_points, default=keep, dest="fallback_min_points",
-                   metavar="N", help="--by dataset: the history length from which the fallback decides")
-    p.add_argument("--thin-held-out", type=_thin, default=1, dest="thin_held_out", metavar="K",
-                   help="--by dataset: score the held-out cells as a device measuring capacity on every K-th "
-                   "discharge only would see them (first 5, then every K-th; default 1: all)")
+    p.add_argument(
+        "--fallback-hindcast",
+        type=_on_off,
+        default=keep,
+        dest="fallback_hindcast",
+        metavar="on|off",
+        help="--by dataset: the device's hindcast fallback to the fade law on every history (on) or on "
+        "sparse ones only (off)",
+    )
+    p.add_argument(
+        "--fallback-margin",
+        type=_margin,
+        default=keep,
+        dest="fallback_margin",
+        metavar="MARGIN",
+        help="--by dataset: the hindcast falls back when the network's error is > (1 + MARGIN) x the fade law's",
+    )
+    p.add_argument(
+        "--fallback-max-spacing",
+        type=_max_spacing,
+        default=keep,
+        dest="fallback_max_spacing",
+        metavar="CYCLES|off",
+        help="--by dataset: the hindcast decides for input windows sparser than CYCLES per measured point (off: never)",
+    )
+    p.add_argument(
+        "--fallback-min-points",
+        type=_fallback_points,
+        default=keep,
+        dest="fallback_min_points",
+        metavar="N",
+        help="--by dataset: the history length from which the fallback decides",
+    )
+    p.add_argument(
+        "--thin-held-out",
+        type=_thin,
+        default=1,
+        dest="thin_held_out",
+        metavar="K",
+        help="--by dataset: score the held-out cells as a device measuring capacity on every K-th "
+        "discharge only would see them (first 5, then every K-th; default 1: all)",
+    )
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_crossval)
 

@@ -69,9 +69,7 @@ def fold_splits(cells: Sequence[Cell], dataset: str, k: int, cfg: TrainConfig) -
     return out
 
 
-def crossval(
-    cells: Sequence[Cell], dataset: str, k: int, cfg: TrainConfig, out_dir: Path
-) -> CrossValResult:
+def crossval(cells: Sequence[Cell], dataset: str, k: int, cfg: TrainConfig, out_dir: Path) -> CrossValResult:
     if not any(c.dataset == dataset for c in cells):
         raise ValueError(f"no cells of dataset {dataset!r} (datasets are the --cells folder names)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,14 +87,16 @@ def crossval(
         )
         rules = compare_cells(test, model, cfg.eval_points, threshold=cfg.eol_threshold, max_cycles=cfg.max_cycles)
         rule_rows += [{**row, "fold": i, "model_eol_band": model.spec.eol_band_sigmas} for row in rules]
-        folds.append({
-            "fold": i,
-            "test_cells": split.test[dataset],
-            "val_cells": split.val.get(dataset, []),
-            "model_version": result.model_file.version,
-            "eol_band_sigmas": model.spec.eol_band_sigmas,
-            "epochs_run": result.model_file.provenance.epochs_run,
-        })
+        folds.append(
+            {
+                "fold": i,
+                "test_cells": split.test[dataset],
+                "val_cells": split.val.get(dataset, []),
+                "model_version": result.model_file.version,
+                "eol_band_sigmas": model.spec.eol_band_sigmas,
+                "epochs_run": result.model_file.provenance.epochs_run,
+            }
+        )
     metrics = compute_metrics(preds, cfg.eval_points, cfg.eol_threshold)
     metrics["crossval"] = {"dataset": dataset, "folds": folds, "k": k}
     write_predictions(preds, out_dir / "predictions.csv")

@@ -118,9 +118,7 @@ def read_cell_csv(path: Path, dataset: str | None = None) -> Cell:
         if missing:
             raise CellFileError(f"{path}: missing required column(s) {missing}; header is {header[:8]}")
         col = {name: header.index(name) for name in header}
-        opt = {
-            k: col.get(k) for k in ("ambient_temperature_c", "elapsed_h", "nominal_capacity_ah")
-        }
+        opt = {k: col.get(k) for k in ("ambient_temperature_c", "elapsed_h", "nominal_capacity_ah")}
         cycles: list[float] = []
         caps: list[float] = []
         temps: list[float] = []
@@ -240,9 +238,7 @@ def read_bms_log(
         p = est.observe(rec)
         cycles.append(float(rec.index))
         caps.append(p.capacity_ah if p is not None else math.nan)
-        temps.append(
-            p.temperature_c if p is not None and p.temperature_c is not None else math.nan
-        )
+        temps.append(p.temperature_c if p is not None and p.temperature_c is not None else math.nan)
         elaps.append(p.elapsed_h if p is not None and p.elapsed_h is not None else math.nan)
     if not cycles:
         raise CellFileError(f"{path}: the cycle tracker found no discharge")
@@ -310,7 +306,9 @@ def scorability(cell: Cell) -> Scorability:
         return Scorability(False, n, frac, f"{n} valid rows (< {SCORABLE_MIN_ROWS})")
     if frac > SCORABLE_MAX_OUTSIDE:
         return Scorability(
-            False, n, frac,
+            False,
+            n,
+            frac,
             f"{100 * frac:.0f} % of valid rows have a contract SoH outside [{lo}, {hi}] "
             f"(> {100 * SCORABLE_MAX_OUTSIDE:.0f} %)",
         )

@@ -57,8 +57,14 @@ def first_passage_eol(
 
 
 def rule_eols(
-    model: HybridModel, prep: Prepared, out: np.ndarray, c0: float, threshold: float, max_cycles: int,
-    physics_eol: float | None, spacing: float,
+    model: HybridModel,
+    prep: Prepared,
+    out: np.ndarray,
+    c0: float,
+    threshold: float,
+    max_cycles: int,
+    physics_eol: float | None,
+    spacing: float,
 ) -> dict[str, float | None]:
     step = forecast_step(max_cycles)
     cycles = np.arange(prep.last_cycle + step, prep.last_cycle + max_cycles + step, step)
@@ -88,8 +94,16 @@ def compare_cells(
         known = np.array([q.cycle for q in ep.history])
         spacing = max(float(np.median(np.diff(known))), 1e-3) if len(known) > 1 else 1.0
         eols = rule_eols(model, ep.prep, model.correction(ep.prep), ep.c0, threshold, max_cycles, phys, spacing)
-        rows.append({"dataset": ep.cell.dataset, "cell": ep.cell.cell, "p": ep.p, "at_cycle": float(known[-1]),
-                     "eol_true": ep.eol_true, "eol_pred": eols})
+        rows.append(
+            {
+                "dataset": ep.cell.dataset,
+                "cell": ep.cell.cell,
+                "p": ep.p,
+                "at_cycle": float(known[-1]),
+                "eol_true": ep.eol_true,
+                "eol_pred": eols,
+            }
+        )
     return rows
 
 

@@ -73,8 +73,14 @@ def plot_trajectories(preds: Sequence[PointPrediction], out_dir: Path, threshold
                 for pp in cps:
                     ax.axvline(pp.at_cycle, color="0.8", lw=0.8)
                     for m in ("persistence", "physics", "hybrid"):
-                        ax.plot(pp.target_cycles, pp.pred[m], "-", color=COLORS[m], lw=1.0,
-                                label=m if pp is cps[0] else None)
+                        ax.plot(
+                            pp.target_cycles,
+                            pp.pred[m],
+                            "-",
+                            color=COLORS[m],
+                            lw=1.0,
+                            label=m if pp is cps[0] else None,
+                        )
                 ax.axhline(threshold, color="tab:orange", ls=":", lw=0.8)
                 lo = float(np.nanpercentile(ys, 2)) if len(ys) else 0.7
                 ax.set_ylim(max(min(lo, threshold) - 0.08, 0.0), max(float(np.nanpercentile(ys, 98)), 1.0) + 0.05)
@@ -122,8 +128,10 @@ def plot_eol(metrics: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def plot_evaluation(preds: Sequence[PointPrediction], metrics: dict[str, Any], out_dir: Path) -> list[Path]:
     threshold = float(metrics["protocol"]["eol_threshold"])
-    return plot_error_vs_horizon(metrics, out_dir) + plot_trajectories(preds, out_dir, threshold) + plot_eol(
-        metrics, out_dir
+    return (
+        plot_error_vs_horizon(metrics, out_dir)
+        + plot_trajectories(preds, out_dir, threshold)
+        + plot_eol(metrics, out_dir)
     )
 
 

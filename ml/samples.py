@@ -95,9 +95,7 @@ class SampleSet:
                 np.zeros(0),
                 np.zeros(0, np.float32),
             )
-        return SampleSet(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in SampleSet.__dataclass_fields__)
-        )
+        return SampleSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in SampleSet.__dataclass_fields__))
 
 
 def prediction_indices(n_valid: int, ok: np.ndarray, max_points: int) -> list[int]:

@@ -51,7 +51,8 @@ class NotSplittable(ValueError):
 
 def split_telemetry(payload: bytes, budget: int) -> list[tuple[str, bytes]]:
     """Split a spooled telemetry envelope into ``(id, payload)`` parts of at most ``budget`` bytes each,
-    keeping every sample and their order (a packed body is unpacked: the parts are plain); each part's ``ts`` is its last sample's (as the agent stamps a
+    keeping every sample and their order (a packed body is unpacked: the parts are plain); each part's
+    ``ts`` is its last sample's (as the agent stamps a
     batch) and ``simulated`` is true when any of its samples is."""
     try:
         envelope = json.loads(payload)

@@ -209,6 +209,8 @@ MOTO_SKIPPED_TYPES = {
     "AWS::QuickSight::DataSource",
     "AWS::QuickSight::DataSet",
     "AWS::QuickSight::Analysis",
+    "AWS::QuickSight::Template",
+    "AWS::QuickSight::Dashboard",
     "AWS::CloudWatch::Alarm",
     "AWS::KinesisFirehose::DeliveryStream",
     "AWS::Logs::LogStream",

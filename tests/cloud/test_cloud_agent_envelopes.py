@@ -23,7 +23,7 @@ def test_ingest_stores_the_agents_bytes_of_every_kind(aws: dict[str, Any], use_e
     assert set(first) == {"telemetry", "cycles", "health", "alarms"}
     for kind, (body, msg_id) in first.items():
         payload = published[msg_id]
-        assert payload == encode_envelope(THING, kind, body, stamp(kind, body), msg_id)
+        assert payload == encode_envelope(THING, kind, body, stamp(kind, body), msg_id, packed=True)  # the default
         outcome = handler(rule_event(f"battwin/{THING}/{kind}", payload))
         assert outcome["status"] == "stored", (kind, outcome)
         assert outcome["id"] == msg_id

@@ -279,7 +279,7 @@ def test_cloudwatch_alarms_and_dashboard_watch_the_system() -> None:
     res = tpl["Resources"]
     alarms = {k: v["Properties"] for k, v in res.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
     functions = [k for k, v in res.items() if v["Type"] == "AWS::Lambda::Function"]
-    assert len(functions) == 5
+    assert len(functions) == 6
     watched = {
         (
             p["Namespace"] if isinstance(p["Namespace"], str) else _sub(p["Namespace"]),

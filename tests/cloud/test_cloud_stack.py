@@ -300,6 +300,49 @@ def test_quicksight_analysis_request_matches_the_api(resolver: Resolver, skipped
     assert len(visuals) == 5
 
 
+def test_quicksight_dashboard_requests_match_the_api(resolver: Resolver, skipped_created: dict[str, Any]) -> None:
+    """The published dashboard: a template from the analysis, the dashboard from the template, over the analysis's
+    four data sets (moto has neither call: botocore's Stubber validates the requests against the real API model)."""
+    import boto3
+
+    analysis = resolver.properties("FleetAnalysis")
+    template = resolver.properties("FleetTemplate")
+    dashboard = resolver.properties("FleetDashboard")
+    qs = boto3.client("quicksight", region_name=REGION)
+    with Stubber(qs) as stub:
+        t_arn = f"arn:aws:quicksight:{REGION}:{ACCOUNT}:template/{template['TemplateId']}"
+        d_arn = f"arn:aws:quicksight:{REGION}:{ACCOUNT}:dashboard/{dashboard['DashboardId']}"
+        stub.add_response(
+            "create_template",
+            {
+                "Arn": t_arn,
+                "TemplateId": template["TemplateId"],
+                "Status": 202,
+                "CreationStatus": "CREATION_IN_PROGRESS",
+            },
+            template,
+        )
+        stub.add_response(
+            "create_dashboard",
+            {
+                "Arn": d_arn,
+                "DashboardId": dashboard["DashboardId"],
+                "Status": 202,
+                "CreationStatus": "CREATION_IN_PROGRESS",
+            },
+            dashboard,
+        )
+        assert qs.create_template(**template)["TemplateId"] == "battwin-fleet"
+        assert qs.create_dashboard(**dashboard)["DashboardId"] == "battwin-fleet"
+        stub.assert_no_pending_responses()
+    source = template["SourceEntity"]["SourceAnalysis"]
+    assert source["Arn"] == f"arn:aws:quicksight:{REGION}:{ACCOUNT}:analysis/{analysis['AnalysisId']}"
+    assert dashboard["SourceEntity"]["SourceTemplate"]["Arn"] == t_arn
+    declared = {d["Identifier"]: d["DataSetArn"] for d in analysis["Definition"]["DataSetIdentifierDeclarations"]}
+    for refs in (source["DataSetReferences"], dashboard["SourceEntity"]["SourceTemplate"]["DataSetReferences"]):
+        assert {r["DataSetPlaceholder"]: r["DataSetArn"] for r in refs} == declared
+
+
 def test_cognito_authorizer_variant(
     aws: dict[str, Any], resolver: Resolver, template: dict[str, Any], physical_ids: dict[str, str]
 ) -> None:

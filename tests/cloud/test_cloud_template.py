@@ -511,6 +511,25 @@ def test_quicksight_analysis_has_five_visuals_over_declared_columns(tpl: dict[st
     assert not off.condition("CreateDashboards")
 
 
+def test_the_dashboards_data_sets_read_only_their_days_of_the_lake(tpl: dict[str, Any]) -> None:
+    """Every QuickSight data set filters the lake by its ``dt`` partition (Athena then scans only those days):
+    live telemetry the last day, cycles / health / alarms the ``DashboardDays`` parameter's."""
+    r = static_resolver(
+        tpl, QuickSightPrincipalArn="arn:aws:quicksight:us-east-1:123456789012:user/default/a", DashboardDays="90"
+    )
+    days = {}
+    for logical, v in tpl["Resources"].items():
+        if v["Type"] == "AWS::QuickSight::DataSet":
+            (table,) = r.properties(logical)["PhysicalTableMap"].values()
+            sql = table["CustomSql"]["SqlQuery"]
+            scans = re.findall(
+                r'FROM "battwin_lake"\."(\w+)"\s+WHERE dt >= date_format\(current_date - interval \'(\d+)\' day', sql
+            )
+            assert scans and len(scans) == len(re.findall(r'"battwin_lake"\.', sql)), logical
+            days.update({table_name: int(n) for table_name, n in scans})
+    assert days == {"telemetry": 1, "cycles": 90, "health": 90, "alarms": 90}
+
+
 def test_no_references_to_types_some_emulators_skip(tpl: dict[str, Any]) -> None:
     """Supported resources reference IoT rules, thing groups, Glue, Athena and QuickSight only by name."""
     from tests.cloud.conftest import MOTO_SKIPPED_TYPES

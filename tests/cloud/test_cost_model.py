@@ -93,13 +93,14 @@ def test_compact_telemetry_round_trips_and_fits_one_unit() -> None:
     assert tele
     import json
 
-    for payload in tele:
+    for payload in tele:  # the agent sends packed telemetry by default
         small = cm.compact_telemetry(payload)
-        assert cm.units_5kb(len(small)) == 1 < cm.units_5kb(len(payload))
-        rows = cm.expand_compact_telemetry(small)
-        samples = telemetry_samples(json.loads(payload)["body"])
-        assert [r["voltage_v"] for r in rows] == [s["voltage_v"] for s in samples]
-        assert [round(r["ts"], 3) for r in rows] == [round(s["ts"], 3) for s in samples]
+        plain = cm.plain_telemetry(payload)
+        assert small == payload and cm.compact_telemetry(plain) == payload
+        assert cm.units_5kb(len(small)) == 1 < cm.units_5kb(len(plain))
+        (row,) = cm.expand_compact_telemetry(small)  # what the lake keeps: the plain envelope
+        assert row == json.loads(plain)
+        assert telemetry_samples(row["body"]) == telemetry_samples(json.loads(payload)["body"])
 
 
 def test_bad_inputs_are_refused() -> None:

@@ -199,10 +199,11 @@ def test_built_components_run_take_shadow_configuration_and_a_new_model_without_
     )
     assert applied, _log_tail(nucleus)
     seen = len(_telemetry(nucleus))
-    # before the change, batches were closed by size (fewer than 60 samples, younger than 5 s): 60 samples
-    # would have made a frame lite closes the connection on
+    # before the change, full batches: packed (the default), the 60 samples of a batch fit one frame far under
+    # lite's limit (as plain JSON they were closed by size at fewer than 60: 60 would have made a frame lite
+    # closes the connection on)
     full = [
-        m for m in _telemetry(nucleus)[:seen] if sum(_gaps(m)) < 4.0 and 30 < len(telemetry_samples(m["body"])) < 60
+        m for m in _telemetry(nucleus)[:seen] if len(telemetry_samples(m["body"])) == 60 and "zsamples" in m["body"]
     ]
     assert full, [len(telemetry_samples(m["body"])) for m in _telemetry(nucleus)]
     decimated = nucleus.wait_for(
