@@ -122,14 +122,19 @@ def test_traffic_and_requests_come_from_a_real_run(
 ) -> None:
     t, messages, path = measured
     assert "real agent" in t.source and "real ingest handler" in path.source
-    tele = t.json_kinds["telemetry"]
-    # the default settings: 1 s sampling in 60-sample batches -> 60 telemetry messages an hour, > 5 KB each
-    assert tele.messages_per_hour == pytest.approx(60, abs=1)
+    # the default settings: 1 s sampling in 60-sample batches, packed -> 60 telemetry messages an hour, each one
+    # 5 KB unit (as plain JSON, > 10 KB: three units)
+    tele = t.compact_kinds["telemetry"]
+    plain = t.json_kinds["telemetry"]
+    assert tele.messages_per_hour == plain.messages_per_hour == pytest.approx(60, abs=1)
     hours = t.simulated_hours
     tele_sizes = [len(p) for topic, p in messages if topic.endswith("/telemetry")]
     assert tele.payload_bytes_per_hour == pytest.approx(sum(tele_sizes) / hours)
     assert tele.units_5kb_per_hour == pytest.approx(sum(cm.units_5kb(s) for s in tele_sizes) / hours)
-    assert t.compact_kinds["telemetry"].units_5kb_per_hour == tele.messages_per_hour
+    assert tele.units_5kb_per_hour == tele.messages_per_hour
+    plain_sizes = [len(cm.plain_telemetry(p)) for topic, p in messages if topic.endswith("/telemetry")]
+    assert plain.payload_bytes_per_hour == pytest.approx(sum(plain_sizes) / hours)
+    assert plain.units_5kb_per_hour == pytest.approx(3 * plain.messages_per_hour)
     n_tele = sum(1 for topic, _ in messages if topic.endswith("/telemetry"))
     # the hook counted the handler's calls: one History put per message, no lake object for any kind (every kind
     # reaches the lake through its lake rule's Firehose action, never through the handler)
@@ -144,12 +149,14 @@ def test_traffic_and_requests_come_from_a_real_run(
     # the template's rules on the telemetry topic: the ingest Lambda's and the lake's Firehose rule
     assert kp.rules_triggered == 2.0 and kp.lambda_invocations == 1.0 and kp.firehose_records == 1.0
     assert kp.s3_puts == 0.0 and kp.glue_calls == 0.0 and kp.ddb_gsi_wru == 1.0
-    # the record is the whole envelope (+ the rule's fields), billed in 5 KB steps; gzip'd in its buffer
+    # the record is the whole (packed) envelope (+ the rule's fields), billed in 5 KB steps: one; the stream's
+    # transform expands it to the plain rows the lake keeps, gzip'd in its buffer
     assert kp.firehose_record_bytes > tele.mean_payload_bytes
-    assert kp.firehose_billed_bytes == pytest.approx(tele.units_5kb_per_hour / tele.messages_per_hour * 5 * 1024)
-    assert 0 < kp.firehose_gz_bytes < kp.firehose_record_bytes / 4
+    assert kp.firehose_billed_bytes == 5 * 1024
+    assert kp.firehose_expanded_bytes > 5 * kp.firehose_record_bytes
+    assert 0 < kp.firehose_gz_bytes < kp.firehose_expanded_bytes / 4
     # the raw batch (~11 KB) is not in DynamoDB: the History live window is one unit, plus DeviceState's update
-    assert kp.ddb_wru < tele.mean_payload_bytes / 1024 / 2
+    assert kp.ddb_wru < plain.mean_payload_bytes / 1024 / 2
     assert kp.cpu_s > 0
 
 
