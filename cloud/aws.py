@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -56,8 +57,10 @@ def reset_clients() -> None:
         _CLIENTS.clear()
 
 
-def env(name: str, default: str | None = None) -> str:
-    value = os.environ.get(name, default)
+def env(name: str, default: str | None = None, source: Mapping[str, str] | None = None) -> str:
+    """A variable of the function's environment (``source``: another mapping, e.g. the template's for a local
+    run); raises :class:`ConfigurationError` when it is missing and has no default."""
+    value = (os.environ if source is None else source).get(name, default)
     if value is None or value == "":
         if default is not None:
             return default
@@ -65,8 +68,8 @@ def env(name: str, default: str | None = None) -> str:
     return value
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
+def env_int(name: str, default: int, source: Mapping[str, str] | None = None) -> int:
+    raw = (os.environ if source is None else source).get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
@@ -75,8 +78,8 @@ def env_int(name: str, default: int) -> int:
         raise ConfigurationError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+def env_float(name: str, default: float, source: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if source is None else source).get(name)
     if raw is None or raw.strip() == "":
         return default
     try:

@@ -41,6 +41,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -120,17 +121,20 @@ class IngestSettings(BaseModel):
     metrics_namespace: str = DEFAULT_NAMESPACE
 
     @classmethod
-    def from_env(cls) -> IngestSettings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
+        """The settings from the function's environment (``environ``: another mapping, e.g. the template's
+        environment of the function with a local stack's names)."""
+        e = environ
         return cls(
-            history_table=env("HISTORY_TABLE"),
-            device_state_table=env("DEVICE_STATE_TABLE"),
-            bucket=env("DATA_BUCKET"),
-            dead_letter_prefix=env("DEAD_LETTER_PREFIX", DEFAULT_DEAD_LETTER_PREFIX),
-            raw_ttl_days=env_float("RAW_TTL_DAYS", 1.0),
-            max_message_bytes=env_int("MAX_MESSAGE_BYTES", IOT_MAX_MESSAGE_BYTES),
-            max_clock_skew_s=env_float("MAX_CLOCK_SKEW_S", 86_400.0),
-            alarm_topic_arn=env("ALARM_TOPIC_ARN", "") or None,
-            metrics_namespace=env("METRICS_NAMESPACE", DEFAULT_NAMESPACE),
+            history_table=env("HISTORY_TABLE", source=e),
+            device_state_table=env("DEVICE_STATE_TABLE", source=e),
+            bucket=env("DATA_BUCKET", source=e),
+            dead_letter_prefix=env("DEAD_LETTER_PREFIX", DEFAULT_DEAD_LETTER_PREFIX, source=e),
+            raw_ttl_days=env_float("RAW_TTL_DAYS", 1.0, source=e),
+            max_message_bytes=env_int("MAX_MESSAGE_BYTES", IOT_MAX_MESSAGE_BYTES, source=e),
+            max_clock_skew_s=env_float("MAX_CLOCK_SKEW_S", 86_400.0, source=e),
+            alarm_topic_arn=env("ALARM_TOPIC_ARN", "", source=e) or None,
+            metrics_namespace=env("METRICS_NAMESPACE", DEFAULT_NAMESPACE, source=e),
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from cloud.ingest.handler import Ingestor, IngestSettings
 from cloud.lake import FIREHOSE_PARTITION_JQ, PartitionError, firehose_partition, firehose_prefix
 from cloud.local_stack.template import (
     FirehoseSpec,
@@ -230,6 +231,14 @@ class LocalAws:
     def ingest_environment(self) -> dict[str, str]:
         """The ingest Lambda's environment as the template sets it, with the local names."""
         return function_environment(load_template(), "IngestFunction", self.names.refs())
+
+    def ingestor(self, **overrides: Any) -> Ingestor:
+        """The real ingest handler on this server: its settings read from the template's environment of the
+        function (as the deployed one reads its own), ``overrides`` on top (e.g. a demo's clock skew)."""
+        settings = IngestSettings.from_env(self.ingest_environment())
+        if overrides:
+            settings = IngestSettings.model_validate({**settings.model_dump(), **overrides})
+        return Ingestor(settings, dynamodb=self.client("dynamodb"), s3=self.client("s3"))
 
     def environment(self) -> dict[str, str]:
         """Variables with which another process's boto3 (and the API handler) reach this server."""

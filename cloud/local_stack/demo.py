@@ -39,7 +39,6 @@ from cloud.api.handler import Api
 from cloud.dashboard.api_client import ApiClient, HttpApi, InProcessApi
 from cloud.dashboard.server import Dashboard, DashboardServer
 from cloud.dashboard.shadow_control import IotDataShadowControl, MqttShadowControl, ShadowControl
-from cloud.ingest.handler import Ingestor, IngestSettings
 from cloud.local_stack.aws_local import LocalAws
 from cloud.local_stack.fleet import (
     DEFAULT_REPLAY_LOG,
@@ -220,16 +219,7 @@ class LocalStack:
         return self.retrain
 
     def _rules_runner(self, aws: LocalAws) -> LocalRulesRunner:
-        env = aws.ingest_environment()
-        settings = IngestSettings(
-            history_table=env["HISTORY_TABLE"],
-            device_state_table=env["DEVICE_STATE_TABLE"],
-            bucket=env["DATA_BUCKET"],
-            dead_letter_prefix=env.get("DEAD_LETTER_PREFIX", "dead-letter/"),
-            raw_ttl_days=float(env.get("RAW_TTL_DAYS", "30")),
-            max_clock_skew_s=DEMO_MAX_CLOCK_SKEW_S,
-        )
-        ingestor = Ingestor(settings, dynamodb=aws.client("dynamodb"), s3=aws.client("s3"))
+        ingestor = aws.ingestor(max_clock_skew_s=DEMO_MAX_CLOCK_SKEW_S)
         s3 = aws.client("s3")
         sqs = aws.client("sqs")
         queue_url = aws.failure_queue_url  # Lambda's on-failure destination in the template

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cloud.cost_model import run_agent
-from cloud.ingest.handler import Ingestor, IngestSettings
 from cloud.lake import parse_partition
 from cloud.local_stack.aws_local import LocalAws
 from cloud.local_stack.firehose import BufferedFirehose
@@ -131,21 +130,8 @@ def run_scale(
     start = start_ts if start_ts is not None else float(int(time.time() // 3600) * 3600 - 3 * 86_400)
     day = device_day if device_day is not None else run_agent(hours, thing="scale-template", start_ts=start)
     template = load_template()
-    aws = LocalAws().start()
-    try:
-        aws.create_resources()
-        env = aws.ingest_environment()
-        ingestor = Ingestor(
-            IngestSettings(
-                history_table=env["HISTORY_TABLE"],
-                device_state_table=env["DEVICE_STATE_TABLE"],
-                bucket=env["DATA_BUCKET"],
-                dead_letter_prefix=env["DEAD_LETTER_PREFIX"],
-                raw_ttl_days=float(env.get("RAW_TTL_DAYS", "1")),
-            ),
-            dynamodb=aws.client("dynamodb"),
-            s3=aws.client("s3"),
-        )
+    with LocalAws.running() as aws:
+        ingestor = aws.ingestor()
         outcomes: Counter[str] = Counter()
         lock = threading.Lock()
 
@@ -211,5 +197,3 @@ def run_scale(
             workers=workers,
             rules_stats=runner.stats(),
         )
-    finally:
-        aws.stop()
