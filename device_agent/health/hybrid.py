@@ -104,6 +104,7 @@ __all__ = [
     "decide_fallback",
     "eol_scatter",
     "interpreter_class",
+    "interval_scatter",
     "load_hybrid_model",
     "log_rel_forecast",
     "prepare",
@@ -130,7 +131,20 @@ class ModelLoadError(RuntimeError):
 
 
 def eol_scatter(prep: Prepared, spec: FeatureSpec) -> float:
-    """The cell's measurement scatter in log capacity: the fade fit's RMS residual (capped); 0 without a fit."""
+    """The scatter the EOL band is made of, in log capacity: the fade fit's RMS residual without the failed
+    measurements far below the cell's regular ones (``FadeFit.scatter_log``,
+    :func:`~device_agent.health.fade_law.robust_scatter`; capped); 0 without a fit."""
+    if prep.fit is None:
+        return 0.0
+    s = prep.fit.scatter_log if math.isfinite(prep.fit.scatter_log) else prep.fit.rmse_log
+    if not math.isfinite(s):
+        return 0.0
+    return float(min(max(s, 0.0), spec.eol_scatter_cap))
+
+
+def interval_scatter(prep: Prepared, spec: FeatureSpec) -> float:
+    """The scatter the 80 % interval is made of: the fade fit's plain RMS log residual (capped; every point,
+    as the interval's spread was calibrated with); 0 without a fit."""
     if prep.fit is None or not math.isfinite(prep.fit.rmse_log):
         return 0.0
     return float(min(max(prep.fit.rmse_log, 0.0), spec.eol_scatter_cap))
@@ -233,7 +247,8 @@ class HybridModel:
         params: dict[str, float] = {
             "level_ah": prep.level_ah,
             "eol_band_sigmas": k,
-            "scatter_log": scatter,
+            "scatter_log": interval_scatter(prep, self.spec),
+            "eol_scatter_log": scatter,
             "trend_slope_log_per_cycle": prep.trend_slope,
             "fallback_fade_law": 1.0 if prep.fallback is not None else 0.0,
             "hindcast_rmse_log_network": prep.hindcast[0],
