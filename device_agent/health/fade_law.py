@@ -48,8 +48,8 @@ Z_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.5 .. 3.0
 #: weight of the prior on the fade shape z (see module doc); 0 = choose z by the residual alone
 Z_PRIOR_WEIGHT = 10.0
 HUBER_K = 1.5
-#: a residual beyond this many robust standard deviations (1.4826 × MAD) is a gross outlier: left out of the
-#: fit's scatter (:attr:`FadeFit.scatter_log`)
+#: a residual more than this many robust standard deviations (1.4826 × MAD) below the fit is a failed reading:
+#: left out of the fit's scatter (:attr:`FadeFit.scatter_log`)
 OUTLIER_SIGMAS = 5.0
 IRLS_ITERATIONS = 3
 MIN_AHEAD_STEPS = 50
@@ -127,8 +127,8 @@ class FadeFit:
     axes: StressAxes
     #: accelerating fade detected in the history (see device_agent.health.knee); None = none
     knee: Knee | None = None
-    #: the cell's measurement scatter: the RMS log residual of the points within ``OUTLIER_SIGMAS`` robust
-    #: standard deviations of the fit (:func:`robust_scatter`); NaN when not computed
+    #: the cell's measurement scatter: the RMS log residual without the points more than ``OUTLIER_SIGMAS``
+    #: robust standard deviations below the fit (:func:`robust_scatter`); NaN when not computed
     scatter_log: float = math.nan
 
     @property
@@ -245,11 +245,14 @@ def _fit_for_zs(
 
 
 def robust_scatter(resid: np.ndarray) -> float:
-    """RMS of the residuals within ``OUTLIER_SIGMAS`` robust standard deviations (1.4826 × the median absolute
-    deviation about their median) of that median: the scatter of the cell's regular measurements. Equal to the
-    plain RMS when no residual is that far out (Gaussian scatter: a chance of 6e-7 per point); a gross outlier
-    (a discharge recorded with a fraction of its capacity) no longer sets it: one capacity 40 % low among 100
-    points otherwise makes the RMS 0.05 in log capacity, 25 times a simulated pack's own scatter."""
+    """RMS of the residuals without those more than ``OUTLIER_SIGMAS`` robust standard deviations (1.4826 × the
+    median absolute deviation about their median) below that median: the scatter of the cell's regular
+    measurements. Equal to the plain RMS when no residual is that far below (Gaussian scatter: a chance of 3e-7
+    per point); a failed reading (a discharge recorded with a fraction of its capacity) no longer sets it: one
+    capacity 40 % low among ~110 points otherwise makes the RMS 0.048 in log capacity, 25 times a simulated
+    pack's own scatter. Residuals far *above* the fit (regeneration jumps: a cell does read that high, and
+    then decays back) still count: leaving them out too lowered the band on NASA cells and made their EOL
+    later (ml/README.md, "Dense histories with failed readings")."""
     r = np.asarray(resid, dtype=float)
     r = r[np.isfinite(r)]
     if len(r) == 0:

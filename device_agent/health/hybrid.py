@@ -22,9 +22,13 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    last one; SoH = C / C0. ``w = 0`` is persistence at an offset, ``w = 1`` the physics prior; the trust
    form keeps the fade rate in the prior (fitted per cell) and lets the network judge how far the fit
    can be extrapolated. End of life is the first cycle at which the forecast SoH, lowered by
-   ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual), falls below
+   ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual without the
+   readings more than 5 robust SD below the fit: ``eol_scatter``, ``fade_law.robust_scatter``), falls below
    the threshold (interpolated): when a measured capacity is expected to read below it. The band width
-   is calibrated on validation cells by the trainer. RUL = EOL − last cycle.
+   is calibrated on validation cells by the trainer. RUL = EOL − last cycle. A failed reading (a discharge
+   recorded at a fraction of the capacity) is no measure of that scatter: with the plain RMS two of them
+   among ~110 points made it 0.066 instead of 0.0019, and a simulated pack at SoH 0.82 was published at
+   RUL 2.5 (the first forecast step). The 80 % interval keeps the plain RMS (``interval_scatter``).
 5. Shape (``shape_trajectory``): the trajectory is computed on the forecast grid and made non-increasing,
    and where the measured trend falls (the robust slope of the recent cleaned history,
    ``knee.recent_log_slope``) it falls over every step by at least ``SHAPE_SLOPE_FRAC`` (½) of that slope.

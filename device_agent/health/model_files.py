@@ -110,7 +110,8 @@ class FeatureSpec(_Strict):
     prior_clip: tuple[Finite, Finite] = (-1.5, 0.1)
     cleaning: CleaningSpec = CleaningSpec()
     #: end of life = the first cycle at which the forecast, lowered by ``eol_band_sigmas`` × the cell's
-    #: own measurement scatter (the fade fit's RMS log residual, at most ``eol_scatter_cap``), is below the
+    #: own measurement scatter (the fade fit's RMS log residual without readings more than 5 robust SD
+    #: below the fit, at most ``eol_scatter_cap``: hybrid.eol_scatter), is below the
     #: threshold: when a measured capacity is expected to read below it, not the mean forecast. Calibrated
     #: on the validation cells by the trainer (0 = the mean forecast's crossing)
     eol_band_sigmas: Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)] = 0.0
