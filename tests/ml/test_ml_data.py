@@ -108,8 +108,11 @@ def test_bms_log_through_the_device_tracker_matches_the_lab():
     dev = read_bms_log(NASA_LOGS / "B0025.csv.gz")
     assert dev.cell == "B0025"
     lab_by_cycle = dict(zip(lab.cycles.tolist(), lab.capacity_ah.tolist(), strict=True))
-    rel = [abs(c - lab_by_cycle[cy]) / lab_by_cycle[cy] for cy, c in zip(dev.cycles, dev.capacity_ah, strict=True)
-           if math.isfinite(c) and cy in lab_by_cycle]
+    rel = [
+        abs(c - lab_by_cycle[cy]) / lab_by_cycle[cy]
+        for cy, c in zip(dev.cycles, dev.capacity_ah, strict=True)
+        if math.isfinite(c) and cy in lab_by_cycle
+    ]
     assert len(rel) >= 25
     assert float(np.median(rel)) < 2.5e-5  # README: a median error under 0.0025 % per cell
     assert dev.temperature_c is not None and np.nanmin(dev.temperature_c) > 15  # cell temperatures, measured
@@ -146,9 +149,41 @@ def test_causal_cleaning_rules():
     up = clean_series([1.0, 1.8, 1.8, 1.79, 1.78, 0.5], rules)
     assert up.kept == [1, 2, 3, 4] and up.label[0] == "ok" and up.label[5] == "failed"
     # invalid points never reach the cleaner
-    bad = [CapacityPoint(1, 2.0), CapacityPoint(2, math.nan), CapacityPoint(3, 0.0), CapacityPoint(3, 1.9),
-           CapacityPoint(2, 1.9), CapacityPoint(4, 1.95)]
+    bad = [
+        CapacityPoint(1, 2.0),
+        CapacityPoint(2, math.nan),
+        CapacityPoint(3, 0.0),
+        CapacityPoint(3, 1.9),
+        CapacityPoint(2, 1.9),
+        CapacityPoint(4, 1.95),
+    ]
     assert [p.cycle for p in causal_clean(bad, rules)] == [1, 3, 4]
+
+
+def test_a_dip_in_a_history_is_left_out_once_later_capacities_show_it():
+    """A capacity recorded at a fraction of the cell's (between ``low_frac`` and 1 − ``dip_frac``, which the
+    failed-run rule keeps) is left out once the capacities after it are back; the newest one is not judged, and
+    stays once the next one confirms a lower level; a 5 % dip and a regeneration jump stay; ``dip_frac`` None
+    turns the rule off."""
+    rules = CleaningSpec()
+    assert rules.dip_frac == 0.1
+    caps = [2.0, 1.99, 1.98, 1.97, 1.4, 1.96, 1.95, 2.05, 1.94, 1.85, 1.93, 1.5]
+    pts = [CapacityPoint(float(i + 1), c) for i, c in enumerate(caps)]
+    kept = [p.capacity_ah for p in causal_clean(pts, rules)]
+    # 1.4 (70 %) goes; 1.85 (5 % low) and 2.05 (a jump up) stay; the newest, 1.5, has nothing after it yet
+    assert kept == [2.0, 1.99, 1.98, 1.97, 1.96, 1.95, 2.05, 1.94, 1.85, 1.93, 1.5]
+    # the next capacity is as low: 1.5 was a lower level, not a dip, and stays
+    lower = [*pts, CapacityPoint(13.0, 1.52)]
+    assert [p.capacity_ah for p in causal_clean(lower, rules)][-2:] == [1.5, 1.52]
+    # back up instead: 1.5 was a dip
+    back = [*pts, CapacityPoint(13.0, 1.93)]
+    assert [p.capacity_ah for p in causal_clean(back, rules)][-2:] == [1.93, 1.93]
+    assert 1.4 in [p.capacity_ah for p in causal_clean(pts, rules.model_copy(update={"dip_frac": None}))]
+    # two failed readings in a row are both dips (the medians of five on each side do not follow them)
+    two = [2.0, 1.99, 1.98, 1.97, 1.96, 1.2, 1.3, 1.95, 1.94, 1.93, 1.92, 1.91]
+    assert [
+        p.capacity_ah for p in causal_clean([CapacityPoint(float(i + 1), c) for i, c in enumerate(two)], rules)
+    ] == [c for c in two if c > 1.5]
 
 
 def test_split_is_by_whole_cells_and_seeded():
