@@ -8,9 +8,9 @@ Model
 -----
 From the capacity history (the :class:`CapacityPoint` s the device measured, oldest first):
 
-1. ``causal_clean`` (:mod:`device_agent.health.capacity_cleaning`) drops invalid capacities, failed runs
-   and gross outliers, and restarts the history at a sustained level shift (rules in :class:`CleaningSpec`;
-   only the past is used).
+1. ``causal_clean`` (:mod:`device_agent.health.capacity_cleaning`) drops invalid capacities, failed runs,
+   gross outliers and dips (a capacity far below the ones before and after it), and restarts the history at
+   a sustained level shift (rules in :class:`CleaningSpec`; only the past is used).
 2. The level ``L`` = median of the last few cleaned capacities; the prior = the fade law fitted to the
    cleaned history (``fit_fade``). ``b(h) = clip(log(prior(t+h) / L))`` is the prior's log-change ahead.
 3. Inputs: a window of the last ``window`` cleaned points (``log C/L``, age in cycles, ``log fit/L``,
