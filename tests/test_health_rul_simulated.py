@@ -182,7 +182,7 @@ def test_a_healthy_pack_measured_every_cycle_with_a_few_failed_readings_is_not_s
     assert 0.81 < health.soh < 0.84 and 0.015 <= fade <= 0.04  # the stress: SoH ~82 %, ~0.02 pp/cycle
     rul = health.rul_cycles
     assert rul is not None and truth / FACTOR <= rul <= truth * FACTOR, (
-        f"published RUL {rul} cycles, simulator {truth} (band scatter {health.fit_params.get('eol_scatter_log')})"
+        f"published RUL {rul} cycles, simulator {truth} (band scatter {health.fit_params.get('scatter_log')})"
     )
 
 

@@ -251,8 +251,9 @@ class HybridModel:
         params: dict[str, float] = {
             "level_ah": prep.level_ah,
             "eol_band_sigmas": k,
-            "scatter_log": interval_scatter(prep, self.spec),
-            "eol_scatter_log": scatter,
+            # the band's scatter (the dashboard draws the band from it); the interval's is the plain RMS
+            "scatter_log": scatter,
+            "interval_scatter_log": interval_scatter(prep, self.spec),
             "trend_slope_log_per_cycle": prep.trend_slope,
             "fallback_fade_law": 1.0 if prep.fallback is not None else 0.0,
             "hindcast_rmse_log_network": prep.hindcast[0],
