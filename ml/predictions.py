@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from device_agent.health.fade_law import fit_fade, forecast_eol, forecast_step
-from device_agent.health.hybrid import HybridModel, eol_scatter
+from device_agent.health.hybrid import HybridModel, interval_scatter
 from device_agent.health.intervals import (
     CellContext,
     SpreadCurve,
@@ -144,7 +144,7 @@ def predict_cell_at(
     if model is not None and prep is not None:
         r = model.correction(prep)
         pp.pred["hybrid"] = model.soh_at(prep, r, c0_hist, targets)
-        ctx = CellContext(prep.level_ah / c0_hist, eol_scatter(prep, model.spec), len(hist), span, recent)
+        ctx = CellContext(prep.level_ah / c0_hist, interval_scatter(prep, model.spec), len(hist), span, recent)
         pp.interval["hybrid"] = band(ahead, pp.pred["hybrid"], ctx, curves["hybrid"])
         pp.interval_ctx["hybrid"] = ctx
         pp.eol_pred["hybrid"] = model.forecast_from(prep, r, c0_hist, threshold, max_cycles).eol_cycle

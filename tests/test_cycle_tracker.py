@@ -165,3 +165,40 @@ def test_nasa_discharge_capacities_match_the_lab(cell):
     n_lab = sum(1 for v in lab.values() if v > 0.1)
     assert len(errors) >= 0.9 * n_lab, f"matched only {len(errors)} of {n_lab} lab discharges"
     assert statistics.median(errors) <= 2.5e-5  # README: a median error under 0.0025 % per cell
+
+
+def test_a_discharge_resumed_after_a_gap_is_not_a_capacity_measurement():
+    """A stalled reader (at 1000× time a 0.6 s stall is 600 simulated seconds) splits a discharge at the gap; the
+    part after it runs to the cut-off but started unseen, mid-discharge. Recorded as a capacity it was a "dip"
+    (a fraction of the capacity) that the health forecast took for a measurement; only discharges whose start
+    was seen are capacities."""
+    tr = CycleTracker(TrackerSettings(max_gap_s=600), "t")
+    # rest, then a 2 A discharge 4.1 → 2.5 V over 3600 s with a 700 s hole after 1000 s (the reader stalled)
+    rows = [(0.0, 4.1, 0.0, 25.0), *rest(0.0, 1.0, 4.1, 60)]
+    full = list(discharge(61.0, 1.0, 2.0, 4.1, 2.5, 3600))
+    rows += [r for r in full if not 1061.0 < r[0] < 1761.0]
+    rows += list(rest(3661.0, 1.0, 3.2, 600))
+    rows += list(charge(4261.0, 1.0, 1.5, 3.4, 4.2, 3000))
+    # the next discharge is seen from its start: a capacity
+    rows += list(rest(7261.0, 1.0, 4.1, 120))
+    rows += list(discharge(7382.0, 1.0, 2.0, 4.1, 2.5, 3600))
+    rows += list(rest(10982.0, 1.0, 3.2, 600))
+    recs = run(tr, rows)
+    discharges = [r for r in recs if r.kind == "discharge"]
+    assert tr.gaps_seen == 1
+    assert len(discharges) == 3  # before the gap, after it, the next full one
+    before, after, nxt = discharges
+    assert not before.complete and before.capacity_ah is None  # ended at the gap, above the cut-off
+    # reached the cut-off, but after 2 A × 1450 s of the 2 A × 3150 s the pack holds: not a capacity
+    assert not after.complete and after.capacity_ah is None
+    assert after.charge_ah == pytest.approx(2.0 * 1900 / 3600, rel=5e-3)
+    assert nxt.complete and nxt.capacity_ah == pytest.approx(2.0 * 3151 / 3600, rel=2e-3)
+
+
+def test_a_discharge_under_way_at_the_first_sample_is_not_a_capacity_measurement():
+    """An agent started mid-discharge sees its end only: the charge to the cut-off is not the capacity."""
+    tr = CycleTracker(TrackerSettings(), "t")
+    rows = list(discharge(0.0, 1.0, 2.0, 3.6, 2.5, 1200)) + list(rest(1200.0, 1.0, 3.2, 600))
+    (d,) = run(tr, rows)
+    assert d.kind == "discharge" and d.charge_ah > 0.5
+    assert not d.complete and d.capacity_ah is None

@@ -196,3 +196,21 @@ def test_each_shape_is_fitted_as_if_alone_and_a_rising_history_is_held_flat():
     fit = fit_fade(rising)
     assert fit is not None and fit.k_c == 0.0 and fit.k_t == 0.0
     assert fit.project(np.array([200.0]))[0] == pytest.approx(fit.c0_ah)
+
+
+def test_the_fit_scatter_leaves_out_failed_readings_far_below_the_trend_and_keeps_the_rest():
+    """``FadeFit.scatter_log`` (the EOL band's scatter) is the plain RMS on a noisy history, ignores a capacity
+    recorded at a fraction of its value (which sets the plain RMS), and keeps a regeneration jump (above)."""
+    noisy = synthetic(noise=0.003, seed=2)
+    fit = fit_fade(noisy)
+    assert fit is not None and fit.scatter_log == pytest.approx(fit.rmse_log, rel=1e-6)
+    dipped = list(noisy)
+    dipped[250] = CapacityPoint(dipped[250].cycle, 0.6 * dipped[250].capacity_ah, temperature_c=25.0)
+    fit_dip = fit_fade(dipped)
+    assert fit_dip is not None
+    assert fit_dip.rmse_log > 5 * fit.rmse_log  # one failed reading among 300 sets the plain RMS
+    assert fit_dip.scatter_log == pytest.approx(fit.rmse_log, rel=0.1)
+    jumped = list(noisy)
+    jumped[250] = CapacityPoint(jumped[250].cycle, 1.05 * jumped[250].capacity_ah, temperature_c=25.0)
+    fit_jump = fit_fade(jumped)
+    assert fit_jump is not None and fit_jump.scatter_log == pytest.approx(fit_jump.rmse_log, rel=1e-6)

@@ -8,9 +8,9 @@ Model
 -----
 From the capacity history (the :class:`CapacityPoint` s the device measured, oldest first):
 
-1. ``causal_clean`` (:mod:`device_agent.health.capacity_cleaning`) drops invalid capacities, failed runs
-   and gross outliers, and restarts the history at a sustained level shift (rules in :class:`CleaningSpec`;
-   only the past is used).
+1. ``causal_clean`` (:mod:`device_agent.health.capacity_cleaning`) drops invalid capacities, failed runs,
+   gross outliers and dips (a capacity far below the ones before and after it), and restarts the history at
+   a sustained level shift (rules in :class:`CleaningSpec`; only the past is used).
 2. The level ``L`` = median of the last few cleaned capacities; the prior = the fade law fitted to the
    cleaned history (``fit_fade``). ``b(h) = clip(log(prior(t+h) / L))`` is the prior's log-change ahead.
 3. Inputs: a window of the last ``window`` cleaned points (``log C/L``, age in cycles, ``log fit/L``,
@@ -22,9 +22,13 @@ From the capacity history (the :class:`CapacityPoint` s the device measured, old
    last one; SoH = C / C0. ``w = 0`` is persistence at an offset, ``w = 1`` the physics prior; the trust
    form keeps the fade rate in the prior (fitted per cell) and lets the network judge how far the fit
    can be extrapolated. End of life is the first cycle at which the forecast SoH, lowered by
-   ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual), falls below
+   ``eol_band_sigmas`` times the cell's own measurement scatter (the fit's RMS log residual without the
+   readings more than 5 robust SD below the fit: ``eol_scatter``, ``fade_law.robust_scatter``), falls below
    the threshold (interpolated): when a measured capacity is expected to read below it. The band width
-   is calibrated on validation cells by the trainer. RUL = EOL − last cycle.
+   is calibrated on validation cells by the trainer. RUL = EOL − last cycle. A failed reading (a discharge
+   recorded at a fraction of the capacity) is no measure of that scatter: with the plain RMS two of them
+   among ~110 points made it 0.066 instead of 0.0019, and a simulated pack at SoH 0.82 was published at
+   RUL 2.5 (the first forecast step). The 80 % interval keeps the plain RMS (``interval_scatter``).
 5. Shape (``shape_trajectory``): the trajectory is computed on the forecast grid and made non-increasing,
    and where the measured trend falls (the robust slope of the recent cleaned history,
    ``knee.recent_log_slope``) it falls over every step by at least ``SHAPE_SLOPE_FRAC`` (½) of that slope.
@@ -104,6 +108,7 @@ __all__ = [
     "decide_fallback",
     "eol_scatter",
     "interpreter_class",
+    "interval_scatter",
     "load_hybrid_model",
     "log_rel_forecast",
     "prepare",
@@ -130,7 +135,20 @@ class ModelLoadError(RuntimeError):
 
 
 def eol_scatter(prep: Prepared, spec: FeatureSpec) -> float:
-    """The cell's measurement scatter in log capacity: the fade fit's RMS residual (capped); 0 without a fit."""
+    """The scatter the EOL band is made of, in log capacity: the fade fit's RMS residual without the failed
+    measurements far below the cell's regular ones (``FadeFit.scatter_log``,
+    :func:`~device_agent.health.fade_law.robust_scatter`; capped); 0 without a fit."""
+    if prep.fit is None:
+        return 0.0
+    s = prep.fit.scatter_log if math.isfinite(prep.fit.scatter_log) else prep.fit.rmse_log
+    if not math.isfinite(s):
+        return 0.0
+    return float(min(max(s, 0.0), spec.eol_scatter_cap))
+
+
+def interval_scatter(prep: Prepared, spec: FeatureSpec) -> float:
+    """The scatter the 80 % interval is made of: the fade fit's plain RMS log residual (capped; every point,
+    as the interval's spread was calibrated with); 0 without a fit."""
     if prep.fit is None or not math.isfinite(prep.fit.rmse_log):
         return 0.0
     return float(min(max(prep.fit.rmse_log, 0.0), spec.eol_scatter_cap))
@@ -233,7 +251,9 @@ class HybridModel:
         params: dict[str, float] = {
             "level_ah": prep.level_ah,
             "eol_band_sigmas": k,
+            # the band's scatter (the dashboard draws the band from it); the interval's is the plain RMS
             "scatter_log": scatter,
+            "interval_scatter_log": interval_scatter(prep, self.spec),
             "trend_slope_log_per_cycle": prep.trend_slope,
             "fallback_fade_law": 1.0 if prep.fallback is not None else 0.0,
             "hindcast_rmse_log_network": prep.hindcast[0],

@@ -228,9 +228,10 @@ def health_interval(
     horizon: float,
 ) -> Interval:
     """The interval of a device forecast (the estimator's one call): the scatter from the forecast's fit
-    parameters (``scatter_log`` of the hybrid, ``rmse_log`` of the fade law), the history's length, span and
-    recent fade rate, and the spread curve of ``method`` shipped with ``model`` (the default without one)."""
-    scatter = params.get("scatter_log", params.get("rmse_log", math.nan))
+    parameters (``interval_scatter_log`` of the hybrid — the plain RMS, where its ``scatter_log``, the EOL band's,
+    leaves out failed readings —, ``rmse_log`` of the fade law), the history's length, span and recent fade rate,
+    and the spread curve of ``method`` shipped with ``model`` (the default without one)."""
+    scatter = params.get("interval_scatter_log", params.get("scatter_log", params.get("rmse_log", math.nan)))
     first = float(history[0].cycle) if history else 0.0
     last = float(history[-1].cycle) if history else 0.0
     recent = recent_fade_rate([p.cycle for p in history], [p.capacity_ah for p in history])

@@ -37,12 +37,19 @@ class CleaningSpec(_Strict):
     aside; ``shift_points`` consecutive set-aside capacities on the same side are a level shift (the
     cell now runs under other conditions): the history restarts at the first of them. A capacity back
     within bounds of the regime before the shift ends the excursion (see hybrid.clean_series).
+
+    A kept capacity more than ``dip_frac`` below both the median of the ``ref_points`` kept capacities before
+    it and that of the ``ref_points`` after it is a failed reading (a "dip": a discharge recorded at a fraction
+    of its capacity) and is left out (``capacity_cleaning.drop_dips``; the newest capacity, with none after it
+    yet, is not judged). None: no dip rule. A model.json without the field gets 0.1 (ml/README.md, "Dense
+    histories with failed readings").
     """
 
     low_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     high_frac: Annotated[float, Field(gt=1.0, le=10.0)] = 1.3
     ref_points: Annotated[int, Field(ge=1, le=50)] = 5
     shift_points: Annotated[int, Field(ge=2, le=50)] = 3
+    dip_frac: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] | None = 0.1
 
 
 class FallbackSpec(_Strict):
@@ -110,7 +117,8 @@ class FeatureSpec(_Strict):
     prior_clip: tuple[Finite, Finite] = (-1.5, 0.1)
     cleaning: CleaningSpec = CleaningSpec()
     #: end of life = the first cycle at which the forecast, lowered by ``eol_band_sigmas`` × the cell's
-    #: own measurement scatter (the fade fit's RMS log residual, at most ``eol_scatter_cap``), is below the
+    #: own measurement scatter (the fade fit's RMS log residual without readings more than 5 robust SD
+    #: below the fit, at most ``eol_scatter_cap``: hybrid.eol_scatter), is below the
     #: threshold: when a measured capacity is expected to read below it, not the mean forecast. Calibrated
     #: on the validation cells by the trainer (0 = the mean forecast's crossing)
     eol_band_sigmas: Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)] = 0.0

@@ -13,7 +13,12 @@ Only time, voltage, current (positive = charging) and temperature are used: no h
 * Charge is integrated with the trapezoid rule. A discharge's capacity is the charge delivered from its
   start down to the first sample at or below the cut-off voltage (``cells_series ×
   cutoff_voltage_per_cell_v``), the lab definition (NASA PCoE). A discharge that ends before the
-  cut-off is partial: ``complete = False`` and no capacity.
+  cut-off is partial: ``complete = False`` and no capacity. So is a discharge whose start was not seen: one
+  that opens after a gap in the samples, or at the tracker's first sample. It is the rest of a discharge that
+  began unseen (a stalled reader, an agent started mid-discharge), and the charge from there to the cut-off
+  is a fraction of the capacity: recorded as a capacity it is a "dip" that the health forecast would take
+  for a measurement (a demo battery on a loaded machine got them, at 1000× time a stall of 0.6 s is a 600 s
+  gap).
 * Resistance: when a discharge starts within ``max_gap_s`` of a rest sample, R = ΔV/ΔI across the step.
 
 Segments shorter than ``min_segment_s`` are dropped as noise. Rest segments are tracked but not emitted.
@@ -44,6 +49,8 @@ class _Segment:
     charge_as: float = 0.0  # ampere-seconds, absolute
     energy_ws: float = 0.0
     cutoff_as: float | None = None  # charge delivered down to the first cut-off crossing
+    #: the segment opened on a change of state seen in the samples (not after a gap, nor at the first sample)
+    start_seen: bool = False
     min_v: float = 0.0
     max_v: float = 0.0
     sum_i: float = 0.0
@@ -185,6 +192,7 @@ class CycleTracker:
             last_i=first[2],
             min_v=first[1],
             max_v=first[1],
+            start_seen=prev is not None,
         )
         seg.sum_i = first[2]
         seg.last_active_ts = first[0]
@@ -281,7 +289,8 @@ class CycleTracker:
             return
         n = seg.last_active_n
         charge_ah = seg.last_active_as / 3600.0
-        complete = seg.state == "discharge" and seg.cutoff_as is not None
+        # a capacity is the charge from a discharge's start to the cut-off: only when that start was seen
+        complete = seg.state == "discharge" and seg.cutoff_as is not None and seg.start_seen
         record = CycleRecord(
             index=max(self.cycle, 0),
             kind=seg.state,

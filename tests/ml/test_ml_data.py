@@ -160,6 +160,32 @@ def test_causal_cleaning_rules():
     assert [p.cycle for p in causal_clean(bad, rules)] == [1, 3, 4]
 
 
+def test_a_dip_in_a_history_is_left_out_once_later_capacities_show_it():
+    """A capacity recorded at a fraction of the cell's (between ``low_frac`` and 1 − ``dip_frac``, which the
+    failed-run rule keeps) is left out once the capacities after it are back; the newest one is not judged, and
+    stays once the next one confirms a lower level; a 5 % dip and a regeneration jump stay; ``dip_frac`` None
+    turns the rule off."""
+    rules = CleaningSpec()
+    assert rules.dip_frac == 0.1
+    caps = [2.0, 1.99, 1.98, 1.97, 1.4, 1.96, 1.95, 2.05, 1.94, 1.85, 1.93, 1.5]
+    pts = [CapacityPoint(float(i + 1), c) for i, c in enumerate(caps)]
+    kept = [p.capacity_ah for p in causal_clean(pts, rules)]
+    # 1.4 (70 %) goes; 1.85 (5 % low) and 2.05 (a jump up) stay; the newest, 1.5, has nothing after it yet
+    assert kept == [2.0, 1.99, 1.98, 1.97, 1.96, 1.95, 2.05, 1.94, 1.85, 1.93, 1.5]
+    # the next capacity is as low: 1.5 was a lower level, not a dip, and stays
+    lower = [*pts, CapacityPoint(13.0, 1.52)]
+    assert [p.capacity_ah for p in causal_clean(lower, rules)][-2:] == [1.5, 1.52]
+    # back up instead: 1.5 was a dip
+    back = [*pts, CapacityPoint(13.0, 1.93)]
+    assert [p.capacity_ah for p in causal_clean(back, rules)][-2:] == [1.93, 1.93]
+    assert 1.4 in [p.capacity_ah for p in causal_clean(pts, rules.model_copy(update={"dip_frac": None}))]
+    # two failed readings in a row are both dips (the medians of five on each side do not follow them)
+    two = [2.0, 1.99, 1.98, 1.97, 1.96, 1.2, 1.3, 1.95, 1.94, 1.93, 1.92, 1.91]
+    assert [
+        p.capacity_ah for p in causal_clean([CapacityPoint(float(i + 1), c) for i, c in enumerate(two)], rules)
+    ] == [c for c in two if c > 1.5]
+
+
 def test_split_is_by_whole_cells_and_seeded():
     cells = read_cells_dir(CELLS / "nasa") + read_cells_dir(CELLS / "xjtu")
     sp = split_cells(cells, 0.25, 0.15, seed=0)
