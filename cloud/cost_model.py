@@ -599,8 +599,14 @@ def monthly_bill(
 
 
 # ----------------------------------------------------------------------------------------------- measuring
-def run_agent(hours: float, thing: str = "cost-device", start_ts: float | None = None) -> list[tuple[str, bytes]]:
-    """The real agent at its default settings on the simulator for ``hours`` simulated hours: (topic, payload)."""
+def run_agent(
+    hours: float,
+    thing: str = "cost-device",
+    start_ts: float | None = None,
+    telemetry: dict[str, Any] | None = None,
+) -> list[tuple[str, bytes]]:
+    """The real agent on the simulator for ``hours`` simulated hours, at its default settings or with the
+    ``telemetry`` section given (batching): (topic, payload) as published."""
     from device_agent.agent import Agent
     from device_agent.config import AgentConfig
     from device_agent.uplink.spool import Spool
@@ -611,6 +617,7 @@ def run_agent(hours: float, thing: str = "cost-device", start_ts: float | None =
     config = AgentConfig(
         thing_name=thing,
         source={"url": "simulator", "simulator": {"time_acceleration": 1_000_000.0, "start_ts": start}},
+        telemetry=telemetry or {},
     )
     transport = MemoryTransport()
     agent = Agent(config, create_source(config.source.url, config.source), transport, Spool(":memory:"))
@@ -671,12 +678,16 @@ def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, sourc
     )
 
 
-def measure_device_traffic(hours: float = 24.0) -> tuple[DeviceTraffic, list[tuple[str, bytes]]]:
-    """Run the real agent for ``hours`` simulated hours and measure its uplink (and return the messages)."""
-    messages = run_agent(hours)
+def measure_device_traffic(
+    hours: float = 24.0, telemetry: dict[str, Any] | None = None
+) -> tuple[DeviceTraffic, list[tuple[str, bytes]]]:
+    """Run the real agent for ``hours`` simulated hours (default settings, or the ``telemetry`` section given) and
+    measure its uplink (and return the messages)."""
+    messages = run_agent(hours, telemetry=telemetry)
     if not messages:
         raise RuntimeError("the agent published nothing")
-    return traffic_from_messages(messages, hours, f"real agent, simulator, default settings, {hours:g} h"), messages
+    settings = "default settings" if not telemetry else f"telemetry {json.dumps(telemetry, sort_keys=True)}"
+    return traffic_from_messages(messages, hours, f"real agent, simulator, {settings}, {hours:g} h"), messages
 
 
 def _value_bytes(v: dict[str, Any]) -> int:

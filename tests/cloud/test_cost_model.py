@@ -186,3 +186,18 @@ def test_the_built_path_at_the_issues_traffic(
     # the telemetry topic triggers two rules (two actions), each metered in the message's 5 KB units
     assert bill.lines_usd["iot_rules"] == pytest.approx(bill.lines_usd["iot_actions"])
     assert bill.lines_usd["iot_rules"] > 2 * 60.0 * MONTH * 3 * 0.15 / 1e6
+
+
+def test_bigger_batches_mean_fewer_messages_each_still_one_unit() -> None:
+    """cloud/README.md "by batch size": the operator's knob. 200-sample batches at 1 s sampling are 18 telemetry
+    messages an hour instead of 60, each packed batch still within one 5 KB unit (a 4S pack)."""
+    hours = 2.0
+    default = cm.measure_device_traffic(hours)[0].compact_kinds["telemetry"]
+    big, messages = cm.measure_device_traffic(hours, telemetry={"batch_max_samples": 200, "batch_max_age_s": 200.0})
+    tele = big.compact_kinds["telemetry"]
+    assert default.messages_per_hour == pytest.approx(60, abs=1)
+    assert tele.messages_per_hour == pytest.approx(3600 / 200, abs=1)
+    assert tele.units_5kb_per_hour == pytest.approx(tele.messages_per_hour)  # one unit each
+    assert "batch_max_samples" in big.source
+    sizes = [len(p) for t, p in messages if t.endswith("/telemetry")]
+    assert max(sizes) <= 5 * 1024
