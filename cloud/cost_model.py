@@ -30,7 +30,7 @@ import math
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -38,7 +38,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.lake_expand.handler import expand_record
+from cloud.aws import marshal
+from cloud.lake_expand.handler import LakeTransform, TransformSettings, expand_record
 from schema.messages import is_packed, pack_samples, unpacked_body
 
 log = logging.getLogger("battwin.cloud.cost")
@@ -265,6 +266,18 @@ class KindPath(BaseModel):
         ge=0.0,
         description="the records after the stream's transform (packed telemetry expanded): what is partitioned",
     )
+    transform_wru: float = Field(
+        default=0.0, ge=0.0, description="write units of the lake transform's writes (telemetry's live-window item)"
+    )
+    transform_rru: float = Field(
+        default=0.0, ge=0.0, description="read units of the transform's reads (is the thing in DeviceState?)"
+    )
+    transform_cpu_s: float = Field(
+        default=0.0, ge=0.0, description="the transform's CPU per record: expand, check, build the item (no AWS calls)"
+    )
+    transform_ddb_calls: float = Field(
+        default=0.0, ge=0.0, description="the transform's DynamoDB calls per record, batched as at fleet scale"
+    )
 
     @property
     def lake_gz_bytes(self) -> float:
@@ -297,6 +310,12 @@ class Assumptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     lambda_memory_gb: float = Field(default=0.5, gt=0.0, description="template.yaml IngestFunction MemorySize 512")
+    transform_memory_gb: float = Field(
+        default=0.25, gt=0.0, description="template.yaml LakeExpandFunction MemorySize 256"
+    )
+    transform_buffer_mb: float = Field(
+        default=0.25, gt=0.0, description="the stream's Lambda processor BufferSizeInMBs: one invocation per buffer"
+    )
     lambda_cpu_slowdown: float = Field(
         default=1769 / 512, gt=0.0, description="one vCPU at 1,769 MB: CPU time stretches by 1769/MemorySize"
     )
@@ -488,7 +507,15 @@ def monthly_bill(
         lambda_kinds = [k for k in month if not (k == "telemetry" and firehose)]
         invocations = sum(month[k] for k in lambda_kinds)
     gb_s = 0.0
-    s3_puts = wru = stored_ddb = log_bytes = glue_calls = 0.0
+    s3_puts = wru = rru = stored_ddb = log_bytes = glue_calls = 0.0
+    for k, n_month in month.items():  # what each kind keeps in DynamoDB, whoever writes it (telemetry: the transform)
+        p = path.kind(k)
+        if arch.as_measured or k in lambda_kinds:
+            retention_months = (a.raw_ttl_days / DAYS_PER_MONTH) if k == "telemetry" else a.lake_retention_months
+            stored_ddb += n_month * p.ddb_stored_bytes * retention_months
+        if arch.as_measured:
+            wru += n_month * p.transform_wru
+            rru += n_month * p.transform_rru
     for k in lambda_kinds:
         p = path.kind(k)
         puts = p.s3_puts if (arch.as_measured or not firehose) else 0.0
@@ -505,13 +532,12 @@ def monthly_bill(
         wru += month[k] * (p.ddb_wru + p.ddb_gsi_wru)
         log_bytes += month[k] * (p.log_bytes + a.lambda_platform_log_bytes + 3 * a.log_event_overhead_bytes)
         glue_calls += month[k] * glue
-        retention_months = (a.raw_ttl_days / DAYS_PER_MONTH) if k == "telemetry" else a.lake_retention_months
-        stored_ddb += month[k] * p.ddb_stored_bytes * retention_months
     lines["lambda_requests"] = invocations * prices.lambda_per_million_requests.usd / 1e6
     lines["lambda_duration"] = gb_s * prices.lambda_per_gb_second.usd
     if arch.telemetry_latest_state_action and "telemetry" in month:
         wru += month["telemetry"] * 1  # the summary item (< 1 KB) written by the DynamoDBv2 action
     lines["dynamodb_writes"] = wru * prices.ddb_per_million_wru.usd / 1e6
+    lines["dynamodb_reads"] = rru * prices.ddb_per_million_rru.usd / 1e6
     lines["dynamodb_storage"] = stored_ddb / GB * prices.ddb_storage_per_gb_month.usd
     lines["dynamodb_pitr"] = stored_ddb / GB * prices.ddb_pitr_per_gb_month.usd if arch.pitr else 0.0
 
@@ -553,9 +579,25 @@ def monthly_bill(
         conv = expanded / GB * prices.firehose_format_conversion_per_gb.usd
         lines["firehose_format_conversion"] = conv if arch.firehose_parquet else 0.0
         s3_puts += objects if arch.as_measured else sum(objects_month.values())
-        # the Firehose transform that expands compact batches: one invocation per ~1 MB of input, its CPU the
-        # measured expansion of one batch (x2 for writing the rows back out)
-        if arch.encoding == "compact" and "telemetry" in month:
+        # the stream's transform: one invocation per processor buffer of input (the records as put)
+        measured_transform = arch.as_measured and any(path.kind(k).transform_cpu_s > 0 for k in firehose_kinds)
+        if measured_transform:  # its CPU per record and its batched DynamoDB calls, as measured
+            put_bytes = sum(month[k] * path.kind(k).firehose_record_bytes for k in firehose_kinds)
+            lines["lambda_requests"] += (
+                put_bytes / (a.transform_buffer_mb * 1024 * 1024) * prices.lambda_per_million_requests.usd / 1e6
+            )
+            transform_gb_s = sum(
+                month[k]
+                * (
+                    path.kind(k).transform_cpu_s * a.lambda_cpu_slowdown * a.lambda_memory_gb  # CPU: same GB-s
+                    + path.kind(k).transform_ddb_calls * a.latency_s["dynamodb"] * a.transform_memory_gb
+                )
+                for k in firehose_kinds
+            )
+            lines["lambda_duration"] += transform_gb_s * prices.lambda_per_gb_second.usd
+        elif arch.encoding == "compact" and "telemetry" in month:
+            # not measured: one invocation per ~1 MB of input, its CPU the measured expansion of one batch (x2 for
+            # writing the rows back out)
             lines["lambda_requests"] += ingested / (1024 * 1024) * prices.lambda_per_million_requests.usd / 1e6
             lines["lambda_duration"] += (
                 month["telemetry"] * 2 * traffic.expand_cpu_s * a.lambda_cpu_slowdown * a.lambda_memory_gb
@@ -829,6 +871,13 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
     rules = [(spec, RuleQuery(spec.sql)) for spec in topic_rules(load_template()) if not spec.disabled]
     records: dict[str, list[bytes]] = defaultdict(list)
     calls: list[tuple[str, str, dict[str, Any]]] = []
+    transform_counts: Counter[str] = Counter()
+    # the lake stream's transform, as deployed (its writes: telemetry's live-window items, new things' DeviceState)
+    transform = LakeTransform(
+        TransformSettings(history_table="History", device_state_table="DeviceState", bucket="cost-lake"),
+        dynamodb=cloud_aws.client("dynamodb"),
+        s3=cloud_aws.client("s3"),
+    )
 
     def hook(model: Any, params: dict[str, Any], **_: Any) -> None:
         calls.append((model.service_model.service_name, model.name, dict(params)))
@@ -855,12 +904,14 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
             for key in KindPath.model_fields:  # every measured quantity starts at zero for a kind
                 a[key] += 0.0
             msg = Message(topic=topic, payload=payload, received_ms=received_ms)
+            invokes_ingest = False
             for spec, query in rules:
                 if not query.matches(topic):
                     continue
                 a["rules_triggered"] += 1
                 if spec.function == "IngestFunction":
                     a["lambda_invocations"] += 1
+                    invokes_ingest = True
                 if spec.firehose is not None:
                     record = firehose_record(spec, query.evaluate(msg))
                     records[kind].append(record)
@@ -868,6 +919,10 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
                     a["firehose_record_bytes"] += len(record)
                     a["firehose_billed_bytes"] += units_5kb(len(record)) * UNIT_5KB
                     a["firehose_expanded_bytes"] += len(expand_record(record))
+                    _measure_transform(transform, record, calls, inspect, a, transform_counts)
+            a["messages"] += 1
+            if not invokes_ingest:
+                continue
             before = inspect.get_item(TableName="DeviceState", Key={"thing": {"S": parts[1]}}).get("Item", {})
             calls.clear()
             capture.bytes = 0
@@ -877,7 +932,6 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
             if outcome["status"] != "stored":
                 raise RuntimeError(f"the ingest handler did not store a real agent message: {outcome}")
             after = inspect.get_item(TableName="DeviceState", Key={"thing": {"S": parts[1]}}).get("Item", {})
-            a["messages"] += 1
             a["cpu_s"] += cpu
             a["log_bytes"] += capture.bytes
             for service, op, params in calls:
@@ -898,10 +952,64 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
     kinds = {}
     for kind, a in acc.items():
         n = a.pop("messages")
+
         kinds[kind] = KindPath(messages=int(n), **{k: v / n for k, v in a.items()})
+    counted.update({f"transform.dynamodb.{op}": n for op, n in transform_counts.items()})
     return CloudPath(
-        source=f"real ingest handler on moto, {len(messages)} real agent messages", kinds=kinds, calls=dict(counted)
+        source=f"real ingest handler and lake transform on moto, {len(messages)} real agent messages",
+        kinds=kinds,
+        calls=dict(counted),
     )
+
+
+#: the transform's DynamoDB batches at fleet scale: an invocation holds ~170 records of as many devices
+BATCH_WRITE_ITEMS = 25
+BATCH_GET_KEYS = 100
+
+
+def _measure_transform(
+    transform: LakeTransform,
+    record: bytes,
+    calls: list[tuple[str, str, dict[str, Any]]],
+    inspect: Any,
+    a: dict[str, float],
+    counts: Counter[str],
+) -> None:
+    """One record through the real transform: its CPU (expand, check, build the item; no AWS calls), then its
+    DynamoDB writes and reads as made (the writes' units by the sizing rules; a read is 0.5 unit per 4 KB)."""
+    cpu0 = time.thread_time()
+    expand_record(record)
+    found = transform.checked_live_item(record)
+    if found is not None:
+        marshal(found[1])
+    a["transform_cpu_s"] += time.thread_time() - cpu0
+    calls.clear()
+    transform.records([record])
+    for service, op, params in calls:
+        if service != "dynamodb":
+            continue
+        counts[op] += 1
+        if op == "BatchWriteItem":
+            for requests in params.get("RequestItems", {}).values():
+                for req in requests:
+                    item = req["PutRequest"]["Item"]
+                    size = dynamodb_item_bytes(item)
+                    a["transform_wru"] += wru(size)
+                    a["ddb_stored_bytes"] += size + 100
+                    if "thing" in item:  # in the by-time index
+                        keys = {k: item[k] for k in ("pk", "sk", "thing")}
+                        a["transform_wru"] += wru(dynamodb_item_bytes(keys))
+                        a["ddb_stored_bytes"] += dynamodb_item_bytes(keys) + 100
+                    a["transform_ddb_calls"] += 1 / BATCH_WRITE_ITEMS
+        elif op == "BatchGetItem":
+            for table, req in params.get("RequestItems", {}).items():
+                for key in req["Keys"]:
+                    got = inspect.get_item(TableName=table, Key=key).get("Item", {})
+                    a["transform_rru"] += 0.5 * max(1, math.ceil(dynamodb_item_bytes(got) / 4096))
+                    a["transform_ddb_calls"] += 1 / BATCH_GET_KEYS
+        elif op == "PutItem":  # a thing's first telemetry: its DeviceState item
+            a["transform_wru"] += wru(dynamodb_item_bytes(params.get("Item", {})))
+            a["transform_ddb_calls"] += 1
 
 
 def _body_bytes(body: Any) -> int:

@@ -55,6 +55,7 @@ WHEEL_CACHE = Path(os.environ.get("BATTWIN_LAMBDA_WHEELS") or Path.home() / ".ca
 LAMBDA_PROJECT_FILES = (
     "cloud/__init__.py",
     "cloud/aws.py",
+    "cloud/live_window.py",
     "cloud/lake.py",
     "cloud/notify.py",
     "cloud/tables.py",

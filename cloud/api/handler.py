@@ -40,8 +40,9 @@ from cloud.api.protocol import (
     response,
     validation_details,
 )
-from cloud.api.views import device_detail, device_summary, history_item, message_body
+from cloud.api.views import device_detail, device_summary, history_item, message_body, with_live
 from cloud.aws import LambdaContext, client, env, error_code, request_id, setup_lambda_logging, unmarshal
+from cloud.live_window import newest_live_item
 from cloud.tables import HISTORY_BY_TIME_INDEX, history_pk, sk_lower, sk_upper
 
 log = logging.getLogger("battwin.cloud.api")
@@ -168,7 +169,8 @@ class Api:
         page = self._call(self.ddb.scan, **kwargs)
         out = PageBuilder(self.max_page_bytes)
         for raw in page.get("Items", []):
-            if not out.add(raw, device_summary(unmarshal(raw))):
+            state = unmarshal(raw)
+            if not out.add(raw, device_summary(with_live(state, self._live(state["thing"])))):
                 break
         items = sorted(out.views, key=lambda d: d["thing"])
         return {"items": items, "next": encode_token(out.next_key(("thing",), page.get("LastEvaluatedKey")), scope)}
@@ -177,7 +179,11 @@ class Api:
         got = self.ddb.get_item(TableName=self.device_state_table, Key={"thing": {"S": thing}}, ConsistentRead=True)
         if "Item" not in got:
             raise ApiError(404, "not_found", f"no device {thing!r}")
-        return device_detail(unmarshal(got["Item"]))
+        return device_detail(with_live(unmarshal(got["Item"]), self._live(thing)))
+
+    def _live(self, thing: str) -> dict[str, Any] | None:
+        """The thing's newest telemetry live-window item (its latest sample; telemetry does not touch DeviceState)."""
+        return newest_live_item(self.ddb, self.history_table, thing)
 
     def history(self, thing: str, query: dict[str, str]) -> dict[str, Any]:
         q = parse_query(HistoryQuery, query)

@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from cloud.live_window import latest_sample
+
 
 def message_body(item: dict[str, Any]) -> dict[str, Any]:
     """The stored message body (a JSON string in the item) as a dict; {} if it is not one."""
@@ -31,6 +33,26 @@ def open_alarms(state: dict[str, Any]) -> list[dict[str, Any]]:
     alarms = state.get("alarms") or {}
     found = [a for a in alarms.values() if isinstance(a, dict) and a.get("active")]
     return sorted(found, key=lambda a: (-float(a.get("ts") or 0.0), str(a.get("code"))))
+
+
+def with_live(state: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    """A DeviceState item with what the thing's newest telemetry live-window item (:mod:`cloud.live_window`) tells:
+    the latest sample, and the newest message when that batch is newer than what DeviceState last stored
+    (telemetry does not update DeviceState)."""
+    if live is None:
+        return state
+    out = {**state, "latest_sample": latest_sample(live)}
+    ts = live.get("ts")
+    stored = state.get("last_seen")
+    if isinstance(ts, int | float) and not (isinstance(stored, int | float) and stored >= ts):
+        out.update(
+            last_seen=ts,
+            last_kind="telemetry",
+            last_message_id=live.get("id"),
+            updated_at=live.get("received_at"),
+            simulated=live.get("simulated", state.get("simulated")),
+        )
+    return out
 
 
 def device_summary(state: dict[str, Any]) -> dict[str, Any]:

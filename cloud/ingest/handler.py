@@ -1,33 +1,25 @@
-"""Ingest Lambda: one device message from an IoT rule → DeviceState and a small History item (DynamoDB only: the
-S3 data lake is fed by the lake rules' Firehose actions, never by this function).
+"""Ingest Lambda: one device message (cycles, health, alarms) from its IoT rule → DeviceState and a small History
+item (DynamoDB only: the S3 data lake is fed by the same rule's Firehose action, never by this function).
 
-The IoT rules of the template hand over the raw payload, base64-encoded, with the topic's parts, so that a
-payload that is not JSON still reaches this function (and is dead-lettered with the reason) instead of
-failing in the rule::
-
-    SELECT encode(*, 'base64') AS payload_b64, topic() AS rule_topic, topic(2) AS rule_thing,
-           topic(3) AS rule_kind, timestamp() AS rule_received_ms, clientid() AS rule_client_id
-    FROM 'battwin/+/telemetry'
-
-An event that is the envelope itself with ``rule_*`` fields added (``SELECT *, topic(2) AS rule_thing …``)
+The template's rule of each kind hands over the envelope as sent with the topic's parts added
+(``SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS rule_received_ms, clientid() AS
+rule_client_id``); an event carrying the payload base64-encoded instead (``encode(*, 'base64') AS payload_b64``)
 is accepted too. An IoT lifecycle event (``clientId`` and ``eventType``, from the presence rule) updates the
-thing's connection state in DeviceState (:meth:`Ingestor._presence`).
+thing's connection state in DeviceState (:meth:`Ingestor._presence`). **Telemetry does not come here**: its rule
+feeds only the lake, whose stream's transform writes telemetry's one DynamoDB item (:mod:`cloud.live_window`);
+a telemetry event handed to this function anyway is stored the same way (that item, DeviceState untouched).
 
 Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
 :class:`~schema.messages.Envelope` → the topic's thing and kind must match the envelope's → body model
 → store. Anything that fails a check is written to the dead-letter prefix
-with the reason and the original payload (and the invocation succeeds: retrying would not help). Storing, in
-this order, every step idempotent (nothing goes to the lake from here: each kind's lake rule hands the message to
-the lake's Firehose stream, buffered and partitioned by kind and date, ``cloud/README.md``; **raw telemetry
-never passes through here into DynamoDB**):
+with the reason and the original payload (:mod:`cloud.ingest.dead_letters`; the invocation succeeds: retrying
+would not help). Storing, in this order, every step idempotent:
 
-1. DeviceState updates (:mod:`cloud.ingest.device_state`; telemetry: the latest sample), each conditional on
-   being newer than what is stored (a repeat changes nothing); an alarm that began an episode is published to
-   the operators' SNS topic once (:mod:`cloud.notify`);
+1. DeviceState updates (:mod:`cloud.ingest.device_state`), each conditional on being newer than what is stored
+   (a repeat changes nothing); an alarm that began an episode is published to the operators' SNS topic once
+   (:mod:`cloud.notify`);
 2. the History item, conditional on its key (thing, kind, time, id) not existing: this put decides — a
-   message whose item exists is a duplicate, and its earlier delivery stored everything. For telemetry the item
-   is a compact live window (:func:`live_window`: at most :data:`LIVE_WINDOW_SAMPLES` samples of the batch, the
-   fields the dashboard's live chart draws; under 1 KB, one write unit) that expires after ``RAW_TTL_DAYS``.
+   message whose item exists is a duplicate, and its earlier delivery stored everything.
 
 An AWS error in 1–2 raises, so Lambda's asynchronous retries (and then the on-failure destination, an SQS
 queue) apply; a retry redoes the steps that are not done yet and the History put last, so a valid message
@@ -37,7 +29,6 @@ that a message costs one DynamoDB write of its size, not two: writes are billed 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -59,8 +50,10 @@ from cloud.aws import (
     setup_lambda_logging,
 )
 from cloud.ingest.checks import Rejected, RuleEvent, raw_payload, summarise_errors, validate_message
+from cloud.ingest.dead_letters import write_dead_letter
 from cloud.ingest.device_state import AlarmChange, DeviceStateWriter
-from cloud.lake import DEFAULT_DEAD_LETTER_PREFIX, dead_letter_key
+from cloud.lake import DEFAULT_DEAD_LETTER_PREFIX
+from cloud.live_window import live_item
 from cloud.notify import DEFAULT_NAMESPACE, NoticeBook, Notifier, emit_metrics, notifies
 from cloud.tables import history_pk, history_sk
 from schema.messages import Alarm, Envelope, Message, Telemetry
@@ -70,39 +63,6 @@ log = logging.getLogger("battwin.cloud.ingest")
 #: AWS IoT Core's own limit for an MQTT message
 IOT_MAX_MESSAGE_BYTES = 128 * 1024
 Status = Literal["stored", "duplicate", "dead_letter", "presence"]
-
-
-#: samples of a telemetry batch kept in its History item (evenly spaced, the last one always among them)
-LIVE_WINDOW_SAMPLES = 6
-#: the compact body's bound: with a 32-character thing name the History item stays within one write unit (1 KB)
-LIVE_BODY_MAX_BYTES = 720
-#: the sample fields the dashboard's live chart draws (cloud/dashboard/views.py ``live_series``)
-LIVE_FIELDS = ("ts", "voltage_v", "current_a", "temperatures_c", "soc_pct", "soc_est_pct")
-
-
-def live_window(
-    body: Telemetry, max_samples: int = LIVE_WINDOW_SAMPLES, max_bytes: int = LIVE_BODY_MAX_BYTES
-) -> dict[str, Any]:
-    """A telemetry batch as its compact History body: ``{"samples": [...], "of": n}`` with at most
-    ``max_samples`` samples of the batch (evenly spaced, ending with the last) and only :data:`LIVE_FIELDS`, fewer
-    when the body would pass ``max_bytes`` (so that the item stays one DynamoDB write unit); the full batch is in
-    the lake (Firehose)."""
-    n = len(body.samples)
-    window: dict[str, Any] = {"samples": [], "of": n}
-    for k in range(max(1, max_samples), 0, -1):
-        step = max(1, -(-n // k))
-        picked = [body.samples[i] for i in range(n - 1, -1, -step)][::-1]
-        # as on the wire, a reading the device does not have is left out (battwin's SoC before its first anchor)
-        window = {
-            "samples": [
-                {k: v for k, v in s.model_dump(mode="json", exclude_none=True).items() if k in LIVE_FIELDS}
-                for s in picked
-            ],
-            "of": n,
-        }
-        if len(json.dumps(window, separators=(",", ":"), allow_nan=False)) <= max_bytes:
-            break
-    return window
 
 
 class IngestSettings(BaseModel):
@@ -233,67 +193,45 @@ class Ingestor:
         meta: RuleEvent | None,
         msg_id: str | None = None,
     ) -> Outcome:
-        key = dead_letter_key(self.settings.dead_letter_prefix, reason, raw, received_at)
-        try:
-            text: str | None = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        record = {
-            "reason": reason,
-            "detail": detail,
-            "message_id": msg_id,
-            "topic": meta.rule_topic if meta else None,
-            "topic_thing": meta.rule_thing if meta else None,
-            "client_id": meta.rule_client_id if meta else None,
-            "received_at": received_at,
-            "size_bytes": len(raw),
-            "payload": text,
-            "payload_b64": None if text is not None else base64.b64encode(raw).decode(),
-        }
-        self.s3.put_object(
-            Bucket=self.settings.bucket,
-            Key=key,
-            Body=json.dumps(record, separators=(",", ":")).encode(),
-            ContentType="application/json",
-        )
-        log.warning(
-            "message dead-lettered",
-            extra={
-                "reason": reason,
-                "detail": detail[:300],
-                "message_id": msg_id,
-                "topic": record["topic"],
-                "key": key,
-            },
+        key = write_dead_letter(
+            self.s3,
+            self.settings.bucket,
+            self.settings.dead_letter_prefix,
+            reason=reason,
+            detail=detail,
+            raw=raw,
+            received_at=received_at,
+            meta=meta,
+            msg_id=msg_id,
         )
         thing = meta.rule_thing if meta else None
         return Outcome("dead_letter", id=msg_id, thing=thing, reason=reason, key=key)
 
     # -- storing ----------------------------------------------------------------------------------
     def _store(self, envelope: Envelope, body: Message, received_at: float) -> Outcome:
-        # the lake is not written here: every kind reaches it through its lake rule's Firehose action
+        # the lake is not written here: every kind reaches it through its rule's Firehose action
         st = self.settings
-        change = self.device_state.update(envelope, body, received_at)
         notices = None
-        if isinstance(body, Alarm) and change is not None and self._notify_alarm(envelope.thing, body, change):
-            notices = 1
-        item: dict[str, Any] = {
-            "pk": history_pk(envelope.thing, envelope.kind),
-            "sk": history_sk(envelope.ts, envelope.id),
-            "thing": envelope.thing,
-            "kind": envelope.kind,
-            "ts": envelope.ts,
-            "id": envelope.id,
-            "simulated": envelope.simulated,
-            "received_at": received_at,
-        }
         if isinstance(body, Telemetry):
-            item["body"] = json.dumps(live_window(body), separators=(",", ":"), allow_nan=False)
-            item["n_samples"] = len(body.samples)
-            if st.raw_ttl_days > 0:
-                item["expires_at"] = int(envelope.ts + st.raw_ttl_days * 86_400.0)
+            # telemetry's only DynamoDB write is its live-window item (cloud.live_window; DeviceState is not
+            # touched: readers take the latest sample and last-heard time from that item). The template's telemetry
+            # rule does not invoke this function: the lake stream's transform writes the item
+            item = live_item(envelope, body, received_at, st.raw_ttl_days)
         else:
-            item["body"] = json.dumps(envelope.body, separators=(",", ":"), allow_nan=False)
+            change = self.device_state.update(envelope, body, received_at)
+            if isinstance(body, Alarm) and change is not None and self._notify_alarm(envelope.thing, body, change):
+                notices = 1
+            item = {
+                "pk": history_pk(envelope.thing, envelope.kind),
+                "sk": history_sk(envelope.ts, envelope.id),
+                "thing": envelope.thing,
+                "kind": envelope.kind,
+                "ts": envelope.ts,
+                "id": envelope.id,
+                "simulated": envelope.simulated,
+                "received_at": received_at,
+                "body": json.dumps(envelope.body, separators=(",", ":"), allow_nan=False),
+            }
         try:
             self.ddb.put_item(
                 TableName=st.history_table, Item=marshal(item), ConditionExpression="attribute_not_exists(pk)"

@@ -22,6 +22,7 @@ from botocore.config import Config
 
 from cloud.ingest.handler import Ingestor, IngestSettings
 from cloud.lake import FIREHOSE_PARTITION_JQ, PartitionError, firehose_partition, firehose_prefix
+from cloud.lake_expand.handler import LakeTransform, TransformSettings
 from cloud.local_stack.template import (
     FirehoseSpec,
     TemplateError,
@@ -205,9 +206,10 @@ class LocalAws:
 
     def _firehose_target(self, spec: FirehoseSpec) -> Callable[[bytes], None]:
         s3, bucket = self.client("s3"), self.names.bucket
+        transform = self.lake_transform()
 
         def put(record: bytes) -> None:
-            record = transformed(spec, record)
+            record = transformed(spec, record, transform)
             try:
                 keys = firehose_partition(json.loads(record)) if spec.partition_query else {}
                 prefix = firehose_prefix(spec.prefix, keys)
@@ -239,6 +241,12 @@ class LocalAws:
         if overrides:
             settings = IngestSettings.model_validate({**settings.model_dump(), **overrides})
         return Ingestor(settings, dynamodb=self.client("dynamodb"), s3=self.client("s3"))
+
+    def lake_transform(self) -> LakeTransform:
+        """The real lake-stream transform on this server, its settings read from the template's environment of
+        the function (telemetry's live-window items go to this server's History table)."""
+        env = function_environment(load_template(), "LakeExpandFunction", self.names.refs())
+        return LakeTransform(TransformSettings.from_env(env), dynamodb=self.client("dynamodb"), s3=self.client("s3"))
 
     def environment(self) -> dict[str, str]:
         """Variables with which another process's boto3 (and the API handler) reach this server."""

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cloud.lake import FIREHOSE_PARTITION_JQ, PartitionError, firehose_partition, firehose_prefix
+from cloud.lake_expand.handler import LakeTransform
 from cloud.local_stack.template import FirehoseSpec, TemplateError, transformed
 
 
@@ -51,6 +52,7 @@ class BufferedFirehose:
         *,
         stream_name: str = "battwin-lake",
         clock: Callable[[], float] = time.time,
+        transform: LakeTransform | None = None,
     ) -> None:
         if spec.partition_query is not None and spec.partition_query != FIREHOSE_PARTITION_JQ:
             raise TemplateError(f"{spec.logical_id}: only cloud.lake.FIREHOSE_PARTITION_JQ is mirrored locally")
@@ -58,6 +60,7 @@ class BufferedFirehose:
         self.s3 = s3
         self.bucket = bucket
         self.stream_name = stream_name
+        self.transform = transform
         self.clock = clock
         self.max_bytes = spec.buffer_mb * 1024 * 1024
         self.interval_s = float(spec.buffer_s)
@@ -71,7 +74,7 @@ class BufferedFirehose:
     def put(self, record: bytes) -> None:
         """One record as a rule's Firehose action puts it (the rule SQL's JSON plus the separator)."""
         now = self.clock()
-        record = transformed(self.spec, record)
+        record = transformed(self.spec, record, self.transform)
         try:
             keys = firehose_partition(json.loads(record)) if self.spec.partition_query else {}
             prefix = firehose_prefix(self.spec.prefix, keys)

@@ -11,8 +11,9 @@ What runs is the deployed path, locally:
   :meth:`~cloud.local_stack.rules.LocalRulesRunner.deliver` (what its MQTT subscription calls) in time order with
   its simulated receive time;
 * the ingest: the real :class:`~cloud.ingest.handler.Ingestor` on the moto server of
-  :class:`~cloud.local_stack.aws_local.LocalAws` (DeviceState, History, dead letters);
-* the lake: the rules' Firehose records into :class:`~cloud.local_stack.firehose.BufferedFirehose` with the
+  :class:`~cloud.local_stack.aws_local.LocalAws` (DeviceState, History, dead letters) for cycles, health and alarms;
+* the lake: the rules' Firehose records through the stream's real transform (telemetry's live-window History
+  items, new things' DeviceState) into :class:`~cloud.local_stack.firehose.BufferedFirehose` with the
   template's stream (128 MB / 900 s buffers per kind and day, gzip), on the simulated clock (the newest receive
   time it has seen), into the same moto bucket.
 
@@ -54,6 +55,10 @@ class ScaleResult:
     lake_error_objects: int
     history_items: int
     device_state_items: int
+    #: telemetry's History items, written by the lake stream's transform (no ingest Lambda on that path)
+    live_window_items: int
+    #: things the transform gave a DeviceState item (heard from by telemetry before any other kind)
+    registered_things: int
     dead_letter_objects: int
     wall_s: float
     workers: int
@@ -143,7 +148,10 @@ def run_scale(
 
         sim_now = [start]
         (stream_id, spec), *_ = firehose_streams(template).items()
-        stream = BufferedFirehose(spec, aws.client("s3"), aws.names.bucket, clock=lambda: sim_now[0])
+        transform = aws.lake_transform()
+        stream = BufferedFirehose(
+            spec, aws.client("s3"), aws.names.bucket, clock=lambda: sim_now[0], transform=transform
+        )
 
         def put(record: bytes) -> None:
             at = json.loads(record).get("rule_received_ms")
@@ -192,6 +200,8 @@ def run_scale(
             lake_error_objects=stream.error_objects,
             history_items=_count_items(ddb, aws.names.history_table),
             device_state_items=_count_items(ddb, aws.names.device_state_table),
+            live_window_items=transform.live_written,
+            registered_things=transform.registered,
             dead_letter_objects=dead,
             wall_s=wall,
             workers=workers,

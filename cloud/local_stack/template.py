@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from cloud.deploy import TEMPLATE
-from cloud.lake_expand.handler import expand_record
+from cloud.lake_expand.handler import LakeTransform, expand_record
 
 
 class TemplateError(ValueError):
@@ -269,8 +269,12 @@ def max_retry_attempts(template: dict[str, Any], function: str) -> int:
     return 2
 
 
-def transformed(spec: FirehoseSpec, record: bytes) -> bytes:
-    """``record`` after the stream's Lambda transform (the same function the deployed stream invokes)."""
+def transformed(spec: FirehoseSpec, record: bytes, transform: LakeTransform | None = None) -> bytes:
+    """``record`` after the stream's Lambda transform (the same function the deployed stream invokes): with
+    ``transform`` (its clients and settings: telemetry's live-window items written, bad telemetry dead-lettered)
+    one invocation of one record, else the record expansion alone."""
     if spec.transform is None:
         return record
-    return expand_record(record)  # the only handler in LOCAL_TRANSFORM_HANDLERS
+    if transform is not None:  # the only handler in LOCAL_TRANSFORM_HANDLERS
+        return transform.records([record])[0]
+    return expand_record(record)

@@ -186,10 +186,37 @@ def run_agent(
     return list(transport.published)
 
 
-def deliver_to_lake(s3: Any, bucket: str, messages: list[tuple[str, bytes]], received_ms: int | None = None) -> Any:
+def routes_to_ingest(topic: str) -> bool:
+    """Whether a template rule whose filter matches ``topic`` invokes the ingest Lambda (telemetry's does not)."""
+    from cloud.local_stack.iot_sql import RuleQuery
+    from cloud.local_stack.template import load_template as load_cfn
+    from cloud.local_stack.template import topic_rules
+
+    return any(
+        r.function == "IngestFunction" and not r.disabled and RuleQuery(r.sql).matches(topic)
+        for r in topic_rules(load_cfn())
+    )
+
+
+def lake_transform(aws: dict[str, Any], environment: dict[str, str]) -> Any:
+    """The lake stream's transform with the function's environment (as CloudFormation set it) on ``aws``'s clients."""
+    from cloud.lake_expand.handler import LakeTransform, TransformSettings
+
+    return LakeTransform(TransformSettings.from_env(environment), dynamodb=aws["dynamodb"], s3=aws["s3"])
+
+
+def deliver_to_lake(
+    s3: Any,
+    bucket: str,
+    messages: list[tuple[str, bytes]],
+    received_ms: int | None = None,
+    transform: Any = None,
+) -> Any:
     """What the template's lake rules and its Firehose stream make of ``messages``: each matching rule's record
     (the local rules runner's SQL and record format) put to the stream's buffered delivery
-    (:class:`cloud.local_stack.firehose.BufferedFirehose`), flushed at the end. Returns the stream."""
+    (:class:`cloud.local_stack.firehose.BufferedFirehose`, through ``transform``: a
+    :class:`cloud.lake_expand.handler.LakeTransform`, else the record expansion alone), flushed at the end.
+    Returns the stream."""
     from cloud.local_stack.firehose import BufferedFirehose
     from cloud.local_stack.iot_sql import Message, RuleQuery
     from cloud.local_stack.rules import firehose_record
@@ -198,7 +225,7 @@ def deliver_to_lake(s3: Any, bucket: str, messages: list[tuple[str, bytes]], rec
 
     tpl = load_cfn()
     (spec,) = firehose_streams(tpl).values()
-    stream = BufferedFirehose(spec, s3, bucket)
+    stream = BufferedFirehose(spec, s3, bucket, transform=transform)
     rules = [(r, RuleQuery(r.sql)) for r in topic_rules(tpl) if r.firehose is not None and not r.disabled]
     at = received_ms if received_ms is not None else int(time.time() * 1000)
     for topic, payload in messages:

@@ -34,6 +34,7 @@ FUNCTIONS = {
     "start": "RetrainStartFunction",
     "promote": "PromoteFunction",
     "silence": "SilenceCheckFunction",
+    "lake_expand": "LakeExpandFunction",
 }
 
 
@@ -332,17 +333,27 @@ def ingested(
     device_a_messages: list[tuple[str, bytes]],
     device_b_records: list[tuple[str, bytes]],
 ) -> dict[str, Any]:
-    """Devices A and B's messages delivered once each through the ingest Lambda's handler (DynamoDB) and through
-    the lake rules to the lake's Firehose stream (buffered delivery to S3): the fleet's data."""
+    """Devices A and B's messages delivered once each as the template routes them: through the ingest Lambda's
+    handler (DynamoDB: cycles, health, alarms) and through the rules' Firehose actions to the lake's stream, whose
+    transform (the real one, with the function's environment on moto) writes telemetry's live-window items
+    (buffered delivery to S3): the fleet's data."""
     from cloud.ingest.handler import handler
-    from tests.cloud.cloud_support import deliver_to_lake, rule_event
+    from tests.cloud.cloud_support import deliver_to_lake, lake_transform, routes_to_ingest, rule_event
 
     outcomes = []
+    messages = [*device_a_messages, *device_b_records]
     with pytest.MonkeyPatch.context() as mp:
         for key, value in lambda_env["ingest"].items():
             mp.setenv(key, value)
-        for topic, payload in [*device_a_messages, *device_b_records]:
-            outcomes.append(handler(rule_event(topic, payload)))
-    messages = [*device_a_messages, *device_b_records]
-    lake = deliver_to_lake(aws["s3"], lambda_env["ingest"]["DATA_BUCKET"], messages)
-    return {"outcomes": outcomes, "messages": messages, "lake_objects": lake.objects, "lake_records": lake.records}
+        for topic, payload in messages:
+            if routes_to_ingest(topic):
+                outcomes.append(handler(rule_event(topic, payload)))
+    transform = lake_transform(aws, lambda_env["lake_expand"])
+    lake = deliver_to_lake(aws["s3"], lambda_env["ingest"]["DATA_BUCKET"], messages, transform=transform)
+    return {
+        "outcomes": outcomes,
+        "messages": messages,
+        "lake_objects": lake.objects,
+        "lake_records": lake.records,
+        "transform": transform,
+    }

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from cloud.aws import unmarshal
-from cloud.ingest.handler import handler, live_window
+from cloud.ingest.handler import handler
+from cloud.live_window import live_window
 from cloud.tables import history_pk, history_sk
 from schema.messages import BODY_TYPES, encode_envelope
 from tests.cloud.cloud_support import rule_event

@@ -13,9 +13,19 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from cloud.aws import marshal
 from cloud.cost_model import dynamodb_item_bytes
-from cloud.ingest.handler import LIVE_BODY_MAX_BYTES, LIVE_FIELDS, LIVE_WINDOW_SAMPLES, handler, live_window
+from cloud.ingest.handler import handler
 from cloud.lake import decode_jsonl, parse_partition, utc_day
+from cloud.live_window import (
+    LIVE_BODY_MAX_BYTES,
+    LIVE_FIELDS,
+    LIVE_WINDOW_SAMPLES,
+    latest_sample,
+    live_item,
+    live_window,
+    newest_live_item,
+)
 from cloud.tables import history_pk, history_sk
 from schema.messages import Alarm, Envelope, Sample, Telemetry, encode_envelope, telemetry_samples, unpacked_body
 from tests.cloud.cloud_support import rule_event
@@ -53,8 +63,12 @@ def test_every_message_is_stored_once(
     aws: dict[str, Any], ingested: dict[str, Any], lambda_env: dict[str, dict[str, str]]
 ) -> None:
     env = lambda_env["ingest"]
-    assert Counter(o["status"] for o in ingested["outcomes"]) == {"stored": len(ingested["messages"])}
     envelopes = [Envelope.model_validate_json(p) for _t, p in ingested["messages"]]
+    # the ingest Lambda stores every cycles, health and alarm message; telemetry is the lake transform's
+    small = sum(1 for e in envelopes if e.kind != "telemetry")
+    assert Counter(o["status"] for o in ingested["outcomes"]) == {"stored": small}
+    tel_count = sum(1 for e in envelopes if e.kind == "telemetry")
+    assert ingested["transform"].live_written == tel_count > 0 and ingested["transform"].dead_letters == 0
     by_key = Counter((e.thing, e.kind) for e in envelopes)
     for (thing, kind), n in by_key.items():
         items = _items(aws, env["HISTORY_TABLE"], history_pk(thing, kind))
@@ -62,8 +76,8 @@ def test_every_message_is_stored_once(
         for item in items:
             assert ("expires_at" in item) == (kind == "telemetry")
     # telemetry: a compact live window (a few samples of the batch, the live chart's fields), one write unit,
-    # expiring RAW_TTL_DAYS (the stack parameter: 2 here) after the message time; the full batch goes to the lake
-    # through Firehose
+    # expiring RAW_TTL_DAYS (the stack parameter: 2 here) after the message time, written by the lake stream's
+    # transform; not in the by-time index (no ``thing``: no second write unit); the full batch goes to the lake
     tel = next(e for e in envelopes if e.kind == "telemetry")
     item = aws["dynamodb"].get_item(
         TableName=env["HISTORY_TABLE"],
@@ -80,6 +94,7 @@ def test_every_message_is_stored_once(
     assert window["samples"][-1] == {k: v for k, v in last.items() if k in LIVE_FIELDS}
     assert {"ts", "voltage_v", "current_a", "temperatures_c"} <= set(window["samples"][0]) <= set(LIVE_FIELDS)
     assert dynamodb_item_bytes(item) <= 1024  # one write unit
+    assert "thing" not in item and window["source_id"] == samples[-1].source_id
     # the lake (fed by the lake rules' Firehose records, not by the ingest): every message in its kind's partition
     # of its day, once; few objects, one per partition and buffer, not one per message (the moto server is shared
     # by the session: other tests' objects may sit in the lake beside these)
@@ -131,14 +146,20 @@ def test_device_state_holds_the_latest(
     for thing in ("bt-a", "bt-b"):
         mine = [e for e in envelopes if e.thing == thing]
         state = _state(aws, env, thing)
-        assert state["last_seen"] == pytest.approx(max(e.ts for e in mine))
-        assert state["first_seen"] == pytest.approx(min(e.ts for e in mine))
+        stored = [e for e in mine if e.kind != "telemetry"]
+        assert state["last_seen"] == pytest.approx(max(e.ts for e in stored))
+        assert state["first_seen"] == pytest.approx(min(e.ts for e in stored))
         last_health = max((e for e in mine if e.kind == "health"), key=lambda e: e.ts)
         assert state["health"] == last_health.body  # exact: floats round-trip through DynamoDB numbers
         last_cycle = max((e for e in mine if e.kind == "cycles"), key=lambda e: e.ts)
         assert state["last_cycle"]["index"] == last_cycle.body["index"]
+    # telemetry does not touch DeviceState: the API takes the latest sample from the newest live-window item
     tel = max((e for e in envelopes if e.thing == "bt-a" and e.kind == "telemetry"), key=lambda e: e.ts)
-    assert _state(aws, env, "bt-a")["latest_sample"] == telemetry_samples(tel.body)[-1]
+    assert "latest_sample" not in _state(aws, env, "bt-a")
+    live = newest_live_item(aws["dynamodb"], env["HISTORY_TABLE"], "bt-a")
+    assert live is not None and live["id"] == tel.id
+    last = telemetry_samples(tel.body)[-1]
+    assert latest_sample(live) == {k: v for k, v in last.items() if k in (*LIVE_FIELDS, "source_id")}
     # alarms the agent raised on bt-b are in the state, the newest per code
     alarms = [e for e in envelopes if e.thing == "bt-b" and e.kind == "alarms"]
     state_alarms = _state(aws, env, "bt-b").get("alarms", {})
@@ -296,17 +317,10 @@ def test_the_live_window_keeps_one_write_unit_with_battwins_soc_in_every_sample(
         assert len(window["samples"]) == kept and window["of"] == 40
         assert window["samples"][-1]["ts"] == pytest.approx(1_796_641_671.645 + 39 * 1.013)  # the last is kept
         assert ("soc_est_pct" in window["samples"][0]) == (soc_est is not None)
-        item = {
-            "pk": {"S": history_pk(thing, "telemetry")},
-            "sk": {"S": history_sk(1.8e9, "0" * 32)},
-            "thing": {"S": thing},
-            "kind": {"S": "telemetry"},
-            "ts": {"N": "1796641711.152"},
-            "id": {"S": "0" * 32},
-            "simulated": {"BOOL": False},
-            "received_at": {"N": "1796641712.0"},
-            "body": {"S": json.dumps(window, separators=(",", ":"))},
-            "n_samples": {"N": "40"},
-            "expires_at": {"N": "1796814511"},
-        }
+        body = Telemetry(samples=tuple(sample(i, soc_est) for i in range(40)))
+        env = Envelope(
+            id="0" * 32, thing=thing, kind="telemetry", ts=1796641711.152, simulated=False, body={"samples": []}
+        )
+        item = marshal(live_item(env, body, 1796641712.0, 2.0))
+        assert "thing" not in item and json.loads(item["body"]["S"]) == window
         assert dynamodb_item_bytes(item) <= 1024, soc_est

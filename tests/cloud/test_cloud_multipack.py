@@ -4,22 +4,25 @@ thing (``<core>.<id>``) for the rules, the lake and the device state, sent over 
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cloud.api.views import with_live
 from cloud.aws import unmarshal
 from cloud.ingest.handler import handler
+from cloud.live_window import newest_live_item
 from device_agent.config import AgentConfig
 from device_agent.packs import MultiPackAgent
 from device_agent.uplink.transport import MemoryTransport
 from hardware.simulator.source import SimulatorSource
 from schema.messages import Envelope
 from schema.simulator_settings import SimulatorSettings
-from tests.cloud.cloud_support import rule_event
+from tests.cloud.cloud_support import deliver_to_lake, lake_transform, routes_to_ingest, rule_event
 
 
-def test_the_packs_of_one_core_are_stored_as_their_own_things(aws: dict[str, Any], use_env: Any, tmp_path: Path):
+def test_the_packs_of_one_core_are_stored_as_their_own_things(
+    aws: dict[str, Any], use_env: Any, lambda_env: dict[str, dict[str, str]], tmp_path: Path
+):
     env = use_env("ingest")
     core = "mp-core-7"
     config = AgentConfig(
@@ -41,13 +44,17 @@ def test_the_packs_of_one_core_are_stored_as_their_own_things(aws: dict[str, Any
     runner.close()
     assert transport.published
     outcomes = []
-    for topic, payload in transport.published:
-        event = {**rule_event(topic, payload), "rule_client_id": core}  # one connection: the core's client id
-        outcomes.append(handler(event))
-    assert Counter(o["status"] for o in outcomes) == {"stored": len(transport.published)}
+    for topic, payload in transport.published:  # as the template routes them: the ingest Lambda or the lake
+        if routes_to_ingest(topic):
+            event = {**rule_event(topic, payload), "rule_client_id": core}  # one connection: the core's client id
+            outcomes.append(handler(event))
+    assert all(o["status"] == "stored" for o in outcomes)
+    deliver_to_lake(
+        aws["s3"], env["DATA_BUCKET"], transport.published, transform=lake_transform(aws, lambda_env["lake_expand"])
+    )
     things = {Envelope.model_validate_json(p).thing for _t, p in transport.published}
     assert things == {f"{core}.a", f"{core}.b"}
     for thing in things:
         item = aws["dynamodb"].get_item(TableName=env["DEVICE_STATE_TABLE"], Key={"thing": {"S": thing}})["Item"]
-        state = unmarshal(item)
+        state = with_live(unmarshal(item), newest_live_item(aws["dynamodb"], env["HISTORY_TABLE"], thing))
         assert state["latest_sample"]["source_id"] == f"simulator:{thing.rsplit('.', 1)[1]}"

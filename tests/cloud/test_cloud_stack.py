@@ -74,6 +74,7 @@ def test_functions(aws: dict[str, Any], physical_ids: dict[str, str], lambda_env
         "start": "cloud.retrain.start.handler",
         "promote": "cloud.retrain.promote.handler",
         "silence": "cloud.silence.handler.handler",
+        "lake_expand": "cloud.lake_expand.handler.handler",
     }
     for short, logical in FUNCTIONS.items():
         conf = aws["lambda"].get_function_configuration(FunctionName=physical_ids[logical])
@@ -94,6 +95,14 @@ def test_functions(aws: dict[str, Any], physical_ids: dict[str, str], lambda_env
         for k, v in lambda_env["api"].items():
             mp.setenv(k, v)
         assert Api.from_env().history_table == physical_ids["HistoryTable"]
+    from cloud.lake_expand.handler import TransformSettings
+
+    transform = TransformSettings.from_env(lambda_env["lake_expand"])  # telemetry's writes: the lake transform's
+    assert (transform.history_table, transform.device_state_table, transform.bucket) == (
+        physical_ids["HistoryTable"],
+        physical_ids["DeviceStateTable"],
+        physical_ids["DataBucket"],
+    )
     assert "GLUE_DATABASE" not in lambda_env["ingest"]  # partitions are projected: the ingest registers none
     assert lambda_env["promote"]["THING_GROUP_ARN"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/battwin-fleet"
     assert lambda_env["start"]["TRAINING_SOURCE_URI"].startswith("s3://battwin-test-artifacts/")

@@ -136,9 +136,12 @@ def test_traffic_and_requests_come_from_a_real_run(
     assert plain.payload_bytes_per_hour == pytest.approx(sum(plain_sizes) / hours)
     assert plain.units_5kb_per_hour == pytest.approx(3 * plain.messages_per_hour)
     n_tele = sum(1 for topic, _ in messages if topic.endswith("/telemetry"))
-    # the hook counted the handler's calls: one History put per message, no lake object for any kind (every kind
-    # reaches the lake through its lake rule's Firehose action, never through the handler)
-    assert path.calls["dynamodb.PutItem"] == len(messages) > n_tele
+    # the hook counted the handlers' calls: the ingest's one History put per cycles/health/alarm message (telemetry
+    # does not invoke it), the lake transform's one live-window batch write per telemetry record; no lake object
+    # from either (every kind reaches the lake through its rule's Firehose action)
+    assert path.calls["dynamodb.PutItem"] == len(messages) - n_tele > 0
+    assert path.calls["transform.dynamodb.BatchWriteItem"] == n_tele
+    assert path.calls["transform.dynamodb.PutItem"] == 1  # the thing's DeviceState, at its first batch
     assert path.calls.get("s3.PutObject", 0) == 0
     assert not any(name.startswith("glue.") for name in path.calls)
     for kind in ("cycles", "health"):  # the small kinds: the ingest rule and the lake rule, one record each
@@ -146,18 +149,20 @@ def test_traffic_and_requests_come_from_a_real_run(
         assert (small.rules_triggered, small.lambda_invocations, small.firehose_records) == (2.0, 1.0, 1.0)
         assert small.s3_puts == 0.0 and small.firehose_billed_bytes == 5 * 1024
     kp = path.kinds["telemetry"]
-    # the template's rules on the telemetry topic: the ingest Lambda's and the lake's Firehose rule
-    assert kp.rules_triggered == 2.0 and kp.lambda_invocations == 1.0 and kp.firehose_records == 1.0
-    assert kp.s3_puts == 0.0 and kp.glue_calls == 0.0 and kp.ddb_gsi_wru == 1.0
+    # the template's rules on the telemetry topic: the lake's Firehose rule alone, no Lambda invoked
+    assert kp.rules_triggered == 1.0 and kp.lambda_invocations == 0.0 and kp.firehose_records == 1.0
+    assert kp.s3_puts == 0.0 and kp.glue_calls == 0.0 and kp.ddb_wru == kp.ddb_gsi_wru == kp.cpu_s == 0.0
     # the record is the whole (packed) envelope (+ the rule's fields), billed in 5 KB steps: one; the stream's
     # transform expands it to the plain rows the lake keeps, gzip'd in its buffer
     assert kp.firehose_record_bytes > tele.mean_payload_bytes
     assert kp.firehose_billed_bytes == 5 * 1024
     assert kp.firehose_expanded_bytes > 5 * kp.firehose_record_bytes
     assert 0 < kp.firehose_gz_bytes < kp.firehose_expanded_bytes / 4
-    # the raw batch (~11 KB) is not in DynamoDB: the History live window is one unit, plus DeviceState's update
-    assert kp.ddb_wru < plain.mean_payload_bytes / 1024 / 2
-    assert kp.cpu_s > 0
+    # the raw batch (~11 KB) is not in DynamoDB: the transform's live-window item is one unit (not in the by-time
+    # index), plus the thing's DeviceState item once; half a read unit to learn whether the thing has one
+    assert kp.transform_wru == pytest.approx(1.0 + 1.0 / n_tele)
+    assert kp.ddb_stored_bytes <= 1024 + 100 and kp.transform_rru == 0.5
+    assert kp.transform_cpu_s > 0 and 0 < kp.transform_ddb_calls < 0.1  # batched: 25 items, 100 keys a call
 
 
 @pytest.mark.slow
@@ -182,10 +187,17 @@ def test_the_built_path_at_the_issues_traffic(
     billed = 60.0 * tele.firehose_billed_bytes + (0.54 + 0.26) * 5 * 1024
     assert bill.lines_usd["firehose_ingest"] == pytest.approx(MONTH * billed / 1024**3 * 0.029, rel=1e-6)
     assert 0 < bill.lines_usd["firehose_dynamic_partitioning"] < 0.02
-    assert bill.lines_usd["dynamodb_writes"] < 0.375 / 2
-    # the telemetry topic triggers two rules (two actions), each metered in the message's 5 KB units
+    # telemetry: one write unit a message (the issue's ~$0.40 were ~11 units + index + state)
+    per_hour = {"telemetry": 60.0, "cycles": 0.54, "health": 0.26}
+    units = sum(
+        n * (path.kinds[k].ddb_wru + path.kinds[k].ddb_gsi_wru + path.kinds[k].transform_wru)
+        for k, n in per_hour.items()
+    )
+    assert bill.lines_usd["dynamodb_writes"] == pytest.approx(MONTH * units * 0.625 / 1e6, rel=1e-6)
+    assert bill.lines_usd["dynamodb_writes"] < 0.05
+    # the telemetry topic triggers one rule (its Firehose action), the small kinds two, metered in 5 KB units
     assert bill.lines_usd["iot_rules"] == pytest.approx(bill.lines_usd["iot_actions"])
-    assert bill.lines_usd["iot_rules"] > 2 * 60.0 * MONTH * 3 * 0.15 / 1e6
+    assert bill.lines_usd["iot_rules"] == pytest.approx(MONTH * (60.0 * 3 + 2 * (0.54 + 0.26)) * 0.15 / 1e6)
 
 
 def test_bigger_batches_mean_fewer_messages_each_still_one_unit() -> None:
