@@ -169,11 +169,26 @@ def test_a_dynamodb_failure_loses_no_lake_record(local: LocalAws, caplog: pytest
     )
     thing = "lw-broken-1"
     recs = [record(f"battwin/{thing}/telemetry", batch(thing, NOW - k), NOW) for k in (60, 0)]
-    with caplog.at_level(logging.ERROR, logger="battwin.cloud.lake_expand"):
-        out = broken.records(recs)
+    metrics: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):  # the embedded-metric-format lines (CloudWatch Logs makes them metrics)
+        def emit(self, record: logging.LogRecord) -> None:
+            metrics.append(json.loads(record.getMessage()))
+
+    emf = logging.getLogger("battwin.emf")
+    collect = Collect()
+    emf.addHandler(collect)
+    try:
+        with caplog.at_level(logging.ERROR, logger="battwin.cloud.lake_expand"):
+            out = broken.records(recs)
+    finally:
+        emf.removeHandler(collect)
     assert [json.loads(r)["id"] for r in out] == [json.loads(r)["id"] for r in recs]
     assert all("samples" in json.loads(r)["body"] for r in out)
     assert any("live-window items not written" in r.getMessage() for r in caplog.records)
+    # counted as the metric the template's alarm watches
+    alarm = load_template()["Resources"]["LiveWindowFailuresAlarm"]["Properties"]
+    assert [m[alarm["MetricName"]] for m in metrics if alarm["MetricName"] in m] == [2]
 
 
 def test_the_api_shows_the_latest_sample_from_the_live_window(local: LocalAws) -> None:
