@@ -141,13 +141,13 @@ def test_traffic_and_requests_come_from_a_real_run(
     assert path.calls["dynamodb.PutItem"] == len(messages) > n_tele
     assert path.calls.get("s3.PutObject", 0) == 0
     assert not any(name.startswith("glue.") for name in path.calls)
-    for kind in ("cycles", "health"):  # the small kinds: the ingest rule and the lake rule, one record each
+    for kind in ("cycles", "health"):  # the small kinds: one rule (Firehose record + the ingest Lambda) each
         small = path.kinds[kind]
-        assert (small.rules_triggered, small.lambda_invocations, small.firehose_records) == (2.0, 1.0, 1.0)
+        assert (small.rules_triggered, small.lambda_invocations, small.firehose_records) == (1.0, 1.0, 1.0)
         assert small.s3_puts == 0.0 and small.firehose_billed_bytes == 5 * 1024
     kp = path.kinds["telemetry"]
-    # the template's rules on the telemetry topic: the ingest Lambda's and the lake's Firehose rule
-    assert kp.rules_triggered == 2.0 and kp.lambda_invocations == 1.0 and kp.firehose_records == 1.0
+    # the template's one rule on the telemetry topic: its Firehose action and (for now) its ingest Lambda action
+    assert kp.rules_triggered == 1.0 and kp.lambda_invocations == 1.0 and kp.firehose_records == 1.0
     assert kp.s3_puts == 0.0 and kp.glue_calls == 0.0 and kp.ddb_gsi_wru == 1.0
     # the record is the whole (packed) envelope (+ the rule's fields), billed in 5 KB steps: one; the stream's
     # transform expands it to the plain rows the lake keeps, gzip'd in its buffer
@@ -183,9 +183,10 @@ def test_the_built_path_at_the_issues_traffic(
     assert bill.lines_usd["firehose_ingest"] == pytest.approx(MONTH * billed / 1024**3 * 0.029, rel=1e-6)
     assert 0 < bill.lines_usd["firehose_dynamic_partitioning"] < 0.02
     assert bill.lines_usd["dynamodb_writes"] < 0.375 / 2
-    # the telemetry topic triggers two rules (two actions), each metered in the message's 5 KB units
-    assert bill.lines_usd["iot_rules"] == pytest.approx(bill.lines_usd["iot_actions"])
-    assert bill.lines_usd["iot_rules"] > 2 * 60.0 * MONTH * 3 * 0.15 / 1e6
+    # the telemetry topic triggers one rule with two actions (the lake's Firehose, the ingest Lambda), each metered
+    # in the message's 5 KB units (rules and actions are both $0.15 per million)
+    assert bill.lines_usd["iot_actions"] == pytest.approx(2 * bill.lines_usd["iot_rules"])
+    assert bill.lines_usd["iot_rules"] > 60.0 * MONTH * 3 * 0.15 / 1e6
 
 
 def test_bigger_batches_mean_fewer_messages_each_still_one_unit() -> None:
