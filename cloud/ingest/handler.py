@@ -1,23 +1,24 @@
 """Ingest Lambda: one device message from an IoT rule → DeviceState and a small History item (DynamoDB only: the
-S3 data lake is fed by the lake rules' Firehose actions, never by this function).
+S3 data lake is fed by the rules' Firehose actions, never by this function).
 
-The IoT rules of the template hand over the raw payload, base64-encoded, with the topic's parts, so that a
-payload that is not JSON still reaches this function (and is dead-lettered with the reason) instead of
-failing in the rule::
+The IoT rules of the template (one per kind, whose other action puts the same record to the lake's Firehose
+stream; one rule because a Basic Ingest message reaches only the rule it names) hand over the envelope itself
+with the topic's parts added::
 
-    SELECT encode(*, 'base64') AS payload_b64, topic() AS rule_topic, topic(2) AS rule_thing,
-           topic(3) AS rule_kind, timestamp() AS rule_received_ms, clientid() AS rule_client_id
-    FROM 'battwin/+/telemetry'
+    SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS rule_received_ms,
+           clientid() AS rule_client_id FROM 'battwin/+/telemetry'
 
-An event that is the envelope itself with ``rule_*`` fields added (``SELECT *, topic(2) AS rule_thing …``)
-is accepted too. An IoT lifecycle event (``clientId`` and ``eventType``, from the presence rule) updates the
-thing's connection state in DeviceState (:meth:`Ingestor._presence`).
+so a payload that is not a JSON object fails in the rule, whose S3 error action writes it under
+``dead-letter/rule-errors/``. An event with the raw payload base64-encoded (``encode(*, 'base64') AS
+payload_b64``, ``topic() AS rule_topic`` …) is accepted too. An IoT lifecycle event (``clientId`` and
+``eventType``, from the presence rule) updates the thing's connection state in DeviceState
+(:meth:`Ingestor._presence`).
 
 Per message (the checks: :mod:`cloud.ingest.checks`): size limit → JSON →
 :class:`~schema.messages.Envelope` → the topic's thing and kind must match the envelope's → body model
 → store. Anything that fails a check is written to the dead-letter prefix
 with the reason and the original payload (and the invocation succeeds: retrying would not help). Storing, in
-this order, every step idempotent (nothing goes to the lake from here: each kind's lake rule hands the message to
+this order, every step idempotent (nothing goes to the lake from here: each kind's rule hands the message to
 the lake's Firehose stream, buffered and partitioned by kind and date, ``cloud/README.md``; **raw telemetry
 never passes through here into DynamoDB**):
 
@@ -271,7 +272,7 @@ class Ingestor:
 
     # -- storing ----------------------------------------------------------------------------------
     def _store(self, envelope: Envelope, body: Message, received_at: float) -> Outcome:
-        # the lake is not written here: every kind reaches it through its lake rule's Firehose action
+        # the lake is not written here: every kind reaches it through its rule's Firehose action
         st = self.settings
         change = self.device_state.update(envelope, body, received_at)
         notices = None
