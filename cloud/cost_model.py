@@ -367,7 +367,7 @@ TODAY = Architecture(
 )
 BUILT = Architecture(
     name="built",
-    description="as built: MQTT topics, packed telemetry (one 5 KB unit a batch); every topic's two rules -> "
+    description="as built: MQTT topics, packed telemetry (one 5 KB unit a batch); every topic's one rule -> "
     "Firehose (one stream, a transform Lambda expanding packed batches, dynamic partitioning by kind and date, gzip "
     "JSON lines, 128 MB / 900 s buffers: the lake for every kind) and the ingest Lambda (telemetry: DeviceState's "
     "latest sample + a compact TTL'd History live window; cycles/health/alarms: DeviceState, History, alarms; no "

@@ -187,7 +187,7 @@ def run_agent(
 
 
 def deliver_to_lake(s3: Any, bucket: str, messages: list[tuple[str, bytes]], received_ms: int | None = None) -> Any:
-    """What the template's lake rules and its Firehose stream make of ``messages``: each matching rule's record
+    """What the template's rules' Firehose actions and its stream make of ``messages``: each matching rule's record
     (the local rules runner's SQL and record format) put to the stream's buffered delivery
     (:class:`cloud.local_stack.firehose.BufferedFirehose`), flushed at the end. Returns the stream."""
     from cloud.local_stack.firehose import BufferedFirehose

@@ -333,7 +333,7 @@ def ingested(
     device_b_records: list[tuple[str, bytes]],
 ) -> dict[str, Any]:
     """Devices A and B's messages delivered once each through the ingest Lambda's handler (DynamoDB) and through
-    the lake rules to the lake's Firehose stream (buffered delivery to S3): the fleet's data."""
+    the rules' Firehose actions to the lake's stream (buffered delivery to S3): the fleet's data."""
     from cloud.ingest.handler import handler
     from tests.cloud.cloud_support import deliver_to_lake, rule_event
 

@@ -399,7 +399,7 @@ def test_retraining_events(tpl: dict[str, Any]) -> None:
 
 
 def test_glue_tables_match_the_firehose_records(tpl: dict[str, Any]) -> None:
-    """Every field of a lake record (the lake rule's SQL on a real message) is a column of its kind's table and vice
+    """Every field of a lake record (the kind's rule's SQL on a real message) is a column of its kind's table and vice
     versa, and every field of the message body is a field of the table's ``body`` struct (the partition keys aside)."""
     r = static_resolver(tpl)
     tables = {

@@ -137,7 +137,7 @@ def test_traffic_and_requests_come_from_a_real_run(
     assert plain.units_5kb_per_hour == pytest.approx(3 * plain.messages_per_hour)
     n_tele = sum(1 for topic, _ in messages if topic.endswith("/telemetry"))
     # the hook counted the handler's calls: one History put per message, no lake object for any kind (every kind
-    # reaches the lake through its lake rule's Firehose action, never through the handler)
+    # reaches the lake through its rule's Firehose action, never through the handler)
     assert path.calls["dynamodb.PutItem"] == len(messages) > n_tele
     assert path.calls.get("s3.PutObject", 0) == 0
     assert not any(name.startswith("glue.") for name in path.calls)
