@@ -386,7 +386,7 @@ TODAY = Architecture(
 )
 BUILT = Architecture(
     name="built",
-    description="as built: MQTT topics, packed telemetry (one 5 KB unit a batch); every topic's two rules -> "
+    description="as built: MQTT topics, packed telemetry (one 5 KB unit a batch); every topic's one rule -> "
     "Firehose (one stream, a transform Lambda expanding packed batches, dynamic partitioning by kind and date, gzip "
     "JSON lines, 128 MB / 900 s buffers: the lake for every kind) and the ingest Lambda (telemetry: DeviceState's "
     "latest sample + a compact TTL'd History live window; cycles/health/alarms: DeviceState, History, alarms; no "
@@ -482,10 +482,10 @@ def monthly_bill(
         lines["iot_messaging"] = 0.0
     lines["iot_connectivity"] = 60 * HOURS_PER_MONTH / 1e6 * prices.iot_connectivity_per_million_minutes.usd
     if arch.as_measured:
-        # the template's rules the topic matches (telemetry: the Lambda rule and the lake's Firehose rule), each
-        # with one action; both metered in 5 KB units of the message
+        # the template's rules the topic matches (one per kind) and their actions as measured (the lake's Firehose
+        # record and the ingest Lambda's invocation); both metered in 5 KB units of the message
         rule_units = sum(units[k] * path.kind(k).rules_triggered for k in units)
-        actions = rule_units
+        actions = sum(units[k] * (path.kind(k).lambda_invocations + path.kind(k).firehose_records) for k in units)
     else:
         rule_units = all_units
         actions = all_units  # one action per message: the ingest Lambda today, Firehose (the lake) in the target

@@ -1,13 +1,15 @@
 """The S3 data lake's layout and record format, shared by the retraining Lambda, the local stack and Glue.
 
-Every kind reaches the lake through the template's ``LakeFirehose`` stream: the IoT rules ``TelemetryLakeRule``,
-``CyclesLakeRule``, ``HealthLakeRule`` and ``AlarmsLakeRule`` put each message as one record (gzip JSON Lines,
-one object per partition and buffer of 128 MB or 15 minutes for the whole fleet)::
+Every kind reaches the lake through the template's ``LakeFirehose`` stream: the Firehose action of the IoT rules
+``TelemetryRule``, ``CyclesRule``, ``HealthRule`` and ``AlarmsRule`` (one per kind; its other action invokes the
+ingest) puts each message as one record (gzip JSON Lines, one object per partition and buffer of 128 MB or 15
+minutes for the whole fleet)::
 
     <lake prefix>kind=<telemetry|cycles|health|alarms>/dt=YYYY-MM-DD/<stream>-<version>-<time>-<uuid>.gz
 
 One line per message: the envelope as the device sent it plus ``rule_thing`` and ``rule_kind`` (the topic's
-thing and kind) and ``rule_received_ms``. The partition keys come from the record by
+thing and kind, without the ``$aws/rules/<rule>/`` prefix of a Basic Ingest topic), ``rule_received_ms`` and
+``rule_client_id``. The partition keys come from the record by
 :data:`FIREHOSE_PARTITION_JQ` (Firehose's dynamic partitioning; :func:`firehose_partition` is the same in
 Python, for the local stack): a record whose kind is not its topic's, or not a lake kind, lands under
 ``kind=rejected``. Firehose delivers at least once: readers keep one record per (thing, message id)
@@ -99,8 +101,9 @@ def parse_partition(key: str) -> dict[str, str]:
 
 
 def lake_record(envelope: dict[str, Any], topic_thing: str, topic_kind: str, received_ms: int) -> dict[str, Any]:
-    """The record the lake rules put for one message (``SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind,
-    timestamp() AS rule_received_ms``): the envelope as sent plus the topic's parts and the receive time."""
+    """The record a rule's Firehose action puts for one message (``SELECT *, topic(2) AS rule_thing, topic(3) AS
+    rule_kind, timestamp() AS rule_received_ms …``): the envelope as sent plus the topic's parts and the receive
+    time (the rule's ``rule_client_id`` aside)."""
     return {**envelope, "rule_thing": topic_thing, "rule_kind": topic_kind, "rule_received_ms": received_ms}
 
 

@@ -125,7 +125,7 @@ class Agent:
 
     # -- public -----------------------------------------------------------------------------------
     def topic(self, kind: MessageKind) -> str:
-        return f"{self.config.mqtt.topic_prefix}/{self.config.thing_name}/{kind}"
+        return self.config.mqtt.topic(self.config.thing_name, kind)
 
     def run(self, stop: threading.Event, max_samples: int | None = None) -> AgentStats:
         """Poll until ``stop`` is set, the source is exhausted, or ``max_samples`` were read."""

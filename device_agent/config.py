@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -30,6 +31,11 @@ from pydantic_settings import (
 )
 
 from schema.source_settings import SourceSettings
+
+#: the cloud stack's ResourcePrefix (cloud/template.yaml's AllowedPattern): its rules are <prefix>_<kind>
+BASIC_INGEST_RULE_PREFIX = re.compile(r"[a-z][a-z0-9]{1,19}")
+#: IoT Core's Basic Ingest topics: $aws/rules/<rule name>/<topic>
+BASIC_INGEST_ROOT = "$aws/rules/"
 
 PosFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 ThingName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_\-]+$")]
@@ -70,6 +76,30 @@ class MqttSettings(Section):
     #: publishes awaiting PUBACK at once
     inflight: Annotated[int, Field(ge=1, le=1000)] = 50
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "battwin"
+    #: publish through AWS IoT Core's Basic Ingest (no messaging charge): kind k goes to
+    #: ``$aws/rules/<prefix>_<k>/<topic_prefix>/<thing>/<k>``, straight to the cloud stack's rule ``<prefix>_<k>``
+    #: (``<prefix>`` is the stack's ``ResourcePrefix``, ``cloud/template.yaml``); None or "" = the plain topics
+    #: (``<topic_prefix>/<thing>/<k>``: what a bare MQTT broker, with no rules, needs)
+    basic_ingest_rule_prefix: str | None = None
+
+    @field_validator("basic_ingest_rule_prefix", mode="before")
+    @classmethod
+    def _rule_prefix(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or BASIC_INGEST_RULE_PREFIX.fullmatch(value) is None:
+            raise ValueError(
+                "must be the cloud stack's ResourcePrefix: a lower-case letter then 1 to 19 lower-case letters or "
+                "digits (the rules are named <prefix>_telemetry, <prefix>_cycles ...), or empty for plain topics"
+            )
+        return value
+
+    def topic(self, thing_name: str, kind: str) -> str:
+        """The topic a message of ``kind`` from ``thing_name`` is published on (plain or Basic Ingest)."""
+        plain = f"{self.topic_prefix}/{thing_name}/{kind}"
+        if self.basic_ingest_rule_prefix is None:
+            return plain
+        return f"{BASIC_INGEST_ROOT}{self.basic_ingest_rule_prefix}_{kind}/{plain}"
 
 
 class IpcSettings(Section):

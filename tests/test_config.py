@@ -111,3 +111,37 @@ def test_cli_exits_2_naming_the_field(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2 and "unknown source scheme 'warp'" in r.stderr
+
+
+# -- Basic Ingest ---------------------------------------------------------------------------------------------
+def test_basic_ingest_topics_from_toml_environment_and_for_packs(tmp_path, monkeypatch):
+    from device_agent.config import pack_config
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('thing_name = "core-7"\n')
+    plain = load_config(conf)
+    assert plain.mqtt.basic_ingest_rule_prefix is None  # a bare broker has no rules: plain topics by default
+    assert plain.mqtt.topic(plain.thing_name, "health") == "battwin/core-7/health"
+    conf.write_text(
+        'thing_name = "core-7"\n[mqtt]\nbasic_ingest_rule_prefix = "fleet1"\n[[packs]]\nid = "p1"\nurl = "simulator"\n'
+    )
+    cfg = load_config(conf)
+    assert cfg.mqtt.topic(cfg.thing_name, "telemetry") == "$aws/rules/fleet1_telemetry/battwin/core-7/telemetry"
+    pack = pack_config(cfg, cfg.packs[0])  # a pack's agent: its own thing under the same rule
+    assert pack.mqtt.topic(pack.thing_name, "cycles") == "$aws/rules/fleet1_cycles/battwin/core-7.p1/cycles"
+    # the recipe hands it over as an environment variable (a nucleus renders an unset value as "": plain topics)
+    monkeypatch.setenv("BATTWIN_MQTT__BASIC_INGEST_RULE_PREFIX", "battwin")
+    assert load_config(conf).mqtt.basic_ingest_rule_prefix == "battwin"
+    monkeypatch.setenv("BATTWIN_MQTT__BASIC_INGEST_RULE_PREFIX", "")
+    assert load_config(conf).mqtt.basic_ingest_rule_prefix is None
+
+
+@pytest.mark.parametrize("bad", ["Battwin", "b", "1battwin", "bat_twin", "battwin_telemetry", "a" * 21, "$aws", 7])
+def test_a_bad_basic_ingest_rule_prefix_is_a_clear_error(bad):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides={"mqtt": {"basic_ingest_rule_prefix": bad}})
+    (line,) = err.value.errors
+    assert line.startswith(
+        "config: mqtt.basic_ingest_rule_prefix: Value error, must be the cloud stack's ResourcePrefix"
+    )
+    assert repr(bad)[:20] in line  # the value given is named

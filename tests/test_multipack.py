@@ -444,6 +444,41 @@ def test_pack_topics_pass_both_nuclei_and_the_iot_policy_keeps_each_core_to_its_
     assert not allowed("core-10", "battwin/core-1.p1/telemetry")
     assert not allowed("core", "battwin/core-1.p1/telemetry")
 
+    # Basic Ingest (DeviceBasicIngestPolicy): the core's own kinds and its packs', through the rule each kind names
+    ingest = [
+        line.split(":topic/", 1)[1].rstrip('"').replace("${ResourcePrefix}", "battwin")
+        for line in template.splitlines()
+        if ":topic/$aws/rules/" in line and thing_var in line
+    ]
+    assert len(ingest) == 8  # two forms for each of the four rules, each rule named (no ${ResourcePrefix}_*)
+    assert all("_*" not in p for p in ingest)
+
+    def ingests(core: str, topic: str) -> bool:
+        return any(_iot_policy_allows(p.replace(thing_var, core), topic) for p in ingest)
+
+    for kind in ("telemetry", "cycles", "health", "alarms"):
+        assert ingests("core-1", f"$aws/rules/battwin_{kind}/battwin/core-1/{kind}")
+        assert ingests("core-1", f"$aws/rules/battwin_{kind}/battwin/core-1.p1/{kind}")
+    basic = [f"$aws/rules/battwin_{t.rsplit('/', 1)[1]}/{t}" for t in topics]  # what the packs' agents publish
+    assert all(ingests("core-1", t) for t in basic)
+    assert not ingests("core-1", "$aws/rules/battwin_telemetry/battwin/core-10/telemetry")  # another thing
+    assert not ingests("core-1", "$aws/rules/battwin_telemetry/battwin/core-10.p1/telemetry")
+    assert not ingests("core-10", "$aws/rules/battwin_telemetry/battwin/core-1/telemetry")
+    assert not ingests("core-1", "$aws/rules/battwin_telemetry/battwin/core-1/cycles")  # another kind, own rule
+    assert not ingests("core-1", "$aws/rules/other_rule/battwin/core-1/telemetry")  # a rule not ours
+    # the two policies do not open each other's topics
+    assert not allowed("core-1", "$aws/rules/battwin_telemetry/battwin/core-1/telemetry")
+    assert not ingests("core-1", "battwin/core-1/telemetry")
+    # ... and what a `${ResourcePrefix}_*` rule would have allowed: publishing as another thing
+    star = "$aws/rules/battwin_*/battwin/${!iot:Connection.Thing.ThingName}/*"
+    assert _iot_policy_allows(
+        star.replace(thing_var, "core-1"), "$aws/rules/battwin_x/battwin/core-10/y/battwin/core-1/z"
+    )
+    # the nucleus lets the pack topics through Basic Ingest too (the recipe's accessControl)
+    for flavour in ("classic", "lite"):
+        for topic in basic:
+            assert acl.allows("aws.greengrass.ipc.mqttproxy", "aws.greengrass#PublishToIoTCore", topic, flavour), topic
+
 
 # -- end to end: battwin run with packs, JBD emulators over ptys, mosquitto, the cloud ingest's checks ------------
 @pytest.mark.slow

@@ -1,11 +1,14 @@
 """Ingest Lambda: one device message (cycles, health, alarms) from its IoT rule → DeviceState and a small History
 item (DynamoDB only: the S3 data lake is fed by the same rule's Firehose action, never by this function).
 
-The template's rule of each kind hands over the envelope as sent with the topic's parts added
-(``SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS rule_received_ms, clientid() AS
-rule_client_id``); an event carrying the payload base64-encoded instead (``encode(*, 'base64') AS payload_b64``)
-is accepted too. An IoT lifecycle event (``clientId`` and ``eventType``, from the presence rule) updates the
-thing's connection state in DeviceState (:meth:`Ingestor._presence`). **Telemetry does not come here**: its rule
+The template's rule of each kind (one per kind, whose other action puts the same record to the lake's Firehose
+stream; one rule because a Basic Ingest message reaches only the rule it names) hands over the envelope as sent
+with the topic's parts added (``SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS
+rule_received_ms, clientid() AS rule_client_id``), so a payload that is not a JSON object fails in the rule, whose
+S3 error action writes it under ``dead-letter/rule-errors/``; an event carrying the payload base64-encoded instead
+(``encode(*, 'base64') AS payload_b64``) is accepted too. An IoT lifecycle event (``clientId`` and
+``eventType``, from the presence rule) updates the thing's connection state in DeviceState
+(:meth:`Ingestor._presence`). **Telemetry does not come here**: its rule
 feeds only the lake, whose stream's transform writes telemetry's one DynamoDB item (:mod:`cloud.live_window`);
 a telemetry event handed to this function anyway is stored the same way (that item, DeviceState untouched).
 

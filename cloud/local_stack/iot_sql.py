@@ -11,7 +11,8 @@ object cannot be selected with ``*``: the rule fails and its error action runs);
 is the raw payload bytes in base64; ``topic(n)`` is the n-th level (1-based) and Undefined past the last;
 ``timestamp()`` is the broker's receive time in milliseconds; an item whose value is Undefined is left
 out of the result — which is what ``clientid()`` gives here, since an MQTT subscriber is not told the
-publisher's client id.
+publisher's client id. A Basic Ingest message (``$aws/rules/<rule name>/<topic>``) is evaluated on ``<topic>``:
+:func:`basic_ingest_target` splits it, :class:`~cloud.local_stack.rules.LocalRulesRunner` routes it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ _ITEM_RE = re.compile(r"^(?P<expr>.+?)(?:\s+AS\s+(?P<name>[A-Za-z_][A-Za-z0-9_]*
 _CALL_RE = re.compile(r"^(?P<fn>[A-Za-z_][A-Za-z0-9_]*)\s*\((?P<args>.*)\)$", re.S)
 
 UNDEFINED: Any = object()
+
+#: Basic Ingest: a message published to ``$aws/rules/<rule name>/<topic>`` goes straight to that one rule (no
+#: message broker, so no subscriber sees it and no other rule is triggered), and inside the rule ``topic()`` and
+#: ``topic(n)`` see ``<topic>`` without the prefix (AWS IoT developer guide, "Reducing messaging costs with Basic
+#: Ingest"; the rule's ``FROM`` is optional for rules invoked only this way)
+BASIC_INGEST_ROOT = "$aws/rules/"
 
 
 class RuleSqlError(ValueError):
@@ -141,6 +148,20 @@ class RuleQuery:
             elif value is not UNDEFINED:
                 out[name] = value
         return out
+
+
+def basic_ingest_target(topic: str) -> tuple[str, str] | None:
+    """``(rule name, the topic the rule sees)`` for a Basic Ingest topic ``$aws/rules/<rule name>[/<topic>]``,
+    None for any other topic (or one without a rule name)."""
+    if not topic.startswith(BASIC_INGEST_ROOT):
+        return None
+    name, _sep, rest = topic[len(BASIC_INGEST_ROOT) :].partition("/")
+    return (name, rest) if name else None
+
+
+def basic_ingest_filter(rule_name: str) -> str:
+    """The MQTT filter that receives every Basic Ingest message for ``rule_name``."""
+    return f"{BASIC_INGEST_ROOT}{rule_name}/#"
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

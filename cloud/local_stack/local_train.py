@@ -368,7 +368,7 @@ def seed_lake_with_cells(
     t0: float = 1_700_000_000.0,
 ) -> int:
     """Put measured NASA discharges into the lake's cycles partitions as the lake's Firehose stream delivers a
-    thing's cycle messages (one record per discharge: the envelope plus the lake rule's fields, gzip JSON lines,
+    thing's cycle messages (one record per discharge: the envelope plus the rule's fields, gzip JSON lines,
     one object per day partition) under the thing ``nasa-<name>`` (real data: ``simulated`` false; the body
     holds the fields the retraining reads). Returns the measured capacities (> 0 Ah; a few NASA discharges
     recorded 0 Ah, which the retraining does not count)."""

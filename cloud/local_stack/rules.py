@@ -8,6 +8,13 @@ AWS. As there, the invocation is asynchronous (a queue and worker threads), a fa
 than Lambda's minutes) and then recorded as a failed event; a message the SQL cannot be evaluated on is
 written by the rule's S3 error action.
 
+Basic Ingest as in IoT Core: the runner also subscribes to ``$aws/rules/<RuleName>/#`` for every rule and hands
+such a message to that one rule only, evaluated on the topic without the ``$aws/rules/<RuleName>/`` prefix (what
+``topic()`` sees in AWS); a message naming no enabled rule triggers nothing (counted as ``rule_not_found``, IoT
+Core's ``RuleNotFound`` metric). A message on a plain topic goes to every rule whose ``FROM`` filter matches.
+:meth:`LocalRulesRunner.stats` counts each rule's triggers (``triggered:<logical id>``) and their sum
+(``rules_triggered``), so one can see how many rules a message set off.
+
 A rule's Firehose action hands the target named by the stream's logical id the record as IoT Core sends it
 (the SQL's result as JSON plus the action's ``Separator``); :meth:`LocalAws.firehose_targets
 <cloud.local_stack.aws_local.LocalAws.firehose_targets>` puts it to moto's Firehose. A put that fails runs the
@@ -28,7 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cloud.local_stack.iot_sql import Message, RuleEvaluationError, RuleQuery
+from cloud.local_stack.iot_sql import (
+    Message,
+    RuleEvaluationError,
+    RuleQuery,
+    basic_ingest_filter,
+    basic_ingest_target,
+)
 from cloud.local_stack.template import RuleSpec, load_template, max_retry_attempts, topic_rules
 from device_agent.config import MqttSettings
 from device_agent.uplink.mqtt_transport import MqttTransport
@@ -94,6 +107,8 @@ class LocalRulesRunner:
                     targets[spec.firehose] if spec.firehose else None,
                 )
             )
+        #: the enabled rules by ``RuleName``: where a Basic Ingest message goes
+        self.by_name: dict[str, _Rule] = {r.spec.rule_name: r for r in self.rules if r.spec.rule_name}
         self.error_sink = error_sink
         self.failure_sink = failure_sink
         self.transport = MqttTransport(MqttSettings(url=broker_url), client_id=client_id)
@@ -117,7 +132,7 @@ class LocalRulesRunner:
         self.transport.start()
         if not self.transport.wait_connected(timeout):
             raise RuntimeError("the rules runner could not connect to the broker")
-        filters = sorted({r.query.topic_filter for r in self.rules})
+        filters = sorted({r.query.topic_filter for r in self.rules} | {basic_ingest_filter(n) for n in self.by_name})
         for f in [self.transport.subscribe(t, self._on_message) for t in filters]:
             f.result(timeout)
         log.info("local IoT rules subscribed", extra={"filters": filters})
@@ -144,24 +159,42 @@ class LocalRulesRunner:
 
     # -- messages ---------------------------------------------------------------------------------
     def deliver(self, topic: str, payload: bytes, received_ms: int | None = None) -> int:
-        """Run every matching rule on one message (also what the MQTT subscription calls). Returns matches."""
+        """Run the rules a message triggers (also what the MQTT subscriptions call); returns how many.
+
+        A Basic Ingest topic ``$aws/rules/<RuleName>/<topic>`` triggers that rule alone, on ``<topic>``; any other
+        topic every rule whose ``FROM`` filter matches it."""
         received = int(time.time() * 1000) if received_ms is None else received_ms
+        target = basic_ingest_target(topic)
+        if target is not None:
+            name, inner = target
+            rule = self.by_name.get(name)
+            if rule is None:
+                self._count("rule_not_found")
+                log.warning("Basic Ingest message for no enabled rule", extra={"topic": topic[:256]})
+                return 0
+            self._count("basic_ingest")
+            self._trigger(rule, Message(topic=inner, payload=payload, received_ms=received))
+            return 1
         msg = Message(topic=topic, payload=payload, received_ms=received)
         matched = 0
         for rule in self.rules:
-            if not rule.query.matches(topic):
-                continue
-            matched += 1
-            try:
-                event = rule.query.evaluate(msg)
-            except RuleEvaluationError as exc:
-                self._count("rule_errors")
-                self._error_action(rule, msg, str(exc))
-                continue
-            with self._lock:
-                self._pending += 1
-            self._queue.put((rule, event, msg))
+            if rule.query.matches(topic):
+                matched += 1
+                self._trigger(rule, msg)
         return matched
+
+    def _trigger(self, rule: _Rule, msg: Message) -> None:
+        """Evaluate ``rule`` on ``msg`` and queue its actions (or run its error action)."""
+        self._count("rules_triggered", f"triggered:{rule.spec.logical_id}")
+        try:
+            event = rule.query.evaluate(msg)
+        except RuleEvaluationError as exc:
+            self._count("rule_errors")
+            self._error_action(rule, msg, str(exc))
+            return
+        with self._lock:
+            self._pending += 1
+        self._queue.put((rule, event, msg))
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.deliver(topic, payload)
@@ -264,5 +297,8 @@ class LocalRulesRunner:
                 self.counts[key] += 1
 
     def stats(self) -> dict[str, int]:
+        """Counters: ``rules_triggered`` and ``triggered:<logical id>`` per rule, ``basic_ingest`` (messages that
+        came through Basic Ingest), ``rule_not_found``, ``rule_errors``, ``firehose_records``, ``invocations``,
+        ``outcome:<status>``, ``failed_invocations``, and ``pending`` (queued, not yet handled)."""
         with self._lock:
             return {**self.counts, "pending": self._pending}

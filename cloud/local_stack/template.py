@@ -145,6 +145,9 @@ class RuleSpec:
     firehose: str | None = None
     #: the Firehose action's ``Separator`` (appended to each record)
     separator: str = ""
+    #: the rule's ``RuleName`` (``!Sub`` resolved with the parameters' defaults): the ``<rule name>`` of its Basic
+    #: Ingest topics ``$aws/rules/<rule name>/…``; None if the template names the rule by something else
+    rule_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ def topic_rules(template: dict[str, Any]) -> list[RuleSpec]:
                 firehose = str(stream["Ref"])
                 separator = str(fh.get("Separator", ""))
         error_s3 = (payload.get("ErrorAction") or {}).get("S3") or {}
+        rule_name = _resolve(template, (res.get("Properties") or {}).get("RuleName"), {})
         rules.append(
             RuleSpec(
                 logical_id=str(logical_id),
@@ -251,6 +255,7 @@ def topic_rules(template: dict[str, Any]) -> list[RuleSpec]:
                 error_key=str(error_s3["Key"]) if isinstance(error_s3.get("Key"), str) else None,
                 firehose=firehose,
                 separator=separator,
+                rule_name=rule_name,
             )
         )
     if not rules:

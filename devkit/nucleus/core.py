@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -69,11 +70,26 @@ class Denial:
     resource: str
 
 
+#: IoT Core's Basic Ingest topics ``$aws/rules/<rule name>/<topic>``: the message goes straight to that rule, no
+#: subscriber receives it, and the prefix is not counted toward the 256-byte topic limit (AWS IoT developer guide,
+#: "Reducing messaging costs with Basic Ingest"; classic's ``mqttclient/IotCoreTopicValidator.java`` strips it
+#: before its length check, lite checks no topic length below 65,535 bytes, ``modules/iotcored/src/bus_server.c``)
+BASIC_INGEST_PREFIX = re.compile(r"^\$aws/rules/[^/]+/")
+
+
+def topic_without_basic_ingest_prefix(topic: str) -> str:
+    return BASIC_INGEST_PREFIX.sub("", topic, count=1)
+
+
+def is_basic_ingest(topic: str) -> bool:
+    return BASIC_INGEST_PREFIX.match(topic) is not None
+
+
 def valid_topic(topic: Any, *, is_filter: bool) -> str | None:
     """The reason a topic (or filter) is invalid, or None."""
     if not isinstance(topic, str) or not topic:
         return "topic must be a non-empty string"
-    if len(topic.encode()) > MAX_TOPIC_BYTES:
+    if len(topic_without_basic_ingest_prefix(topic).encode()) > MAX_TOPIC_BYTES:
         return f"topic exceeds {MAX_TOPIC_BYTES} bytes"
     levels = topic.split("/")
     for i, level in enumerate(levels):

@@ -26,6 +26,7 @@ from devkit.nucleus.core import (
     IpcError,
     PublishedMessage,
     b64_arg,
+    is_basic_ingest,
     log,
     mqtt_filter_matches,
     qos_arg,
@@ -170,7 +171,7 @@ class IoTCoreOps(EmulatorCore):
             self._cond.notify_all()
         if self._forwarder is not None:
             self._forwarder.publish(topic, payload)
-        else:
+        elif not is_basic_ingest(topic):  # Basic Ingest goes to a rule, never to a subscriber
             loop = self._require_loop()
             loop.call_soon(self._deliver_iot, topic, payload)  # the cloud echoes it to subscribers
             loop.call_soon(self._answer_cloud_shadow, topic, payload)

@@ -212,7 +212,7 @@ def deliver_to_lake(
     received_ms: int | None = None,
     transform: Any = None,
 ) -> Any:
-    """What the template's lake rules and its Firehose stream make of ``messages``: each matching rule's record
+    """What the template's rules' Firehose actions and its stream make of ``messages``: each matching rule's record
     (the local rules runner's SQL and record format) put to the stream's buffered delivery
     (:class:`cloud.local_stack.firehose.BufferedFirehose`, through ``transform``: a
     :class:`cloud.lake_expand.handler.LakeTransform`, else the record expansion alone), flushed at the end.

@@ -95,7 +95,7 @@ def test_every_message_is_stored_once(
     assert {"ts", "voltage_v", "current_a", "temperatures_c"} <= set(window["samples"][0]) <= set(LIVE_FIELDS)
     assert dynamodb_item_bytes(item) <= 1024  # one write unit
     assert "thing" not in item and window["source_id"] == samples[-1].source_id
-    # the lake (fed by the lake rules' Firehose records, not by the ingest): every message in its kind's partition
+    # the lake (fed by the rules' Firehose records, not by the ingest): every message in its kind's partition
     # of its day, once; few objects, one per partition and buffer, not one per message (the moto server is shared
     # by the session: other tests' objects may sit in the lake beside these)
     keys = [k for k in _keys(aws, env["DATA_BUCKET"], "lake/") if "/battwin-lake-1-" in k]
@@ -268,7 +268,7 @@ def test_a_failure_midway_is_completed_by_the_retry(
     aws: dict[str, Any], use_env: Any, device_b_records: list[tuple[str, bytes]]
 ) -> None:
     """DynamoDB fails midway: the invocation raises (Lambda retries it), nothing is in the History yet, and the
-    retry completes the message; the ingest never writes the lake (the lake rule's Firehose record does)."""
+    retry completes the message; the ingest never writes the lake (the rule's Firehose record does)."""
     topic, payload = next((t, p) for t, p in device_b_records if t.endswith("/health"))
     msg = Envelope.model_validate_json(payload)
     payload = payload.replace(msg.thing.encode(), b"bt-f")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import re
 import time
 from pathlib import Path
@@ -109,57 +110,88 @@ def test_iot_policy_scoped_to_the_connecting_thing(tpl: dict[str, Any]) -> None:
             ]
         if s["Action"] in ("iot:Subscribe", "iot:Receive"):
             assert resources[0].endswith(f"$aws/things/{thing}/shadow/name/battwin-config/*")
+    # Basic Ingest: the thing's own topics (and its packs') through each rule, every rule named
+    (ingest,) = static_resolver(tpl, ResourcePrefix="fleet1").properties("DeviceBasicIngestPolicy")["PolicyDocument"][
+        "Statement"
+    ]
+    assert (ingest["Effect"], ingest["Action"]) == ("Allow", "iot:Publish")
+    tails = [res.split(":topic/", 1)[1] for res in ingest["Resource"]]
+    assert tails == [
+        form
+        for kind in KINDS
+        for form in (f"$aws/rules/fleet1_{kind}/battwin/{thing}/{kind}", f"$aws/rules/fleet1_{kind}/battwin/{thing}.*")
+    ]
 
 
-def test_topic_rules_pass_the_topic_and_invoke_the_ingest_lambda(tpl: dict[str, Any]) -> None:
+def _policy_chars(doc: dict[str, Any]) -> int:
+    """A policy document's size as IoT Core counts it: characters, whitespace aside."""
+    return len(re.sub(r"\s", "", json.dumps(doc, separators=(",", ":"))))
+
+
+@pytest.mark.parametrize("logical", ["DevicePolicy", "DeviceBasicIngestPolicy"])
+def test_iot_policies_fit_iot_cores_size_limit_at_any_prefix_and_region(tpl: dict[str, Any], logical: str) -> None:
+    """IoT Core refuses a policy document over 2,048 characters (whitespace aside): the longest ResourcePrefix the
+    template allows, in a long region name, must still fit (the Basic Ingest resources are a policy of their own
+    for this reason: with DevicePolicy's they were ~2,200)."""
+    longest = "p" * 20  # ResourcePrefix ^[a-z][a-z0-9]{1,19}$
+    ids = {k: k for k in tpl["Resources"]}
+    for partition, region in (("aws", "us-east-1"), ("aws", "ap-southeast-2"), ("aws-us-gov", "us-gov-west-1")):
+        r = Resolver(
+            tpl,
+            {"CodeBucket": "c", "CodeKey": "k", "TrainingSourceKey": "s", "ResourcePrefix": longest},
+            "stack",
+            ids,
+            lambda lg, attr: f"{lg}.{attr}",
+        )
+        r.pseudo.update({"AWS::Region": region, "AWS::Partition": partition})
+        doc = r.properties(logical)["PolicyDocument"]
+        assert region in json.dumps(doc)
+        assert _policy_chars(doc) <= 2048, (logical, region, _policy_chars(doc))
+    both = static_resolver(tpl, ResourcePrefix=longest)
+    merged = both.properties("DevicePolicy")["PolicyDocument"]
+    merged["Statement"] += both.properties("DeviceBasicIngestPolicy")["PolicyDocument"]["Statement"]
+    assert _policy_chars(merged) > 2048  # positive control: the two together would not fit
+
+
+def test_one_topic_rule_per_kind_feeds_the_lake_and_the_ingest_lambda_but_for_telemetry(tpl: dict[str, Any]) -> None:
     r = static_resolver(tpl, ResourcePrefix="fleet1")
     rules = {k: r.properties(k) for k, v in tpl["Resources"].items() if v["Type"] == "AWS::IoT::TopicRule"}
     presence = rules.pop("PresenceRule")  # the lifecycle events (tests/cloud/test_cloud_operations.py)
-    # every kind also goes to the lake's Firehose stream: one rule each, the envelope plus the topic's parts
-    for kind in KINDS:
-        props = rules.pop(f"{kind.capitalize()}LakeRule")
-        lake = props["TopicRulePayload"]
-        assert props["RuleName"] == f"fleet1_{kind}_lake"
-        assert lake["Sql"] == (
-            "SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS rule_received_ms "
-            f"FROM 'battwin/+/{kind}'"
-        )
-        assert lake["Actions"] == [
-            {
-                "Firehose": {
-                    "DeliveryStreamName": "LakeFirehose",
-                    "RoleArn": "IotFirehoseRole.Arn",
-                    "Separator": "\n",
-                    "BatchMode": False,
-                }
-            }
-        ]
-        assert lake["ErrorAction"]["S3"]["Key"].startswith("dead-letter/rule-errors/")
     assert presence["TopicRulePayload"]["Actions"] == [{"Lambda": {"FunctionArn": "IngestFunction.Arn"}}]
-    assert len(rules) == 4
+    # one rule per kind, never two on a topic: a Basic Ingest message ($aws/rules/<rule>/...) reaches only the rule
+    # it names, so that rule must both put the lake's record and invoke the ingest (telemetry: no Lambda per
+    # message; the lake stream's transform writes its live window)
+    assert sorted(rules) == sorted(f"{kind.capitalize()}Rule" for kind in KINDS)
     permissions = {
         r.properties(k)["SourceArn"]
         for k, v in tpl["Resources"].items()
         if v["Type"] == "AWS::Lambda::Permission" and r.properties(k)["Principal"] == "iot.amazonaws.com"
     }
-    seen = set()
-    for props in rules.values():
-        sql = props["TopicRulePayload"]["Sql"]
-        kind = re.search(r"FROM 'battwin/\+/(\w+)'$", sql).group(1)  # type: ignore[union-attr]
-        seen.add(kind)
+    for kind in KINDS:
+        props = rules[f"{kind.capitalize()}Rule"]
+        payload = props["TopicRulePayload"]
         assert props["RuleName"] == f"fleet1_{kind}"
-        for part in (
-            "encode(*, 'base64') AS payload_b64",
-            "topic(2) AS rule_thing",
-            "topic(3) AS rule_kind",
-            "timestamp() AS rule_received_ms",
-        ):
-            assert part in sql
-        assert props["TopicRulePayload"]["Actions"] == [{"Lambda": {"FunctionArn": "IngestFunction.Arn"}}]
-        err = props["TopicRulePayload"]["ErrorAction"]["S3"]
-        assert err["BucketName"] == "DataBucket" and err["Key"].startswith("dead-letter/")
-        assert f"arn:aws:iot:us-east-1:123456789012:rule/fleet1_{kind}" in permissions
-    assert seen == set(KINDS)
+        assert payload["Sql"] == (
+            "SELECT *, topic(2) AS rule_thing, topic(3) AS rule_kind, timestamp() AS rule_received_ms, "
+            f"clientid() AS rule_client_id FROM 'battwin/+/{kind}'"
+        )
+        firehose = {
+            "Firehose": {
+                "DeliveryStreamName": "LakeFirehose",
+                "RoleArn": "IotFirehoseRole.Arn",
+                "Separator": "\n",
+                "BatchMode": False,
+            }
+        }
+        ingest = {"Lambda": {"FunctionArn": "IngestFunction.Arn"}}
+        assert payload["Actions"] == ([firehose] if kind == "telemetry" else [firehose, ingest])
+        err = payload["ErrorAction"]["S3"]
+        assert (
+            err["BucketName"] == "DataBucket" and err["Key"] == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
+        )
+        arn = f"arn:aws:iot:us-east-1:123456789012:rule/fleet1_{kind}"
+        assert (arn in permissions) == (kind != "telemetry")
+    assert len(permissions) == len(KINDS)  # one per rule that invokes the ingest (the presence rule's too)
 
 
 def _statements(tpl: dict[str, Any], r: Resolver) -> list[tuple[str, dict[str, Any]]]:
@@ -368,7 +400,7 @@ def test_retraining_events(tpl: dict[str, Any]) -> None:
 
 
 def test_glue_tables_match_the_firehose_records(tpl: dict[str, Any]) -> None:
-    """Every field of a lake record (the lake rule's SQL on a real message) is a column of its kind's table and vice
+    """Every field of a lake record (the kind's rule's SQL on a real message) is a column of its kind's table and vice
     versa, and every field of the message body is a field of the table's ``body`` struct (the partition keys aside)."""
     r = static_resolver(tpl)
     tables = {
@@ -407,8 +439,8 @@ def test_glue_tables_match_the_firehose_records(tpl: dict[str, Any]) -> None:
         columns = {c["Name"]: c["Type"] for c in sd["Columns"]}
         env = next(m for m in msgs if m.kind == kind)
         raw = encode_envelope(env.thing, kind, env.parsed_body(), env.ts, env.id)
-        rule = r.properties(f"{kind.capitalize()}LakeRule")["TopicRulePayload"]
-        record = RuleQuery(rule["Sql"]).evaluate(Message(f"battwin/{env.thing}/{kind}", raw, 1))
+        rule = r.properties(f"{kind.capitalize()}Rule")["TopicRulePayload"]
+        record = RuleQuery(rule["Sql"]).evaluate(Message(f"battwin/{env.thing}/{kind}", raw, 1, client_id=env.thing))
         assert set(columns) == set(record), kind
         assert firehose_partition(record) == {"kind": kind, "dt": utc_day(env.ts)}
         body_type = columns["body"]

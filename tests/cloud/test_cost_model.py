@@ -144,9 +144,9 @@ def test_traffic_and_requests_come_from_a_real_run(
     assert path.calls["transform.dynamodb.PutItem"] == 1  # the thing's DeviceState, at its first batch
     assert path.calls.get("s3.PutObject", 0) == 0
     assert not any(name.startswith("glue.") for name in path.calls)
-    for kind in ("cycles", "health"):  # the small kinds: the ingest rule and the lake rule, one record each
+    for kind in ("cycles", "health"):  # the small kinds: one rule (Firehose record + the ingest Lambda) each
         small = path.kinds[kind]
-        assert (small.rules_triggered, small.lambda_invocations, small.firehose_records) == (2.0, 1.0, 1.0)
+        assert (small.rules_triggered, small.lambda_invocations, small.firehose_records) == (1.0, 1.0, 1.0)
         assert small.s3_puts == 0.0 and small.firehose_billed_bytes == 5 * 1024
     kp = path.kinds["telemetry"]
     # the template's rules on the telemetry topic: the lake's Firehose rule alone, no Lambda invoked
@@ -195,9 +195,10 @@ def test_the_built_path_at_the_issues_traffic(
     )
     assert bill.lines_usd["dynamodb_writes"] == pytest.approx(MONTH * units * 0.625 / 1e6, rel=1e-6)
     assert bill.lines_usd["dynamodb_writes"] < 0.05
-    # the telemetry topic triggers one rule (its Firehose action), the small kinds two, metered in 5 KB units
-    assert bill.lines_usd["iot_rules"] == pytest.approx(bill.lines_usd["iot_actions"])
-    assert bill.lines_usd["iot_rules"] == pytest.approx(MONTH * (60.0 * 3 + 2 * (0.54 + 0.26)) * 0.15 / 1e6)
+    # every message triggers one rule; telemetry's has one action (the lake's Firehose), the small kinds' two (+ the
+    # ingest Lambda); rules and actions are both $0.15 per million, metered in the message's 5 KB units
+    assert bill.lines_usd["iot_rules"] == pytest.approx(MONTH * (60.0 * 3 + (0.54 + 0.26)) * 0.15 / 1e6)
+    assert bill.lines_usd["iot_actions"] == pytest.approx(MONTH * (60.0 * 3 + 2 * (0.54 + 0.26)) * 0.15 / 1e6)
 
 
 def test_bigger_batches_mean_fewer_messages_each_still_one_unit() -> None:

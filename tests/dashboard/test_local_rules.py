@@ -46,35 +46,32 @@ def _telemetry_payload(thing: str, ts: float, n: int = 3) -> bytes:
 
 def test_template_rules_are_the_ones_the_runner_mirrors() -> None:
     rules = topic_rules(load_template())
-    assert {r.logical_id for r in rules} == {
-        "TelemetryRule",
-        "CyclesRule",
-        "HealthRule",
-        "AlarmsRule",
-        "PresenceRule",
-        "TelemetryLakeRule",
-        "CyclesLakeRule",
-        "HealthLakeRule",
-        "AlarmsLakeRule",
-    }
+    assert {r.logical_id for r in rules} == {"TelemetryRule", "CyclesRule", "HealthRule", "AlarmsRule", "PresenceRule"}
     for rule in rules:
         q = RuleQuery(rule.sql)
-        if rule.logical_id.endswith("LakeRule"):  # the envelope + the topic's thing and kind, to the lake's Firehose
-            kind = rule.logical_id[: -len("LakeRule")].lower()
-            assert q.topic_filter == f"battwin/+/{kind}"
-            assert (rule.function, rule.firehose, rule.separator) == (None, "LakeFirehose", "\n")
-            event = q.evaluate(Message(f"battwin/t-1/{kind}", b'{"id":"a","thing":"t-2"}', 7))
-            assert event == {"id": "a", "thing": "t-2", "rule_thing": "t-1", "rule_kind": kind, "rule_received_ms": 7}
-            assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
-            continue
+        assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
+        # telemetry invokes no Lambda per message (the lake stream's transform writes its live window)
+        assert rule.function == (None if rule.logical_id == "TelemetryRule" else "IngestFunction")
         if rule.logical_id == "PresenceRule":  # IoT lifecycle events, handed to the ingest as they are
             assert q.topic_filter == "$aws/events/presence/+/+"
             event = b'{"clientId":"t-1","eventType":"disconnected","timestamp":1700000000123}'
             assert q.evaluate(Message("$aws/events/presence/disconnected/t-1", event, 1)) == json.loads(event)
-        else:
-            assert q.topic_filter == f"battwin/+/{rule.logical_id[: -len('Rule')].lower()}"
-        assert rule.function == "IngestFunction"
-        assert rule.error_key == "dead-letter/rule-errors/${topic()}/${newuuid()}.json"
+            continue
+        # one rule per kind (a Basic Ingest message reaches only the rule it names): the envelope + the topic's
+        # thing and kind, to the lake's Firehose and to the ingest Lambda
+        kind = rule.logical_id[: -len("Rule")].lower()
+        assert rule.rule_name == f"battwin_{kind}"  # the template's ResourcePrefix default
+        assert q.topic_filter == f"battwin/+/{kind}"
+        assert (rule.firehose, rule.separator) == ("LakeFirehose", "\n")
+        event = q.evaluate(Message(f"battwin/t-1/{kind}", b'{"id":"a","thing":"t-2"}', 7, client_id="t-1"))
+        assert event == {
+            "id": "a",
+            "thing": "t-2",
+            "rule_thing": "t-1",
+            "rule_kind": kind,
+            "rule_received_ms": 7,
+            "rule_client_id": "t-1",
+        }
     assert max_retry_attempts(load_template(), "IngestFunction") == 2
 
 
@@ -213,8 +210,11 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
     finally:
         publisher.stop()
         runner.stop()
-    # the ingest Lambda sees the alarm only: telemetry's rule feeds the lake, whose transform stores it
+    # the ingest Lambda sees the alarm only: telemetry's rule feeds the lake, whose transform stores it; the
+    # non-JSON payload fails the rule's SELECT * and never reaches either (its error action keeps it)
     assert [(o["status"], o.get("reason")) for o in outcomes] == [("stored", None)]
+    stats = runner.stats()
+    assert stats["rules_triggered"] == 4 and stats["triggered:TelemetryRule"] == 3  # one rule per message
     live = newest_live_item(aws.client("dynamodb"), aws.names.history_table, "rules-t1")
     assert live is not None and (latest_sample(live) or {})["voltage_v"] == 14.8
     s3 = aws.client("s3")
@@ -233,7 +233,7 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
         ("other", "rules-t1", 3),
         ("rules-t1", "rules-t1", 3),
     ]
-    # the alarm reaches the lake the same way (its lake rule's Firehose record), in its kind's partition
+    # the alarm reaches the lake the same way (its rule's Firehose record), in its kind's partition
     alarms = [
         k for k in keys if k.startswith(f"lake/kind=alarms/dt={time.strftime('%Y-%m-%d', time.gmtime(now - 4))}/")
     ]
@@ -243,13 +243,19 @@ def test_messages_on_the_broker_reach_dynamodb_and_the_lake(aws: LocalAws, broke
     # History keeps a compact live window of the stored telemetry message, expiring after a day
     hist = aws.client("dynamodb").scan(TableName=aws.names.history_table)["Items"]
     assert sorted(json.loads(i["body"]["S"]).get("of", 0) for i in hist) == [0, 3]
+    assert not any(k.startswith("dead-letter/reason=not_json/") for k in keys)
     # the telemetry naming another thing than its topic's: the transform dead-letters it with the reason
     (letter,) = [k for k in keys if k.startswith("dead-letter/reason=thing_mismatch/")]
     assert json.loads(s3.get_object(Bucket=aws.names.bucket, Key=letter)["Body"].read())["topic_thing"] == "other"
-    # the lake rule cannot SELECT * from the non-JSON payload: its error action keeps it
-    assert [(json.loads(b)["ruleName"], json.loads(b)["payload_b64"]) for _k, b in errors] == [
-        ("TelemetryLakeRule", base64.b64encode(b"not json at all").decode())
-    ]
+    # the rule cannot SELECT * from the non-JSON payload: its error action keeps it, with the reason
+    ((key, body),) = errors
+    assert key.startswith("dead-letter/rule-errors/battwin/rules-t1/telemetry/")
+    record = json.loads(body)
+    assert (record["ruleName"], record["payload_b64"]) == (
+        "TelemetryRule",
+        base64.b64encode(b"not json at all").decode(),
+    )
+    assert record["failures"][0]["errorMessage"] == "SELECT * needs a JSON payload"
 
 
 def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) -> None:
@@ -274,8 +280,8 @@ def test_select_star_rule_failure_runs_the_error_action(broker: EmbeddedBroker) 
     finally:
         runner.stop()
     assert events == [{"id": "x1", "kind": "health", "rule_thing": "s1"}]
-    # both rules on the topic (the ingest's and the lake's) fail on it and run their error actions
-    assert sorted(json.loads(b)["ruleName"] for _k, b in errors) == ["HealthLakeRule", "HealthRule"]
+    # the topic's one rule fails on it and runs its error action
+    assert [json.loads(b)["ruleName"] for _k, b in errors] == ["HealthRule"]
     for key, body in errors:
         assert key.startswith("dead-letter/rule-errors/battwin/s1/health/") and key.endswith(".json")
         assert base64.b64decode(json.loads(body)["payload_b64"]) == b"garbage"
@@ -331,3 +337,74 @@ def test_the_local_lake_stream_takes_a_past_of_many_days_and_kinds(aws: LocalAws
         mine = [k for k in keys if k.startswith(f"lake/kind={kind}/") and k.split("/")[2] in wanted]
         assert len(mine) == days  # one object per record (moto writes each as it is put), none lost
         assert {k.split("/")[2] for k in mine} == wanted
+
+
+# -- Basic Ingest ----------------------------------------------------------------------------------------------
+
+
+def _recording_runner(errors: list[tuple[str, bytes]] | None = None) -> tuple[LocalRulesRunner, dict[str, list[Any]]]:
+    got: dict[str, list[Any]] = {"ingest": [], "lake": []}
+    runner = LocalRulesRunner(
+        "mqtt://127.0.0.1:1",  # never connected: deliver() feeds it
+        {"IngestFunction": got["ingest"].append, "LakeFirehose": got["lake"].append},
+        error_sink=(lambda k, b: errors.append((k, b))) if errors is not None else None,
+        workers=1,
+    )
+    return runner.start(subscribe=False), got
+
+
+def test_a_basic_ingest_message_triggers_only_the_rule_it_names_on_the_topic_without_the_prefix() -> None:
+    errors: list[tuple[str, bytes]] = []
+    runner, got = _recording_runner(errors)
+    health = b'{"id":"h1","thing":"s1","kind":"health"}'
+    try:
+        assert runner.deliver("$aws/rules/battwin_health/battwin/s1/health", health, 5) == 1
+        assert runner.wait_idle(10)
+        # topic(2)/topic(3) see battwin/s1/health, as in IoT Core (the prefix is not available to topic(n))
+        assert got["ingest"] == [
+            {**json.loads(health), "rule_thing": "s1", "rule_kind": "health", "rule_received_ms": 5}
+        ]
+        assert [json.loads(r) for r in got["lake"]] == got["ingest"]
+        stats = runner.stats()
+        assert (stats["rules_triggered"], stats["triggered:HealthRule"], stats["basic_ingest"]) == (1, 1, 1)
+        assert not any(k.startswith("triggered:") and k != "triggered:HealthRule" for k in stats)
+        # the rule's FROM is not a filter for Basic Ingest: the named rule runs, on the topic it is given (its
+        # topic(3) then says "cycles", which the ingest refuses as a kind mismatch and the lake puts under rejected)
+        assert runner.deliver("$aws/rules/battwin_health/battwin/s1/cycles", health, 6) == 1
+        assert runner.wait_idle(10)
+        assert got["ingest"][-1]["rule_kind"] == "cycles" and runner.stats()["triggered:HealthRule"] == 2
+        assert "triggered:CyclesRule" not in runner.stats()
+        # a rule that does not exist: nothing runs (IoT Core logs it and counts RuleNotFound)
+        assert runner.deliver("$aws/rules/battwin_nosuch/battwin/s1/health", health, 7) == 0
+        assert runner.deliver("$aws/rules/", health, 7) == 0  # no rule name: not a Basic Ingest topic
+        assert runner.stats()["rule_not_found"] == 1
+        # the same message on the plain topic: every rule whose FROM matches (one, since the rules were merged)
+        assert runner.deliver("battwin/s1/health", health, 8) == 1
+        # a payload that is not JSON fails the named rule's SELECT *: its error action, keyed by the topic it saw
+        assert runner.deliver("$aws/rules/battwin_cycles/battwin/s1/cycles", b"\x00garbage", 9) == 1
+        assert runner.wait_idle(10)
+    finally:
+        runner.stop()
+    assert len(got["ingest"]) == len(got["lake"]) == 3
+    ((key, body),) = errors
+    assert key.startswith("dead-letter/rule-errors/battwin/s1/cycles/") and key.endswith(".json")
+    record = json.loads(body)
+    assert record["ruleName"] == "CyclesRule" and record["topic"] == "battwin/s1/cycles"
+    assert base64.b64decode(record["payload_b64"]) == b"\x00garbage"
+    assert record["failures"] == [{"errorMessage": "SELECT * needs a JSON payload"}]
+    assert runner.stats()["rules_triggered"] == 4
+
+
+def test_basic_ingest_names_the_rules_by_the_templates_resource_prefix() -> None:
+    template = load_template()
+    template["Parameters"]["ResourcePrefix"]["Default"] = "fleet7"
+    runner = LocalRulesRunner(
+        "mqtt://127.0.0.1:1", {"IngestFunction": lambda _e: None, "LakeFirehose": lambda _r: None}, template=template
+    )
+    assert sorted(runner.by_name) == [
+        "fleet7_alarms",
+        "fleet7_cycles",
+        "fleet7_health",
+        "fleet7_presence",
+        "fleet7_telemetry",
+    ]

@@ -21,7 +21,9 @@ SHADOW = "battwin-config"
 SHADOW_PREFIX = f"$aws/things/{THING}/shadow/name/{SHADOW}"
 DELTA_TOPIC = f"{SHADOW_PREFIX}/update/delta"
 
-#: the Agent's accessControl for both nuclei: IoT Core only — telemetry topics, and the battwin-config shadow
+#: the Agent's accessControl for both nuclei: IoT Core only — telemetry topics (plain, and through Basic Ingest to
+#: the cloud stack's rules: `+` for the rule as for the thing, the IoT policy names each), and the battwin-config
+#: shadow
 #: through IoT Core's shadow topics (no ShadowManager). No {iot:thingName}: lite 2.6.0 does not interpolate
 #: it in accessControl; `+` stands for the thing (the cloud's IoT policy scopes the core to its own thing)
 AGENT_ACCESS_CONTROL: dict[str, Any] = {
@@ -30,6 +32,7 @@ AGENT_ACCESS_CONTROL: dict[str, Any] = {
             "operations": ["aws.greengrass#PublishToIoTCore"],
             "resources": [
                 "battwin/+/#",
+                "$aws/rules/+/battwin/+/+",
                 "$aws/things/+/shadow/name/battwin-config/get",
                 "$aws/things/+/shadow/name/battwin-config/update",
             ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from device_agent.config import AgentConfig
 from device_agent.greengrass.ipc_limits import publish_payload_budget
 from device_agent.greengrass.ipc_transport import IpcTransport
 from device_agent.runtime import build_transport
+from devkit.nucleus.flavours import FLAVOURS
 from devkit.nucleus.recipe import LifecycleContext, interpolate
 from hardware.simulator.source import SimulatorSource
 from schema.messages import Envelope, telemetry_samples
@@ -132,6 +134,40 @@ def _get(doc: Any, *keys: str) -> Any:
     return doc
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_agent_publishes_through_basic_ingest_under_the_recipes_access_control(gg_env, tmp_path, flavour):
+    """The recipe's default mqtt settings (Basic Ingest to the stack's rules) under the recipe's accessControl, as
+    classic and lite match it: every kind goes to its own rule and nothing is refused (the emulator's side of Basic
+    Ingest: tests/greengrass/test_gg_emulator_ipc.py)."""
+    mqtt = load_yaml(AGENT_RECIPE)["ComponentConfiguration"]["DefaultConfiguration"]["mqtt"]
+    assert mqtt["basic_ingest_rule_prefix"] == "battwin"
+    settings = SimulatorSettings(seed=5, time_acceleration=1e6, ageing_factor=10.0, start_ts=1.7e9)
+    config = AgentConfig(
+        thing_name=THING,
+        source={"url": "simulator", "sample_interval_s": 10.0, "simulator": settings.model_dump()},
+        mqtt=mqtt,
+        telemetry={"batch_max_samples": 100, "batch_max_age_s": 3600.0},
+        alarms={"max_temperature_c": 20.0},  # an over_temperature alarm too
+        spool={"path": tmp_path / "spool.db"},
+    )
+    agent = Agent(config, SimulatorSource(settings, interval_s=10.0), IpcTransport(store_hold_s=0.0))
+    agent.run(threading.Event(), max_samples=3000)
+    assert agent.spool.pending == 0
+    topics = [m.topic for m in gg_env.published]
+    kinds = {Envelope.model_validate_json(m.payload).kind for m in gg_env.published}
+    assert kinds == {"telemetry", "cycles", "health", "alarms"}, kinds
+    assert all(
+        m.topic == f"$aws/rules/battwin_{Envelope.model_validate_json(m.payload).kind}/battwin/{THING}/"
+        f"{Envelope.model_validate_json(m.payload).kind}"
+        for m in gg_env.published
+    ), set(topics)
+    assert gg_env.denials == []
+    # the budget counts the whole topic (its bytes are in the IPC frame and the MQTT packet)
+    budget = publish_payload_budget(f"$aws/rules/battwin_telemetry/battwin/{THING}/telemetry")
+    assert budget < publish_payload_budget(f"battwin/{THING}/telemetry")
+    assert max(len(m.payload) for m in gg_env.published) <= budget
+
+
 @pytest.mark.slow
 def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     emulator = make_emulator(agent_recipe())  # the agreed accessControl: the shadow through IoT Core topics
@@ -167,8 +203,11 @@ def test_run_lifecycle_starts_the_agent_on_ipc(make_emulator, tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert emulator.denials == []
     assert not [op for _, op in emulator.operations if op.endswith("ThingShadow")]
+    # the recipe's default configuration publishes through Basic Ingest, which its accessControl allows (above:
+    # no denials), each kind to its own rule of the cloud stack (ResourcePrefix battwin)
     kinds = {m.topic for m in emulator.published} - {f"{SHADOW_PREFIX}/get", f"{SHADOW_PREFIX}/update"}
-    assert f"battwin/{THING}/telemetry" in kinds and all(t.startswith(f"battwin/{THING}/") for t in kinds)
+    assert f"$aws/rules/battwin_telemetry/battwin/{THING}/telemetry" in kinds
+    assert all(re.fullmatch(rf"\$aws/rules/battwin_(\w+)/battwin/{THING}/\1", t) for t in kinds), kinds
     telemetry = next(json.loads(m.payload) for m in emulator.published if m.topic.endswith("/telemetry"))
     assert telemetry["thing"] == THING and 1 <= len(telemetry_samples(telemetry["body"])) <= 5
     assert (ctx.work_path(AGENT) / "spool.db").is_file()  # BATTWIN_SPOOL__PATH → {work:path}/spool.db

@@ -1,8 +1,9 @@
 """End to end: the project's REAL built components (``python -m components.build``) deployed on the nucleus
 emulator's classic and lite flavours, run as the nucleus runs them, driven from the cloud side.
 
-Per flavour: the agent reaches RUNNING and stays on one IPC connection, its telemetry arrives on
-``battwin/<thing>/telemetry`` in frames within lite's 10,000-byte IPC limit, its configuration shadow works
+Per flavour: the agent reaches RUNNING and stays on one IPC connection, its telemetry arrives through Basic
+Ingest (the recipe's default: ``$aws/rules/battwin_telemetry/battwin/<thing>/telemetry``, allowed by the
+recipe's accessControl) in frames within lite's 10,000-byte IPC limit, its configuration shadow works
 through IoT Core's shadow topics (no shadow IPC), and a new SohModel version reaches it without a restart
 (lite deletes the previous version's artifacts; the agent keeps running). On classic, a lifecycle change
 (a configuration value interpolated into the run step's Setenv) does restart it. Lite refuses the old
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 require_module("ai_edge_litert")  # the agent loads the SohModel versions with the real TFLite runtime
 
 LITE_IPC_LIMIT = 10_000
-TELEMETRY = f"battwin/{THING}/telemetry"
+TELEMETRY = f"$aws/rules/battwin_telemetry/battwin/{THING}/telemetry"  # the recipe's default: Basic Ingest
 INTERVAL_S = 0.05
 #: the deployment's configuration merge: faster than the defaults, nothing in the recipe edited; batches
 #: keep their default 60 samples (11,201 B as one message: over lite's limit) and close within 5 s

@@ -158,6 +158,36 @@ def test_subscribe_to_iot_core_receives_cloud_and_echoed_messages(make_emulator,
     ]
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_basic_ingest_reaches_no_subscriber_and_its_prefix_is_outside_the_topic_limit(
+    make_emulator, ipc_client_factory, flavour
+):
+    """IoT Core hands a Basic Ingest message ($aws/rules/<rule>/<topic>) to that rule only, never to a subscriber,
+    and does not count the prefix toward the 256-byte topic limit (classic's IotCoreTopicValidator strips it too)."""
+    recipe = broad_recipe()
+    mqtt = recipe["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]["aws.greengrass.ipc.mqttproxy"]
+    mqtt["com.battwin.Test:mqtt:1"]["resources"].append("$aws/rules/#")
+    emu = make_emulator(recipe)
+    client = ipc_client_factory(emu)
+    got = Collector()
+    client.subscribe_to_iot_core(topic_name="$aws/rules/#", qos=QOS.AT_LEAST_ONCE, on_stream_event=got)
+    client.subscribe_to_iot_core(topic_name=f"battwin/{THING}/#", qos=QOS.AT_LEAST_ONCE, on_stream_event=got)
+    basic = f"$aws/rules/battwin_telemetry/battwin/{THING}/telemetry"
+    client.publish_to_iot_core(topic_name=basic, qos=QOS.AT_LEAST_ONCE, payload=b"to the rule")
+    client.publish_to_iot_core(topic_name=f"battwin/{THING}/telemetry", qos=QOS.AT_LEAST_ONCE, payload=b"echo")
+    assert got.wait(1)  # the plain one's echo, queued after anything the first publish would have echoed
+    assert [(e.message.topic_name, e.message.payload) for e in got.items] == [(f"battwin/{THING}/telemetry", b"echo")]
+    # 248 bytes after the prefix: within the limit, though 277 with it
+    inner = f"battwin/{'x' * 230}/telemetry"
+    long_basic = f"$aws/rules/battwin_telemetry/{inner}"
+    assert len(inner) <= 256 < len(long_basic)
+    client.publish_to_iot_core(topic_name=long_basic, qos=QOS.AT_LEAST_ONCE, payload=b"long")
+    assert [m.topic for m in emu.published] == [basic, f"battwin/{THING}/telemetry", long_basic]
+    for too_long in (f"$aws/rules/battwin_telemetry/battwin/{'x' * 240}/telemetry", f"battwin/{'x' * 240}/telemetry/x"):
+        with raises_ipc(InvalidArgumentsError, "exceeds 256 bytes", flavour):
+            client.publish_to_iot_core(topic_name=too_long, qos=QOS.AT_LEAST_ONCE, payload=b"x")
+
+
 # -- local pub/sub --------------------------------------------------------------------------------
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_local_pubsub_with_receive_modes(make_emulator, ipc_client_factory):

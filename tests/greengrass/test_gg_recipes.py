@@ -428,12 +428,15 @@ def test_access_control_is_least_privilege():
     # the shadow over the IoT Core topics, no ShadowManager; no {iot:thingName} (lite 2.6.0 leaves it literal)
     assert granted == {
         (mqtt, publish, "battwin/+/#"),
+        (mqtt, publish, "$aws/rules/+/battwin/+/+"),  # Basic Ingest: DeviceBasicIngestPolicy names the rules
         (mqtt, publish, f"{shadow}/get"),
         (mqtt, publish, f"{shadow}/update"),
         (mqtt, subscribe, f"{shadow}/get/+"),
         (mqtt, subscribe, f"{shadow}/update/+"),
     }
     assert conf["mqtt"]["topic_prefix"] == "battwin"  # the prefix the mqttproxy policy allows
+    # Basic Ingest to the rules of a stack deployed with the template's default ResourcePrefix
+    assert conf["mqtt"]["basic_ingest_rule_prefix"] == "battwin"
     assert conf["accessControl"] == AGENT_ACCESS_CONTROL  # what the shadow and agent tests deploy
 
 
@@ -442,6 +445,9 @@ _PREFIX = f"$aws/things/{THING}/shadow/name/battwin-config"
 ALLOWED = [
     ("aws.greengrass#PublishToIoTCore", f"battwin/{THING}/telemetry"),
     ("aws.greengrass#PublishToIoTCore", f"battwin/{THING}/alarms"),
+    ("aws.greengrass#PublishToIoTCore", f"$aws/rules/battwin_telemetry/battwin/{THING}/telemetry"),
+    ("aws.greengrass#PublishToIoTCore", f"$aws/rules/battwin_alarms/battwin/{THING}/alarms"),
+    ("aws.greengrass#PublishToIoTCore", f"$aws/rules/battwin_cycles/battwin/{THING}.p1/cycles"),  # a pack
     ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/get"),
     ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/update"),
     ("aws.greengrass#SubscribeToIoTCore", f"{_PREFIX}/get/+"),
@@ -451,6 +457,11 @@ ALLOWED = [
 REFUSED = [
     ("aws.greengrass#PublishToIoTCore", f"other/{THING}/telemetry"),  # another prefix
     ("aws.greengrass#PublishToIoTCore", "battwin"),
+    ("aws.greengrass#PublishToIoTCore", f"$aws/rules/battwin_telemetry/other/{THING}/telemetry"),  # not battwin/
+    ("aws.greengrass#PublishToIoTCore", f"$aws/rules/battwin_telemetry/{THING}/telemetry"),
+    ("aws.greengrass#PublishToIoTCore", "$aws/rules/battwin_telemetry"),
+    ("aws.greengrass#PublishToIoTCore", f"$aws/rules/battwin_telemetry/battwin/{THING}/x/telemetry"),
+    ("aws.greengrass#SubscribeToIoTCore", "$aws/rules/battwin_telemetry/#"),  # nobody subscribes to Basic Ingest
     ("aws.greengrass#PublishToIoTCore", f"$aws/things/{THING}/shadow/name/other/update"),  # another shadow
     ("aws.greengrass#PublishToIoTCore", f"$aws/things/{THING}/shadow/update"),  # the classic shadow
     ("aws.greengrass#PublishToIoTCore", f"{_PREFIX}/delete"),
