@@ -1,10 +1,11 @@
 """What a device costs per month (issue #16): the bill per device at 1,000 / 10,000 / 100,000 devices.
 
-Measured in this run: the real agent's uplink on the simulator at the default settings for a simulated day
-(messages and bytes per kind, 5 KB units per message, the compact form of the same telemetry batches), and
-the real ingest handler's AWS calls per message on moto (counted with a botocore hook), and the template's
-topic rules evaluated by the local rules runner's SQL on each message (rules triggered, Lambda invocations,
-the Firehose records and their bytes). Priced with the dated table of :mod:`cloud.cost_model`. The published
+Measured in this run: the real agent's uplink on the simulator at its deployed defaults (the recipe's: Basic
+Ingest) for a simulated day (messages and bytes per kind, 5 KB units per message, the compact form of the same
+telemetry batches), the real ingest handler's and the real lake transform's AWS calls per message on moto
+(counted with a botocore hook), and the template's topic rules evaluated by the local rules runner's SQL on each
+message (rules triggered, Lambda invocations, the Firehose records and their bytes); the same on plain MQTT
+topics. Priced with the dated table of :mod:`cloud.cost_model`. The published
 bill is the path as built (``cost_model.BUILT``); the modelled target variants (Basic Ingest, compact
 telemetry, Parquet) are priced from the same measurements; the last measured bill before the Firehose lake
 (``cost_model.BEFORE_FIREHOSE``) is the baseline.
@@ -63,13 +64,19 @@ def draw(bills: dict[str, dict[int, cm.Bill]], path: Path) -> None:
 
 def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    print("device traffic: real agent on the simulator, default settings, 24 simulated hours ...", flush=True)
+    print("device traffic: real agent on the simulator, deployed defaults, 24 simulated hours ...", flush=True)
     traffic, messages = cm.measure_device_traffic(24.0)
-    print(f"cloud path: the real ingest handler on moto, {len(messages)} messages ...", flush=True)
+    print(f"cloud path: the real ingest handler and lake transform on moto, {len(messages)} messages ...", flush=True)
     path = cm.measure_cloud_path(messages)
     bills = {
         arch.name: {n: cm.monthly_bill(traffic, path, arch, n) for n in cm.FLEET_SIZES} for arch in cm.ARCHITECTURES
     }
+    # the same agent publishing on plain MQTT topics (mqtt.basic_ingest_rule_prefix unset): what Basic Ingest saves
+    print("the same on plain MQTT topics: measuring ...", flush=True)
+    m_traffic, m_messages = cm.measure_device_traffic(24.0, mqtt={})
+    m_path = cm.measure_cloud_path(m_messages)
+    plain_mqtt = {n: cm.monthly_bill(m_traffic, m_path, cm.BUILT, n) for n in cm.FLEET_SIZES}
+    bills = {cm.BUILT.name: bills[cm.BUILT.name], "built, plain MQTT topics": plain_mqtt, **bills}
     built, target = bills[cm.BUILT.name], bills[cm.TARGET.name]
     before = cm.BEFORE_FIREHOSE["per_device_month_usd"]
 
@@ -88,7 +95,8 @@ def main() -> int:
             f"{p.firehose_records:.0f} rec ({p.firehose_record_bytes:6.0f} B, billed {p.firehose_billed_bytes:6.0f} B, "
             f"gz {p.firehose_gz_bytes:5.0f} B)  S3 PUT {p.s3_puts:.2f} ({p.s3_put_bytes:5.0f} B)  DynamoDB calls "
             f"{p.ddb_calls:.2f} WRU {p.ddb_wru:.2f}+{p.ddb_gsi_wru:.2f} (index)  Glue {p.glue_calls:.3f}  "
-            f"CPU {p.cpu_s * 1000:.1f} ms"
+            f"CPU {p.cpu_s * 1000:.1f} ms  | transform: WRU {p.transform_wru:.3f} RRU {p.transform_rru:.2f} "
+            f"CPU {p.transform_cpu_s * 1000:.2f} ms"
         )
     print(f"  calls: {path.calls}")
 
@@ -142,9 +150,10 @@ def main() -> int:
         "architecture": cm.BUILT.name,
         "description": cm.BUILT.description,
         "built": cm.BUILT.built,
-        "note": "the path as built, priced from measured traffic and measured requests per message; the target "
-        "variants are modelled from the same measurements (not built: Basic Ingest, the DynamoDBv2 "
-        "latest-sample action, Parquet)",
+        "note": "the path as built, priced from measured traffic and measured requests per message (Basic "
+        "Ingest as the recipe deploys it; 'built, plain MQTT topics' is the same agent with it off, measured too); "
+        "the target variants are modelled from the same measurements (not built: the DynamoDBv2 latest-sample "
+        "action, Parquet)",
         "target_met": all(built[n].total_usd <= TARGET_USD for n in cm.FLEET_SIZES),
         "prices_as_of": str(cm.PRICES.as_of),
         "region": cm.PRICES.region,

@@ -34,12 +34,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.aws import marshal
 from cloud.lake_expand.handler import LakeTransform, TransformSettings, expand_record
+from cloud.local_stack.iot_sql import BASIC_INGEST_ROOT, basic_ingest_target
 from schema.messages import is_packed, pack_samples, unpacked_body
 
 log = logging.getLogger("battwin.cloud.cost")
@@ -223,6 +225,9 @@ class DeviceTraffic(BaseModel):
     expand_cpu_s: float = Field(
         default=0.0, ge=0.0, description="CPU time to expand one compact telemetry batch into lake rows (measured)"
     )
+    ingress: Literal["mqtt", "basic_ingest"] = Field(
+        default="mqtt", description="how the measured messages were published: Basic Ingest topics ($aws/rules/...)"
+    )
 
     def kinds(self, encoding: Literal["json", "compact"]) -> dict[str, KindTraffic]:
         return self.json_kinds if encoding == "json" else self.compact_kinds
@@ -386,23 +391,26 @@ TODAY = Architecture(
 )
 BUILT = Architecture(
     name="built",
-    description="as built: MQTT topics, packed telemetry (one 5 KB unit a batch); every topic's one rule -> "
-    "Firehose (one stream, a transform Lambda expanding packed batches, dynamic partitioning by kind and date, gzip "
-    "JSON lines, 128 MB / 900 s buffers: the lake for every kind) and the ingest Lambda (telemetry: DeviceState's "
-    "latest sample + a compact TTL'd History live window; cycles/health/alarms: DeviceState, History, alarms; no "
-    "lake object); no raw telemetry in DynamoDB; Glue partition projection",
-    ingress="mqtt",
+    description="as built: Basic Ingest (the recipe's default; no messaging charge), packed telemetry (one 5 KB unit "
+    "a batch); one rule per kind -> Firehose (one stream, dynamic partitioning by kind and date, gzip JSON lines, "
+    "128 MB / 900 s buffers: the lake for every kind) whose transform Lambda expands packed batches and writes "
+    "telemetry's one DynamoDB item (a 1 KB live-window History item, TTL'd, not indexed; no Lambda per telemetry "
+    "message); cycles/health/alarms also -> the ingest Lambda (DeviceState, History, alarms); no raw telemetry in "
+    "DynamoDB; Glue partition projection",
+    ingress="basic_ingest",
     encoding="compact",
     telemetry_path="firehose",
     as_measured=True,
     firehose_parquet=False,
     glue_partition_projection=True,
     built={
+        "basic_ingest": True,
         "firehose_lake": True,
         "firehose_small_kinds": True,
         "partition_projection": True,
         "live_window_history": True,
         "compact_telemetry": True,
+        "telemetry_without_lambda": True,
     },
 )
 TARGET = Architecture(
@@ -476,7 +484,8 @@ def monthly_bill(
 
     # IoT Core: messaging (tiered over the whole fleet), connectivity, rules and actions (5 KB units)
     all_units = sum(units.values())
-    if arch.ingress == "mqtt":
+    ingress = traffic.ingress if arch.as_measured else arch.ingress  # as built: how the measured agent published
+    if ingress == "mqtt":
         lines["iot_messaging"] = prices.iot_messaging_usd(all_units * fleet_size) / fleet_size
     else:
         lines["iot_messaging"] = 0.0
@@ -641,14 +650,26 @@ def monthly_bill(
 
 
 # ----------------------------------------------------------------------------------------------- measuring
+def recipe_mqtt_defaults() -> dict[str, Any]:
+    """The ``mqtt`` section of the agent component's default configuration (recipes/com.battwin.Agent.yaml): how a
+    deployed agent publishes (Basic Ingest to the stack's rules)."""
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "com.battwin.Agent.yaml").read_text())
+    mqtt: dict[str, Any] = recipe["ComponentConfiguration"]["DefaultConfiguration"]["mqtt"]
+    return {k: v for k, v in mqtt.items() if k == "basic_ingest_rule_prefix"}
+
+
 def run_agent(
     hours: float,
     thing: str = "cost-device",
     start_ts: float | None = None,
     telemetry: dict[str, Any] | None = None,
+    mqtt: dict[str, Any] | None = None,
 ) -> list[tuple[str, bytes]]:
     """The real agent on the simulator for ``hours`` simulated hours, at its default settings or with the
-    ``telemetry`` section given (batching): (topic, payload) as published."""
+    ``telemetry`` section given (batching) and the ``mqtt`` section (e.g. :func:`recipe_mqtt_defaults`): (topic,
+    payload) as published."""
     from device_agent.agent import Agent
     from device_agent.config import AgentConfig
     from device_agent.uplink.spool import Spool
@@ -660,6 +681,7 @@ def run_agent(
         thing_name=thing,
         source={"url": "simulator", "simulator": {"time_acceleration": 1_000_000.0, "start_ts": start}},
         telemetry=telemetry or {},
+        mqtt=mqtt or {},
     )
     transport = MemoryTransport()
     agent = Agent(config, create_source(config.source.url, config.source), transport, Spool(":memory:"))
@@ -715,17 +737,19 @@ def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, sourc
         source=source,
         simulated_hours=hours,
         expand_cpu_s=expand_s / expanded if expanded else 0.0,
+        ingress="basic_ingest" if all(t.startswith(BASIC_INGEST_ROOT) for t, _ in messages) else "mqtt",
         json_kinds={k: KindTraffic.from_sizes(v, hours) for k, v in sizes.items()},
         compact_kinds={k: KindTraffic.from_sizes(v, hours) for k, v in compact.items()},
     )
 
 
 def measure_device_traffic(
-    hours: float = 24.0, telemetry: dict[str, Any] | None = None
+    hours: float = 24.0, telemetry: dict[str, Any] | None = None, mqtt: dict[str, Any] | None = None
 ) -> tuple[DeviceTraffic, list[tuple[str, bytes]]]:
-    """Run the real agent for ``hours`` simulated hours (default settings, or the ``telemetry`` section given) and
-    measure its uplink (and return the messages)."""
-    messages = run_agent(hours, telemetry=telemetry)
+    """Run the real agent for ``hours`` simulated hours (its deployed defaults: the recipe's ``mqtt`` section, i.e.
+    Basic Ingest, unless ``mqtt`` is given; the ``telemetry`` section given, if any) and measure its uplink (and
+    return the messages)."""
+    messages = run_agent(hours, telemetry=telemetry, mqtt=recipe_mqtt_defaults() if mqtt is None else mqtt)
     if not messages:
         raise RuntimeError("the agent published nothing")
     settings = "default settings" if not telemetry else f"telemetry {json.dumps(telemetry, sort_keys=True)}"
@@ -889,7 +913,17 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     counted: dict[str, int] = defaultdict(int)
     try:
-        for topic, payload in messages:
+        by_name = {spec.rule_name: (spec, query) for spec, query in rules}
+        for published, payload in messages:
+            topic = published
+            target = basic_ingest_target(published)
+            if target is not None:  # Basic Ingest: that rule alone, on the topic without the prefix
+                name, topic = target
+                if name not in by_name:
+                    raise RuntimeError(f"the agent published to a Basic Ingest rule the template lacks: {name!r}")
+                matching = [by_name[name]]
+            else:
+                matching = [(spec, query) for spec, query in rules if query.matches(topic)]
             parts = topic.split("/")
             received_ms = int(json.loads(payload)["ts"] * 1000)
             event = {
@@ -905,9 +939,7 @@ def _measure_on_moto(messages: list[tuple[str, bytes]], boto3: Any, cloud_aws: A
                 a[key] += 0.0
             msg = Message(topic=topic, payload=payload, received_ms=received_ms)
             invokes_ingest = False
-            for spec, query in rules:
-                if not query.matches(topic):
-                    continue
+            for spec, query in matching:
                 a["rules_triggered"] += 1
                 if spec.function == "IngestFunction":
                     a["lambda_invocations"] += 1

@@ -122,6 +122,9 @@ def test_traffic_and_requests_come_from_a_real_run(
 ) -> None:
     t, messages, path = measured
     assert "real agent" in t.source and "real ingest handler" in path.source
+    # the deployed default (the recipe's mqtt section): every message on its kind's Basic Ingest topic
+    assert t.ingress == "basic_ingest"
+    assert all(topic.startswith(f"$aws/rules/battwin_{topic.rsplit('/', 1)[1]}/battwin/") for topic, _ in messages)
     # the default settings: 1 s sampling in 60-sample batches, packed -> 60 telemetry messages an hour, each one
     # 5 KB unit (as plain JSON, > 10 KB: three units)
     tele = t.compact_kinds["telemetry"]
@@ -199,6 +202,27 @@ def test_the_built_path_at_the_issues_traffic(
     # ingest Lambda); rules and actions are both $0.15 per million, metered in the message's 5 KB units
     assert bill.lines_usd["iot_rules"] == pytest.approx(MONTH * (60.0 * 3 + (0.54 + 0.26)) * 0.15 / 1e6)
     assert bill.lines_usd["iot_actions"] == pytest.approx(MONTH * (60.0 * 3 + 2 * (0.54 + 0.26)) * 0.15 / 1e6)
+
+
+@pytest.mark.slow
+def test_the_built_path_from_a_real_run_is_within_the_target_and_basic_ingest_is_what_gets_it_there(
+    measured: tuple[cm.DeviceTraffic, list[tuple[str, bytes]], cm.CloudPath],
+) -> None:
+    """Issue #16's target, on this run's measured traffic and requests: the path as built at or below $0.10 per
+    device-month at every fleet size, with no IoT messaging line (Basic Ingest) and no ingest Lambda per telemetry
+    message; the same agent on plain MQTT topics pays the messaging line and is above the target."""
+    t, _messages, path = measured
+    plain_t, plain_messages = cm.measure_device_traffic(t.simulated_hours, mqtt={})
+    assert plain_t.ingress == "mqtt"
+    plain_path = cm.measure_cloud_path(plain_messages)
+    for n in cm.FLEET_SIZES:
+        bill = cm.monthly_bill(t, path, cm.BUILT, n)
+        assert bill.lines_usd["iot_messaging"] == 0.0
+        assert bill.total_usd <= 0.10, (n, bill.total_usd)
+        plain = cm.monthly_bill(plain_t, plain_path, cm.BUILT, n)
+        assert plain.lines_usd["iot_messaging"] > 0.03 and plain.total_usd > 0.10
+        # the rest of the path is the same: the bills differ by the messaging line (within the runs' CPU noise)
+        assert plain.total_usd - plain.lines_usd["iot_messaging"] == pytest.approx(bill.total_usd, abs=0.002)
 
 
 def test_bigger_batches_mean_fewer_messages_each_still_one_unit() -> None:
