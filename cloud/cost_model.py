@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.aws import marshal
 from cloud.lake_expand.handler import LakeTransform, TransformSettings, expand_record
 from cloud.local_stack.iot_sql import BASIC_INGEST_ROOT, basic_ingest_target
-from schema.messages import is_packed, pack_samples, unpacked_body
+from schema.messages import Telemetry, encode_envelope, is_packed, unpacked_body
 
 log = logging.getLogger("battwin.cloud.cost")
 
@@ -690,15 +690,13 @@ def run_agent(
 
 
 def compact_telemetry(payload: bytes) -> bytes:
-    """One telemetry envelope as the device sends it packed (``telemetry.encoding = "packed"``, the default:
-    :func:`schema.messages.pack_samples`); a packed one is returned as it is."""
+    """One telemetry envelope as the device sends it packed (``telemetry.encoding = "packed"``, the default; the
+    device's own encoder, :func:`schema.messages.encode_envelope`); a packed one is returned as it is."""
     env = json.loads(payload)
     if is_packed(env["body"]):
         return payload
-    samples = env["body"]["samples"]
-    samples_json = json.dumps(samples, separators=(",", ":"), allow_nan=False).encode()
-    head = json.dumps({k: v for k, v in env.items() if k != "body"}, separators=(",", ":")).encode()[:-1]
-    return head + b',"body":' + pack_samples(samples_json, len(samples)) + b"}"
+    body = Telemetry.model_validate(env["body"])
+    return encode_envelope(env["thing"], "telemetry", body, env["ts"], env["id"], packed=True)
 
 
 def plain_telemetry(payload: bytes) -> bytes:
@@ -707,13 +705,6 @@ def plain_telemetry(payload: bytes) -> bytes:
     if not is_packed(env["body"]):
         return payload
     return json.dumps({**env, "body": unpacked_body(env["body"])}, separators=(",", ":"), allow_nan=False).encode()
-
-
-def expand_compact_telemetry(payload: bytes) -> list[dict[str, Any]]:
-    """The lake rows of one packed telemetry envelope: what the lake stream's transform Lambda does with it
-    (:func:`cloud.lake_expand.handler.expand_record`)."""
-    record: dict[str, Any] = json.loads(expand_record(payload))
-    return [record]
 
 
 def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, source: str) -> DeviceTraffic:
@@ -727,7 +718,7 @@ def traffic_from_messages(messages: list[tuple[str, bytes]], hours: float, sourc
             small = compact_telemetry(payload)
             compact[kind].append(len(small))
             t0 = time.thread_time()
-            expand_compact_telemetry(small)
+            expand_record(small)  # what the lake stream's transform does with it
             expand_s += time.thread_time() - t0
             expanded += 1
         else:
