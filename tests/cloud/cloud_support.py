@@ -9,7 +9,8 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,23 @@ def deliver_to_lake(
                 stream.put(firehose_record(rule, query.evaluate(Message(topic, payload, at))))
     stream.flush()
     return stream
+
+
+@contextmanager
+def collected_emf() -> Iterator[list[dict[str, Any]]]:
+    """The embedded-metric-format records (:func:`cloud.notify.emit_metrics`) logged inside the block, parsed."""
+    import logging
+
+    records: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(json.loads(record.getMessage()))
+
+    emf = logging.getLogger("battwin.emf")
+    handler = Collect()
+    emf.addHandler(handler)
+    try:
+        yield records
+    finally:
+        emf.removeHandler(handler)

@@ -7,7 +7,6 @@ system; no API page passes Lambda's 6 MB response limit and paging returns every
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from cloud.notify import SILENT_CODE
 from cloud.silence.handler import SilenceCheck, SilenceSettings
 from cloud.tables import history_pk, history_sk
 from schema.messages import Alarm, encode_envelope
-from tests.cloud.cloud_support import load_template, rule_event
+from tests.cloud.cloud_support import collected_emf, load_template, rule_event
 
 NOW = float(int(time.time()))
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
@@ -170,24 +169,13 @@ def test_a_failed_publish_is_retried_once_and_a_concurrent_duplicate_sends_nothi
 
 
 def test_the_ingest_emits_the_metrics_the_alarms_watch(local: dict[str, Any]) -> None:
-    records: list[dict[str, Any]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(json.loads(record.getMessage()))
-
-    emf = logging.getLogger("battwin.emf")
-    handler = Collect()
-    emf.addHandler(handler)
-    try:
+    with collected_emf() as records:
         ing = ingestor(local)
         bad = rule_event("battwin/ops-c/alarms", b"{not json")
         assert ing.handle(bad).status == "dead_letter"
         ok = rule_event("battwin/ops-c/alarms", b'{"v":1}')  # valid JSON, not an envelope
         assert ing.handle(ok).status == "dead_letter"
         assert ing.handle(alarm("ops-c", NOW - 100.0, True)).status == "stored"  # notices: counted too
-    finally:
-        emf.removeHandler(handler)
     assert [r["DeadLetters"] for r in records] == [1, 1, 0]
     assert [r["AlarmNotifications"] for r in records] == [0, 0, 1]
     assert [r.get("reason") for r in records[:2]] == ["not_json", "invalid_envelope"]

@@ -27,7 +27,7 @@ from cloud.local_stack.template import load_template, topic_rules
 from cloud.silence.handler import SilenceCheck, SilenceSettings
 from cloud.tables import history_pk
 from schema.messages import CycleRecord, Sample, Telemetry, encode_envelope
-from tests.cloud.cloud_support import rule_event
+from tests.cloud.cloud_support import collected_emf, rule_event
 
 NOW = float(int(time.time()))
 
@@ -169,20 +169,8 @@ def test_a_dynamodb_failure_loses_no_lake_record(local: LocalAws, caplog: pytest
     )
     thing = "lw-broken-1"
     recs = [record(f"battwin/{thing}/telemetry", batch(thing, NOW - k), NOW) for k in (60, 0)]
-    metrics: list[dict[str, Any]] = []
-
-    class Collect(logging.Handler):  # the embedded-metric-format lines (CloudWatch Logs makes them metrics)
-        def emit(self, record: logging.LogRecord) -> None:
-            metrics.append(json.loads(record.getMessage()))
-
-    emf = logging.getLogger("battwin.emf")
-    collect = Collect()
-    emf.addHandler(collect)
-    try:
-        with caplog.at_level(logging.ERROR, logger="battwin.cloud.lake_expand"):
-            out = broken.records(recs)
-    finally:
-        emf.removeHandler(collect)
+    with collected_emf() as metrics, caplog.at_level(logging.ERROR, logger="battwin.cloud.lake_expand"):
+        out = broken.records(recs)
     assert [json.loads(r)["id"] for r in out] == [json.loads(r)["id"] for r in recs]
     assert all("samples" in json.loads(r)["body"] for r in out)
     assert any("live-window items not written" in r.getMessage() for r in caplog.records)
