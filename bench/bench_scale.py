@@ -5,7 +5,8 @@ runner, the real ingest handler on moto, the lake's buffered Firehose stream on 
 the lake objects per kind, DynamoDB items and the ingest throughput of this machine; then extrapolates to
 1,000 / 10,000 / 100,000 devices — the extrapolation is arithmetic on the measured counts (labelled so), not a run.
 
-``BATTWIN_SCALE_DEVICES`` (default 5) sets N. Writes bench/results/scale.json.
+``BATTWIN_SCALE_DEVICES`` (default 5) sets N, ``BATTWIN_SCALE_HOURS`` (default 24) the simulated hours. Writes
+bench/results/scale.json (a run of other than 24 h: scale-<N>x<hours>h.json).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def extrapolate(per_device: list[tuple[str, bytes]], measured: dict[str, Any], h
 
 def main() -> int:
     devices = int(os.environ.get("BATTWIN_SCALE_DEVICES", "5"))
-    hours = 24.0
+    hours_set = os.environ.get("BATTWIN_SCALE_HOURS")
+    hours = float(hours_set) if hours_set else 24.0
     start = float(int(time.time() // 3600) * 3600 - 3 * 86_400)
     print(f"one device's day: the real agent on the simulator, default settings, {hours:g} simulated hours ...")
     day = run_agent(hours, thing="scale-template", start_ts=start)
@@ -88,7 +90,8 @@ def main() -> int:
             f"local stack: {e['local_stack_hours_for_one_day']} h per day"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "scale.json"
+    # a run of other than a day (BATTWIN_SCALE_HOURS) is kept apart: scale-<devices>x<hours>h.json
+    out = RESULTS / ("scale.json" if not hours_set else f"scale-{devices}x{hours:g}h.json")
     out.write_text(
         json.dumps(
             {
