@@ -65,7 +65,7 @@ def expand_record(data: bytes) -> bytes:
         record["body"] = unpacked_body(body)
     except PackedBodyError as exc:
         log.info(
-            "packed telemetry body does not unpack; kept as sent (dead-lettered with the reason)",
+            "packed telemetry body does not unpack; kept as sent",
             extra={"reason": str(exc), "thing": str(record.get("thing"))[:128], "id": str(record.get("id"))[:64]},
         )
         return data

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from device_agent.config import BASIC_INGEST_ROOT
+
 _SELECT_RE = re.compile(r"^\s*SELECT\s+(?P<items>.+?)\s+FROM\s+'(?P<topic>[^']+)'\s*(?P<rest>.*)$", re.I | re.S)
 _ITEM_RE = re.compile(r"^(?P<expr>.+?)(?:\s+AS\s+(?P<name>[A-Za-z_][A-Za-z0-9_]*))?$", re.I | re.S)
 _CALL_RE = re.compile(r"^(?P<fn>[A-Za-z_][A-Za-z0-9_]*)\s*\((?P<args>.*)\)$", re.S)
@@ -33,8 +35,8 @@ UNDEFINED: Any = object()
 #: Basic Ingest: a message published to ``$aws/rules/<rule name>/<topic>`` goes straight to that one rule (no
 #: message broker, so no subscriber sees it and no other rule is triggered), and inside the rule ``topic()`` and
 #: ``topic(n)`` see ``<topic>`` without the prefix (AWS IoT developer guide, "Reducing messaging costs with Basic
-#: Ingest"; the rule's ``FROM`` is optional for rules invoked only this way)
-BASIC_INGEST_ROOT = "$aws/rules/"
+#: Ingest"; the rule's ``FROM`` is optional for rules invoked only this way): ``BASIC_INGEST_ROOT``, the prefix the
+#: agent publishes under (:mod:`device_agent.config`)
 
 
 class RuleSqlError(ValueError):
