@@ -189,7 +189,7 @@ class LocalAws:
         ]
         log.info("local tables and bucket created", extra=self.names.refs())
 
-    def firehose_targets(self) -> dict[str, Callable[[bytes], None]]:
+    def firehose_targets(self, transform: LakeTransform | None = None) -> dict[str, Callable[[bytes], None]]:
         """The template's Firehose streams as targets of :class:`~cloud.local_stack.rules.LocalRulesRunner`:
         logical id → put one record. Each record is written to S3 as its own object under its partition's prefix
         (the stream's ``Prefix`` with the keys of :func:`cloud.lake.firehose_partition`, the stream's JQ query in
@@ -197,16 +197,17 @@ class LocalAws:
         fails on goes to the stream's error output prefix, as Firehose does. No buffering: what moto's Firehose
         does, which knows no dynamic partitioning — one moto stream per partition hit moto's 50-stream quota on a
         backfilled past of hundreds of days, and creating and retiring streams made the demo's ingest slow.
-        Buffering is counted by :class:`cloud.local_stack.firehose.BufferedFirehose` (the scale run)."""
+        Buffering is counted by :class:`cloud.local_stack.firehose.BufferedFirehose` (the scale run). A stream's
+        Lambda transform is ``transform`` (default: :meth:`lake_transform` with the template's settings)."""
         streams = firehose_streams(load_template())
         for spec in streams.values():
             if spec.partition_query is not None and spec.partition_query != FIREHOSE_PARTITION_JQ:
                 raise TemplateError(f"{spec.logical_id}: the local stack mirrors only cloud.lake.FIREHOSE_PARTITION_JQ")
-        return {lid: self._firehose_target(spec) for lid, spec in streams.items()}
+        lake_transform = transform if transform is not None else self.lake_transform()
+        return {lid: self._firehose_target(spec, lake_transform) for lid, spec in streams.items()}
 
-    def _firehose_target(self, spec: FirehoseSpec) -> Callable[[bytes], None]:
+    def _firehose_target(self, spec: FirehoseSpec, transform: LakeTransform) -> Callable[[bytes], None]:
         s3, bucket = self.client("s3"), self.names.bucket
-        transform = self.lake_transform()
 
         def put(record: bytes) -> None:
             record = transformed(spec, record, transform)
@@ -242,11 +243,15 @@ class LocalAws:
             settings = IngestSettings.model_validate({**settings.model_dump(), **overrides})
         return Ingestor(settings, dynamodb=self.client("dynamodb"), s3=self.client("s3"))
 
-    def lake_transform(self) -> LakeTransform:
+    def lake_transform(self, **overrides: Any) -> LakeTransform:
         """The real lake-stream transform on this server, its settings read from the template's environment of
-        the function (telemetry's live-window items go to this server's History table)."""
+        the function (telemetry's live-window items go to this server's History table), ``overrides`` on top
+        (e.g. a demo's clock skew, as for :meth:`ingestor`)."""
         env = function_environment(load_template(), "LakeExpandFunction", self.names.refs())
-        return LakeTransform(TransformSettings.from_env(env), dynamodb=self.client("dynamodb"), s3=self.client("s3"))
+        settings = TransformSettings.from_env(env)
+        if overrides:
+            settings = TransformSettings.model_validate({**settings.model_dump(), **overrides})
+        return LakeTransform(settings, dynamodb=self.client("dynamodb"), s3=self.client("s3"))
 
     def environment(self) -> dict[str, str]:
         """Variables with which another process's boto3 (and the API handler) reach this server."""

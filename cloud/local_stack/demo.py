@@ -235,7 +235,11 @@ class LocalStack:
 
         return LocalRulesRunner(
             self.broker_url,
-            {"IngestFunction": ingest, **aws.firehose_targets()},
+            {
+                "IngestFunction": ingest,
+                # telemetry's checks in the lake transform accept the demo's clocks too
+                **aws.firehose_targets(aws.lake_transform(max_clock_skew_s=DEMO_MAX_CLOCK_SKEW_S)),
+            },
             error_sink=error_sink,
             failure_sink=failure_sink,
             workers=self.options.rules_workers,

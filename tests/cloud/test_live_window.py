@@ -247,3 +247,17 @@ def test_telemetry_alone_keeps_a_device_from_being_called_silent_and_ends_its_ep
     assert check(NOW) == []  # its telemetry says otherwise
     assert "silent_since" not in state(local, thing)  # and the episode ended
     assert check(NOW + 2000) == [thing]  # silent again later: a new episode
+
+
+def test_the_transform_takes_the_ingests_clock_skew_override(local: LocalAws) -> None:
+    """A batch stamped two days ahead (an accelerated demo clock) is dead-lettered for its clock by the template's
+    transform and stored by one given the demo's skew, as the ingest handler is (cloud/local_stack/demo.py)."""
+    thing = "lw-clock-1"
+    rec = record(f"battwin/{thing}/telemetry", batch(thing, NOW + 2 * 86_400.0), NOW)
+    strict = local.lake_transform()
+    strict.records([rec])
+    assert (strict.dead_letters, strict.live_written) == (1, 0)
+    demo = local.lake_transform(max_clock_skew_s=10 * 365.25 * 86_400.0)
+    demo.records([rec])
+    assert (demo.dead_letters, demo.live_written) == (0, 1)
+    assert newest_live_item(local.client("dynamodb"), local.names.history_table, thing) is not None
