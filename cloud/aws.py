@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Protocol
@@ -162,6 +163,30 @@ def marshal(item: dict[str, Any]) -> dict[str, Any]:
 def unmarshal(item: dict[str, Any]) -> dict[str, Any]:
     """An item in DynamoDB's wire format → plain JSON types."""
     return {k: from_ddb(_DESER.deserialize(v)) for k, v in item.items()}
+
+
+def batch_get_items(
+    ddb: Any, table: str, keys: list[dict[str, Any]], *, projection: str | None = None, attempts: int = 8
+) -> list[dict[str, Any]]:
+    """The items of ``keys`` that exist (wire format, in no particular order): BatchGetItem 100 keys at a time,
+    retrying what DynamoDB leaves unprocessed with a growing pause; ``RuntimeError`` if some keys are still
+    unprocessed after ``attempts``."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), 100):
+        ask: dict[str, Any] = {"Keys": keys[start : start + 100]}
+        if projection is not None:
+            ask["ProjectionExpression"] = projection
+        request: dict[str, Any] = {table: ask}
+        for attempt in range(attempts):
+            resp = ddb.batch_get_item(RequestItems=request)
+            found += resp.get("Responses", {}).get(table, [])
+            request = resp.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+        if request:
+            raise RuntimeError(f"BatchGetItem left keys of {table} unprocessed after {attempts} attempts")
+    return found
 
 
 def is_conditional_failure(exc: Exception) -> bool:

@@ -41,7 +41,16 @@ from cloud.api.protocol import (
     validation_details,
 )
 from cloud.api.views import device_detail, device_summary, history_item, message_body, with_live
-from cloud.aws import LambdaContext, client, env, error_code, request_id, setup_lambda_logging, unmarshal
+from cloud.aws import (
+    LambdaContext,
+    batch_get_items,
+    client,
+    env,
+    error_code,
+    request_id,
+    setup_lambda_logging,
+    unmarshal,
+)
 from cloud.live_window import newest_live_item
 from cloud.tables import HISTORY_BY_TIME_INDEX, history_pk, sk_lower, sk_upper
 
@@ -225,19 +234,7 @@ class Api:
         return {"thing": thing, "items": out.views, "next": encode_token(last, scope)}
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        got: dict[tuple[str, str], dict[str, Any]] = {}
-        for start in range(0, len(keys), 100):
-            request: dict[str, Any] = {self.history_table: {"Keys": keys[start : start + 100]}}
-            for attempt in range(8):
-                resp = self.ddb.batch_get_item(RequestItems=request)
-                for item in resp.get("Responses", {}).get(self.history_table, []):
-                    got[(item["pk"]["S"], item["sk"]["S"])] = item
-                request = resp.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-            if request:
-                raise RuntimeError("BatchGetItem left keys unprocessed after retries")
+        got = {(i["pk"]["S"], i["sk"]["S"]): i for i in batch_get_items(self.ddb, self.history_table, keys)}
         # an item whose TTL expired between the two reads is simply absent
         return [got[(k["pk"]["S"], k["sk"]["S"])] for k in keys if (k["pk"]["S"], k["sk"]["S"]) in got]
 

@@ -37,7 +37,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.aws import LambdaContext, client, env, env_float, is_conditional_failure, marshal, setup_lambda_logging
+from cloud.aws import (
+    LambdaContext,
+    batch_get_items,
+    client,
+    env,
+    env_float,
+    is_conditional_failure,
+    marshal,
+    setup_lambda_logging,
+)
 from cloud.ingest.checks import Rejected, RuleEvent, raw_payload, validate_message
 from cloud.ingest.dead_letters import write_dead_letter
 from cloud.lake import DEFAULT_DEAD_LETTER_PREFIX
@@ -174,17 +183,8 @@ class LakeTransform:
         if not table or not newest:
             return 0
         things = sorted(newest)
-        present: set[str] = set()
-        for start in range(0, len(things), 100):
-            keys = [{"thing": {"S": t}} for t in things[start : start + 100]]
-            request: dict[str, Any] = {table: {"Keys": keys, "ProjectionExpression": "thing"}}
-            for attempt in range(8):
-                resp = self.ddb.batch_get_item(RequestItems=request)
-                present.update(i["thing"]["S"] for i in resp.get("Responses", {}).get(table, []))
-                request = resp.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
+        keys = [{"thing": {"S": t}} for t in things]
+        present = {i["thing"]["S"] for i in batch_get_items(self.ddb, table, keys, projection="thing")}
         created = 0
         for thing in things:
             if thing in present:

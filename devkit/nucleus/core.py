@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cloud.local_stack.iot_sql import basic_ingest_target
 from device_agent.uplink.transport import topic_matches
 from devkit.nucleus.acl import MQTT_PROXY, AccessControl
 from devkit.nucleus.cloud_shadow import CloudShadowService
@@ -70,19 +70,18 @@ class Denial:
     resource: str
 
 
-#: IoT Core's Basic Ingest topics ``$aws/rules/<rule name>/<topic>``: the message goes straight to that rule, no
-#: subscriber receives it, and the prefix is not counted toward the 256-byte topic limit (AWS IoT developer guide,
-#: "Reducing messaging costs with Basic Ingest"; classic's ``mqttclient/IotCoreTopicValidator.java`` strips it
-#: before its length check, lite checks no topic length below 65,535 bytes, ``modules/iotcored/src/bus_server.c``)
-BASIC_INGEST_PREFIX = re.compile(r"^\$aws/rules/[^/]+/")
-
-
 def topic_without_basic_ingest_prefix(topic: str) -> str:
-    return BASIC_INGEST_PREFIX.sub("", topic, count=1)
+    """The topic as IoT Core limits it: a Basic Ingest topic ``$aws/rules/<rule name>/<topic>`` goes straight to that
+    rule, and its prefix is not counted toward the 256-byte topic limit (AWS IoT developer guide, "Reducing
+    messaging costs with Basic Ingest"; classic's ``mqttclient/IotCoreTopicValidator.java`` strips it before its
+    length check, lite checks no topic length below 65,535 bytes, ``modules/iotcored/src/bus_server.c``)."""
+    target = basic_ingest_target(topic)
+    return topic if target is None else target[1]
 
 
 def is_basic_ingest(topic: str) -> bool:
-    return BASIC_INGEST_PREFIX.match(topic) is not None
+    """Whether ``topic`` is a Basic Ingest topic (its message reaches a rule, never a subscriber)."""
+    return basic_ingest_target(topic) is not None
 
 
 def valid_topic(topic: Any, *, is_filter: bool) -> str | None:
